@@ -1,0 +1,64 @@
+"""``python -m dbops.agent --ini alembic.ini``: serve JSON-line requests on stdin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+from dbops.agent import db
+from dbops.agent.context import AgentContext
+from dbops.agent.protocol import HANDLERS, AgentFailure
+
+# Handler modules register themselves on import.
+from dbops.agent import lock, migration, status  # noqa: F401,E402
+
+
+def _masked(text: str) -> str:
+    try:
+        pw = db.password()
+    except Exception:
+        pw = None
+    return text.replace(pw, "****") if pw else text
+
+
+def serve(ctx: AgentContext, requests, out) -> None:
+    for line in requests:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            fn = HANDLERS.get(req.get("op"))
+            if fn is None:
+                raise AgentFailure(f"unknown agent op {req.get('op')!r}", kind="internal")
+            resp = {"ok": True, "result": fn(ctx, **(req.get("args") or {}))}
+        except AgentFailure as exc:
+            resp = {"ok": False, "kind": exc.kind, "error": _masked(exc.message),
+                    "details": exc.details}
+        except Exception as exc:  # a bug or an unforeseen failure: say what, keep serving
+            traceback.print_exc(file=sys.stderr)
+            resp = {"ok": False, "kind": "internal",
+                    "error": _masked(f"{type(exc).__name__}: {exc}".splitlines()[0]), "details": {}}
+        out.write(json.dumps(resp, default=str) + "\n")
+        out.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m dbops.agent")
+    parser.add_argument("--ini", required=True, help="the Alembic project's alembic.ini")
+    args = parser.parse_args()
+    # The protocol owns the real stdout; anything else that prints (alembic, env.py) goes to stderr.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    ctx = AgentContext(args.ini)
+    try:
+        serve(ctx, sys.stdin, out)
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    main()

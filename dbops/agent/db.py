@@ -1,0 +1,93 @@
+"""Connections from the environment the agent was started with.
+
+POSTGRES_HOST/PORT/USER/PASSWORD/DB win; else DATABASE_URL; libpq's PG* fill gaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import psycopg
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool
+
+
+def params() -> dict[str, str | int | None]:
+    env = os.environ
+    if env.get("POSTGRES_USER") and env.get("POSTGRES_DB"):
+        return {"host": env.get("POSTGRES_HOST") or env.get("PGHOST"),
+                "port": int(env.get("POSTGRES_PORT") or env.get("PGPORT") or 5432),
+                "user": env["POSTGRES_USER"], "password": env.get("POSTGRES_PASSWORD") or None,
+                "dbname": env["POSTGRES_DB"]}
+    if env.get("DATABASE_URL"):
+        u = make_url(env["DATABASE_URL"])
+        return {"host": u.host, "port": u.port or 5432, "user": u.username,
+                "password": u.password, "dbname": u.database}
+    raise RuntimeError("no database configured: set POSTGRES_USER/POSTGRES_DB (and host, port, "
+                       "password) or DATABASE_URL in the agent's environment")
+
+
+def database() -> str:
+    return str(params()["dbname"])
+
+
+def password() -> str | None:
+    return params().get("password")  # type: ignore[return-value]
+
+
+def connect(dbname: str | None = None, *, application_name: str = "dbops", autocommit: bool = True,
+            **kwargs) -> psycopg.Connection:
+    p = {k: v for k, v in params().items() if v is not None}
+    if dbname:
+        p["dbname"] = dbname
+    p.setdefault("connect_timeout", int(os.environ.get("PGCONNECT_TIMEOUT", "5")))
+    return psycopg.connect(**p, application_name=application_name[:63], autocommit=autocommit,
+                           **kwargs)
+
+
+def sa_url(dbname: str | None = None) -> URL:
+    p = params()
+    return URL.create("postgresql+psycopg", username=p["user"], password=p["password"],  # type: ignore[arg-type]
+                      host=p["host"], port=p["port"], database=dbname or p["dbname"])  # type: ignore[arg-type]
+
+
+def engine(dbname: str | None = None) -> Engine:
+    return create_engine(sa_url(dbname), poolclass=NullPool,
+                         connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
+
+
+@contextlib.contextmanager
+def pointed_at(dbname: str) -> Iterator[None]:
+    """Point every way an env.py may read its URL at another database (a scratch one)."""
+    keys = ("POSTGRES_DB", "DATABASE_URL", "PGDATABASE")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["POSTGRES_DB"] = dbname
+    os.environ["PGDATABASE"] = dbname
+    os.environ["DATABASE_URL"] = sa_url(dbname).render_as_string(hide_password=False)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def pg_options(**settings: str) -> Iterator[None]:
+    """Session settings (lock_timeout, statement_timeout) for every connection env.py opens,
+    through libpq's PGOPTIONS: works with any env.py."""
+    saved = os.environ.get("PGOPTIONS")
+    extra = " ".join(f"-c {k}={v}" for k, v in settings.items() if v not in (None, ""))
+    os.environ["PGOPTIONS"] = " ".join(filter(None, [saved, extra]))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PGOPTIONS", None)
+        else:
+            os.environ["PGOPTIONS"] = saved

@@ -1,0 +1,33 @@
+"""Request/response over stdin/stdout, one JSON object per line.
+
+Request:  {"op": "status", "args": {...}}
+Response: {"ok": true, "result": {...}} or {"ok": false, "kind": "...", "error": "...", "details": {...}}
+
+One agent process serves every request of one operation, so a lock or a snapshot
+taken by one request is still held for the next.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+HANDLERS: dict[str, Callable[..., Any]] = {}
+
+
+class AgentFailure(Exception):
+    """An expected failure, reported to the host with a kind it can act on."""
+
+    def __init__(self, message: str, kind: str = "failed", **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.details = details
+
+
+def handler(name: str):
+    def register(fn):
+        if name in HANDLERS:
+            raise RuntimeError(f"agent op {name!r} registered twice")
+        HANDLERS[name] = fn
+        return fn
+    return register
