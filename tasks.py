@@ -5,10 +5,10 @@ from pathlib import Path
 
 from invoke import Collection
 
-from dbops.tasks import schema, stack
+from dbops.tasks import backups, recovery, schema, stack
 
 ns = Collection()
-for module in (stack, schema):
+for module in (stack, schema, backups, recovery):
     for t in module.TASKS:
         ns.add_task(t)
 ns.configure({"dbops": {"project_dir": str(Path(__file__).resolve().parent)}})

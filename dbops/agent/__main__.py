@@ -13,7 +13,9 @@ from dbops.agent.context import AgentContext
 from dbops.agent.protocol import HANDLERS, AgentFailure
 
 # Handler modules register themselves on import.
-from dbops.agent import lock, migration, status  # noqa: F401,E402
+from dbops.agent import (  # noqa: F401,E402
+    backup, doctor, fingerprint, lock, migration, plan, recover, restore, status,
+)
 
 
 def _masked(text: str) -> str:

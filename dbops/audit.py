@@ -1,0 +1,45 @@
+"""The audit record: one JSON object per line in DBOPS_AUDIT_LOG (default
+<backup dir>/audit.jsonl), owned by the host. Every schema-changing operation
+(migrate, rollback, stamp, restore, recover --apply) appends one record:
+who, when, what, from -> to, the backup used, the result, the duration."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dbops.config import Settings, operator
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def append(settings: Settings, action: str, **fields) -> dict:
+    record = {"ts": utcnow(), "action": action, "operator": operator(),
+              "target": settings.target, "database": settings.database, **fields}
+    path = settings.audit_log
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (json.dumps(record, default=str, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return record
+
+
+def read(settings: Settings, path: Path | None = None) -> list[dict]:
+    """Every record, oldest first; unreadable lines are skipped (a torn last line)."""
+    path = path or settings.audit_log
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
