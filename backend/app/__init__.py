@@ -1,0 +1,1 @@
+"""Sample blog backend: SQLModel models and their Alembic migrations."""
