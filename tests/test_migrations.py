@@ -19,7 +19,7 @@ def test_history_is_the_seeds_six_exercises_in_order(alembic_runner):
     from alembic.script import ScriptDirectory
     script = ScriptDirectory.from_config(alembic_runner.config.make_alembic_config(None))
     files = [script.get_revision(r).path.rsplit("/", 1)[-1] for r in revs]
-    for slug, name in zip(EXPECTED_SLUGS, files):
+    for slug, name in zip(EXPECTED_SLUGS, files, strict=True):
         assert slug in name, files
 
 

@@ -8,14 +8,21 @@ import os
 import sys
 import traceback
 
-from dbops.agent import db
-from dbops.agent.context import AgentContext
-from dbops.agent.protocol import HANDLERS, AgentFailure
-
 # Handler modules register themselves on import.
 from dbops.agent import (  # noqa: F401,E402
-    backup, doctor, fingerprint, lock, migration, plan, recover, restore, status,
+    backup,
+    db,
+    doctor,
+    fingerprint,
+    lock,
+    migration,
+    plan,
+    recover,
+    restore,
+    status,
 )
+from dbops.agent.context import AgentContext
+from dbops.agent.protocol import HANDLERS, AgentFailure
 
 
 def _masked(text: str) -> str:

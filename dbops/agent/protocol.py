@@ -9,7 +9,8 @@ taken by one request is still held for the next.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HANDLERS: dict[str, Callable[..., Any]] = {}
 
