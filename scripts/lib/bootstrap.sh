@@ -30,11 +30,11 @@ fi
 STAMP="$VENV/.dbops-installed"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ backend/requirements.txt -nt "$STAMP" ]; then
   say "installing the project and its test tools into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q -e '.[test]' -r backend/requirements.txt 2>&1 \
-    | grep -v '^WARNING: Location' >&2 || true
-  "$VENV/bin/python" -c 'import alembic, sqlmodel, psycopg, invoke, dotenv, pytest, pytest_alembic' \
-    || die "installing the Python packages failed (output above)"
+  if ! "$VENV/bin/python" -m pip install -e '.[test]' -r backend/requirements.txt >"$VENV/pip.log" 2>&1 \
+     || ! "$VENV/bin/python" -c 'import alembic, sqlmodel, psycopg, invoke, dotenv, pytest, pytest_alembic'; then
+    tail -20 "$VENV/pip.log" >&2
+    die "installing the Python packages failed (full log: $VENV/pip.log)"
+  fi
   touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
