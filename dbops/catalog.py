@@ -1,0 +1,210 @@
+"""The backup folder: names, manifests, listing.
+
+A backup is two files in DBOPS_BACKUP_DIR:
+    <db>.<UTC time>.<revision>.<reason>.dump          pg_dump custom format (or .dir.tar:
+                                                      a directory-format dump, tarred)
+    <db>.<UTC time>.<revision>.<reason>.manifest.json the commit marker, written last
+A dump without a valid manifest is not a backup: it is listed as invalid, never restored.
+Host side only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+MANIFEST_SUFFIX = ".manifest.json"
+DUMP_SUFFIXES = (".dump", ".dir.tar")
+MANIFEST_VERSION = 1
+REQUIRED_KEYS = ("format_version", "file", "format", "sha256", "size", "database", "revisions",
+                 "server_version", "pg_dump_version", "started_at", "finished_at", "reason",
+                 "tables", "verification")
+
+
+class ManifestError(ValueError):
+    pass
+
+
+# --- names -------------------------------------------------------------------
+def slug(database: str) -> str:
+    """A file-name-safe database name; a short hash keeps distinct names distinct."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "-", database)[:40]
+    if clean != database:
+        clean += "-" + format(zlib.crc32(database.encode()) & 0xFFFF, "04x")
+    return clean
+
+
+def stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+
+
+def base_name(database: str, when: datetime, revisions: list[str], reason: str) -> str:
+    rev = "+".join(r[:12] for r in revisions) if revisions else "base"
+    rev = re.sub(r"[^A-Za-z0-9_+-]", "-", rev)[:60]
+    return f"{slug(database)}.{stamp(when)}.{rev}.{re.sub(r'[^A-Za-z0-9_-]', '-', reason)[:30]}"
+
+
+def partial_pattern(database: str) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(slug(database))}\.\d{{4}}-\d\d-\d\dT\d{{6}}Z\..*\.partial$")
+
+
+def manifest_path(dump: Path) -> Path:
+    name = dump.name
+    for suffix in DUMP_SUFFIXES:
+        if name.endswith(suffix):
+            return dump.with_name(name[: -len(suffix)] + MANIFEST_SUFFIX)
+    return dump.with_name(name + MANIFEST_SUFFIX)
+
+
+# --- files -------------------------------------------------------------------
+def ensure_dir(path: Path) -> Path:
+    """The backup folder, 0700 (tightened if it exists with wider permissions)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- manifests ---------------------------------------------------------------
+def read_manifest(path: Path) -> dict:
+    """The manifest's content, checked for shape; ManifestError says what is wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"no manifest ({path.name} is missing)") from None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"manifest {path.name} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {path.name} is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ManifestError(f"manifest {path.name} lacks {', '.join(missing)}")
+    if data["format_version"] != MANIFEST_VERSION:
+        raise ManifestError(f"manifest {path.name} has format_version {data['format_version']!r}, "
+                            f"this dbops reads {MANIFEST_VERSION}")
+    if not re.fullmatch(r"[0-9a-f]{64}", str(data["sha256"])):
+        raise ManifestError(f"manifest {path.name} has no valid sha256")
+    if not (data["verification"] or {}).get("ok"):
+        raise ManifestError(f"manifest {path.name} records a failed verification")
+    return data
+
+
+def dump_for(manifest_file: Path, manifest: dict) -> Path:
+    return manifest_file.with_name(Path(manifest["file"]).name)
+
+
+def check_backup(dump: Path, *, full: bool = False) -> tuple[dict | None, list[str]]:
+    """(manifest, problems) for a dump file: manifest present and well-formed, the file's
+    size equal to the manifest's, and with ``full`` its sha256 as well."""
+    mpath = manifest_path(dump)
+    try:
+        manifest = read_manifest(mpath)
+    except ManifestError as exc:
+        return None, [str(exc)]
+    problems = []
+    if Path(manifest["file"]).name != dump.name:
+        problems.append(f"the manifest describes {manifest['file']}, not {dump.name}")
+    try:
+        size = dump.stat().st_size
+    except FileNotFoundError:
+        return manifest, [f"{dump.name} is missing"]
+    if size != manifest["size"]:
+        problems.append(f"size {size} bytes differs from the manifest's {manifest['size']} "
+                        f"({'truncated' if size < manifest['size'] else 'grown'})")
+    elif full:
+        digest = sha256_file(dump)
+        if digest != manifest["sha256"]:
+            problems.append(f"sha256 {digest[:16]}… differs from the manifest's "
+                            f"{manifest['sha256'][:16]}… (the file changed after it was written)")
+    return manifest, problems
+
+
+def _entry(path: Path, manifest: dict | None, problems: list[str]) -> dict:
+    try:
+        st = path.stat()
+        size, mtime = st.st_size, st.st_mtime
+    except FileNotFoundError:
+        size, mtime = 0, 0.0
+    m = manifest or {}
+    created = m.get("started_at") or datetime.fromtimestamp(mtime, UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+    return {"path": str(path), "manifest": manifest, "verified": manifest is not None and not problems,
+            "problems": problems, "created_at": created, "database": m.get("database"),
+            "revisions": list(m.get("revisions") or []), "reason": m.get("reason"), "size": size,
+            "format": m.get("format")}
+
+
+def list_backups(settings, *, database: str | None = None, full: bool = False,
+                 include_invalid: bool = True) -> list[dict]:
+    """Every backup in DBOPS_BACKUP_DIR, newest first: path, manifest, verified, created_at
+    (ISO UTC), database, revisions, reason, size, problems. ``verified`` means: a well-formed
+    manifest recording a passed full read, and the file's size (``full``: sha256) matching it.
+    Dumps without a valid manifest come last-by-time with verified False (``include_invalid``)."""
+    folder = Path(settings.backup_dir)
+    if not folder.is_dir():
+        return []
+    entries = []
+    for path in folder.iterdir():
+        if path.name.startswith(".") or not path.name.endswith(DUMP_SUFFIXES):
+            continue
+        manifest, problems = check_backup(path, full=full)
+        if manifest is None and not include_invalid:
+            continue
+        entry = _entry(path, manifest, problems)
+        if database and entry["database"] not in (database, None):
+            continue
+        if database and entry["database"] is None and not path.name.startswith(slug(database) + "."):
+            continue
+        if not include_invalid and not entry["verified"]:
+            continue
+        entries.append(entry)
+    for mpath in folder.glob("*" + MANIFEST_SUFFIX):  # a manifest whose dump is gone
+        try:
+            m = json.loads(mpath.read_text())
+            dump = mpath.with_name(Path(m["file"]).name)
+        except Exception:
+            continue
+        if not dump.exists() and include_invalid and (not database or m.get("database") == database):
+            entries.append({**_entry(mpath, m, [f"{dump.name} is missing"]), "path": str(dump),
+                            "size": 0})
+    entries.sort(key=lambda e: e["created_at"], reverse=True)
+    return entries
+
+
+def newest_verified(settings, database: str) -> dict | None:
+    for e in list_backups(settings, database=database, include_invalid=False):
+        return e
+    return None

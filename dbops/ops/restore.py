@@ -1,0 +1,237 @@
+"""invoke restore / verify-backup.
+
+restore: refuse before touching anything (manifest missing, sha256 or size mismatch,
+other database, dump from a newer major version), confirm, take the lock, a pre-restore
+backup, restore into a NEW database, check it against the manifest (tables, alembic
+revision, row counts), then swap by rename and keep the old database under a dated name.
+Any failure before the swap drops the new database: the live one is untouched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dbops import audit, catalog, seam
+from dbops.agent_client import Agent, AgentError
+from dbops.config import Settings
+from dbops.errors import OpsError
+from dbops.ops.backup import _drain, _stop, fmt_bytes, take_backup
+
+# Runs next to the server; the archive arrives on stdin. Args: $1 mode (check|restore)
+# $2 format (custom|directory) $3 target database (restore) $4 jobs.
+RESTORE_SCRIPT = r"""
+# dbops restore: read the archive from stdin into pg_restore
+set -u
+mode=$1; fmt=$2; dbname=$3; jobs=$4
+if [ "$fmt" = custom ] && [ "$jobs" -le 1 ]; then
+  if [ "$mode" = check ]; then exec pg_restore -f /dev/null; fi
+  exec pg_restore --exit-on-error -d "$dbname"
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-restore.XXXXXX") || exit 70
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 143' INT TERM HUP
+if [ "$fmt" = custom ]; then
+  cat > "$tmp/archive.dump" || exit 71; src="$tmp/archive.dump"
+else
+  mkdir "$tmp/d" && tar -x -C "$tmp/d" || { echo "dbops: the tar archive is unreadable" >&2; exit 71; }
+  src="$tmp/d"
+fi
+if [ "$mode" = check ]; then pg_restore -f /dev/null "$src"; exit $?; fi
+pg_restore --exit-on-error -j "$jobs" -d "$dbname" "$src"
+"""
+
+
+def resolve(settings: Settings, file: str) -> Path:
+    p = Path(file).expanduser()
+    if not p.exists() and not p.is_absolute() and (Path(settings.backup_dir) / p).exists():
+        p = Path(settings.backup_dir) / p
+    if not p.exists():
+        raise OpsError(f"{file}: no such file", state="unchanged", next_command="invoke backups")
+    return p.resolve()
+
+
+def checked_manifest(settings: Settings, path: Path) -> dict:
+    """The manifest of a backup whose size and sha256 match it; OpsError otherwise."""
+    manifest, problems = catalog.check_backup(path, full=True)
+    if manifest is None or problems:
+        raise OpsError(f"{path.name} is not a usable backup: {'; '.join(problems)}",
+                       state="unchanged (nothing was touched)",
+                       next_command="invoke backups   # pick a verified one")
+    return manifest
+
+
+def pg_restore_stream(settings: Settings, target: seam.Target, path: Path, manifest: dict, *,
+                      mode: str, dbname: str = "", jobs: int = 1) -> tuple[int, list[str]]:
+    fmt = manifest["format"]
+    if fmt == "directory" and jobs <= 1:
+        jobs = max(1, int(manifest.get("jobs") or 1))
+    launch = target.pg(["sh", "-c", RESTORE_SCRIPT, "dbops-restore", mode, fmt, dbname or "-",
+                        str(jobs)])
+    lines: list[str] = []
+    with open(path, "rb") as src:
+        proc = seam.start(launch, stdin=src, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          start_new_session=True)
+        drain = threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True)
+        drain.start()
+        try:
+            rc = proc.wait()
+        finally:
+            _stop(proc)
+        drain.join(timeout=30)
+    return rc, [seam.mask(ln, settings.secrets()) for ln in lines if ln.strip()]
+
+
+def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict:
+    path = resolve(settings, file)
+    manifest = checked_manifest(settings, path)
+    checks = [f"manifest: {manifest['database']} at {'+'.join(manifest['revisions']) or 'base'}, "
+              f"{manifest['reason']}, taken {manifest['started_at']} by {manifest.get('operator')}",
+              f"sha256 and size ({fmt_bytes(manifest['size'])}) match the manifest"]
+    with Agent(settings) as agent:
+        if not restore_test:
+            rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="check")
+            if rc != 0:
+                raise OpsError(f"{path.name}: the full read (pg_restore) failed with status {rc}: "
+                               f"the archive is damaged", details=lines[-8:], state="unchanged")
+            checks.append("full read (pg_restore to /dev/null): ok")
+            return {"manifest": manifest, "checks": checks}
+        name = agent.call("restore.scratch")["name"]
+        try:
+            rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="restore",
+                                          dbname=name)
+            if rc != 0:
+                raise OpsError(f"{path.name}: restoring into a scratch database failed (status {rc})",
+                               details=lines[-8:], state="unchanged (a scratch database was used)")
+            try:
+                res = agent.call("restore.check", name=name, tables=manifest["tables"],
+                                 revisions=manifest["revisions"])
+            except AgentError as exc:
+                raise OpsError(exc.message, state="unchanged (a scratch database was used)") from None
+        finally:
+            try:
+                agent.call("restore.scratch_drop", name=name)
+            except OpsError as exc:
+                print(f"warning: could not drop scratch database {name}: {exc.message}", file=sys.stderr)
+    checks.append(f"restore test: {res['tables']} tables, {res['rows']} rows and the alembic "
+                  f"revision equal the manifest's (scratch database dropped)")
+    return {"manifest": manifest, "checks": checks}
+
+
+def confirm(settings: Settings, prompt: str, *, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        if settings.is_production:
+            raise OpsError("ENVIRONMENT=production and no terminal to confirm on: --yes is required",
+                           state="unchanged (nothing was touched)",
+                           next_command="re-run with --yes once you are sure")
+        print("no terminal to confirm on; proceeding (ENVIRONMENT is not production)", file=sys.stderr)
+        return
+    print(prompt, file=sys.stderr)
+    answer = input(f"Type the database name ({settings.database}) to continue: ").strip()
+    if answer != settings.database:
+        raise OpsError("not confirmed", state="unchanged (nothing was touched)", exit_code=1)
+
+
+def _drop_command(settings: Settings, name: str) -> str:
+    if settings.target == "compose":
+        return f"{' '.join(settings.compose)} exec -T {settings.db_service} dropdb -U {settings.user} '{name}'"
+    return f"dropdb -h {settings.host} -p {settings.port} -U {settings.user} '{name}'"
+
+
+def restore(settings: Settings, file: str, *, yes: bool = False, other_database: bool = False,
+            jobs: int | None = None) -> dict:
+    t0 = time.monotonic()
+    path = resolve(settings, file)
+    manifest = checked_manifest(settings, path)
+    if manifest["database"] != settings.database and not other_database:
+        raise OpsError(f"{path.name} is a backup of database {manifest['database']!r}, not "
+                       f"{settings.database!r}", state="unchanged (nothing was touched)",
+                       next_command=f"invoke restore {path} --other-database   # if you mean it")
+    with Agent(settings) as agent:
+        try:
+            facts = agent.call("restore.facts")
+        except AgentError as exc:
+            raise OpsError(exc.message, state="unchanged (nothing was touched)") from None
+        dump_major = int(manifest.get("server_version_num") or 0) // 10000
+        server_major = facts["server_version_num"] // 10000
+        if dump_major > server_major:
+            raise OpsError(f"{path.name} was dumped from PostgreSQL {manifest['server_version']}, "
+                           f"newer than this server ({facts['server_version']}): it cannot be restored here",
+                           state="unchanged (nothing was touched)",
+                           next_command="restore it on a server of the same or a newer major version")
+        if not facts["exists"]:
+            raise OpsError(f"database {settings.database} does not exist: restore replaces an existing "
+                           f"database", state="unchanged",
+                           next_command=f"create it empty first (createdb {settings.database}), then re-run")
+        rows = sum(manifest["tables"].values())
+        confirm(settings, "\n".join([
+            f"Restore {path.name}",
+            f"  taken {manifest['started_at']} ({manifest['reason']}), revision "
+            f"{'+'.join(manifest['revisions']) or 'base'}, {len(manifest['tables'])} tables, {rows} rows",
+            f"over database {settings.database} ({settings.target}).",
+            f"  1. a pre-restore backup of {settings.database} is taken",
+            "  2. the backup is restored into a new database and checked",
+            f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} are terminated, "
+            f"and the databases are swapped by rename",
+            f"  4. the current {settings.database} is kept as {settings.database}_dbops_old_<time>"]),
+            yes=yes)
+        try:
+            agent.call("lock.acquire", purpose="restore")
+        except AgentError as exc:
+            raise OpsError(exc.message, state="unchanged",
+                           next_command=f"wait for it to finish, then re-run: invoke restore {path}") from None
+        return _restore_locked(settings, agent, path, manifest, jobs or 1, t0)
+
+
+def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict, jobs: int,
+                    t0: float) -> dict:
+    record = {"file": str(path), "sha256": manifest["sha256"], "to": manifest["revisions"],
+              "backup_database": manifest["database"]}
+    pre = take_backup(settings, agent, "pre-restore", prune=False)
+    record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
+    print(f"pre-restore backup: {pre['path']}", file=sys.stderr)
+    name = None
+    swapped = None
+    try:
+        created = agent.call("restore.create")
+        name = created["name"]
+        for s in created["swept"]:
+            print(f"dropped {s}, left behind by an interrupted restore", file=sys.stderr)
+        rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="restore",
+                                      dbname=name, jobs=jobs)
+        if rc != 0:
+            raise OpsError(f"pg_restore into the new database {name} failed (status {rc})",
+                           details=lines[-8:])
+        check = agent.call("restore.check", name=name, tables=manifest["tables"],
+                           revisions=manifest["revisions"])
+        sessions = agent.call("restore.facts")["sessions"]
+        if sessions:
+            print(f"warning: terminating {len(sessions)} session(s) connected to {settings.database}: "
+                  + ", ".join(f"pid {s['pid']} {s['application_name'] or '-'} ({s['user']}@{s['client']})"
+                              for s in sessions[:10]), file=sys.stderr)
+        swapped = agent.call("restore.swap", name=name)
+    except (OpsError, KeyboardInterrupt) as exc:
+        message = exc.message if isinstance(exc, OpsError) else "interrupted"
+        if name and swapped is None:
+            try:
+                agent.call("restore.drop", name=name)
+            except Exception:
+                print(f"warning: could not drop {name}; the next restore drops it", file=sys.stderr)
+        audit.append(settings, "restore", result="failed", error=message,
+                     duration_s=round(time.monotonic() - t0, 3), **record)
+        raise OpsError(f"restore failed: {message}", details=getattr(exc, "details", []),
+                       state=f"{settings.database} is unchanged (the new database was dropped); "
+                             f"pre-restore backup: {pre['path']}",
+                       next_command=f"invoke verify-backup {path} --restore-test") from None
+    old = swapped["old"]
+    audit.append(settings, "restore", result="ok", old_database=old,
+                 terminated=len(swapped["terminated"]), duration_s=round(time.monotonic() - t0, 3),
+                 **record)
+    return {"database": settings.database, "revisions": check["revisions"], "tables": check["tables"],
+            "rows": check["rows"], "pre_restore_backup": pre["path"], "old_database": old,
+            "drop_command": _drop_command(settings, old), "terminated": swapped["terminated"]}
