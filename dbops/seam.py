@@ -38,10 +38,16 @@ class Launch:
 
     @property
     def display(self) -> str:
-        text = shlex.join(self.argv)
+        # A multi-line `sh -c` script is shown by its first comment line, not in full.
+        text = shlex.join([_script_label(a) if "\n" in a else a for a in self.argv])
         for secret in self.secrets:
             text = text.replace(secret, "****")
         return text
+
+
+def _script_label(script: str) -> str:
+    first = next((ln.strip() for ln in script.splitlines() if ln.strip()), "")
+    return f"<script: {first.lstrip('# ')[:60]}…>" if first.startswith("#") else f"<{len(script.splitlines())}-line script>"
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
