@@ -1,1 +1,156 @@
-"""Expected fingerprints per revision on a scratch database, and the match. (Issue 5.)"""
+"""Expected fingerprints per revision on a scratch database, and the stamp. (Issue 5.)
+
+- ``recover.inspect``: the live database (fingerprint, version rows, server version) and the
+  revision history (topological order, a sha256 of each revision file and of env.py), which
+  the host turns into a cache key.
+- ``recover.expected``: one linear pass on a scratch database created on the same server:
+  upgrade one revision at a time from base with alembic's command API (env.py pointed at the
+  scratch database through ``db.pointed_at``) and fingerprint after each step. The live
+  database is never written; the scratch database is always dropped.
+- ``recover.stamp``: under the dbops lock, re-check that nothing moved since the analysis,
+  then ``alembic stamp --purge`` to the matching revision(s). Changes no schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from alembic import command
+
+from dbops.agent import db, fingerprint, scratch
+from dbops.agent.lock import require_lock
+from dbops.agent.protocol import AgentFailure, handler
+from dbops.agent.status import one_line
+
+
+def file_sha256(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def chain(script) -> list[dict]:
+    """Every revision, base first (a topological order), with the sha256 of its file."""
+    out = []
+    for rev in reversed(list(script.walk_revisions())):
+        down = rev.down_revision
+        downs = [] if down is None else ([down] if isinstance(down, str) else sorted(down))
+        out.append({"revision": rev.revision, "down_revisions": downs,
+                    "message": (rev.doc or "").strip().splitlines()[0] if rev.doc else "",
+                    "file": Path(rev.path).name if rev.path else None,
+                    "sha256": file_sha256(rev.path)})
+    return out
+
+
+@contextlib.contextmanager
+def quiet_alembic():
+    """alembic's INFO lines ("Running upgrade …") for 50 scratch steps are noise."""
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def version_table_exists(conn, table: str = fingerprint.VERSION_TABLE) -> bool:
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE c.relname = %s AND c.relkind = 'r' "
+                        "AND n.nspname NOT IN ('pg_catalog', 'information_schema'))",
+                        (table,)).fetchone()[0]
+
+
+@handler("recover.inspect")
+def inspect(ctx) -> dict:
+    script = ctx.script()
+    try:
+        conn = ctx.conn
+        server, num = conn.execute("SELECT current_setting('server_version'), "
+                                   "current_setting('server_version_num')::int").fetchone()
+    except Exception as exc:
+        raise AgentFailure(f"cannot connect to database {db.database()}: {one_line(exc)}",
+                           kind="connect") from None
+    has_table = version_table_exists(conn)
+    with quiet_alembic():
+        current = ctx.current_heads() if has_table else []
+    fp = fingerprint.collect(conn)
+    env_py = Path(script.dir) / "env.py"
+    return {"database": db.database(), "server_version": server, "server_major": num // 10000,
+            "version_table": has_table, "current": current,
+            "heads": sorted(script.get_heads()), "chain": chain(script),
+            "env_sha256": file_sha256(str(env_py)),
+            "live": {"fingerprint": fp, "hash": fingerprint.digest(fp),
+                     "summary": fingerprint.summary(fp)}}
+
+
+def build_expected(ctx, purpose: str = "recover") -> dict:
+    """Fingerprint of base and of the database after each revision, in one linear pass."""
+    script = ctx.script()
+    revs = [r["revision"] for r in chain(script)]
+    started = time.monotonic()
+    steps = []
+    with scratch.scratch_database(purpose) as name:
+        with db.pointed_at(name), quiet_alembic():
+            if db.database() != name:  # never upgrade anything but the scratch database
+                raise AgentFailure("internal: the scratch database is not the target",
+                                   kind="internal")
+            sconn = db.connect(name, application_name="dbops:recover scratch")
+            try:
+                fp = fingerprint.collect(sconn)
+                steps.append({"revision": None, "heads": [], "hash": fingerprint.digest(fp),
+                              "fingerprint": fp})
+                for rev in revs:
+                    try:
+                        command.upgrade(ctx.config(), rev)
+                    except Exception as exc:
+                        raise AgentFailure(
+                            f"building the expected schemas: upgrading a scratch database to "
+                            f"{rev} failed: {one_line(exc)}", kind="expected", revision=rev,
+                            done=[s["revision"] for s in steps[1:]]) from None
+                    fp = fingerprint.collect(sconn)
+                    steps.append({"revision": rev, "heads": ctx.current_heads(name),
+                                  "hash": fingerprint.digest(fp), "fingerprint": fp})
+            finally:
+                sconn.close()
+    return {"steps": steps, "seconds": round(time.monotonic() - started, 3)}
+
+
+@handler("recover.expected")
+def expected(ctx) -> dict:
+    return build_expected(ctx)
+
+
+@handler("recover.stamp")
+def stamp(ctx, revisions: list[str], expect_current: list[str], expect_hash: str,
+          lock_timeout: str = "2s") -> dict:
+    """Stamp (purging the version rows first) after checking nothing moved meanwhile."""
+    require_lock(ctx)
+    conn = ctx.conn
+    has_table = version_table_exists(conn)
+    with quiet_alembic():
+        before = ctx.current_heads() if has_table else []
+    if sorted(before) != sorted(expect_current):
+        raise AgentFailure(f"alembic_version changed during recover (now {before or ['none']}, "
+                           f"was {expect_current or ['none']}): nothing stamped", kind="moved",
+                           before=before)
+    live_hash = fingerprint.digest(fingerprint.collect(conn))
+    if live_hash != expect_hash:
+        raise AgentFailure("the live schema changed during recover: nothing stamped",
+                           kind="moved", before=before)
+    targets = [r for r in revisions if r] or ["base"]
+    try:
+        with db.pg_options(lock_timeout=lock_timeout), quiet_alembic():
+            command.stamp(ctx.config(), targets if len(targets) > 1 else targets[0], purge=True)
+    except Exception as exc:
+        raise AgentFailure(f"stamp failed: {one_line(exc)}", kind="stamp", before=before,
+                           after=ctx.current_heads() if version_table_exists(conn) else []
+                           ) from None
+    with quiet_alembic():
+        after = ctx.current_heads()
+    return {"before": before, "before_table": has_table, "after": after}

@@ -1,0 +1,344 @@
+"""invoke recover: which revision is the live schema exactly, and (with --apply) stamp it.
+
+One agent process: ``recover.inspect`` (live fingerprint, version rows, the history and
+its file hashes), ``recover.expected`` only on a cache miss (a linear pass on a scratch
+database), and with ``--apply`` ``lock.acquire`` + ``recover.stamp``. Comparing is done
+here, on the host. Expected fingerprints are cached as JSON under ``DBOPS_CACHE_DIR``
+(default ``.dbops/cache``)/recover/, keyed by the revision chain (ids, parents, a sha256 of
+each revision file and of env.py), the server's major version and the fingerprint format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dbops import audit
+from dbops.agent import fingerprint as fpmod
+from dbops.agent_client import Agent, AgentError
+from dbops.config import Settings
+from dbops.errors import OpsError
+from dbops.seam import target_for
+
+CACHE_FORMAT = 1
+
+
+# --- the cache -------------------------------------------------------------------
+def cache_dir(settings: Settings) -> Path:
+    raw = settings.raw.get("DBOPS_CACHE_DIR") or ".dbops/cache"
+    p = Path(raw).expanduser()
+    return (p if p.is_absolute() else settings.project_dir / p) / "recover"
+
+
+def cache_key(insp: dict) -> str:
+    material = {"cache": CACHE_FORMAT, "fingerprint": fpmod.FORMAT,
+                "server_major": insp["server_major"], "env": insp.get("env_sha256"),
+                "chain": [[r["revision"], r["down_revisions"], r["sha256"]] for r in insp["chain"]]}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cache_load(path: Path) -> list[dict] | None:
+    try:
+        data = json.loads(path.read_text())
+        steps = data["steps"]
+        if all(fpmod.digest(s["fingerprint"]) == s["hash"] for s in steps):
+            return steps
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None  # missing, torn or tampered with: rebuild
+
+
+def cache_store(path: Path, insp: dict, steps: list[dict]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"key": path.stem, "server_major": insp["server_major"],
+                                   "revisions": [r["revision"] for r in insp["chain"]],
+                                   "created_at": audit.utcnow(), "steps": steps}))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only checkout: works, just not cached
+        print(f"note: could not write the recover cache {path}: {exc.strerror}", file=sys.stderr)
+
+
+def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: bool = True
+                   ) -> tuple[list[dict], dict]:
+    """The expected fingerprint after each revision (step 0 = base), from cache or built."""
+    path = cache_dir(settings) / f"{cache_key(insp)}.json"
+    steps = cache_load(path) if use_cache else None
+    if steps is not None:
+        return steps, {"source": "cache", "cache_file": str(path), "seconds": 0.0}
+    try:
+        built = agent.call("recover.expected")
+    except AgentError as exc:
+        raise OpsError(exc.message, state="unchanged (only a scratch database was used, and dropped)",
+                       next_command="fix the revision named above, or run: invoke check") from None
+    cache_store(path, insp, built["steps"])
+    return built["steps"], {"source": "built", "cache_file": str(path), "seconds": built["seconds"]}
+
+
+# --- comparing -------------------------------------------------------------------
+def _label(revs: list[str] | tuple[str, ...] | None) -> str:
+    return ", ".join(revs) if revs else "base"
+
+
+def analyse(insp: dict, steps: list[dict]) -> dict:
+    """Match the live fingerprint against every step; describe what alembic_version says."""
+    live_hash = insp["live"]["hash"]
+    live_fp = insp["live"]["fingerprint"]
+    messages = {r["revision"]: r["message"] for r in insp["chain"]}
+    order = {s["revision"]: i for i, s in enumerate(steps)}
+    current = sorted(insp["current"])
+    unknown = [c for c in current if c not in messages]
+
+    def position(heads: list[str]) -> int | None:
+        for i, s in enumerate(steps):
+            if sorted(s["heads"]) == sorted(heads):
+                return i
+        known = [order[h] for h in heads if h in order]
+        return max(known) if known else None
+
+    matches = [i for i, s in enumerate(steps) if s["hash"] == live_hash]
+    targets: list[tuple[str, ...]] = []
+    for i in matches:
+        t = tuple(sorted(steps[i]["heads"]))
+        if t not in targets:
+            targets.append(t)
+    report: dict = {
+        "database": insp["database"], "server_version": insp["server_version"],
+        "live": {"hash": live_hash, "summary": insp["live"]["summary"]},
+        "version_table": insp["version_table"], "current": current, "unknown_current": unknown,
+        "heads": insp["heads"], "revisions": len(insp["chain"]),
+        "matches": [{"revision": steps[i]["revision"] or "base", "heads": steps[i]["heads"],
+                     "message": messages.get(steps[i]["revision"], "empty schema (base)")}
+                    for i in matches],
+        "stamp_to": None, "ambiguous": False, "closest": None, "differences": [],
+    }
+    cur_pos = position(current) if current and not unknown else (0 if not current else None)
+    if matches:
+        anchor = matches
+        if tuple(current) in targets:
+            state = "matching"
+        elif len(targets) == 1:
+            report["stamp_to"] = list(targets[0]) or ["base"]
+        else:
+            report["ambiguous"] = True
+    else:
+        scored = sorted(((len(fpmod.diff(s["fingerprint"], live_fp)), -i, i)
+                         for i, s in enumerate(steps)))
+        best = scored[0][2]
+        anchor = [best]
+        report["closest"] = {"revision": steps[best]["revision"] or "base",
+                             "heads": steps[best]["heads"],
+                             "message": messages.get(steps[best]["revision"], "empty schema (base)")}
+        report["differences"] = fpmod.diff(steps[best]["fingerprint"], live_fp)
+    if not (matches and tuple(current) in targets):
+        if not insp["version_table"]:
+            state = "table missing"
+        elif not current:
+            state = "no version row"
+        elif unknown:
+            state = "unknown id"
+        elif cur_pos is None:
+            state = "diverged"
+        elif cur_pos < min(anchor):
+            state = "behind"
+        elif cur_pos > max(anchor):
+            state = "ahead"
+        else:
+            state = "diverged"
+    report["version_state"] = state
+    first = steps[min(anchor)]
+    last = steps[max(anchor)]
+    if state == "behind":
+        report["unrecorded"] = [s["revision"] for s in steps[cur_pos + 1:max(anchor) + 1]]
+    if state == "ahead":
+        report["unapplied"] = [s["revision"] for s in steps[max(anchor) + 1:cur_pos + 1]]
+    report["pending_after"] = [s["revision"] for s in steps[max(anchor) + 1:]]
+    report["_first_last"] = (first["revision"], last["revision"])
+    return report
+
+
+def verdict(report: dict) -> tuple[str, str]:
+    """(what it means, the next command)."""
+    state = report["version_state"]
+    cur = _label(report["current"])
+    pending = report["pending_after"]
+    after = "invoke migrate" if pending else "invoke current"
+    if report["matches"]:
+        m = report["matches"]
+        names = " = ".join(x["revision"] for x in m)
+        if state == "matching":
+            return (f"alembic_version ({cur}) agrees with the schema: nothing to recover.", after)
+        if report["ambiguous"]:
+            return (f"the schema is exactly what several revisions give ({names}: they change no "
+                    f"schema); alembic_version: {state} ({cur}). Choose which one the data is at.",
+                    f"invoke recover --apply --to <one of {names}>")
+        to = _label(report["stamp_to"])
+        why = {
+            "table missing": "there is no alembic_version table (a database created without "
+                             "alembic, or the table was dropped)",
+            "no version row": "alembic_version is empty",
+            "unknown id": f"alembic_version names {', '.join(report['unknown_current'])}, which the "
+                          f"script directory does not have (deployed from a branch that was "
+                          f"reverted?)",
+            "behind": f"alembic_version says {cur}, behind the schema: "
+                      f"{', '.join(report.get('unrecorded', []))} applied but not recorded "
+                      f"(DDL applied by hand?)",
+            "ahead": f"alembic_version says {cur}, ahead of the schema: "
+                     f"{', '.join(report.get('unapplied', []))} recorded but not applied (a failed "
+                     f"upgrade that was stamped?)",
+            "diverged": f"alembic_version says {cur}, which is not where the schema is",
+        }[state]
+        return (f"{why}; the schema is exactly {to}. Stamping {to} fixes the record "
+                f"(no schema change).", "invoke recover --apply")
+    c = report["closest"]
+    return (f"the schema matches NO revision (drift). Closest: {c['revision']} ({c['message']}) "
+            f"with {len(report['differences'])} difference(s). Do not stamp: reconcile the "
+            f"differences first (restore a backup, or apply/revert the DDL by hand), then run "
+            f"invoke recover again. alembic_version: {state} ({cur}).",
+            "invoke backup   (take one before repairing anything by hand)")
+
+
+# --- the operation ---------------------------------------------------------------
+def interactive() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: str | None = None,
+            use_cache: bool = True, confirm: Callable[[str], bool] | None = None,
+            on_report: Callable[[dict], None] | None = None) -> dict:
+    started = time.monotonic()
+    with Agent(settings) as agent:
+        try:
+            insp = agent.call("recover.inspect")
+        except AgentError as exc:
+            if exc.kind == "connect":
+                raise OpsError(exc.message, next_command="invoke doctor") from None
+            raise
+        steps, source = expected_steps(settings, agent, insp, use_cache=use_cache)
+        report = analyse(insp, steps)
+        report.pop("_first_last", None)
+        report["target"] = target_for(settings).describe()
+        report["expected"] = source
+        report["verdict"], report["next"] = verdict(report)
+        report["applied"] = None
+        if on_report:
+            on_report(report)
+        if apply:
+            report["applied"] = _apply(settings, agent, insp, report, yes=yes, to=to,
+                                       confirm=confirm)
+            report["next"] = ("invoke migrate" if report["applied"]["pending_after"]
+                              else "invoke current")
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return report
+
+
+def _choose(report: dict, to: str | None) -> list[str]:
+    if not report["matches"]:
+        raise OpsError("refusing to stamp: no revision matches the live schema exactly",
+                       details=report["differences"][:20],
+                       state="unchanged (nothing was stamped)",
+                       next_command="invoke backup   (then reconcile the differences by hand)")
+    if to is None:
+        if report["ambiguous"]:
+            names = ", ".join(m["revision"] for m in report["matches"])
+            raise OpsError(f"refusing to stamp: several revisions give this exact schema ({names});"
+                           f" say which one with --to", state="unchanged (nothing was stamped)",
+                           next_command=f"invoke recover --apply --to {report['matches'][0]['revision']}"
+                           f"   (or another of: {names})")
+        return report["stamp_to"]
+    chosen = [m for m in report["matches"] if m["revision"] == to] or \
+        [m for m in report["matches"] if m["revision"].startswith(to)]
+    if len(chosen) != 1:
+        raise OpsError(f"refusing to stamp: --to {to} is not one of the exactly matching revisions "
+                       f"({', '.join(m['revision'] for m in report['matches'])})",
+                       state="unchanged (nothing was stamped)")
+    return chosen[0]["heads"] or ["base"]
+
+
+def hashes_up_to(chain: list[dict], targets: list[str]) -> dict[str, str]:
+    """{revision: sha256} of every revision at or below the stamp target(s)."""
+    pos = [i for i, r in enumerate(chain) if r["revision"] in targets]
+    return {r["revision"]: r["sha256"] for r in chain[:max(pos) + 1]} if pos else {}
+
+
+def _apply(settings: Settings, agent: Agent, insp: dict, report: dict, *, yes: bool,
+           to: str | None, confirm: Callable[[str], bool] | None) -> dict:
+    targets = _choose(report, to)
+    if report["version_state"] == "matching" and to is None:
+        return {"stamped": False, "to": report["current"], "pending_after": report["pending_after"]}
+    question = (f"Stamp database {settings.database} to {_label(targets)} (alembic_version now: "
+                f"{_label(report['current']) if report['version_table'] else 'no table'})? "
+                f"This changes no schema. [y/N] ")
+    if not yes:
+        if interactive():
+            ask = confirm or (lambda q: input(q).strip().lower() in ("y", "yes"))
+            if not ask(question):
+                raise OpsError("not confirmed: nothing was stamped", state="unchanged")
+        elif settings.is_production:
+            raise OpsError("ENVIRONMENT=production and no terminal to confirm on: add --yes",
+                           state="unchanged (nothing was stamped)",
+                           next_command="invoke recover --apply --yes")
+    try:
+        agent.call("lock.acquire", purpose="recover")
+    except AgentError as exc:
+        raise OpsError(exc.message, state="unchanged (nothing was stamped)",
+                       next_command="wait for it to finish, then re-run: invoke recover --apply"
+                       ) from None
+    started = time.monotonic()
+    record = {"from": report["current"], "to": targets, "previous_version_rows": report["current"],
+              "version_table_existed": report["version_table"],
+              "state": report["version_state"], "schema_hash": insp["live"]["hash"],
+              "revision_hashes": hashes_up_to(insp["chain"], targets)}
+    try:
+        res = agent.call("recover.stamp", revisions=[t for t in targets if t != "base"],
+                         expect_current=insp["current"], expect_hash=insp["live"]["hash"],
+                         lock_timeout=settings.lock_timeout)
+    except AgentError as exc:
+        audit.append(settings, "recover", **record, result="failed", error=exc.message,
+                     duration_s=round(time.monotonic() - started, 3))
+        raise OpsError(exc.message, state=f"alembic_version: {_label(exc.agent_details.get('before'))}",
+                       next_command="invoke recover") from None
+    audit.append(settings, "recover", **record, result="ok",
+                 duration_s=round(time.monotonic() - started, 3))
+    return {"stamped": True, "to": res["after"], "before": res["before"],
+            "pending_after": report["pending_after"]}
+
+
+# --- printing --------------------------------------------------------------------
+def format_report(r: dict) -> str:
+    src = r["expected"]
+    how = (f"from cache ({src['cache_file']})" if src["source"] == "cache"
+           else f"built on a scratch database in {src['seconds']:.1f} s, cached")
+    lines = [f"database {r['database']} on {r['target']} (PostgreSQL {r['server_version']})",
+             f"history:   {r['revisions']} revisions, head {_label(r['heads'])}",
+             f"expected:  {how}",
+             f"live:      {r['live']['summary']} (fingerprint {r['live']['hash'][:12]})"]
+    if not r["version_table"]:
+        av = "no alembic_version table"
+    elif not r["current"]:
+        av = "alembic_version is empty"
+    else:
+        av = ", ".join(c + (" (UNKNOWN to the script directory)" if c in r["unknown_current"] else "")
+                       for c in r["current"])
+    lines.append(f"alembic_version: {av}  [{r['version_state']}]")
+    if r["matches"]:
+        for m in r["matches"]:
+            lines.append(f"MATCH:     {m['revision']}  {m['message']}  (exact)")
+    else:
+        c = r["closest"]
+        lines.append(f"NO MATCH:  closest is {c['revision']}  {c['message']}; the live database "
+                     f"differs from it:")
+        lines += [f"  - {d}" for d in r["differences"][:40]]
+        if len(r["differences"]) > 40:
+            lines.append(f"  … and {len(r['differences']) - 40} more (--json for all)")
+    lines.append(f"verdict:   {r['verdict']}")
+    return "\n".join(lines)
