@@ -1,4 +1,4 @@
-"""Schema state and migrations: current, history, heads, migrate."""
+"""Schema state and migrations: current, history, heads, migrate, rollback, stamp, check."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import json
 
 from invoke import task
 
+from dbops.errors import OpsError
+from dbops.ops import check as check_op
 from dbops.ops import migrate as migrate_op
+from dbops.ops import rollback as rollback_op
+from dbops.ops import stamp as stamp_op
 from dbops.ops import status as status_op
 from dbops.tasks import guarded, settings
 
@@ -33,14 +37,62 @@ def heads(c):
     print(status_op.format_heads(status_op.read_status(settings(c))))
 
 
-@task(help={"to": "target revision (default: head)"})
+@task(help={"to": "target revision: head (default), full id, unique prefix or branch label",
+            "sql": "print the offline SQL of the pending revisions and stop (changes nothing)",
+            "no_backup": "skip the pre-migrate backup (you have one, or the data is disposable)"})
 @guarded
-def migrate(c, to="head"):
-    """Upgrade the database (default: to head), then verify the revision it reached."""
-    res = migrate_op.migrate(settings(c), to=to)
-    if res["before"] == res["after"]:
-        print(f"nothing to do: already at {status_op.label(res['after'])}")
-    print(f"verified: database is at {status_op.label(res['after'])} (target {to})")
+def migrate(c, to="head", sql=False, no_backup=False):
+    """Upgrade under the dbops lock: preflight, backup, one revision at a time with lock_timeout
+    and bounded retries, then verify the revision and that the schema matches the models."""
+    res = migrate_op.migrate(settings(c), to=to, sql=sql, backup=not no_backup)
+    if sql:
+        print(res["sql"], end="" if res["sql"].endswith("\n") else "\n")
+        return
+    if res.get("applied"):
+        print(f"applied {len(res['applied'])} revision(s) in {res.get('seconds', 0):.1f} s"
+              + (f"; backup: {res['backup']}" if res.get("backup") else ""))
+    models = "; schema matches the models" if res.get("models_checked") else ""
+    print(f"verified: database is at {status_op.label(res['after'])} (target {res['target']}){models}")
 
 
-TASKS = [current, history, heads, migrate]
+@task(help={"to": "target: full id, unique prefix, -1/-2 (relative), base, or a branch label",
+            "yes": "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)",
+            "accept_data_loss": "accept a plan whose downgrades drop tables or columns",
+            "no_backup": "skip the pre-rollback backup"})
+@guarded
+def rollback(c, to=None, yes=False, accept_data_loss=False, no_backup=False):
+    """Downgrade to an earlier revision: prints the plan (and what it drops), backs up, downgrades
+    one revision at a time under the lock, verifies the revision."""
+    if not to:
+        raise OpsError("rollback needs --to=REV (e.g. --to=-1, --to=base, --to=<revision>)",
+                       next_command="invoke history   (to pick one)")
+    res = rollback_op.rollback(settings(c), to, yes=yes, accept_data_loss=accept_data_loss,
+                               backup=not no_backup)
+    if res["downgraded"]:
+        print(f"downgraded {len(res['downgraded'])} revision(s)"
+              + (f"; pre-rollback backup: {res['backup']}" if res.get("backup") else ""))
+    print(f"verified: database is at {status_op.label(res['after'])}")
+
+
+@task(help={"to": "the revision the version row should name (full id, prefix, base, head)",
+            "yes": "do not ask for confirmation"})
+@guarded
+def stamp(c, to=None, yes=False):
+    """Rewrite the alembic version row WITHOUT changing the schema (recovery only); audited."""
+    if not to:
+        raise OpsError("stamp needs --to=REV", next_command="invoke doctor   (which revision the schema matches)")
+    res = stamp_op.stamp(settings(c), to, yes=yes)
+    print(f"stamped: version row is {status_op.label(res['after'])} (was {status_op.label(res['before'])}); "
+          f"no schema was changed")
+
+
+@task(help={"no_squawk": "skip the squawk lint of the offline SQL"})
+@guarded
+def check(c, no_squawk=False):
+    """CI gate: single head, stairway up/down on a scratch database, models match the
+    migrations, squawk over every revision's SQL. Non-zero exit on any failure."""
+    check_op.check(settings(c), squawk=not no_squawk)
+    print("check passed")
+
+
+TASKS = [current, history, heads, migrate, rollback, stamp, check]

@@ -1,0 +1,172 @@
+"""invoke check, the CI gate: one head; stairway up/down/up on a scratch database; models
+match the migrations; squawk over the offline SQL of every revision. Any failure -> non-zero.
+
+The SQL is rendered by the agent (where alembic runs); squawk runs on the host.
+
+Accepting a known squawk finding (see docs/migrations.md):
+- in the revision file, a comment ``# squawk-accept: RULE[, RULE] -- why``;
+- or an entry in DBOPS_SQUAWK_ACCEPT (default ``squawk-accept.toml`` in the project):
+  ``[[accept]] revision = "23cd436768a8"  rule = "require-concurrent-index-creation"  reason = "…"``;
+- rules turned off everywhere: DBOPS_SQUAWK_EXCLUDE (comma list) or squawk's own config
+  (DBOPS_SQUAWK_CONFIG, default ``.squawk.toml`` next to alembic.ini when present).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+from dbops.agent_client import Agent
+from dbops.config import Settings
+from dbops.errors import OpsError
+from dbops.ops.migrate import Out, _print
+
+# Style rules (column types), not locking or safety: off unless DBOPS_SQUAWK_EXCLUDE says otherwise.
+DEFAULT_EXCLUDE = "prefer-bigint-over-int,prefer-bigint-over-smallint,prefer-identity,prefer-text-field"
+MARKER = re.compile(r"#\s*squawk-accept:\s*([\w\-, ]+?)\s*(?:--\s*(.*))?$", re.M)
+
+
+def squawk_binary(settings: Settings) -> str | None:
+    configured = settings.raw.get("DBOPS_SQUAWK")
+    if configured:
+        return configured
+    beside = Path(sys.executable).parent / "squawk"
+    return str(beside) if beside.is_file() else shutil.which("squawk")
+
+
+def accepted(settings: Settings, revisions: list[dict]) -> dict[tuple[str, str], str]:
+    """{(revision, rule): reason} from revision-file markers and the accept file."""
+    out: dict[tuple[str, str], str] = {}
+    for r in revisions:
+        for m in MARKER.finditer(r.get("source") or ""):
+            for rule in filter(None, (x.strip() for x in m.group(1).split(","))):
+                out[(r["revision"], rule)] = (m.group(2) or "marked in the revision file").strip()
+    path = Path(settings.raw.get("DBOPS_SQUAWK_ACCEPT") or settings.project_dir / "squawk-accept.toml")
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise OpsError(f"{path}: not valid TOML ({exc})") from None
+        for entry in data.get("accept", []):
+            if not entry.get("revision") or not entry.get("rule"):
+                raise OpsError(f"{path}: every [[accept]] needs revision and rule: {entry}")
+            if not entry.get("reason"):
+                raise OpsError(f"{path}: accepting {entry['rule']} on {entry['revision']} needs a reason")
+            # a unique prefix of the revision is fine
+            for r in revisions:
+                if r["revision"].startswith(str(entry["revision"])):
+                    out[(r["revision"], entry["rule"])] = entry["reason"]
+    return out
+
+
+def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None) -> tuple[list[dict], list[str]]:
+    """(findings, problems). Each finding: revision, rule, line, message, accepted (reason|None)."""
+    binary = squawk_binary(settings)
+    if not binary:
+        return [], ["squawk is not installed: pip install squawk-cli (or set DBOPS_SQUAWK)"]
+    problems = [f"{r['revision']}: offline SQL could not be rendered: {r['error']}"
+                for r in revisions if r.get("error")]
+    header = (f"-- dbops runs every migration with these (PGOPTIONS)\n"
+              f"SET lock_timeout = '{settings.lock_timeout}';\n"
+              f"SET statement_timeout = '{settings.statement_timeout}';\n")
+    exclude = settings.raw.get("DBOPS_SQUAWK_EXCLUDE", DEFAULT_EXCLUDE)
+    cfg = Path(settings.raw.get("DBOPS_SQUAWK_CONFIG") or settings.alembic_ini.parent / ".squawk.toml")
+    by_file: dict[str, str] = {}
+    texts: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="dbops-squawk-") as tmp:
+        files = []
+        for i, r in enumerate(revisions):
+            if r.get("error") or not r["sql"].strip():
+                continue
+            name = f"{i:03d}_{r['revision']}.sql"
+            (Path(tmp) / name).write_text(header + r["sql"] + "\n")
+            texts[name] = (header + r["sql"]).splitlines()
+            by_file[name] = r["revision"]
+            files.append(name)
+        if not files:
+            return [], problems
+        argv = [binary, "--reporter", "json"]
+        if exclude.strip():
+            argv += [f"--exclude={exclude}"]
+        if cfg.is_file():
+            argv += [f"--config={cfg}"]
+        if pg_version:
+            argv += [f"--pg-version={pg_version}"]
+        print(f"$ {' '.join(argv)} <{len(files)} files>", file=sys.stderr, flush=True)
+        done = subprocess.run(argv + files, cwd=tmp, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        if not done.stdout.strip() and done.returncode != 0:
+            raise json.JSONDecodeError("no output", "", 0)
+        raw = json.loads(done.stdout or "[]")
+    except json.JSONDecodeError:
+        return [], problems + [f"squawk failed (status {done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()[:400]}"]
+    accept = accepted(settings, revisions)
+    findings = []
+    for f in raw:
+        fname = Path(f.get("file", "")).name
+        rev = by_file.get(fname, "?")
+        rule = f.get("rule_name", "?")
+        lines = texts.get(fname, [])
+        line = f.get("line")
+        stmt = lines[line - 1].strip() if isinstance(line, int) and 0 < line <= len(lines) else ""
+        findings.append({"revision": rev, "rule": rule, "line": line, "statement": stmt[:120],
+                         "message": f.get("message", ""), "help": f.get("help") or "",
+                         "level": f.get("level", ""), "accepted": accept.get((rev, rule))})
+    return findings, problems
+
+
+def check(settings: Settings, *, squawk: bool = True, out: Out = _print) -> dict:
+    failures: list[str] = []
+    with Agent(settings) as agent:
+        st = agent.call("status")
+        heads = st["heads"]
+        if len(heads) == 1:
+            out(f"ok    single head: {heads[0]}")
+        else:
+            failures.append(f"{len(heads)} heads: {', '.join(heads)} (alembic merge -m 'merge heads' "
+                            f"{' '.join(heads)})")
+            out(f"FAIL  {failures[-1]}")
+        stair = agent.call("check.stairway")
+        if stair["failures"]:
+            for f in stair["failures"]:
+                out(f"FAIL  stairway: {f}")
+            failures += [f"stairway: {f}" for f in stair["failures"]]
+            for d in stair["diff"]:
+                out(f"        {d}")
+        else:
+            out(f"ok    stairway: {stair['revisions']} revisions up, down, up again on a scratch "
+                f"database ({stair['steps']} steps), then down to base")
+            out("ok    models match the migrations at head (autogenerate diff is empty)")
+        sql = agent.call("check.sql")["revisions"] if squawk else []
+    if squawk:
+        version = (st.get("server_version") or "").split()[0] or None
+        findings, problems = run_squawk(settings, sql, version)
+        for p in problems:
+            out(f"FAIL  {p}")
+        failures += problems
+        open_ = [f for f in findings if not f["accepted"]]
+        for f in findings:
+            tag = "accepted" if f["accepted"] else "FAIL "
+            out(f"{tag}  squawk {f['revision']}: {f['rule']}: {f['message']}\n        {f['statement']}"
+                + (f"  (accepted: {f['accepted']})" if f["accepted"] else ""))
+        if open_:
+            failures.append(f"squawk: {len(open_)} finding(s) not accepted")
+            out("      to accept a known finding: add '# squawk-accept: RULE -- why' to the revision "
+                "file, or an [[accept]] entry (revision, rule, reason) to squawk-accept.toml "
+                "(DBOPS_SQUAWK_ACCEPT); see docs/migrations.md")
+        elif not problems:
+            out(f"ok    squawk: {len(sql)} revisions, {len(findings)} finding(s), all accepted")
+    else:
+        out("skip  squawk (--no-squawk)")
+    if failures:
+        raise OpsError(f"check failed: {len(failures)} problem(s)", details=failures,
+                       next_command="fix the problems above, then: invoke check")
+    return {"ok": True}
