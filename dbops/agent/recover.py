@@ -89,35 +89,52 @@ def inspect(ctx) -> dict:
                      "summary": fingerprint.summary(fp)}}
 
 
+def passes(script) -> list[list[str]]:
+    """One linear pass per head: that head's ancestors, base first. With a single head (the
+    usual case) this is the whole history once; a branched history costs one more scratch
+    database per extra head, so every head's states are seen on their own."""
+    out = []
+    for head in sorted(script.get_heads()):
+        out.append([r.revision for r in reversed(list(script.iterate_revisions(head, "base")))])
+    return out or [[]]
+
+
 def build_expected(ctx, purpose: str = "recover") -> dict:
-    """Fingerprint of base and of the database after each revision, in one linear pass."""
+    """Fingerprint of base and of the database after each revision, one step at a time."""
     script = ctx.script()
-    revs = [r["revision"] for r in chain(script)]
     started = time.monotonic()
-    steps = []
-    with scratch.scratch_database(purpose) as name:
-        with db.pointed_at(name), quiet_alembic():
-            if db.database() != name:  # never upgrade anything but the scratch database
-                raise AgentFailure("internal: the scratch database is not the target",
-                                   kind="internal")
-            sconn = db.connect(name, application_name="dbops:recover scratch")
-            try:
-                fp = fingerprint.collect(sconn)
-                steps.append({"revision": None, "heads": [], "hash": fingerprint.digest(fp),
-                              "fingerprint": fp})
-                for rev in revs:
-                    try:
-                        command.upgrade(ctx.config(), rev)
-                    except Exception as exc:
-                        raise AgentFailure(
-                            f"building the expected schemas: upgrading a scratch database to "
-                            f"{rev} failed: {one_line(exc)}", kind="expected", revision=rev,
-                            done=[s["revision"] for s in steps[1:]]) from None
-                    fp = fingerprint.collect(sconn)
-                    steps.append({"revision": rev, "heads": ctx.current_heads(name),
-                                  "hash": fingerprint.digest(fp), "fingerprint": fp})
-            finally:
-                sconn.close()
+    steps: list[dict] = []
+    seen: set[tuple[str, ...]] = set()
+    for revs in passes(script):
+        with scratch.scratch_database(purpose) as name:
+            with db.pointed_at(name), quiet_alembic():
+                if db.database() != name:  # never upgrade anything but the scratch database
+                    raise AgentFailure("internal: the scratch database is not the target",
+                                       kind="internal")
+                sconn = db.connect(name, application_name="dbops:recover scratch")
+                try:
+                    if () not in seen:
+                        fp = fingerprint.collect(sconn)
+                        steps.append({"revision": None, "heads": [],
+                                      "hash": fingerprint.digest(fp), "fingerprint": fp})
+                        seen.add(())
+                    for rev in revs:
+                        try:
+                            command.upgrade(ctx.config(), rev)
+                        except Exception as exc:
+                            raise AgentFailure(
+                                f"building the expected schemas: upgrading a scratch database "
+                                f"to {rev} failed: {one_line(exc)}", kind="expected",
+                                revision=rev) from None
+                        heads = tuple(ctx.current_heads(name))
+                        if heads in seen:
+                            continue
+                        fp = fingerprint.collect(sconn)
+                        steps.append({"revision": rev, "heads": list(heads),
+                                      "hash": fingerprint.digest(fp), "fingerprint": fp})
+                        seen.add(heads)
+                finally:
+                    sconn.close()
     return {"steps": steps, "seconds": round(time.monotonic() - started, 3)}
 
 

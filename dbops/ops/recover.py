@@ -86,21 +86,28 @@ def _label(revs: list[str] | tuple[str, ...] | None) -> str:
     return ", ".join(revs) if revs else "base"
 
 
+def ancestry(chain: list[dict], heads: list[str] | tuple[str, ...]) -> set[str]:
+    """The revisions at or below ``heads`` (what is applied when the version rows say so)."""
+    parents = {r["revision"]: r["down_revisions"] for r in chain}
+    seen: set[str] = set()
+    todo = [h for h in heads if h in parents]
+    while todo:
+        rev = todo.pop()
+        if rev not in seen:
+            seen.add(rev)
+            todo += [p for p in parents.get(rev, []) if p in parents]
+    return seen
+
+
 def analyse(insp: dict, steps: list[dict]) -> dict:
     """Match the live fingerprint against every step; describe what alembic_version says."""
     live_hash = insp["live"]["hash"]
     live_fp = insp["live"]["fingerprint"]
-    messages = {r["revision"]: r["message"] for r in insp["chain"]}
-    order = {s["revision"]: i for i, s in enumerate(steps)}
+    chain = insp["chain"]
+    ordered = [r["revision"] for r in chain]
+    messages = {r["revision"]: r["message"] for r in chain}
     current = sorted(insp["current"])
     unknown = [c for c in current if c not in messages]
-
-    def position(heads: list[str]) -> int | None:
-        for i, s in enumerate(steps):
-            if sorted(s["heads"]) == sorted(heads):
-                return i
-        known = [order[h] for h in heads if h in order]
-        return max(known) if known else None
 
     matches = [i for i, s in enumerate(steps) if s["hash"] == live_hash]
     targets: list[tuple[str, ...]] = []
@@ -112,54 +119,49 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
         "database": insp["database"], "server_version": insp["server_version"],
         "live": {"hash": live_hash, "summary": insp["live"]["summary"]},
         "version_table": insp["version_table"], "current": current, "unknown_current": unknown,
-        "heads": insp["heads"], "revisions": len(insp["chain"]),
+        "heads": insp["heads"], "revisions": len(chain),
         "matches": [{"revision": steps[i]["revision"] or "base", "heads": steps[i]["heads"],
                      "message": messages.get(steps[i]["revision"], "empty schema (base)")}
                     for i in matches],
         "stamp_to": None, "ambiguous": False, "closest": None, "differences": [],
     }
-    cur_pos = position(current) if current and not unknown else (0 if not current else None)
     if matches:
-        anchor = matches
+        anchor = steps[matches[-1]]["heads"]
         if tuple(current) in targets:
-            state = "matching"
+            anchor = current
         elif len(targets) == 1:
             report["stamp_to"] = list(targets[0]) or ["base"]
         else:
             report["ambiguous"] = True
+            anchor = steps[matches[0]]["heads"]
     else:
-        scored = sorted(((len(fpmod.diff(s["fingerprint"], live_fp)), -i, i)
-                         for i, s in enumerate(steps)))
-        best = scored[0][2]
-        anchor = [best]
-        report["closest"] = {"revision": steps[best]["revision"] or "base",
-                             "heads": steps[best]["heads"],
-                             "message": messages.get(steps[best]["revision"], "empty schema (base)")}
-        report["differences"] = fpmod.diff(steps[best]["fingerprint"], live_fp)
-    if not (matches and tuple(current) in targets):
-        if not insp["version_table"]:
-            state = "table missing"
-        elif not current:
-            state = "no version row"
-        elif unknown:
-            state = "unknown id"
-        elif cur_pos is None:
-            state = "diverged"
-        elif cur_pos < min(anchor):
-            state = "behind"
-        elif cur_pos > max(anchor):
-            state = "ahead"
-        else:
-            state = "diverged"
+        scored = sorted((len(fpmod.diff(s["fingerprint"], live_fp)), -i, i)
+                        for i, s in enumerate(steps))
+        best = steps[scored[0][2]]
+        anchor = best["heads"]
+        report["closest"] = {"revision": best["revision"] or "base", "heads": best["heads"],
+                             "message": messages.get(best["revision"], "empty schema (base)")}
+        report["differences"] = fpmod.diff(best["fingerprint"], live_fp)
+    at_schema = ancestry(chain, anchor)
+    at_record = ancestry(chain, current)
+    if matches and tuple(current) in targets:
+        state = "matching"
+    elif not insp["version_table"]:
+        state = "table missing"
+    elif not current:
+        state = "no version row"
+    elif unknown:
+        state = "unknown id"
+    elif at_record < at_schema:
+        state = "behind"
+        report["unrecorded"] = [r for r in ordered if r in at_schema - at_record]
+    elif at_record > at_schema:
+        state = "ahead"
+        report["unapplied"] = [r for r in ordered if r in at_record - at_schema]
+    else:
+        state = "diverged"
     report["version_state"] = state
-    first = steps[min(anchor)]
-    last = steps[max(anchor)]
-    if state == "behind":
-        report["unrecorded"] = [s["revision"] for s in steps[cur_pos + 1:max(anchor) + 1]]
-    if state == "ahead":
-        report["unapplied"] = [s["revision"] for s in steps[max(anchor) + 1:cur_pos + 1]]
-    report["pending_after"] = [s["revision"] for s in steps[max(anchor) + 1:]]
-    report["_first_last"] = (first["revision"], last["revision"])
+    report["pending_after"] = [r for r in ordered if r not in at_schema]
     return report
 
 
@@ -225,7 +227,6 @@ def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: s
             raise
         steps, source = expected_steps(settings, agent, insp, use_cache=use_cache)
         report = analyse(insp, steps)
-        report.pop("_first_last", None)
         report["target"] = target_for(settings).describe()
         report["expected"] = source
         report["verdict"], report["next"] = verdict(report)

@@ -1,0 +1,225 @@
+"""invoke recover against real PostgreSQL: every recovery case of issue 5 built for real."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from dbops.agent.lock import lock_key
+from dbops.ops import recover as recover_op
+from tests.conftest import ALEMBIC_INI, ROOT
+
+REVS = [r.revision for r in reversed(list(
+    ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()))]
+HEAD = REVS[-1]
+
+
+@pytest.fixture(scope="session")
+def recover_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("recover-cache")
+
+
+@pytest.fixture
+def rec(invoke, recover_cache):
+    """`invoke …` with a cache shared by the session (the expected schemas are built once)."""
+    def run(*args, env=None, **kw):
+        return invoke(*args, env={"DBOPS_CACHE_DIR": str(recover_cache), **(env or {})}, **kw)
+    return run
+
+
+@pytest.fixture
+def alembic_at(ops_env, monkeypatch):
+    """Run alembic in-process against the test database (no dbops, no backup)."""
+    for k, v in ops_env.items():
+        if k.startswith("POSTGRES_"):
+            monkeypatch.setenv(k, v)
+
+    def at(rev, how="upgrade", ini=ALEMBIC_INI):
+        getattr(command, how)(Config(str(ini)), rev)
+    return at
+
+
+def version_rows(conn):
+    if not conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0]:
+        return None
+    return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+def audit_records(settings):
+    path = settings.audit_log
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def match_lines(out):
+    return [ln.split()[1] for ln in out.splitlines() if ln.startswith("MATCH:")]
+
+
+@pytest.mark.parametrize("rev", REVS)
+def test_version_table_deleted_at_each_revision_recover_names_it(rec, alembic_at, db_conn, rev):
+    alembic_at(rev)
+    db_conn.execute("DROP TABLE alembic_version")
+    done = rec("recover")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert match_lines(done.stdout) == [rev]
+    assert "no alembic_version table  [table missing]" in done.stdout
+    assert done.stdout.rstrip().endswith("next: invoke recover --apply")
+    assert version_rows(db_conn) is None  # read-only
+
+
+def test_baseline_made_without_alembic_is_stamped_head_with_an_audit_record(
+        rec, pg_cluster, database, db_conn, settings, monkeypatch):
+    """A populated database created by the models (create_all), never by alembic."""
+    monkeypatch.syspath_prepend(str(ROOT / "backend"))
+    for k, v in pg_cluster.env(database).items():
+        monkeypatch.setenv(k, v)
+    from sqlalchemy import create_engine
+    from sqlmodel import SQLModel
+
+    import app.models  # noqa: F401
+    from app.core.config import database_url
+    eng = create_engine(database_url())
+    SQLModel.metadata.create_all(eng)
+    eng.dispose()
+    db_conn.execute("INSERT INTO users (username, email) VALUES ('a', 'a@x')")
+    done = rec("recover", "--apply")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert match_lines(done.stdout) == [HEAD]
+    assert f"stamped:   alembic_version is now {HEAD} (was base)" in done.stdout
+    assert "next: invoke current" in done.stdout
+    assert version_rows(db_conn) == [HEAD]
+    assert db_conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+    (record,) = [r for r in audit_records(settings) if r["action"] == "recover"]
+    assert record["result"] == "ok" and record["to"] == [HEAD]
+    assert record["previous_version_rows"] == [] and record["version_table_existed"] is False
+    assert set(record["revision_hashes"]) == set(REVS)
+    # now consistent: a second run says so and stamps nothing
+    again = rec("recover", "--apply")
+    assert again.returncode == 0 and "[matching]" in again.stdout
+    assert "nothing to stamp" in again.stdout
+
+
+def test_empty_version_table_and_live_database_is_never_written(rec, alembic_at, db_conn,
+                                                                database, pg_cluster):
+    alembic_at(REVS[2])
+    db_conn.execute("DELETE FROM alembic_version")
+    # Any write to the live database during a read-only recover would fail.
+    db_conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    done = rec("recover", "--no-cache")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "built on a scratch database" in done.stdout
+    assert match_lines(done.stdout) == [REVS[2]] and "[no version row]" in done.stdout
+    with pg_cluster.connect() as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbops_scratch%'")
+        assert left.fetchall() == []
+
+
+def test_unknown_version_id_from_a_reverted_branch(rec, alembic_at, db_conn, settings):
+    alembic_at(REVS[3])
+    db_conn.execute("UPDATE alembic_version SET version_num = 'badc0ffee000'")
+    done = rec("recover", "--json")
+    report = json.loads(done.stdout)
+    assert report["version_state"] == "unknown id"
+    assert report["unknown_current"] == ["badc0ffee000"]
+    assert [m["revision"] for m in report["matches"]] == [REVS[3]]
+    assert report["next"] == "invoke recover --apply"
+    done = rec("recover", "--apply", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert version_rows(db_conn) == [REVS[3]]
+    (record,) = audit_records(settings)
+    assert record["previous_version_rows"] == ["badc0ffee000"] and record["state"] == "unknown id"
+    assert "next: invoke migrate" in done.stdout
+
+
+def test_version_row_behind_the_schema_ddl_applied_by_hand(rec, alembic_at, db_conn):
+    alembic_at(REVS[1])  # comments table; the next revision adds three user columns
+    db_conn.execute("ALTER TABLE users ADD COLUMN profile_image varchar(255), "
+                    "ADD COLUMN last_login timestamptz, ADD COLUMN bio text")
+    done = rec("recover")
+    assert done.returncode == 0
+    assert match_lines(done.stdout) == [REVS[2]] and "[behind]" in done.stdout
+    assert f"{REVS[2]} applied but not recorded" in done.stdout
+    assert rec("recover", "--apply").returncode == 0
+    assert version_rows(db_conn) == [REVS[2]]
+
+
+def test_version_row_ahead_failed_upgrade_that_was_stamped(rec, alembic_at, db_conn, invoke):
+    alembic_at(REVS[3])
+    alembic_at("head", how="stamp")  # "the upgrade failed, stamp head and move on"
+    done = rec("recover")
+    assert match_lines(done.stdout) == [REVS[3]] and "[ahead]" in done.stdout
+    assert f"{REVS[4]}, {REVS[5]} recorded but not applied" in done.stdout
+    done = rec("recover", "--apply")
+    assert done.returncode == 0 and version_rows(db_conn) == [REVS[3]]
+    assert "next: invoke migrate" in done.stdout
+    # and the missing tables really come back
+    assert invoke("migrate", "--no-backup").returncode == 0
+    assert db_conn.execute("SELECT to_regclass('user_sessions')").fetchone()[0] == "user_sessions"
+
+
+def test_drift_shows_the_diff_and_apply_refuses(rec, alembic_at, db_conn, settings):
+    alembic_at("head")
+    db_conn.execute("ALTER TABLE users DROP COLUMN bio")
+    db_conn.execute("UPDATE pg_index SET indisvalid = false "
+                    "WHERE indexrelid = 'idx_comments_approved'::regclass")
+    done = rec("recover")
+    assert done.returncode == 1
+    assert "NO MATCH:  closest is " + HEAD in done.stdout
+    assert "  - column users.bio missing" in done.stdout
+    assert "  - index idx_comments_approved is INVALID" in done.stdout
+    assert "Do not stamp" in done.stdout and "next: invoke backup" in done.stdout
+    refused = rec("recover", "--apply", "--yes")
+    assert refused.returncode != 0
+    assert "refusing to stamp: no revision matches the live schema exactly" in refused.stderr
+    assert version_rows(db_conn) == [HEAD] and audit_records(settings) == []
+
+
+def test_consistent_database_needs_nothing(rec, alembic_at, db_conn):
+    alembic_at(REVS[4])
+    done = rec("recover", "--apply")
+    assert done.returncode == 0 and "[matching]" in done.stdout
+    assert "agrees with the schema: nothing to recover" in done.stdout
+    assert "nothing to stamp" in done.stdout and "next: invoke migrate" in done.stdout
+
+
+def test_production_without_a_terminal_needs_yes(rec, alembic_at, db_conn):
+    alembic_at(REVS[0])
+    db_conn.execute("DROP TABLE alembic_version")
+    prod = {"ENVIRONMENT": "production"}
+    refused = rec("recover", "--apply", env=prod)
+    assert refused.returncode != 0 and "add --yes" in refused.stderr
+    assert version_rows(db_conn) is None
+    done = rec("recover", "--apply", "--yes", env=prod)
+    assert done.returncode == 0 and version_rows(db_conn) == [REVS[0]]
+
+
+def test_apply_fails_fast_when_another_operation_holds_the_lock(rec, alembic_at, db_conn,
+                                                               pg_cluster, database):
+    alembic_at(REVS[0])
+    db_conn.execute("DELETE FROM alembic_version")
+    with pg_cluster.connect("postgres", application_name="other-migrate") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", lock_key(database))
+        done = rec("recover", "--apply", "--yes")
+    assert done.returncode != 0
+    assert "other-migrate" in done.stderr and "nothing was stamped" in done.stderr
+    assert version_rows(db_conn) == []
+
+
+def test_second_run_uses_the_cache_and_an_edited_revision_invalidates_it(rec, db_conn, tmp_path):
+    first = rec("recover")
+    second = rec("recover")
+    assert "expected:  from cache" in second.stdout, first.stdout
+    # the key: revision ids, parents, file hashes, env.py, server major version
+    insp = {"server_major": 15, "env_sha256": "e", "chain": [
+        {"revision": "a", "down_revisions": [], "sha256": "1"}]}
+    k = recover_op.cache_key(insp)
+    assert recover_op.cache_key({**insp, "server_major": 16}) != k
+    assert recover_op.cache_key({**insp, "env_sha256": "f"}) != k
+    assert recover_op.cache_key({**insp, "chain": [{**insp["chain"][0], "sha256": "2"}]}) != k
+    # a torn cache file is rebuilt, not trusted
+    bad = tmp_path / "x.json"
+    bad.write_text('{"steps": [{"hash": "0", "fingerprint": {}}]}')
+    assert recover_op.cache_load(bad) is None
