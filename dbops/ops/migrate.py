@@ -212,7 +212,7 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
             out("backup: skipped (--no-backup)")
         done: list[dict] = []
         record = {"from": current, "requested": to, "to_target": target, "backup": backup_path,
-                  "revision_hashes": hashes, "lock_timeout": settings.lock_timeout,
+                  "planned_revision_hashes": hashes, "lock_timeout": settings.lock_timeout,
                   "statement_timeout": settings.statement_timeout}
         out(f"upgrading (lock_timeout {settings.lock_timeout}, statement_timeout "
             f"{settings.statement_timeout}, up to {settings.lock_retries} retries per revision):")
@@ -229,11 +229,13 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
             audit.append(settings, "migrate", **record, to=after, result="failed",
                          error=exc.message, error_kind=exc.kind, state=err.state,
                          steps=done, duration_s=round(time.monotonic() - t0, 3),
+                         revision_hashes={r: hashes[r] for r in applied},
                          revision_hashes_applied={r: hashes[r] for r in applied})
             raise err from None
         applied = [d["revision"] for d in done if not d.get("skipped")]
         audit.append(settings, "migrate", **record, to=res["current"], result="ok", steps=done,
                      duration_s=round(time.monotonic() - t0, 3),
+                     revision_hashes={r: hashes[r] for r in applied},
                      revision_hashes_applied={r: hashes[r] for r in applied})
     return {"before": current, "after": res["current"], "applied": applied, "backup": backup_path,
             "target": target, "models_checked": res["models_checked"],

@@ -117,7 +117,7 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
         else:
             out("backup: skipped (--no-backup)")
         record = {"from": current, "requested": to, "to_target": target, "backup": backup_path,
-                  "revision_hashes": hashes, "data_loss": [x for s in steps for x in s["data_loss"]],
+                  "planned_revision_hashes": hashes, "data_loss": [x for s in steps for x in s["data_loss"]],
                   "accepted_data_loss": bool(plan["data_loss"]),
                   "lock_timeout": settings.lock_timeout}
         done: list[dict] = []
@@ -134,9 +134,13 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
                                          + (f"   (or restore: invoke restore --file={backup_path})" if backup_path else "")))
             audit.append(settings, "rollback", **record, to=after, result="failed", error=exc.message,
                          error_kind=exc.kind, state=err.state, steps=done,
+                         revision_hashes={d["revision"]: hashes[d["revision"]] for d in done
+                                          if not d.get("skipped")},
                          duration_s=round(time.monotonic() - t0, 3))
             raise err from None
         audit.append(settings, "rollback", **record, to=res["current"], result="ok", steps=done,
+                     revision_hashes={d["revision"]: hashes[d["revision"]] for d in done
+                                      if not d.get("skipped")},
                      duration_s=round(time.monotonic() - t0, 3))
     return {"before": current, "after": res["current"], "backup": backup_path, "target": target,
             "downgraded": [d["revision"] for d in done if not d.get("skipped")],

@@ -1,0 +1,107 @@
+"""One at a time, and never queue user traffic: 10 concurrent migrates (through an
+autocommit_block revision), and a session holding a lock on comments while migrate alters it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from tests.conftest import ROOT
+from tests.fixtures.projects import REVS, SAMPLE_HEAD, catalog, make_project, seed, version_rows
+from tests.test_migrate import audit_records
+
+
+def test_ten_concurrent_migrates_from_base_one_applies_the_others_name_the_holder(
+        tmp_path, ops_env, db_conn):
+    ini = make_project(tmp_path, "concurrent")
+    gate = tmp_path / "gate"
+    env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_FIXTURE_GATE": str(gate)}
+    procs = [subprocess.Popen([sys.executable, "-m", "invoke", "migrate"], cwd=ROOT, env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(10)]
+    # The winner waits at the gate AFTER its CREATE INDEX CONCURRENTLY committed: the lock must
+    # survive that commit while the nine others try.
+    deadline = time.monotonic() + 120
+    while sum(p.poll() is not None for p in procs) < 9 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gate.touch()
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    winners = [r for r in results if r[0] == 0]
+    losers = [r for r in results if r[0] != 0]
+    assert len(winners) == 1, [r[2][-600:] for r in results]
+    assert "applied 7 revision(s)" in winners[0][1]
+    for _code, _out, err in losers:
+        assert "busy: another dbops operation holds its lock: pid" in err, err[-800:]
+        assert "dbops:migrate" in err and "since" in err
+        assert "unchanged" in err
+    assert version_rows(db_conn) == [REVS["concurrent"].rev]
+    recs = audit_records(ops_env, "migrate")
+    assert [r["result"] for r in recs] == ["ok"]
+
+
+def _prober(conn_factory, stop: threading.Event, worst: list[float]):
+    with conn_factory() as conn:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            conn.execute("SELECT count(*) FROM comments").fetchone()
+            worst[0] = max(worst[0], time.monotonic() - t0)
+            time.sleep(0.02)
+
+
+def _setup_locked(pg_cluster, database, invoke, tmp_path, db_conn):
+    ini = make_project(tmp_path, "flag")
+    env = {"DBOPS_ALEMBIC_INI": str(ini), "DBOPS_LOCK_TIMEOUT": "500ms",
+           "DBOPS_LOCK_RETRY_WAIT": "0.2"}
+    assert invoke("migrate", "--to", SAMPLE_HEAD, "--no-backup", env=env).returncode == 0
+    seed(db_conn)
+    holder = pg_cluster.connect(database, application_name="app-worker")
+    holder.autocommit = False
+    holder.execute("UPDATE comments SET content = content")  # ROW EXCLUSIVE, transaction left open
+    return env, holder
+
+
+def test_migrate_waits_out_a_lock_holder_without_blocking_selects(pg_cluster, database, invoke,
+                                                                  tmp_path, db_conn):
+    env, holder = _setup_locked(pg_cluster, database, invoke, tmp_path, db_conn)
+    stop, worst = threading.Event(), [0.0]
+    probe = threading.Thread(target=_prober, args=(lambda: pg_cluster.connect(database), stop, worst))
+    probe.start()
+    release = threading.Timer(3.0, holder.commit)
+    release.start()
+    try:
+        done = invoke("migrate", "--no-backup", env={**env, "DBOPS_LOCK_RETRIES": "8"})
+    finally:
+        release.cancel()
+        stop.set()
+        probe.join()
+        holder.close()
+    assert done.returncode == 0, done.stderr
+    assert "lock_timeout (500ms) on a1f1a9000001, attempt 1/9" in done.stdout
+    assert "app-worker" in done.stdout  # the blocker is named while retrying
+    assert version_rows(db_conn) == [REVS["flag"].rev]
+    assert worst[0] < 0.5 + 0.35, f"a SELECT waited {worst[0]:.2f} s behind the migration"
+
+
+def test_migrate_gives_up_cleanly_after_its_retries(pg_cluster, database, invoke, tmp_path, db_conn):
+    env, holder = _setup_locked(pg_cluster, database, invoke, tmp_path, db_conn)
+    pid = holder.info.backend_pid
+    stop, worst = threading.Event(), [0.0]
+    probe = threading.Thread(target=_prober, args=(lambda: pg_cluster.connect(database), stop, worst))
+    probe.start()
+    try:
+        before = catalog(db_conn)
+        done = invoke("migrate", "--no-backup", env={**env, "DBOPS_LOCK_RETRIES": "2"})
+        after = catalog(db_conn)
+    finally:
+        stop.set()
+        probe.join()
+        holder.rollback()
+        holder.close()
+    assert done.returncode != 0
+    err = done.stderr
+    assert "gave up after 3 attempts" in err and f"pid {pid} 'app-worker'" in err
+    assert f"now: {SAMPLE_HEAD}" in err and "next: end or wait for the blocking session" in err
+    assert after == before
+    assert worst[0] < 0.5 + 0.35, f"a SELECT waited {worst[0]:.2f} s behind the migration"
