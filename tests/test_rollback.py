@@ -1,0 +1,116 @@
+"""invoke rollback --to: every earlier revision and back; refusals that change nothing;
+the plan, data-loss acceptance, the pre-rollback backup and the offer to restore instead."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from tests.conftest import ALEMBIC_INI
+from tests.fixtures.projects import REVS, SAMPLE_HEAD, catalog, make_project, version_rows
+from tests.test_migrate import audit_records
+
+REVS_SAMPLE = [r.revision for r in reversed(list(ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()))]
+NB = "--no-backup"
+
+
+def test_rollback_to_each_earlier_revision_and_back_to_head(invoke, db_conn):
+    assert invoke("migrate", NB).returncode == 0
+    at_head = catalog(db_conn)
+    for target in reversed(["base", *REVS_SAMPLE[:-1]]):
+        done = invoke("rollback", "--to", target, "--accept-data-loss", "--yes", NB)
+        assert done.returncode == 0, done.stderr
+        assert version_rows(db_conn) == ([] if target == "base" else [target])
+        assert f"verified: database is at {'base' if target == 'base' else target}" in done.stdout
+        done = invoke("migrate", NB)
+        assert done.returncode == 0, done.stderr
+        assert version_rows(db_conn) == [SAMPLE_HEAD]
+    assert catalog(db_conn)["columns"] == at_head["columns"]
+
+
+def test_relative_and_prefix_targets(invoke, db_conn):
+    assert invoke("migrate", NB).returncode == 0
+    done = invoke("rollback", "--to=-2", "--accept-data-loss", NB)
+    assert done.returncode == 0, done.stderr
+    assert version_rows(db_conn) == [REVS_SAMPLE[-3]]
+    done = invoke("rollback", "--to", REVS_SAMPLE[1][:4], "--accept-data-loss", NB)
+    assert done.returncode == 0, done.stderr
+    assert version_rows(db_conn) == [REVS_SAMPLE[1]]
+
+
+@pytest.mark.parametrize("spec,expect", [
+    ("garbage", "names no revision"),
+    ("d9", "ambiguous"),                 # d90082bb79a0 and d93ad7974446
+    ("d93ad7974446", "not an ancestor"),  # above the current revision
+    ("-9", "goes below base"),
+])
+def test_bad_targets_are_refused_and_change_nothing(invoke, db_conn, ops_env, spec, expect):
+    assert invoke("migrate", "--to", "1be15b655bdb", NB).returncode == 0
+    before = catalog(db_conn)
+    done = invoke("rollback", f"--to={spec}", "--yes", "--accept-data-loss")
+    assert done.returncode != 0
+    assert expect in done.stderr and "candidates:" in done.stderr or expect == "goes below base"
+    assert "unchanged at 1be15b655bdb" in done.stderr
+    assert catalog(db_conn) == before
+    assert audit_records(ops_env, "rollback") == []
+    assert "pre-rollback" not in done.stdout
+
+
+def test_rollback_from_an_unknown_current_is_refused(invoke, db_conn):
+    assert invoke("migrate", NB).returncode == 0
+    db_conn.execute("UPDATE alembic_version SET version_num = 'feedface0000'")
+    before = catalog(db_conn)
+    done = invoke("rollback", "--to=-1", "--yes", "--accept-data-loss")
+    assert done.returncode != 0
+    assert "feedface0000" in done.stderr and "invoke stamp" in done.stderr
+    assert catalog(db_conn) == before
+
+
+def test_data_loss_needs_acceptance_and_the_plan_says_what_is_dropped(invoke, db_conn):
+    assert invoke("migrate", NB).returncode == 0
+    before = catalog(db_conn)
+    done = invoke("rollback", "--to", "308ea353e93f", "--yes")
+    assert done.returncode != 0
+    out = done.stdout
+    assert "DATA LOSS: drops table user_sessions" in out
+    assert "drops column users.bio" in out
+    assert "23cd436768a8  add performance indexes\n      no data loss" in out
+    assert "--accept-data-loss" in done.stderr
+    assert catalog(db_conn) == before
+
+
+def test_no_data_loss_plan_needs_only_yes(invoke, db_conn):
+    assert invoke("migrate", "--to", "23cd436768a8", NB).returncode == 0
+    done = invoke("rollback", "--to=-1")
+    assert done.returncode != 0 and "--yes" in done.stderr
+    done = invoke("rollback", "--to=-1", "--yes", NB)
+    assert done.returncode == 0, done.stderr
+    assert version_rows(db_conn) == ["1be15b655bdb"]
+
+
+def test_backup_first_audit_and_the_offer_to_restore_a_backup_taken_at_the_target(invoke, db_conn,
+                                                                                  ops_env):
+    assert invoke("migrate", "--to", "1be15b655bdb", NB).returncode == 0
+    assert invoke("migrate").returncode == 0  # its pre-migrate backup is AT 1be15b655bdb
+    done = invoke("rollback", "--to", "1be15b655bdb", "--accept-data-loss")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "a verified backup taken at 1be15b655bdb exists" in out and "pre-migrate" in out
+    assert "invoke restore --file=" in out
+    assert "pre-rollback backup:" in out
+    [rec] = audit_records(ops_env, "rollback")
+    assert rec["result"] == "ok" and rec["from"] == [SAMPLE_HEAD] and rec["to"] == ["1be15b655bdb"]
+    assert rec["backup"] and "pre-rollback" in rec["backup"] and rec["backup"] in out
+    assert sorted(rec["revision_hashes"]) == sorted(REVS_SAMPLE[3:])
+    assert rec["accepted_data_loss"] is True
+
+
+def test_not_implemented_downgrade_is_refused(invoke, tmp_path, db_conn):
+    ini = make_project(tmp_path, "irreversible")
+    env = {"DBOPS_ALEMBIC_INI": str(ini)}
+    assert invoke("migrate", NB, env=env).returncode == 0
+    done = invoke("rollback", "--to=-1", "--yes", env=env)
+    assert done.returncode != 0
+    assert "NOT IMPLEMENTED" in done.stdout and "not implemented" in done.stderr
+    assert version_rows(db_conn) == [REVS["irreversible"].rev]
