@@ -88,7 +88,7 @@ def pending_sql(ctx, current: list[str]) -> str:
 
 @handler("doctor.facts")
 def facts(ctx, long_query_seconds: int = 300) -> dict:
-    out: dict = {"errors": {}}
+    out: dict = {"errors": {}, "error_kinds": {}}
 
     def part(name, fn):
         try:
@@ -96,6 +96,7 @@ def facts(ctx, long_query_seconds: int = 300) -> dict:
         except Exception as exc:
             out[name] = None
             out["errors"][name] = one_line(exc)
+            out["error_kinds"][name] = getattr(exc, "kind", "internal")
 
     with quiet_alembic():
         part("status", lambda: status_handler(ctx))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from dbops.agent import db
@@ -14,7 +15,7 @@ def applied_set(script, current: list[str]) -> set[str]:
     for rev in current:
         try:
             applied.update(r.revision for r in script.iterate_revisions(rev, "base"))
-        except CommandError:
+        except (CommandError, RevisionError):  # an unknown id: nothing known to be applied
             pass
     return applied
 

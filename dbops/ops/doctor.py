@@ -134,12 +134,19 @@ def _with_agent(r: Report, settings: Settings, agent: Agent, *, schema: bool, re
     except AgentError as exc:
         facts = {"errors": {"facts": exc.message}, "status": None}
     st = facts.get("status")
-    if not st:
-        why = (facts.get("errors") or {}).get("status") or (facts.get("errors") or {}).get("facts")
+    errors = facts.get("errors") or {}
+    if not st and (facts.get("error_kinds") or {}).get("status", "connect") == "connect":
+        why = errors.get("status") or errors.get("facts")
         s = settings
         r.add("connectivity", FAIL, f"cannot reach database {s.database}: {why}")
         r.next(0, "invoke up" if s.target == "compose" else f"pg_isready -h {s.host} -p {s.port}",
                "the database does not answer")
+        return
+    if not st:  # reachable, but the alembic state cannot be read: say so, check the rest
+        r.add("revision", FAIL, f"cannot read the alembic state: {errors.get('status')}")
+        r.next(2, "invoke recover", "the alembic state cannot be read")
+        _indexes(r, settings, facts)
+        _sessions(r, settings, facts, [])
         return
     # --- connectivity and versions --------------------------------------------------
     dump_v = pg_dump_version(settings)
@@ -196,20 +203,7 @@ def _with_agent(r: Report, settings: Settings, agent: Agent, *, schema: bool, re
     # --- the live schema vs the current revision ------------------------------------------
     _schema(r, settings, agent, insp, st, schema=schema)
 
-    # --- INVALID indexes -------------------------------------------------------------------
-    inv = facts.get("invalid_indexes")
-    if inv is None:
-        r.add("indexes", UNKNOWN, f"could not list indexes: {facts['errors'].get('invalid_indexes')}")
-    elif inv:
-        r.add("indexes", FAIL, f"{len(inv)} INVALID index(es): " + ", ".join(
-            f"{i['index']} on {i['table']}" for i in inv),
-            [f"{i['definition']}  (left by a failed CREATE INDEX CONCURRENTLY: drop it, then "
-             f"re-run the migration)" for i in inv])
-        r.next(1, psql_command(settings, f"DROP INDEX CONCURRENTLY IF EXISTS "
-                                         f"{_ident(inv[0]['schema'] + '.' + inv[0]['index'].split('.')[-1])}"),
-               "an INVALID index")
-    else:
-        r.add("indexes", OK, "no INVALID indexes")
+    _indexes(r, settings, facts)
 
     # --- sessions and locks -----------------------------------------------------------------
     _sessions(r, settings, facts, pending)
@@ -232,6 +226,28 @@ def _with_agent(r: Report, settings: Settings, agent: Agent, *, schema: bool, re
 
     # --- revision files edited after they were applied ---------------------------------------
     _edited(r, settings, agent, st)
+    checks = {c["name"]: c for c in r.checks}
+    if checks.get("revision files", {}).get("status") == WARN and \
+            checks.get("schema", {}).get("status") == FAIL:
+        checks["schema"]["details"].insert(0, "revision files were edited after they were applied "
+                                              "(see below): the expected schema comes from the "
+                                              "edited files")
+
+
+def _indexes(r: Report, settings: Settings, facts: dict) -> None:
+    inv = facts.get("invalid_indexes")
+    if inv is None:
+        r.add("indexes", UNKNOWN, f"could not list indexes: {facts['errors'].get('invalid_indexes')}")
+    elif inv:
+        r.add("indexes", FAIL, f"{len(inv)} INVALID index(es): " + ", ".join(
+            f"{i['index']} on {i['table']}" for i in inv),
+            [f"{i['definition']}  (left by a failed CREATE INDEX CONCURRENTLY: drop it, then "
+             f"re-run the migration)" for i in inv])
+        r.next(1, psql_command(settings, f"DROP INDEX CONCURRENTLY IF EXISTS "
+                                         f"{_ident(inv[0]['schema'] + '.' + inv[0]['index'].split('.')[-1])}"),
+               "an INVALID index")
+    else:
+        r.add("indexes", OK, "no INVALID indexes")
 
 
 def _schema(r: Report, settings: Settings, agent: Agent, insp: dict | None, st: dict, *,
@@ -380,7 +396,7 @@ def _edited(r: Report, settings: Settings, agent: Agent, st: dict) -> None:
               [f"{rev} ({Path(paths.get(rev) or rev).name}) applied {ts}, file changed since"
                for rev, ts in edited])
         p = paths.get(edited[0][0])
-        r.next(6, f"git log -p -- {shlex.quote(p) if p else edited[0][0]}",
+        r.next(1.5, f"git log -p -- {shlex.quote(p) if p else edited[0][0]}",
                "a revision file changed after it was applied")
     else:
         r.add("revision files", OK, f"{len(recorded)} applied revision file(s) unchanged since "
