@@ -177,6 +177,17 @@ def test_drift_shows_the_diff_and_apply_refuses(rec, alembic_at, db_conn, settin
     assert version_rows(db_conn) == [HEAD] and audit_records(settings) == []
 
 
+def test_half_applied_revision_is_named(rec, alembic_at, db_conn):
+    alembic_at(REVS[2])  # 23cd436768a8 creates two indexes; only the first one got made
+    db_conn.execute("CREATE INDEX idx_comments_post_created ON comments (post_id, created_at)")
+    done = rec("recover", "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["matches"] == []
+    assert report["half_applied"] == {"after": REVS[2], "revision": REVS[3]}
+    assert f"it lies between {REVS[2]} and {REVS[3]}" in report["verdict"]
+
+
 def test_consistent_database_needs_nothing(rec, alembic_at, db_conn):
     alembic_at(REVS[4])
     done = rec("recover", "--apply")

@@ -281,7 +281,7 @@ def _schema(r: Report, settings: Settings, agent: Agent, insp: dict | None, st: 
     details = diffs[:8] + ([f"… and {len(diffs) - 8} more (invoke recover)"] if len(diffs) > 8 else [])
     if matches:  # the record is wrong, not the schema: the diff against it is noise
         details = []
-    half = half_applied(steps, idx, live_fp)
+    half = recover_op.half_applied(steps, idx, live_fp)
     if half:
         summary = (f"DIRTY: revision {half} is half-applied (a non-transactional step ran, the "
                    f"rest did not); alembic_version still says {', '.join(current)}")
@@ -293,25 +293,6 @@ def _schema(r: Report, settings: Settings, agent: Agent, insp: dict | None, st: 
                    f"({len(diffs)} difference(s)) and matches no revision")
     r.add("schema", FAIL, summary + note, details, half_applied=half)
     r.next(2, "invoke recover", "the schema does not match the current revision")
-
-
-def half_applied(steps: list[dict], idx: int, live_fp: dict) -> str | None:
-    """The next revision, when the live schema lies strictly between step idx and idx+1
-    (every difference from step idx is one that revision makes; INVALID indexes count)."""
-    if idx + 1 >= len(steps):
-        return None
-    norm = {**live_fp, "indexes": {k: {**v, "valid": True} for k, v in live_fp["indexes"].items()}}
-    cur, nxt, live = (fpmod.items(steps[idx]["fingerprint"]), fpmod.items(steps[idx + 1]["fingerprint"]),
-                      fpmod.items(norm))
-    if live == nxt or live == cur:
-        return None
-    live_new = {(k, v) for k, v in live.items() if cur.get(k) != v}
-    live_gone = {(k, v) for k, v in cur.items() if live.get(k) != v}
-    step_new = {(k, v) for k, v in nxt.items() if cur.get(k) != v}
-    step_gone = {(k, v) for k, v in cur.items() if nxt.get(k) != v}
-    if live_new <= step_new and live_gone <= step_gone:
-        return steps[idx + 1]["revision"]
-    return None
 
 
 def _sessions(r: Report, settings: Settings, facts: dict, pending: list[str]) -> None:

@@ -99,6 +99,25 @@ def ancestry(chain: list[dict], heads: list[str] | tuple[str, ...]) -> set[str]:
     return seen
 
 
+def half_applied(steps: list[dict], idx: int, live_fp: dict) -> str | None:
+    """The next revision, when the live schema lies strictly between step idx and idx+1
+    (every difference from step idx is one that revision makes; INVALID indexes count)."""
+    if idx + 1 >= len(steps):
+        return None
+    norm = {**live_fp, "indexes": {k: {**v, "valid": True} for k, v in live_fp["indexes"].items()}}
+    cur, nxt, live = (fpmod.items(steps[idx]["fingerprint"]), fpmod.items(steps[idx + 1]["fingerprint"]),
+                      fpmod.items(norm))
+    if live == nxt or live == cur:
+        return None
+    live_new = {(k, v) for k, v in live.items() if cur.get(k) != v}
+    live_gone = {(k, v) for k, v in cur.items() if live.get(k) != v}
+    step_new = {(k, v) for k, v in nxt.items() if cur.get(k) != v}
+    step_gone = {(k, v) for k, v in cur.items() if nxt.get(k) != v}
+    if live_new <= step_new and live_gone <= step_gone:
+        return steps[idx + 1]["revision"]
+    return None
+
+
 def analyse(insp: dict, steps: list[dict]) -> dict:
     """Match the live fingerprint against every step; describe what alembic_version says."""
     live_hash = insp["live"]["hash"]
@@ -158,8 +177,18 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
     elif at_record > at_schema:
         state = "ahead"
         report["unapplied"] = [r for r in ordered if r in at_record - at_schema]
+    elif at_record == at_schema:
+        state = "at the closest revision"
     else:
         state = "diverged"
+    report["half_applied"] = None
+    if not matches:
+        idx = next((i for i, s in enumerate(steps) if sorted(s["heads"]) == sorted(anchor)), None)
+        for i in ([idx, idx - 1] if idx is not None else []):
+            if i >= 0 and half_applied(steps, i, live_fp):
+                report["half_applied"] = {"after": steps[i]["revision"] or "base",
+                                          "revision": steps[i + 1]["revision"]}
+                break
     report["version_state"] = state
     report["pending_after"] = [r for r in ordered if r not in at_schema]
     return report
@@ -199,6 +228,13 @@ def verdict(report: dict) -> tuple[str, str]:
         return (f"{why}; the schema is exactly {to}. Stamping {to} fixes the record "
                 f"(no schema change).", "invoke recover --apply")
     c = report["closest"]
+    if report.get("half_applied"):
+        a, h = report["half_applied"]["after"], report["half_applied"]["revision"]
+        return (f"the schema matches NO revision: it lies between {a} and {h}, so {h} is "
+                f"half-applied (a non-transactional step ran, the rest did not). Do not stamp: "
+                f"drop what {h} left behind so the schema is {a} again (invoke recover shows it "
+                f"as matching {a}), then re-run invoke migrate. alembic_version: {state} ({cur}).",
+                "invoke backup   (take one before repairing anything by hand)")
     return (f"the schema matches NO revision (drift). Closest: {c['revision']} ({c['message']}) "
             f"with {len(report['differences'])} difference(s). Do not stamp: reconcile the "
             f"differences first (restore a backup, or apply/revert the DDL by hand), then run "
