@@ -212,10 +212,12 @@ def test_restore_killed_as_a_whole_then_the_next_restore_sweeps(invoke, ops_env,
     for pid in pids(f"pg_restore --exit-on-error -d {database}_dbops_restoring_"):
         os.kill(pid, signal.SIGKILL)
     assert fingerprint(pg_cluster, database) == before
-    # what is left is named as an unfinished restore, and is no backup
-    assert [e for e in catalog.list_backups(settings) if e["reason"] == "pre-restore"]
+    # what is left (a restore target, maybe a pre-restore .partial) is named as unfinished,
+    # and nothing unverified is listed as a backup
+    assert all(e["verified"] for e in catalog.list_backups(settings))
     done = invoke("restore", path, "--yes")
     assert done.returncode == 0, done.stderr
     assert "left behind by an interrupted restore" in done.stderr
     assert_no_restore_target(pg_cluster, database)
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.endswith(".partial")]
     assert fingerprint(pg_cluster, database)[0] == ROWS

@@ -64,25 +64,44 @@ def checked_manifest(settings: Settings, path: Path) -> dict:
     return manifest
 
 
+class RestoreJob:
+    """pg_restore next to the server, fed the archive on stdin, running in the background."""
+
+    def __init__(self, settings: Settings, target: seam.Target, path: Path, manifest: dict, *,
+                 mode: str, dbname: str = "", jobs: int = 1):
+        fmt = manifest["format"]
+        if fmt == "directory" and jobs <= 1:
+            jobs = max(1, int(manifest.get("jobs") or 1))
+        launch = target.pg(["sh", "-c", RESTORE_SCRIPT, "dbops-restore", mode, fmt, dbname or "-",
+                            str(jobs)])
+        self.settings = settings
+        self.lines: list[str] = []
+        self.src = open(path, "rb")
+        try:
+            self.proc = seam.start(launch, stdin=self.src, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, start_new_session=True)
+        except BaseException:
+            self.src.close()
+            raise
+        self.drain = threading.Thread(target=_drain, args=(self.proc.stderr, self.lines), daemon=True)
+        self.drain.start()
+
+    def finish(self) -> tuple[int, list[str]]:
+        try:
+            rc = self.proc.wait()
+        finally:
+            self.kill()
+        self.drain.join(timeout=30)
+        return rc, [seam.mask(ln, self.settings.secrets()) for ln in self.lines if ln.strip()]
+
+    def kill(self) -> None:
+        _stop(self.proc)
+        self.src.close()
+
+
 def pg_restore_stream(settings: Settings, target: seam.Target, path: Path, manifest: dict, *,
                       mode: str, dbname: str = "", jobs: int = 1) -> tuple[int, list[str]]:
-    fmt = manifest["format"]
-    if fmt == "directory" and jobs <= 1:
-        jobs = max(1, int(manifest.get("jobs") or 1))
-    launch = target.pg(["sh", "-c", RESTORE_SCRIPT, "dbops-restore", mode, fmt, dbname or "-",
-                        str(jobs)])
-    lines: list[str] = []
-    with open(path, "rb") as src:
-        proc = seam.start(launch, stdin=src, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          start_new_session=True)
-        drain = threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True)
-        drain.start()
-        try:
-            rc = proc.wait()
-        finally:
-            _stop(proc)
-        drain.join(timeout=30)
-    return rc, [seam.mask(ln, settings.secrets()) for ln in lines if ln.strip()]
+    return RestoreJob(settings, target, path, manifest, mode=mode, dbname=dbname, jobs=jobs).finish()
 
 
 def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict:
@@ -188,22 +207,36 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
         return _restore_locked(settings, agent, path, manifest, jobs or 1, t0)
 
 
+# The pre-restore backup reads the live database while pg_restore fills the new one: they
+# touch different databases, and neither waits for the other. Both must succeed before the swap.
+CONCURRENT_PRE_BACKUP = True
+
+
 def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict, jobs: int,
                     t0: float) -> dict:
     record = {"file": str(path), "sha256": manifest["sha256"], "to": manifest["revisions"],
               "backup_database": manifest["database"]}
-    pre = take_backup(settings, agent, "pre-restore", prune=False)
-    record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
-    print(f"pre-restore backup: {pre['path']}", file=sys.stderr)
     name = None
     swapped = None
+    pre = None
+    job = None
     try:
+        if not CONCURRENT_PRE_BACKUP:
+            pre = take_backup(settings, agent, "pre-restore", prune=False)
         created = agent.call("restore.create")
         name = created["name"]
         for s in created["swept"]:
             print(f"dropped {s}, left behind by an interrupted restore", file=sys.stderr)
-        rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="restore",
-                                      dbname=name, jobs=jobs)
+        job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name, jobs=jobs)
+        if pre is None:
+            try:
+                pre = take_backup(settings, agent, "pre-restore", prune=False)
+            except OpsError as exc:
+                raise OpsError(f"the pre-restore backup failed: {exc.message}", details=exc.details) from None
+        record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
+        print(f"pre-restore backup: {pre['path']}", file=sys.stderr)
+        rc, lines = job.finish()
+        job = None
         if rc != 0:
             raise OpsError(f"pg_restore into the new database {name} failed (status {rc})",
                            details=lines[-8:])
@@ -217,6 +250,8 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
         swapped = agent.call("restore.swap", name=name)
     except (OpsError, KeyboardInterrupt) as exc:
         message = exc.message if isinstance(exc, OpsError) else "interrupted"
+        if job is not None:
+            job.kill()
         if name and swapped is None:
             try:
                 agent.call("restore.drop", name=name)
@@ -224,9 +259,9 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
                 print(f"warning: could not drop {name}; the next restore drops it", file=sys.stderr)
         audit.append(settings, "restore", result="failed", error=message,
                      duration_s=round(time.monotonic() - t0, 3), **record)
+        pre_note = f"pre-restore backup: {pre['path']}" if pre else "no pre-restore backup was kept"
         raise OpsError(f"restore failed: {message}", details=getattr(exc, "details", []),
-                       state=f"{settings.database} is unchanged (the new database was dropped); "
-                             f"pre-restore backup: {pre['path']}",
+                       state=f"{settings.database} is unchanged (the new database was dropped); {pre_note}",
                        next_command=f"invoke verify-backup {path} --restore-test") from None
     old = swapped["old"]
     audit.append(settings, "restore", result="ok", old_database=old,
