@@ -36,16 +36,16 @@ def test_heads_and_history(invoke):
 @pytest.mark.parametrize("start", ["base", *REVS[:-1]])
 def test_migrate_from_any_earlier_revision_reaches_head_verified(invoke, db_conn, start):
     if start != "base":
-        assert invoke("migrate", "--to", start).returncode == 0
+        assert invoke("migrate", "--to", start, "--no-backup").returncode == 0
         assert version_rows(db_conn) == [start]
-    done = invoke("migrate")
+    done = invoke("migrate", "--no-backup")
     assert done.returncode == 0, done.stderr
     assert f"verified: database is at {HEAD}" in done.stdout
     assert version_rows(db_conn) == [HEAD]
 
 
 def test_migrate_twice_is_a_verified_no_op(invoke, db_conn):
-    assert invoke("migrate").returncode == 0
+    assert invoke("migrate", "--no-backup").returncode == 0
     done = invoke("migrate")
     assert done.returncode == 0
     assert "nothing to do" in done.stdout and version_rows(db_conn) == [HEAD]
@@ -53,7 +53,7 @@ def test_migrate_twice_is_a_verified_no_op(invoke, db_conn):
 
 def test_current_json_for_scripts(invoke):
     import json
-    invoke("migrate")
+    invoke("migrate", "--no-backup")
     st = json.loads(invoke("current", "--json").stdout)
     assert st["current"] == [HEAD] and st["at_head"] is True and st["pending"] == []
 
