@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from alembic import command
+from alembic.runtime.environment import EnvironmentContext
 
 from dbops.agent import db, fingerprint, scratch
 from dbops.agent.lock import require_lock
@@ -99,6 +100,29 @@ def passes(script) -> list[list[str]]:
     return out or [[]]
 
 
+def upgrade_one(cfg, script, rev: str) -> None:
+    """``alembic upgrade REV`` as alembic.command.upgrade does it, but with one ScriptDirectory
+    for the whole pass (command.upgrade re-reads every revision file on each call: quadratic)."""
+    def fn(current, context):
+        return script._upgrade_revs(rev, current)
+
+    with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None,
+                            destination_rev=rev, tag=None):
+        script.run_env()
+
+
+def scratch_heads(ctx, sconn, name: str) -> tuple[str, ...]:
+    """The scratch database's version rows: read on the open connection (one connection less
+    per step); through alembic's MigrationContext when the version table is elsewhere."""
+    try:
+        with sconn.transaction():
+            rows = sconn.execute("SELECT version_num FROM alembic_version").fetchall()
+        return tuple(sorted(r[0] for r in rows))
+    except Exception:
+        with quiet_alembic():
+            return tuple(ctx.current_heads(name))
+
+
 def build_expected(ctx, purpose: str = "recover") -> dict:
     """Fingerprint of base and of the database after each revision, one step at a time."""
     script = ctx.script()
@@ -120,13 +144,13 @@ def build_expected(ctx, purpose: str = "recover") -> dict:
                         seen.add(())
                     for rev in revs:
                         try:
-                            command.upgrade(ctx.config(), rev)
+                            upgrade_one(ctx.config(), script, rev)
                         except Exception as exc:
                             raise AgentFailure(
                                 f"building the expected schemas: upgrading a scratch database "
                                 f"to {rev} failed: {one_line(exc)}", kind="expected",
                                 revision=rev) from None
-                        heads = tuple(ctx.current_heads(name))
+                        heads = scratch_heads(ctx, sconn, name)
                         if heads in seen:
                             continue
                         fp = fingerprint.collect(sconn)
