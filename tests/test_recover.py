@@ -234,3 +234,60 @@ def test_second_run_uses_the_cache_and_an_edited_revision_invalidates_it(rec, db
     bad = tmp_path / "x.json"
     bad.write_text('{"steps": [{"hash": "0", "fingerprint": {}}]}')
     assert recover_op.cache_load(bad) is None
+
+
+EMPTY_REV = '''"""data only: backfill (no schema change)
+
+Revision ID: e0e0e0e0e0e0
+Revises: {head}
+"""
+revision = "e0e0e0e0e0e0"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    pass
+
+
+def downgrade():
+    pass
+'''
+
+
+def test_revisions_with_the_same_schema_need_an_explicit_choice(rec, alembic_at, db_conn,
+                                                                tmp_path):
+    import shutil
+    copy = tmp_path / "backend"
+    shutil.copytree(ROOT / "backend", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "alembic" / "versions" / "e0e0e0e0e0e0_backfill.py").write_text(
+        EMPTY_REV.format(head=HEAD))
+    env = {"DBOPS_ALEMBIC_INI": str(copy / "alembic.ini")}
+    alembic_at(HEAD)
+    db_conn.execute("DROP TABLE alembic_version")
+    done = rec("recover", env=env)
+    assert match_lines(done.stdout) == [HEAD, "e0e0e0e0e0e0"] and done.returncode == 0
+    refused = rec("recover", "--apply", env=env)
+    assert refused.returncode != 0 and "say which one with --to" in refused.stderr
+    assert version_rows(db_conn) is None
+    done = rec("recover", "--apply", "--to", HEAD, env=env)
+    assert done.returncode == 0, done.stderr
+    assert version_rows(db_conn) == [HEAD] and "next: invoke migrate" in done.stdout
+
+
+def test_a_role_that_cannot_create_the_scratch_database_is_told_what_to_do(
+        rec, alembic_at, db_conn, database, tmp_path):
+    alembic_at(REVS[1])
+    db_conn.execute("CREATE ROLE t_app LOGIN PASSWORD 'pw' NOCREATEDB")
+    try:
+        db_conn.execute(f'GRANT ALL ON DATABASE "{database}" TO t_app')
+        db_conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO t_app")
+        done = rec("recover", "--no-cache", env={"POSTGRES_USER": "t_app", "POSTGRES_PASSWORD": "pw",
+                                                 "DBOPS_CACHE_DIR": str(tmp_path / "c")})
+        assert done.returncode != 0
+        assert "cannot create a scratch database" in done.stderr
+        assert "next: ALTER ROLE t_app CREATEDB" in done.stderr
+    finally:
+        db_conn.execute("DROP OWNED BY t_app")
+        db_conn.execute("DROP ROLE t_app")

@@ -78,8 +78,11 @@ def inspect(ctx) -> dict:
         raise AgentFailure(f"cannot connect to database {db.database()}: {one_line(exc)}",
                            kind="connect") from None
     has_table = version_table_exists(conn)
-    with quiet_alembic():
-        current = ctx.current_heads() if has_table else []
+    try:
+        with quiet_alembic():
+            current = ctx.current_heads() if has_table else []
+    except Exception as exc:
+        raise AgentFailure(f"cannot read alembic_version: {one_line(exc)}", kind="read") from None
     fp = fingerprint.collect(conn)
     env_py = Path(script.dir) / "env.py"
     return {"database": db.database(), "server_version": server, "server_major": num // 10000,
@@ -130,7 +133,14 @@ def build_expected(ctx, purpose: str = "recover") -> dict:
     steps: list[dict] = []
     seen: set[tuple[str, ...]] = set()
     for revs in passes(script):
-        with scratch.scratch_database(purpose) as name:
+        try:
+            scratch_cm = scratch.scratch_database(purpose)
+            name = scratch_cm.__enter__()
+        except Exception as exc:
+            raise AgentFailure(f"cannot create a scratch database on the server to build the "
+                               f"expected schemas: {one_line(exc)}", kind="scratch") from None
+        with contextlib.ExitStack() as stack:
+            stack.push(scratch_cm)
             with db.pointed_at(name), quiet_alembic():
                 if db.database() != name:  # never upgrade anything but the scratch database
                     raise AgentFailure("internal: the scratch database is not the target",

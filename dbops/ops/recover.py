@@ -75,6 +75,10 @@ def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: b
     try:
         built = agent.call("recover.expected")
     except AgentError as exc:
+        if exc.kind == "scratch":
+            raise OpsError(exc.message, state="unchanged",
+                           next_command=f"ALTER ROLE {settings.user} CREATEDB   (as a superuser; "
+                                        f"recover needs a scratch database)") from None
         raise OpsError(exc.message, state="unchanged (only a scratch database was used, and dropped)",
                        next_command="fix the revision named above, or run: invoke check") from None
     cache_store(path, insp, built["steps"])
