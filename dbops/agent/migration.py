@@ -143,6 +143,8 @@ FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid JOIN pg_class c ON c.oi
 WHERE l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND a.pid <> pg_backend_pid() AND c.relnamespace <> 'pg_catalog'::regnamespace
   AND a.application_name NOT LIKE 'dbops:%%' AND a.xact_start IS NOT NULL
+  AND c.relkind IN ('r', 'p', 'm')
+  AND (a.state LIKE 'idle in transaction%%' OR a.xact_start < now() - interval '1 second')
 GROUP BY a.pid, a.application_name, a.usename, a.state, a.xact_start, a.query
 ORDER BY a.xact_start LIMIT 10
 """
