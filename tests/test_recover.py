@@ -220,9 +220,17 @@ def test_apply_fails_fast_when_another_operation_holds_the_lock(rec, alembic_at,
 
 
 def test_second_run_uses_the_cache_and_an_edited_revision_invalidates_it(rec, db_conn, tmp_path):
-    first = rec("recover")
-    second = rec("recover")
+    import shutil
+    copy = tmp_path / "backend"
+    shutil.copytree(ROOT / "backend", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"DBOPS_ALEMBIC_INI": str(copy / "alembic.ini")}
+    first = rec("recover", env=env)
+    second = rec("recover", env=env)
     assert "expected:  from cache" in second.stdout, first.stdout
+    path = next((copy / "alembic" / "versions").glob(f"{REVS[2]}_*.py"))
+    path.write_text(path.read_text() + "\n# edited\n")
+    third = rec("recover", env=env)
+    assert "built on a scratch database" in third.stdout
     # the key: revision ids, parents, file hashes, env.py, server major version
     insp = {"server_major": 15, "env_sha256": "e", "chain": [
         {"revision": "a", "down_revisions": [], "sha256": "1"}]}
