@@ -299,3 +299,19 @@ def test_a_role_that_cannot_create_the_scratch_database_is_told_what_to_do(
     finally:
         db_conn.execute("DROP OWNED BY t_app")
         db_conn.execute("DROP ROLE t_app")
+
+
+def test_at_a_terminal_the_operator_is_asked(settings, alembic_at, db_conn, monkeypatch,
+                                             recover_cache):
+    from dbops.errors import OpsError
+    alembic_at(REVS[0])
+    db_conn.execute("DROP TABLE alembic_version")
+    monkeypatch.setattr(recover_op, "interactive", lambda: True)
+    from dataclasses import replace
+    s = replace(settings, raw={**settings.raw, "DBOPS_CACHE_DIR": str(recover_cache)})
+    asked = []
+    with pytest.raises(OpsError, match="not confirmed"):
+        recover_op.recover(s, apply=True, confirm=lambda q: asked.append(q) or False)
+    assert version_rows(db_conn) is None and "This changes no schema" in asked[0]
+    report = recover_op.recover(s, apply=True, confirm=lambda q: True)
+    assert report["applied"]["stamped"] and version_rows(db_conn) == [REVS[0]]
