@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
@@ -127,7 +128,7 @@ def test_invalid_index_from_a_failed_concurrent_build(doc, alembic_at, db_conn, 
     db_conn.execute("INSERT INTO posts (id, title, content, author_id) VALUES (1, 't', 'c', 1)")
     db_conn.execute("INSERT INTO comments (content, author_name, author_email, post_id) "
                     "VALUES ('x', 'same', 'e', 1), ('y', 'same', 'e', 1)")
-    with pytest.raises(Exception):
+    with pytest.raises(psycopg.errors.UniqueViolation):
         db_conn.execute("CREATE UNIQUE INDEX CONCURRENTLY uq_comments_author "
                         "ON comments (author_name)")
     rep = doc()

@@ -315,3 +315,13 @@ def test_at_a_terminal_the_operator_is_asked(settings, alembic_at, db_conn, monk
     assert version_rows(db_conn) is None and "This changes no schema" in asked[0]
     report = recover_op.recover(s, apply=True, confirm=lambda q: True)
     assert report["applied"]["stamped"] and version_rows(db_conn) == [REVS[0]]
+
+
+def test_objects_outside_the_managed_schemas_can_be_left_out(rec, alembic_at, db_conn):
+    alembic_at(REVS[2])
+    db_conn.execute("DROP TABLE alembic_version")
+    db_conn.execute("CREATE SCHEMA dba; CREATE TABLE dba.notes (id int PRIMARY KEY)")
+    drift = rec("recover")
+    assert drift.returncode == 1 and "  - table dba.notes unexpected" in drift.stdout
+    done = rec("recover", env={"DBOPS_RECOVER_SCHEMAS": "public"})
+    assert done.returncode == 0 and match_lines(done.stdout) == [REVS[2]]

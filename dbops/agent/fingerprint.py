@@ -188,6 +188,23 @@ def summary(fp: dict) -> str:
             f"{len(fp.get('indexes', {}))} indexes")
 
 
+def schema_of(name: str) -> str:
+    return name.split(".", 1)[0] if "." in name else "public"
+
+
+def restrict(fp: dict, schemas: list[str]) -> dict:
+    """Only the objects in ``schemas`` (names are qualified outside public)."""
+    keep = set(schemas)
+    out = dict(fp)
+    out["tables"] = {k: v for k, v in fp.get("tables", {}).items() if schema_of(k) in keep}
+    for section in ("constraints", "triggers"):  # "table.name": the table decides
+        out[section] = {k: v for k, v in fp.get(section, {}).items()
+                        if schema_of(k.rsplit(".", 1)[0]) in keep}
+    for section in ("indexes", "sequences", "enums", "views"):
+        out[section] = {k: v for k, v in fp.get(section, {}).items() if schema_of(k) in keep}
+    return out
+
+
 # --- comparing -----------------------------------------------------------------
 SECTIONS = ("tables", "constraints", "indexes", "sequences", "enums", "views", "triggers")
 KIND = {"constraints": "constraint", "indexes": "index", "sequences": "sequence", "enums": "enum",

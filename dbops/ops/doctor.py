@@ -177,7 +177,7 @@ def _with_agent(r: Report, settings: Settings, agent: Agent, *, schema: bool, re
     # --- revision: current vs heads ----------------------------------------------------
     insp = None
     try:
-        insp = agent.call("recover.inspect")
+        insp = recover_op.scoped_inspect(settings, agent.call("recover.inspect"))
     except AgentError as exc:
         facts["errors"]["inspect"] = exc.message
     current, pending = st["current"], st["pending"]

@@ -71,7 +71,8 @@ def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: b
     path = cache_dir(settings) / f"{cache_key(insp)}.json"
     steps = cache_load(path) if use_cache else None
     if steps is not None:
-        return steps, {"source": "cache", "cache_file": str(path), "seconds": 0.0}
+        return scoped_steps(settings, steps), {"source": "cache", "cache_file": str(path),
+                                               "seconds": 0.0}
     try:
         built = agent.call("recover.expected")
     except AgentError as exc:
@@ -82,7 +83,35 @@ def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: b
         raise OpsError(exc.message, state="unchanged (only a scratch database was used, and dropped)",
                        next_command="fix the revision named above, or run: invoke check") from None
     cache_store(path, insp, built["steps"])
-    return built["steps"], {"source": "built", "cache_file": str(path), "seconds": built["seconds"]}
+    return scoped_steps(settings, built["steps"]), {"source": "built", "cache_file": str(path),
+                                                    "seconds": built["seconds"]}
+
+
+# --- which schemas count ----------------------------------------------------------
+def schemas(settings: Settings) -> list[str] | None:
+    """DBOPS_RECOVER_SCHEMAS=public,app: only these schemas are compared (others on the live
+    database, e.g. made by an extension or a DBA, are not drift). Default: every user schema."""
+    raw = (settings.raw.get("DBOPS_RECOVER_SCHEMAS") or "").strip()
+    return [x.strip() for x in raw.split(",") if x.strip()] or None
+
+
+def scoped_steps(settings: Settings, steps: list[dict]) -> list[dict]:
+    keep = schemas(settings)
+    if not keep:
+        return steps
+    out = []
+    for s in steps:
+        fp = fpmod.restrict(s["fingerprint"], keep)
+        out.append({**s, "fingerprint": fp, "hash": fpmod.digest(fp)})
+    return out
+
+
+def scoped_inspect(settings: Settings, insp: dict) -> dict:
+    keep = schemas(settings)
+    if keep:
+        fp = fpmod.restrict(insp["live"]["fingerprint"], keep)
+        insp["live"] = {"fingerprint": fp, "hash": fpmod.digest(fp), "summary": fpmod.summary(fp)}
+    return insp
 
 
 # --- comparing -------------------------------------------------------------------
@@ -260,7 +289,7 @@ def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: s
     started = time.monotonic()
     with Agent(settings) as agent:
         try:
-            insp = agent.call("recover.inspect")
+            insp = scoped_inspect(settings, agent.call("recover.inspect"))
         except AgentError as exc:
             if exc.kind == "connect":
                 raise OpsError(exc.message, next_command="invoke doctor") from None
