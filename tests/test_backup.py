@@ -88,6 +88,7 @@ def test_jobs_gives_a_directory_dump_that_verifies_and_restores(invoke, settings
     assert done.returncode == 0, done.stderr
     e = only_backup(settings)
     assert e["path"].endswith(".dir.tar") and e["manifest"]["format"] == "directory"
+    assert invoke("verify-backup", e["path"]).returncode == 0
     done = invoke("verify-backup", e["path"], "--restore-test")
     assert done.returncode == 0, done.stderr
     assert "restore test" in done.stdout

@@ -182,10 +182,10 @@ def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, databa
     db_conn.close()
     before = fingerprint(pg_cluster, database)
     proc = start_invoke(ops_env, "restore", path, "--yes")
-    wait_for(lambda: pids(f"pg_restore --exit-on-error -d {database}_dbops_restoring_"),
+    wait_for(lambda: pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
              what="pg_restore to start")
     time.sleep(0.3)
-    for pid in pids(f"pg_restore --exit-on-error -d {database}_dbops_restoring_"):
+    for pid in pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
         os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
@@ -204,12 +204,12 @@ def test_restore_killed_as_a_whole_then_the_next_restore_sweeps(invoke, ops_env,
     db_conn.close()
     before = fingerprint(pg_cluster, database)
     proc = start_invoke(ops_env, "restore", path, "--yes")
-    wait_for(lambda: pids(f"pg_restore --exit-on-error -d {database}_dbops_restoring_"),
+    wait_for(lambda: pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
              what="pg_restore to start")
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)  # the operator's shell dies: host and agent gone
     proc.communicate(timeout=30)
-    for pid in pids(f"pg_restore --exit-on-error -d {database}_dbops_restoring_"):
+    for pid in pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
         os.kill(pid, signal.SIGKILL)
     assert fingerprint(pg_cluster, database) == before
     # what is left (a restore target, maybe a pre-restore .partial) is named as unfinished,

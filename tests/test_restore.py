@@ -166,3 +166,13 @@ def test_production_without_a_terminal_needs_yes(invoke, settings, pg_cluster, d
 def test_missing_file(invoke):
     done = invoke("restore", "/nonexistent.dump", "--yes")
     assert done.returncode == 1 and "no such file" in done.stderr
+
+
+def test_parallel_restore_of_a_custom_dump(invoke, pg_cluster, database, backed_up):
+    path, data = backed_up
+    with pg_cluster.connect(database) as conn:
+        conn.execute("DELETE FROM items")
+    done = invoke("restore", str(path), "--yes", "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    with pg_cluster.connect(database) as conn:
+        assert rows(conn) == data

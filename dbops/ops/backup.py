@@ -233,7 +233,8 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
         final = folder / (name + suffix)
         partial = folder / f".{final.name}.partial"
         result = _dump(settings, agent, info, partial, final, fmt=fmt, jobs=jobs or 1, z=z,
-                       progress=sys.stderr.isatty() if progress is None else progress)
+                       progress=(sys.stdout.isatty() and sys.stderr.isatty())
+                       if progress is None else progress)
     finally:
         try:
             agent.call("backup.end")

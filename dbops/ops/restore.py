@@ -70,8 +70,6 @@ class RestoreJob:
     def __init__(self, settings: Settings, target: seam.Target, path: Path, manifest: dict, *,
                  mode: str, dbname: str = "", jobs: int = 1):
         fmt = manifest["format"]
-        if fmt == "directory" and jobs <= 1:
-            jobs = max(1, int(manifest.get("jobs") or 1))
         launch = target.pg(["sh", "-c", RESTORE_SCRIPT, "dbops-restore", mode, fmt, dbname or "-",
                             str(jobs)])
         self.settings = settings
@@ -162,9 +160,27 @@ def _drop_command(settings: Settings, name: str) -> str:
     return f"dropdb -h {settings.host} -p {settings.port} -U {settings.user} '{name}'"
 
 
+DEFAULT_RESTORE_JOBS = 1
+
+
+def restore_jobs(settings: Settings, jobs: int | None) -> int:
+    """--jobs, else DBOPS_RESTORE_JOBS, else 1. N > 1: pg_restore -j N from a temporary copy of the
+    archive next to the server (1: streamed straight into pg_restore, no temporary copy)."""
+    if jobs is None:
+        raw = (settings.raw.get("DBOPS_RESTORE_JOBS") or "").strip()
+        try:
+            jobs = int(raw) if raw else DEFAULT_RESTORE_JOBS
+        except ValueError:
+            raise OpsError(f"DBOPS_RESTORE_JOBS={raw!r} is not a whole number") from None
+    if jobs < 1:
+        raise OpsError("--jobs must be 1 or more")
+    return jobs
+
+
 def restore(settings: Settings, file: str, *, yes: bool = False, other_database: bool = False,
             jobs: int | None = None) -> dict:
     t0 = time.monotonic()
+    jobs = restore_jobs(settings, jobs)
     path = resolve(settings, file)
     manifest = checked_manifest(settings, path)
     if manifest["database"] != settings.database and not other_database:
@@ -204,7 +220,9 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
         except AgentError as exc:
             raise OpsError(exc.message, state="unchanged",
                            next_command=f"wait for it to finish, then re-run: invoke restore {path}") from None
-        return _restore_locked(settings, agent, path, manifest, jobs or 1, t0)
+        res = _restore_locked(settings, agent, path, manifest, jobs, t0)
+        res["kept_before"] = facts["kept_old"]
+        return res
 
 
 # The pre-restore backup reads the live database while pg_restore fills the new one: they
@@ -228,6 +246,7 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
         for s in created["swept"]:
             print(f"dropped {s}, left behind by an interrupted restore", file=sys.stderr)
         job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name, jobs=jobs)
+        t_started = time.monotonic()
         if pre is None:
             try:
                 pre = take_backup(settings, agent, "pre-restore", prune=False)
@@ -235,13 +254,16 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
                 raise OpsError(f"the pre-restore backup failed: {exc.message}", details=exc.details) from None
         record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
         print(f"pre-restore backup: {pre['path']}", file=sys.stderr)
+        t_pre = time.monotonic()
         rc, lines = job.finish()
         job = None
+        t_restored = time.monotonic()
         if rc != 0:
             raise OpsError(f"pg_restore into the new database {name} failed (status {rc})",
                            details=lines[-8:])
         check = agent.call("restore.check", name=name, tables=manifest["tables"],
                            revisions=manifest["revisions"])
+        t_checked = time.monotonic()
         sessions = agent.call("restore.facts")["sessions"]
         if sessions:
             print(f"warning: terminating {len(sessions)} session(s) connected to {settings.database}: "
@@ -264,9 +286,16 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
                        state=f"{settings.database} is unchanged (the new database was dropped); {pre_note}",
                        next_command=f"invoke verify-backup {path} --restore-test") from None
     old = swapped["old"]
+    timings = {"pre_restore_backup_s": pre["manifest"]["duration_s"],
+               "pre_restore_backup_done_after_s": round(t_pre - t_started, 3),
+               "pg_restore_s": round(t_restored - t_started, 3),
+               "check_s": round(t_checked - t_restored, 3),
+               "swap_s": round(time.monotonic() - t_checked, 3),
+               "total_s": round(time.monotonic() - t0, 3)}
     audit.append(settings, "restore", result="ok", old_database=old,
                  terminated=len(swapped["terminated"]), duration_s=round(time.monotonic() - t0, 3),
-                 **record)
+                 timings=timings, **record)
     return {"database": settings.database, "revisions": check["revisions"], "tables": check["tables"],
             "rows": check["rows"], "pre_restore_backup": pre["path"], "old_database": old,
-            "drop_command": _drop_command(settings, old), "terminated": swapped["terminated"]}
+            "drop_command": _drop_command(settings, old), "terminated": swapped["terminated"],
+            "timings": timings}

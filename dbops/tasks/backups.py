@@ -72,7 +72,7 @@ def verify_backup(c, file, restore_test=False):
 
 @task(help={"yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
             "other-database": "allow restoring a backup taken of a differently named database",
-            "jobs": "parallel restore workers (default 1 for .dump; the dump's own for .dir.tar)"})
+            "jobs": "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a temporary copy next to the server)"})
 @guarded
 def restore(c, file, yes=False, other_database=False, jobs=None):
     """Restore a backup: pre-restore backup, restore into a new database, check, swap by rename."""
@@ -81,8 +81,13 @@ def restore(c, file, yes=False, other_database=False, jobs=None):
     print(f"restored: {res['database']} now holds {file} (revision {_label(res['revisions'])})")
     print(f"  checked: {res['tables']} tables, {res['rows']} rows, alembic revision as in the manifest")
     print(f"  pre-restore backup: {res['pre_restore_backup']}")
+    t = res["timings"]
+    print(f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s (pre-restore backup "
+          f"{t['pre_restore_backup_s']:.1f} s alongside), checks {t['check_s']:.1f} s, swap {t['swap_s']:.1f} s")
     print(f"  previous database kept as: {res['old_database']}")
     print(f"  drop it when satisfied: {res['drop_command']}")
+    if res.get("kept_before"):
+        print(f"  also still kept from earlier restores: {', '.join(res['kept_before'])}")
 
 
 TASKS = [backup, backups, verify_backup, restore]
