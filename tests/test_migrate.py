@@ -47,6 +47,8 @@ def test_sql_prints_the_pending_sql_and_changes_nothing(invoke, db_conn, ops_env
     assert done.returncode == 0, done.stderr
     assert "CREATE INDEX idx_comments_post_created" in done.stdout
     assert "CREATE TABLE user_sessions" in done.stdout and "CREATE TABLE users" not in done.stdout
+    assert done.stdout.lstrip().startswith("BEGIN;")  # stdout is the SQL alone
+    assert "pending, in order" in done.stderr
     assert catalog(db_conn) == before
     assert not list(Path(ops_env["DBOPS_BACKUP_DIR"]).glob("*.dump"))
 
@@ -137,3 +139,14 @@ def test_revision_hashes_agent_op(settings):
     assert hashes[SAMPLE_HEAD] == hashlib.sha256(Path(rev.path).read_bytes()).hexdigest()
 
 
+
+
+def test_statement_timeout_fails_cleanly_without_retrying(invoke, tmp_path, db_conn):
+    ini = make_project(tmp_path, "slow")
+    env = {"DBOPS_ALEMBIC_INI": str(ini), "DBOPS_STATEMENT_TIMEOUT": "300ms"}
+    assert invoke("migrate", "--to", SAMPLE_HEAD, NB, env=env).returncode == 0
+    done = invoke("migrate", NB, env=env)
+    assert done.returncode != 0
+    assert "statement_timeout (300ms) reached" in done.stderr
+    assert "attempt 1/" not in done.stdout  # a slow statement is not retried
+    assert version_rows(db_conn) == [SAMPLE_HEAD]

@@ -232,6 +232,13 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
                          revision_hashes={r: hashes[r] for r in applied},
                          revision_hashes_applied={r: hashes[r] for r in applied})
             raise err from None
+        except KeyboardInterrupt:
+            applied = [d["revision"] for d in done if not d.get("skipped")]
+            audit.append(settings, "migrate", **record, to=None, result="interrupted",
+                         steps=done, duration_s=round(time.monotonic() - t0, 3),
+                         revision_hashes={r: hashes[r] for r in applied},
+                         revision_hashes_applied={r: hashes[r] for r in applied})
+            raise interrupted("migrate", current, applied, backup_path) from None
         applied = [d["revision"] for d in done if not d.get("skipped")]
         audit.append(settings, "migrate", **record, to=res["current"], result="ok", steps=done,
                      duration_s=round(time.monotonic() - t0, 3),
@@ -240,6 +247,17 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
     return {"before": current, "after": res["current"], "applied": applied, "backup": backup_path,
             "target": target, "models_checked": res["models_checked"],
             "seconds": round(time.monotonic() - t0, 2)}
+
+
+def interrupted(action: str, before: list[str], done: list[str], backup: str | None) -> OpsError:
+    """Ctrl-C mid-run: the agent died with the terminal's signal; the revision that was running
+    was rolled back if it ran in a transaction. Say what is known and how to find out the rest."""
+    return OpsError(f"{action} interrupted", exit_code=130,
+                    state=f"before: {label(before)}; completed by this run: "
+                          f"{', '.join(done) or 'nothing'}; the step in progress was rolled back "
+                          f"unless it used autocommit_block()",
+                    details=[f"{action} backup: {backup}"] if backup else [],
+                    next_command="invoke current   (then invoke doctor if a revision used autocommit_block)")
 
 
 def _fix_hint(exc: AgentError, before: list[str], applied: list[str], backup: str | None) -> str:

@@ -14,6 +14,7 @@ from dbops.ops.migrate import (
     Out,
     _print,
     acquire_lock,
+    interrupted,
     refusal,
     run_steps,
     step_failure,
@@ -138,6 +139,12 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
                                           if not d.get("skipped")},
                          duration_s=round(time.monotonic() - t0, 3))
             raise err from None
+        except KeyboardInterrupt:
+            downgraded = [d["revision"] for d in done if not d.get("skipped")]
+            audit.append(settings, "rollback", **record, to=None, result="interrupted", steps=done,
+                         revision_hashes={r: hashes[r] for r in downgraded},
+                         duration_s=round(time.monotonic() - t0, 3))
+            raise interrupted("rollback", current, downgraded, backup_path) from None
         audit.append(settings, "rollback", **record, to=res["current"], result="ok", steps=done,
                      revision_hashes={d["revision"]: hashes[d["revision"]] for d in done
                                       if not d.get("skipped")},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from invoke import task
 
@@ -44,7 +45,9 @@ def heads(c):
 def migrate(c, to="head", sql=False, no_backup=False):
     """Upgrade under the dbops lock: preflight, backup, one revision at a time with lock_timeout
     and bounded retries, then verify the revision and that the schema matches the models."""
-    res = migrate_op.migrate(settings(c), to=to, sql=sql, backup=not no_backup)
+    # With --sql, stdout is the SQL alone (pipe it to a file); the preflight goes to stderr.
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if sql else migrate_op._print
+    res = migrate_op.migrate(settings(c), to=to, sql=sql, backup=not no_backup, out=out)
     if sql:
         print(res["sql"], end="" if res["sql"].endswith("\n") else "\n")
         return
