@@ -150,3 +150,11 @@ def test_statement_timeout_fails_cleanly_without_retrying(invoke, tmp_path, db_c
     assert "statement_timeout (300ms) reached" in done.stderr
     assert "attempt 1/" not in done.stdout  # a slow statement is not retried
     assert version_rows(db_conn) == [SAMPLE_HEAD]
+
+
+def test_an_unreachable_database_is_reported_as_not_reached(invoke):
+    for args in (("migrate",), ("rollback", "--to=-1", "--yes"), ("stamp", "--to=head", "--yes")):
+        done = invoke(*args, env={"POSTGRES_PORT": "1"})
+        assert done.returncode != 0
+        assert "cannot connect" in done.stderr and "not reached" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

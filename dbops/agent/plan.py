@@ -135,6 +135,16 @@ def unknown_current(script, current: list[str]) -> AgentFailure:
         kind="unknown_current", current=current, candidates=candidates(script))
 
 
+def read_current(ctx) -> list[str]:
+    """The version rows; an unreachable database is an AgentFailure of kind "connect"."""
+    from dbops.agent import db
+    try:
+        return ctx.current_heads()
+    except Exception as exc:
+        raise AgentFailure(f"cannot connect to database {db.database()}: {one_line(exc)}",
+                           kind="connect") from None
+
+
 def check_current_known(script, current: list[str]) -> None:
     known = {r.revision for r in script.walk_revisions()}
     missing = [c for c in current if c not in known]
@@ -246,7 +256,7 @@ def plan_downgrade(ctx, to: str) -> dict:
 
     with quiet():
         script = ctx.script()
-        current = ctx.current_heads()
+        current = read_current(ctx)
         check_current_known(script, current)
         try:
             return _plan_downgrade(ctx, script, current, to)
@@ -284,7 +294,7 @@ def plan_resolve(ctx, to: str) -> dict:
 
     script = ctx.script()
     with quiet():
-        current = ctx.current_heads()
+        current = read_current(ctx)
     try:
         target = resolve(script, to, current)
     except AgentFailure as exc:

@@ -26,6 +26,7 @@ from dbops.agent_client import Agent
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.migrate import Out, _print
+from dbops.ops.status import call_status
 
 # Style rules (column types), not locking or safety: off unless DBOPS_SQUAWK_EXCLUDE says otherwise.
 DEFAULT_EXCLUDE = "prefer-bigint-over-int,prefer-bigint-over-smallint,prefer-identity,prefer-text-field"
@@ -126,7 +127,7 @@ def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None
 def check(settings: Settings, *, squawk: bool = True, out: Out = _print) -> dict:
     failures: list[str] = []
     with Agent(settings) as agent:
-        st = agent.call("status")
+        st = call_status(agent)
         heads = st["heads"]
         if len(heads) == 1:
             out(f"ok    single head: {heads[0]}")

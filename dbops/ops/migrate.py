@@ -55,8 +55,8 @@ def refusal(exc: AgentError, current: list[str] | None = None, action: str = "mi
         else:
             nxt = f"invoke {action} --to=<one of the candidates>"
     elif exc.kind == "connect":
-        s_next = "invoke up" if action else None
-        nxt = f"check POSTGRES_* in .env and that the server is up ({s_next})"
+        state = "unknown (the database was not reached; nothing was done)"
+        nxt = "check POSTGRES_* in .env and that the server is up (invoke up; invoke current)"
     return OpsError(exc.message, state=state, next_command=nxt, details=details)
 
 
