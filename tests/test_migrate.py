@@ -158,3 +158,13 @@ def test_an_unreachable_database_is_reported_as_not_reached(invoke):
         assert done.returncode != 0
         assert "cannot connect" in done.stderr and "not reached" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_migrate_through_a_merge_revision(invoke, tmp_path, db_conn):
+    flag, other = REVS["flag"].rev, REVS["irreversible"].rev
+    ini = make_project(tmp_path, "flag", "irreversible", "merge",
+                       branch_from={"irreversible": SAMPLE_HEAD, "merge": (flag, other)})
+    done = invoke("migrate", NB, env={"DBOPS_ALEMBIC_INI": str(ini)})
+    assert done.returncode == 0, done.stderr
+    assert "applied 9 revision(s)" in done.stdout
+    assert version_rows(db_conn) == [REVS["merge"].rev]

@@ -28,7 +28,7 @@ from dbops.agent.plan import (
     uses_autocommit_block,
 )
 from dbops.agent.protocol import AgentFailure, handler
-from dbops.agent.status import one_line
+from dbops.agent.status import applied_set, one_line
 
 LOCK_NOT_AVAILABLE = "55P03"
 
@@ -198,16 +198,23 @@ def _step(ctx, revision: str, direction: str = "up", lock_timeout: str = "2s",
     require_lock(ctx)
     script = ctx.script()
     rev = script.get_revision(revision)
-    expected = [rev.revision] if direction == "up" else (
-        [rev.down_revision] if rev.down_revision else [])
     before = ctx.current_heads()
-    if before == expected:
+    check_current_known(script, before)
+
+    def done(rows: list[str]) -> bool:
+        applied = applied_set(script, rows)
+        return rev.revision in applied if direction == "up" else rev.revision not in applied
+
+    if done(before):  # an earlier attempt (or another path through a merge) got there
         return {"revision": revision, "before": before, "after": before, "skipped": True,
                 "seconds": 0.0}
-    start = [rev.down_revision] if direction == "up" else [rev.revision]
-    if before != ([] if start == [None] else start):
+    downs = rev.down_revision if isinstance(rev.down_revision, (tuple, list)) else \
+        ([rev.down_revision] if rev.down_revision else [])
+    ready = (set(downs) <= applied_set(script, before)) if direction == "up" else \
+        (rev.revision in before)
+    if not ready:
         raise AgentFailure(f"the database is at {before or ['base']}, not where the "
-                           f"{direction} step for {revision} starts ({start})", kind="moved",
+                           f"{direction} step for {revision} starts", kind="moved",
                            before=before, after=before, revision=revision)
     transactional = not uses_autocommit_block(rev)
     invalid_before = invalid_indexes(ctx)
@@ -245,9 +252,9 @@ def _step(ctx, revision: str, direction: str = "up", lock_timeout: str = "2s",
         else:
             os.environ["PGAPPNAME"] = saved_app
     after = ctx.current_heads()
-    if after != expected:
+    if not done(after):
         raise AgentFailure(f"{revision}: the {direction} step finished but the version row says "
-                           f"{after or ['base']}, not {expected or ['base']}", kind="verify",
+                           f"{after or ['base']}", kind="verify",
                            revision=revision, before=before, after=after,
                            transactional=transactional)
     return {"revision": revision, "before": before, "after": after, "skipped": False,
