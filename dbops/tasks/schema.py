@@ -43,8 +43,10 @@ def heads(c):
             "no_backup": "skip the pre-migrate backup (you have one, or the data is disposable)"})
 @guarded
 def migrate(c, to="head", sql=False, no_backup=False):
-    """Upgrade under the dbops lock: preflight, backup, one revision at a time with lock_timeout
-    and bounded retries, then verify the revision and that the schema matches the models."""
+    """Upgrade (default: to head) safely: preflight, backup, lock, verify.
+
+    One revision at a time with lock_timeout and bounded retries; then the revision and an
+    autogenerate diff against the models are verified. See docs/migrations.md."""
     # With --sql, stdout is the SQL alone (pipe it to a file); the preflight goes to stderr.
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if sql else migrate_op._print
     res = migrate_op.migrate(settings(c), to=to, sql=sql, backup=not no_backup, out=out)
@@ -64,8 +66,10 @@ def migrate(c, to="head", sql=False, no_backup=False):
             "no_backup": "skip the pre-rollback backup"})
 @guarded
 def rollback(c, to=None, yes=False, accept_data_loss=False, no_backup=False):
-    """Downgrade to an earlier revision: prints the plan (and what it drops), backs up, downgrades
-    one revision at a time under the lock, verifies the revision."""
+    """Downgrade to an earlier revision (plan, data-loss check, backup, lock, verify).
+
+    Prints each downgrade and whether it drops data, offers a backup taken at REV, backs up,
+    downgrades one revision at a time under the lock, verifies the revision."""
     if not to:
         raise OpsError("rollback needs --to=REV (e.g. --to=-1, --to=base, --to=<revision>)",
                        next_command="invoke history   (to pick one)")
@@ -81,7 +85,7 @@ def rollback(c, to=None, yes=False, accept_data_loss=False, no_backup=False):
             "yes": "do not ask for confirmation"})
 @guarded
 def stamp(c, to=None, yes=False):
-    """Rewrite the alembic version row WITHOUT changing the schema (recovery only); audited."""
+    """Rewrite the version row WITHOUT changing the schema (recovery only; audited)."""
     if not to:
         raise OpsError("stamp needs --to=REV", next_command="invoke doctor   (which revision the schema matches)")
     res = stamp_op.stamp(settings(c), to, yes=yes)
@@ -92,8 +96,10 @@ def stamp(c, to=None, yes=False):
 @task(help={"no_squawk": "skip the squawk lint of the offline SQL"})
 @guarded
 def check(c, no_squawk=False):
-    """CI gate: single head, stairway up/down on a scratch database, models match the
-    migrations, squawk over every revision's SQL. Non-zero exit on any failure."""
+    """CI gate: one head, stairway, models match, squawk. Non-zero on any failure.
+
+    The stairway runs on a scratch database; squawk lints every revision's offline SQL.
+    Accepting a known finding: docs/migrations.md."""
     check_op.check(settings(c), squawk=not no_squawk)
     print("check passed")
 
