@@ -99,8 +99,10 @@ def test_pending_revisions_and_the_human_screen(doc, alembic_at, invoke, recover
     assert rep["pending"] == REVS[3:] and rep["next"] == "invoke migrate"
     assert rep["by"]["schema"]["status"] == "ok"
     assert rep["by"]["backups"]["status"] == "warn"  # none yet: migrate will take one
-    screen = invoke("doctor", env={"DBOPS_CACHE_DIR": str(recover_cache)}).stdout
+    done = invoke("doctor", env={"DBOPS_CACHE_DIR": str(recover_cache)})
+    screen = done.stdout
     assert screen.splitlines()[-1].startswith("next: invoke migrate")
+    assert done.stderr.count("-m dbops.agent") == 1  # one agent process for all of it
     assert len(screen.splitlines()) <= 30
 
 

@@ -128,6 +128,7 @@ def test_unknown_version_id_from_a_reverted_branch(rec, alembic_at, db_conn, set
     assert report["next"] == "invoke recover --apply"
     done = rec("recover", "--apply", "--yes")
     assert done.returncode == 0, done.stderr
+    assert done.stderr.count("-m dbops.agent") == 1  # inspect, lock and stamp: one agent
     assert version_rows(db_conn) == [REVS[3]]
     (record,) = audit_records(settings)
     assert record["previous_version_rows"] == ["badc0ffee000"] and record["state"] == "unknown id"
