@@ -326,3 +326,20 @@ def test_objects_outside_the_managed_schemas_can_be_left_out(rec, alembic_at, db
     assert drift.returncode == 1 and "  - table dba.notes unexpected" in drift.stdout
     done = rec("recover", env={"DBOPS_RECOVER_SCHEMAS": "public"})
     assert done.returncode == 0 and match_lines(done.stdout) == [REVS[2]]
+
+
+def test_branched_history_each_head_is_found(rec, alembic_at, db_conn, tmp_path):
+    import shutil
+
+    from tests.test_doctor import BRANCH_REV
+    copy = tmp_path / "backend"
+    shutil.copytree(ROOT / "backend", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "alembic" / "versions" / "b0a1c2d3e4f5_add_tag_colour.py").write_text(BRANCH_REV)
+    env = {"DBOPS_ALEMBIC_INI": str(copy / "alembic.ini")}
+    alembic_at("b0a1c2d3e4f5", ini=copy / "alembic.ini")  # the feature branch, not d93ad…
+    db_conn.execute("DROP TABLE alembic_version")
+    done = rec("recover", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert match_lines(done.stdout) == ["b0a1c2d3e4f5"]
+    assert rec("recover", "--apply", env=env).returncode == 0
+    assert version_rows(db_conn) == ["b0a1c2d3e4f5"]
