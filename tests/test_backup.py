@@ -228,3 +228,19 @@ def test_dump_command_runs_pg_tools_through_the_seam(settings):
     assert launch.argv[:2] == ["sh", "-c"] and "SNAP" in launch.argv
     assert "--snapshot=" in backup_op.DUMP_SCRIPT and "pg_restore -f /dev/null" in backup_op.DUMP_SCRIPT
     assert "dbops backup" in launch.display and "pg_dump --snapshot" not in launch.display
+
+
+def test_compose_commands_run_next_to_the_server_without_a_tty_or_password(settings):
+    """Command construction for the compose target: exec -T in the db service, the password
+    only in the compose process's environment (the container has its own)."""
+    from dataclasses import replace
+
+    from dbops.ops import restore as restore_op
+
+    s = replace(settings, target="compose", compose=("docker", "compose"))
+    target = seam.target_for(s)
+    for launch in (target.pg(["sh", "-c", backup_op.DUMP_SCRIPT, "dbops-backup", "S", "15", "custom", "1", "1"]),
+                   target.pg(["sh", "-c", restore_op.RESTORE_SCRIPT, "dbops-restore", "restore", "custom", "x", "1"])):
+        assert launch.argv[:5] == ["docker", "compose", "exec", "-T", "-e"]
+        assert s.db_service in launch.argv and "sh" in launch.argv
+        assert s.password not in " ".join(launch.argv) and s.password not in launch.display

@@ -173,6 +173,15 @@ def _pump(src, fd: int, state: dict, progress: _Progress) -> None:
         progress.update(n, final=True)
 
 
+def _widen_pipe(pipe) -> None:
+    """A 1 MiB pipe instead of 64 KiB: fewer wake-ups per gigabyte (Linux; ignored elsewhere)."""
+    try:
+        import fcntl
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (OSError, ImportError, ValueError):
+        pass
+
+
 def _drain(src, lines: list[str]) -> None:
     for raw in iter(src.readline, b""):
         lines.append(raw.decode(errors="replace").rstrip("\n"))
@@ -290,6 +299,7 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
     try:
         proc = seam.start(launch, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, start_new_session=True)
+        _widen_pipe(proc.stdout)
         pump = threading.Thread(target=_pump, args=(proc.stdout, fd, state,
                                                     _Progress(info["database_size"], progress)),
                                 daemon=True)
