@@ -6,7 +6,7 @@ Same setup for both, on a throwaway cluster (dbops.localpg.new_cluster()):
   - comments filled with --rows rows;
   - pgbench clients running UPDATE + SELECT on comments for the whole run, every
     transaction's latency logged;
-  - a long transaction (a SELECT on comments, left open) from t=2 s to t=2+--long s;
+  - a long transaction (a SELECT on comments, left open) from t=2 s to t=2+--long s (14 s);
   - the migration started at t=4 s.
 Reported per run: the clients' worst latency (the stall), failed transactions / aborted
 clients, and the migration's wall time. Then: the process and container starts of one
@@ -95,7 +95,7 @@ def read_latencies(logdir: Path) -> tuple[list[tuple[float, float]], int]:
 
 def run_scenario(cluster, name: str, db: str, migrate_cmd: list[str], env: dict, args,
                  workdir: Path) -> dict:
-    logdir = workdir / f"pgbench-{name}"
+    logdir = workdir / f"pgbench-{name.replace(' ', '_')}"
     logdir.mkdir()
     total = 4 + args.long + 8
     bench = pgbench(cluster, db, total, args.clients, args.rows, logdir)
@@ -193,7 +193,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--long", type=int, default=8, help="seconds the long transaction stays open")
+    p.add_argument("--long", type=int, default=12, help="seconds the long transaction stays open")
     p.add_argument("--lock-timeout", default="2s")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -212,6 +212,13 @@ def main() -> int:
                     "DBOPS_LOCK_TIMEOUT": args.lock_timeout, "DBOPS_QUIET": "1"})
         results.append(run_scenario(cluster, "invoke migrate", "bench_dbops",
                                     [sys.executable, "-m", "invoke", "migrate"], env, args, workdir))
+        env = prepare(cluster, "bench_dbops_nb", ini, args.rows)
+        env.update({"DBOPS_TARGET": "local", "DBOPS_ENV_FILE": str(workdir / "none.env"),
+                    "DBOPS_BACKUP_DIR": str(workdir / "backups"), "DBOPS_ALEMBIC_INI": str(ini),
+                    "DBOPS_LOCK_TIMEOUT": args.lock_timeout, "DBOPS_QUIET": "1"})
+        results.append(run_scenario(cluster, "invoke migrate --no-backup", "bench_dbops_nb",
+                                    [sys.executable, "-m", "invoke", "migrate", "--no-backup"],
+                                    env, args, workdir))
         env = prepare(cluster, "bench_bare", ini, args.rows)
         alembic = str(ROOT / ".venv/bin/alembic")
         results.append(run_scenario(cluster, "alembic upgrade head", "bench_bare",
@@ -225,9 +232,9 @@ def main() -> int:
     print(f"rows {args.rows}, {args.clients} pgbench clients (UPDATE+SELECT on comments), long "
           f"transaction open t=2..{2 + args.long} s, migration started t=4 s, "
           f"dbops lock_timeout {args.lock_timeout}")
-    print(f"{'':24}{'worst stall':>12}{'(during)':>10}{'failed tx':>11}{'aborted':>9}{'migrate s':>11}{'retries':>9}{'exit':>6}")
+    print(f"{'':28}{'worst stall':>12}{'(during)':>10}{'failed tx':>11}{'aborted':>9}{'migrate s':>11}{'retries':>9}{'exit':>6}")
     for r in results:
-        print(f"{r['scenario']:24}{r['worst_latency_s']:>11.3f}s{r['worst_latency_during_migrate_s'] or 0:>9.3f}s"
+        print(f"{r['scenario']:28}{r['worst_latency_s']:>11.3f}s{r['worst_latency_during_migrate_s'] or 0:>9.3f}s"
               f"{r['failed_transactions']:>11}{r['aborted_clients']:>9}{r['migrate_seconds']:>11.2f}"
               f"{r['lock_timeout_retries']:>9}{r['migrate_exit']:>6}")
     print(f"compose path, one `invoke migrate` (with its pre-migrate backup): "
