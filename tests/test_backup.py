@@ -244,3 +244,16 @@ def test_compose_commands_run_next_to_the_server_without_a_tty_or_password(setti
         assert launch.argv[:5] == ["docker", "compose", "exec", "-T", "-e"]
         assert s.db_service in launch.argv and "sh" in launch.argv
         assert s.password not in " ".join(launch.argv) and s.password not in launch.display
+
+
+def test_a_table_locked_by_someone_else_fails_the_backup_instead_of_queueing(invoke, settings,
+                                                                             pg_cluster, database):
+    with pg_cluster.connect(database) as setup:
+        fill(setup, 10)
+    with pg_cluster.connect(database) as other:
+        with other.transaction():
+            other.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+            done = invoke("backup", env={"DBOPS_BACKUP_LOCK_WAIT": "1s"}, timeout=60)
+    assert done.returncode == 1, done.stdout
+    assert "lock" in done.stderr.lower()
+    assert catalog.list_backups(settings) == []

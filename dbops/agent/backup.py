@@ -62,13 +62,14 @@ def _end(ctx) -> None:
 
 
 @handler("backup.begin")
-def begin(ctx) -> dict:
+def begin(ctx, lock_wait: str = "60s") -> dict:
     require_lock(ctx)
     _end(ctx)
     try:
         heads = ctx.current_heads()
         conn = db.connect(application_name=f"dbops:backup snapshot {ctx.operator}", autocommit=False)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_wait])
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         facts = server_facts(conn)
     except Exception as exc:

@@ -30,11 +30,12 @@ REASONS = ("manual", "pre-migrate", "pre-rollback", "pre-restore", "pre-recover"
 
 # Runs next to the server (db container, or this machine). Positional args:
 #   $1 snapshot  $2 server major  $3 custom|directory  $4 jobs  $5 compression (auto|pg_dump -Z)
+#   $6 --lock-wait-timeout for pg_dump's ACCESS SHARE locks (fail, rather than queue forever)
 # The archive goes to stdout; dbops:key=value markers and pg tools' messages to stderr.
 DUMP_SCRIPT = r"""
 # dbops backup: pg_dump on the snapshot, read back in full as it streams
 set -u
-snap=$1; server_major=$2; fmt=$3; jobs=$4; z=$5
+snap=$1; server_major=$2; fmt=$3; jobs=$4; z=$5; lockwait=$6
 v=$(pg_dump --version 2>&1) || { echo "dbops:error=pg_dump not found: $v" >&2; exit 69; }
 echo "dbops:pg_dump_version=$v" >&2
 major=$(echo "$v" | sed -n 's/^pg_dump (PostgreSQL) \([0-9][0-9]*\).*/\1/p')
@@ -56,11 +57,11 @@ trap 'exit 143' INT TERM HUP
 mkfifo "$tmp/verify" || exit 70
 if [ "$fmt" = custom ]; then
   pg_restore -f /dev/null < "$tmp/verify" & vpid=$!
-  { pg_dump --snapshot="$snap" -Fc -Z "$z"; echo "dbops:dump_exit=$?" >&2; } |
+  { pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fc -Z "$z"; echo "dbops:dump_exit=$?" >&2; } |
     { tee "$tmp/verify"; echo "dbops:stream_exit=$?" >&2; }
   wait $vpid; echo "dbops:verify_exit=$?" >&2
 else
-  pg_dump --snapshot="$snap" -Fd -j "$jobs" -Z "$z" --no-sync -f "$tmp/d"
+  pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fd -j "$jobs" -Z "$z" --no-sync -f "$tmp/d"
   rc=$?; echo "dbops:dump_exit=$rc" >&2
   [ "$rc" -eq 0 ] || exit 1
   echo "dbops:dumped" >&2
@@ -86,6 +87,14 @@ def compression_setting(settings: Settings) -> str:
         raise OpsError(f"DBOPS_BACKUP_COMPRESSION={z!r} is not auto, 0-9, none, or a pg_dump -Z "
                        f"spec such as gzip:1, lz4, zstd:3", next_command="fix it in .env")
     return z
+
+
+def lock_wait(settings: Settings) -> str:
+    """How long pg_dump waits for a table lock held by someone else (e.g. a manual ALTER)."""
+    v = _cfg(settings, "DBOPS_BACKUP_LOCK_WAIT", "60s")
+    if not re.fullmatch(r"\d+(ms|s|min|h)?", v):
+        raise OpsError(f"DBOPS_BACKUP_LOCK_WAIT={v!r} is not a duration such as 60s or 5min")
+    return v
 
 
 def fmt_bytes(n: float) -> str:
@@ -224,7 +233,7 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
     started = datetime.now(UTC)
     t0 = time.monotonic()
     try:
-        info = agent.call("backup.begin")
+        info = agent.call("backup.begin", lock_wait=lock_wait(settings))
     except AgentError as exc:
         raise OpsError(f"backup not started: {exc.message}", state="unchanged",
                        next_command="invoke current   # is the database reachable?") from None
@@ -289,7 +298,7 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
     target = agent.target
     server_major = info["server_version_num"] // 10000
     launch = target.pg(["sh", "-c", DUMP_SCRIPT, "dbops-backup", info["snapshot"],
-                        str(server_major), fmt, str(jobs), z])
+                        str(server_major), fmt, str(jobs), z, lock_wait(settings)])
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     fd_open = True
     state: dict = {}

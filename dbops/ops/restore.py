@@ -47,6 +47,11 @@ pg_restore --exit-on-error -j "$jobs" -d "$dbname" "$src"
 
 def resolve(settings: Settings, file: str) -> Path:
     p = Path(file).expanduser()
+    if p.name.endswith(catalog.MANIFEST_SUFFIX):  # given the manifest: mean its dump
+        try:
+            p = catalog.dump_for(p, catalog.read_manifest(p if p.exists() else Path(settings.backup_dir) / p))
+        except catalog.ManifestError as exc:
+            raise OpsError(str(exc), state="unchanged", next_command="invoke backups") from None
     if not p.exists() and not p.is_absolute() and (Path(settings.backup_dir) / p).exists():
         p = Path(settings.backup_dir) / p
     if not p.exists():
@@ -57,6 +62,8 @@ def resolve(settings: Settings, file: str) -> Path:
 def checked_manifest(settings: Settings, path: Path) -> dict:
     """The manifest of a backup whose size and sha256 match it; OpsError otherwise."""
     manifest, problems = catalog.check_backup(path, full=True)
+    if manifest is not None and manifest.get("format") not in ("custom", "directory"):
+        problems = [*problems, f"unknown format {manifest.get('format')!r} in the manifest"]
     if manifest is None or problems:
         raise OpsError(f"{path.name} is not a usable backup: {'; '.join(problems)}",
                        state="unchanged (nothing was touched)",
