@@ -105,3 +105,55 @@ def test_migrate_gives_up_cleanly_after_its_retries(pg_cluster, database, invoke
     assert f"now: {SAMPLE_HEAD}" in err and "next: end or wait for the blocking session" in err
     assert after == before
     assert worst[0] < 0.5 + 0.35, f"a SELECT waited {worst[0]:.2f} s behind the migration"
+
+
+def _children(pid: int) -> list[int]:
+    import os
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_agent_killed_mid_run_is_reported_audited_and_releases_the_lock(tmp_path, ops_env, db_conn,
+                                                                        invoke):
+    import os
+    import signal
+
+    ini = make_project(tmp_path, "concurrent")
+    gate = tmp_path / "gate"
+    env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_FIXTURE_GATE": str(gate)}
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "migrate", "--no-backup"], cwd=ROOT,
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    rev = REVS["concurrent"].rev
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not db_conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (f"dbops:migrate {rev}",)).fetchall():
+        time.sleep(0.1)
+    agents = _children(proc.pid)
+    assert agents, "the agent process was not found"
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "migrate stopped" in err and "next: invoke current" in err
+    assert version_rows(db_conn) == [SAMPLE_HEAD]  # the sample revisions committed, one by one
+    rec = audit_records(ops_env, "migrate")[-1]
+    assert rec["result"] == "failed" and rec["error_kind"] == "agent_died"
+    assert len(rec["revision_hashes_applied"]) == 6
+    gate.touch()
+    # The lock died with the agent: the next run gets it. Its CREATE INDEX CONCURRENTLY had
+    # committed before the kill, so re-running the revision meets the index; dbops says the
+    # revision runs outside a transaction and points to doctor, instead of pretending.
+    done = invoke("migrate", "--no-backup", env={"DBOPS_ALEMBIC_INI": str(ini)})
+    assert done.returncode != 0 and "busy" not in done.stderr
+    assert "already exists" in done.stderr and "OUTSIDE a transaction" in done.stderr
+    assert "next: invoke doctor" in done.stderr
+    assert version_rows(db_conn) == [SAMPLE_HEAD]

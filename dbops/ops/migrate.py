@@ -220,7 +220,7 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
             run_steps(settings, agent, [p["revision"] for p in pending], "up", out, done)
             res = _verify(agent, [target], target in pre["heads"])
         except AgentError as exc:
-            after = exc.agent_details.get("after") or exc.agent_details.get("current")
+            after = exc.agent_details.get("after", exc.agent_details.get("current"))
             applied = [d["revision"] for d in done if not d.get("skipped")]
             err = step_failure(exc, action="migrate", before=current, backup=backup_path,
                                retries=settings.lock_retries,
@@ -232,6 +232,14 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
                          revision_hashes={r: hashes[r] for r in applied},
                          revision_hashes_applied={r: hashes[r] for r in applied})
             raise err from None
+        except OpsError as exc:  # the agent died (killed, OOM, container stopped) mid-run
+            applied = [d["revision"] for d in done if not d.get("skipped")]
+            audit.append(settings, "migrate", **record, to=None, result="failed",
+                         error=exc.message, error_kind="agent_died", steps=done,
+                         duration_s=round(time.monotonic() - t0, 3),
+                         revision_hashes={r: hashes[r] for r in applied},
+                         revision_hashes_applied={r: hashes[r] for r in applied})
+            raise agent_died("migrate", exc, current, applied, backup_path) from None
         except KeyboardInterrupt:
             applied = [d["revision"] for d in done if not d.get("skipped")]
             audit.append(settings, "migrate", **record, to=None, result="interrupted",
@@ -247,6 +255,16 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
     return {"before": current, "after": res["current"], "applied": applied, "backup": backup_path,
             "target": target, "models_checked": res["models_checked"],
             "seconds": round(time.monotonic() - t0, 2)}
+
+
+def agent_died(action: str, exc: OpsError, before: list[str], done: list[str],
+               backup: str | None) -> OpsError:
+    return OpsError(f"{action} stopped: {exc.message}",
+                    state=f"before: {label(before)}; completed by this run: {', '.join(done) or 'nothing'}; "
+                          f"the step in progress was rolled back by PostgreSQL when its connection "
+                          f"ended, unless it used autocommit_block()",
+                    details=[f"{action} backup: {backup}"] if backup else [],
+                    next_command="invoke current   (then invoke doctor)")
 
 
 def interrupted(action: str, before: list[str], done: list[str], backup: str | None) -> OpsError:

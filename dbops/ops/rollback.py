@@ -14,6 +14,7 @@ from dbops.ops.migrate import (
     Out,
     _print,
     acquire_lock,
+    agent_died,
     interrupted,
     refusal,
     run_steps,
@@ -139,6 +140,13 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
                                           if not d.get("skipped")},
                          duration_s=round(time.monotonic() - t0, 3))
             raise err from None
+        except OpsError as exc:  # the agent died mid-run
+            downgraded = [d["revision"] for d in done if not d.get("skipped")]
+            audit.append(settings, "rollback", **record, to=None, result="failed",
+                         error=exc.message, error_kind="agent_died", steps=done,
+                         revision_hashes={r: hashes[r] for r in downgraded},
+                         duration_s=round(time.monotonic() - t0, 3))
+            raise agent_died("rollback", exc, current, downgraded, backup_path) from None
         except KeyboardInterrupt:
             downgraded = [d["revision"] for d in done if not d.get("skipped")]
             audit.append(settings, "rollback", **record, to=None, result="interrupted", steps=done,
