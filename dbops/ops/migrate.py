@@ -95,6 +95,11 @@ def run_steps(settings: Settings, agent: Agent, revisions: list[str], direction:
     lock timeout with backoff up to DBOPS_LOCK_RETRIES times (the agent re-reads the current
     revision before every attempt). Completed steps are appended to ``done``."""
     retries = max(0, settings.lock_retries)
+    try:
+        first_wait = float(settings.raw.get("DBOPS_LOCK_RETRY_WAIT", "1"))
+    except ValueError:
+        raise OpsError(f"DBOPS_LOCK_RETRY_WAIT={settings.raw.get('DBOPS_LOCK_RETRY_WAIT')!r} is not "
+                       f"a number of seconds", state="unchanged (nothing was run)") from None
     for rev in revisions:
         attempts = 0
 
@@ -110,8 +115,7 @@ def run_steps(settings: Settings, agent: Agent, revisions: list[str], direction:
 
         retrying = Retrying(
             stop=stop_after_attempt(retries + 1),
-            wait=wait_exponential_jitter(initial=float(settings.raw.get("DBOPS_LOCK_RETRY_WAIT", "1")),
-                                         max=15, jitter=0.5),
+            wait=wait_exponential_jitter(initial=first_wait, max=15, jitter=0.5),
             retry=retry_if_exception(lambda e: isinstance(e, AgentError) and e.kind == "lock_timeout"),
             before_sleep=note, reraise=True)
         t0 = time.monotonic()
@@ -209,7 +213,9 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
         if backup:
             backup_path = take_backup(settings, agent, "pre-migrate", out, current, "migrate")
         else:
-            out("backup: skipped (--no-backup)")
+            out("backup: skipped (--no-backup)"
+                + ("  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"
+                   if settings.is_production else ""))
         done: list[dict] = []
         record = {"from": current, "requested": to, "to_target": target, "backup": backup_path,
                   "planned_revision_hashes": hashes, "lock_timeout": settings.lock_timeout,
