@@ -89,17 +89,23 @@ def take_backup(settings: Settings, agent: Agent, reason: str, out: Out, current
     return path
 
 
+def retry_wait(settings: Settings) -> float:
+    """DBOPS_LOCK_RETRY_WAIT: the first backoff after a lock timeout, in seconds."""
+    raw = settings.raw.get("DBOPS_LOCK_RETRY_WAIT", "1")
+    try:
+        return float(raw)
+    except ValueError:
+        raise OpsError(f"DBOPS_LOCK_RETRY_WAIT={raw!r} is not a number of seconds",
+                       state="unchanged (nothing was run)") from None
+
+
 def run_steps(settings: Settings, agent: Agent, revisions: list[str], direction: str,
               out: Out, done: list[dict]) -> None:
     """Apply (up) or undo (down) each revision in order, each as its own alembic run, retrying a
     lock timeout with backoff up to DBOPS_LOCK_RETRIES times (the agent re-reads the current
     revision before every attempt). Completed steps are appended to ``done``."""
     retries = max(0, settings.lock_retries)
-    try:
-        first_wait = float(settings.raw.get("DBOPS_LOCK_RETRY_WAIT", "1"))
-    except ValueError:
-        raise OpsError(f"DBOPS_LOCK_RETRY_WAIT={settings.raw.get('DBOPS_LOCK_RETRY_WAIT')!r} is not "
-                       f"a number of seconds", state="unchanged (nothing was run)") from None
+    first_wait = retry_wait(settings)
     for rev in revisions:
         attempts = 0
 
@@ -175,6 +181,7 @@ def step_failure(exc: AgentError, *, action: str, before: list[str], backup: str
 def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: bool = True,
             out: Out = _print) -> dict:
     t0 = time.monotonic()
+    retry_wait(settings)
     with Agent(settings) as agent:
         try:
             pre = agent.call("migrate.preflight", to=to)

@@ -17,6 +17,7 @@ from dbops.ops.migrate import (
     agent_died,
     interrupted,
     refusal,
+    retry_wait,
     run_steps,
     step_failure,
     take_backup,
@@ -65,6 +66,7 @@ def backups_at(settings: Settings, revision: str | None) -> list[dict]:
 def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss: bool = False,
              backup: bool = True, out: Out = _print) -> dict:
     t0 = time.monotonic()
+    retry_wait(settings)
     with Agent(settings) as agent:
         try:
             plan = agent.call("plan.downgrade", to=to)
