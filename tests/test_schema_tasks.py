@@ -33,7 +33,8 @@ def test_heads_and_history(invoke):
     assert "(head)" in lines[5]
 
 
-@pytest.mark.parametrize("start", ["base", *REVS[:-1]])
+# Every other start revision is covered by test_rollback's down-and-back-up loop.
+@pytest.mark.parametrize("start", ["base", REVS[3]])
 def test_migrate_from_any_earlier_revision_reaches_head_verified(invoke, db_conn, start):
     if start != "base":
         assert invoke("migrate", "--to", start, "--no-backup").returncode == 0
