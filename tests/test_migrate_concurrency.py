@@ -39,6 +39,8 @@ def test_ten_concurrent_migrates_from_base_one_applies_the_others_name_the_holde
     assert version_rows(db_conn) == [REVS["concurrent"].rev]
     recs = audit_records(ops_env, "migrate")
     assert [r["result"] for r in recs] == ["ok"]
+    from pathlib import Path
+    assert len(list(Path(ops_env["DBOPS_BACKUP_DIR"]).glob("*pre-migrate*.dump"))) == 1
 
 
 def _prober(conn_factory, stop: threading.Event, worst: list[float]):
