@@ -117,3 +117,27 @@ def test_not_implemented_downgrade_is_refused(invoke, tmp_path, db_conn):
     assert done.returncode != 0
     assert "NOT IMPLEMENTED" in done.stdout and "not implemented" in done.stderr
     assert version_rows(db_conn) == [REVS["irreversible"].rev]
+
+
+def test_revision_specs_resolve_like_alembic(tmp_path, monkeypatch):
+    """Full id, unique prefix, relative, base, branch label (no database needed)."""
+    import dataclasses
+
+    from dbops.agent.plan import resolve
+    from dbops.agent.protocol import AgentFailure
+
+    monkeypatch.setitem(REVS, "flag", dataclasses.replace(REVS["flag"], labels="('flagging',)"))
+    ini = make_project(tmp_path, "flag", "accepted")
+    script = ScriptDirectory.from_config(Config(str(ini)))
+    cur = [REVS["accepted"].rev]
+    flag = REVS["flag"].rev
+    assert resolve(script, "flagging", cur).revision == flag
+    assert resolve(script, flag[:4], cur).revision == flag
+    assert resolve(script, "-1", cur).revision == flag
+    assert resolve(script, "-2", cur).revision == SAMPLE_HEAD
+    assert resolve(script, "base", cur) is None
+    for bad, reason in (("zzz", "unknown"), ("d9", "ambiguous")):
+        with pytest.raises(AgentFailure) as exc:
+            resolve(script, bad, cur)
+        assert exc.value.kind == "bad_target" and exc.value.details["reason"] == reason
+        assert exc.value.details["candidates"]
