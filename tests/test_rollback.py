@@ -127,6 +127,8 @@ def test_revision_specs_resolve_like_alembic(tmp_path, monkeypatch):
     from dbops.agent.protocol import AgentFailure
 
     monkeypatch.setitem(REVS, "flag", dataclasses.replace(REVS["flag"], labels="('flagging',)"))
+    monkeypatch.setenv("POSTGRES_USER", "nobody")  # the agent masks its password in messages
+    monkeypatch.setenv("POSTGRES_DB", "nothing")
     ini = make_project(tmp_path, "flag", "accepted")
     script = ScriptDirectory.from_config(Config(str(ini)))
     cur = [REVS["accepted"].rev]
