@@ -155,26 +155,28 @@ class _Progress:
 
 
 def _pump(src, fd: int, state: dict, progress: _Progress) -> None:
-    """Copy the archive from the dump's stdout into the .partial file, hashing it."""
+    """Copy the archive from the dump's stdout into the .partial file, hashing it.
+    One preallocated buffer (readv into it): no allocation per read."""
     import hashlib
 
     h = hashlib.sha256()
     n = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    rfd = src.fileno()
     try:
         while True:
-            block = src.read1(CHUNK) if hasattr(src, "read1") else src.read(CHUNK)
-            if not block:
+            got = os.readv(rfd, [buf])
+            if not got:
                 break
-            view = memoryview(block)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            h.update(block)
-            n += len(block)
+            chunk = view[:got]
+            done = 0
+            while done < got:
+                done += os.write(fd, chunk[done:])
+            h.update(chunk)
+            n += got
             progress.update(n)
-    except OSError as exc:
-        state["write_error"] = exc
-    except BaseException as exc:  # noqa: BLE001 - reported by the caller
+    except BaseException as exc:  # noqa: BLE001 - reported by the caller (OSError: EFBIG, ENOSPC)
         state["write_error"] = exc
     finally:
         state["size"] = n
@@ -340,6 +342,8 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
                 messages.append(seam.mask(line, settings.secrets()))
         problem = _diagnose(settings, rc, markers, state, counts_error, fmt)
         if problem:
+            if "write_error" in state:  # we stopped the dump ourselves: its complaints are noise
+                messages = [m for m in messages if m.strip() not in ("Terminated", "pg_dump: terminated by user")]
             raise OpsError(problem, details=messages[-8:],
                            state="unchanged (a backup only reads); no backup was written",
                            next_command=_next_for(problem, settings))
