@@ -64,7 +64,9 @@ def test_round_trip_restores_the_backups_data(invoke, settings, pg_cluster, data
     assert rec["action"] == "restore" and rec["result"] == "ok" and rec["old_database"] == old[0]
     pre = Path(rec["pre_restore_backup"])
     assert pre.exists() and catalog.check_backup(pre, full=True)[1] == []
-    assert catalog.read_manifest(catalog.manifest_path(pre))["reason"] == "pre-restore"
+    pre_manifest = catalog.read_manifest(catalog.manifest_path(pre))
+    assert pre_manifest["reason"] == "pre-restore"
+    assert pre_manifest["compression"] == "0"  # "fast": room for an uncompressed one here
     assert databases(pg_cluster, f"{database}_dbops_restoring_%") == []
 
 
@@ -85,10 +87,12 @@ def test_restore_of_a_directory_dump(invoke, settings, pg_cluster, database, bac
     path = next(e["path"] for e in catalog.list_backups(settings) if e["path"].endswith(".tar"))
     with pg_cluster.connect(database) as conn:
         conn.execute("DELETE FROM items")
-    done = invoke("restore", path, "--yes")
+    done = invoke("restore", path, "--yes", env={"DBOPS_RESTORE_PRE_BACKUP_COMPRESSION": "auto"})
     assert done.returncode == 0, done.stderr
     with pg_cluster.connect(database) as conn:
         assert rows(conn) == data
+    pre = next(e for e in catalog.list_backups(settings) if e["reason"] == "pre-restore")
+    assert pre["manifest"]["compression"] == "1"
 
 
 def refused(invoke, settings, pg_cluster, database, args, expect: str, **kw):

@@ -79,10 +79,13 @@ def facts(ctx) -> dict:
                 "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
                 [_like(_prefix(database, 63 - len(OLD) - 16) + OLD) + "%"]).fetchall()]
             live_sessions = sessions(m, database)
+            size = m.execute("SELECT pg_database_size(%s) FROM pg_database WHERE datname = %s",
+                             [database, database]).fetchone()
     except psycopg.Error as exc:
         raise AgentFailure(f"cannot reach the server: {one_line(exc)}", kind="connect") from None
     return {"database": database, "server_version_num": num, "server_version": version,
             "exists": row is not None, "kept_old": kept, "sessions": live_sessions,
+            "database_size": size[0] if size else 0,
             "encoding": (row[0] or {}).get("encoding") if row else None}
 
 

@@ -79,12 +79,13 @@ def _cfg(settings: Settings, key: str, default: str) -> str:
     return (settings.raw.get(key) or os.environ.get(key) or default).strip()
 
 
-def compression_setting(settings: Settings) -> str:
-    z = _cfg(settings, "DBOPS_BACKUP_COMPRESSION", "auto").lower()
+def compression_setting(settings: Settings, value: str | None = None,
+                        key: str = "DBOPS_BACKUP_COMPRESSION") -> str:
+    z = (value if value is not None else _cfg(settings, key, "auto")).strip().lower()
     if z == "none":
         z = "0"
     if not re.fullmatch(r"auto|[0-9]|(gzip|lz4|zstd|none)(:[a-z0-9=,_-]+)?", z):
-        raise OpsError(f"DBOPS_BACKUP_COMPRESSION={z!r} is not auto, 0-9, none, or a pg_dump -Z "
+        raise OpsError(f"{key}={z!r} is not auto, 0-9, none, or a pg_dump -Z "
                        f"spec such as gzip:1, lz4, zstd:3", next_command="fix it in .env")
     return z
 
@@ -121,14 +122,19 @@ def sweep_partials(settings: Settings, database: str) -> list[str]:
     return removed
 
 
-def check_free_space(settings: Settings, database: str, database_size: int) -> dict:
+def check_free_space(settings: Settings, database: str, database_size: int, z: str = "auto") -> dict:
     """Refuse before dumping when the folder cannot hold the expected dump plus a reserve."""
     free = shutil.disk_usage(settings.backup_dir).free
     last = catalog.newest_verified(settings, database)
-    estimate = int(last["size"] * 1.25) if last else database_size // 2
+    if z in ("0", "none"):  # uncompressed: about the table data, at most the database's size
+        last = None
+        estimate = database_size
+    else:
+        estimate = int(last["size"] * 1.25) if last else database_size // 2
     reserve = int(float(_cfg(settings, "DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000)
     if free < estimate + reserve:
-        basis = "the last backup's size + 25%" if last else "half the database size"
+        basis = ("the last backup's size + 25%" if last else
+                 "the database size (uncompressed)" if z in ("0", "none") else "half the database size")
         raise OpsError(
             f"not enough free space in {settings.backup_dir}: {fmt_bytes(free)} free, a backup of "
             f"{database} needs about {fmt_bytes(estimate)} ({basis}) plus a reserve of "
@@ -224,13 +230,15 @@ def _remove(*paths: Path) -> None:
 
 
 def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | None = None,
-                prune: bool = True, progress: bool | None = None) -> dict:
+                prune: bool = True, progress: bool | None = None,
+                compression: str | None = None) -> dict:
     """A verified backup of the live database through an open agent that holds the dbops lock.
     Returns {"path", "manifest", "manifest_path", "pruned", "swept"}; raises OpsError and leaves
-    nothing valid-looking behind on any failure."""
+    nothing valid-looking behind on any failure. ``compression`` overrides
+    DBOPS_BACKUP_COMPRESSION (a pg_dump -Z spec, or auto)."""
     if jobs is not None and jobs < 1:
         raise OpsError("--jobs must be 1 or more")
-    z = compression_setting(settings)
+    z = compression_setting(settings, compression)
     folder = catalog.ensure_dir(Path(settings.backup_dir))
     started = datetime.now(UTC)
     t0 = time.monotonic()
@@ -242,7 +250,7 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
     database = info["database"]
     try:
         swept = sweep_partials(settings, database)
-        check_free_space(settings, database, info["database_size"])
+        check_free_space(settings, database, info["database_size"], z)
         fmt = "directory" if jobs else "custom"
         name = catalog.base_name(database, started, info["revisions"], reason)
         suffix = ".dir.tar" if jobs else ".dump"

@@ -170,6 +170,24 @@ def _drop_command(settings: Settings, name: str) -> str:
 DEFAULT_RESTORE_JOBS = 1
 
 
+def pre_backup_compression(settings: Settings, database_size: int) -> str | None:
+    """DBOPS_RESTORE_PRE_BACKUP_COMPRESSION: "fast" (default) dumps uncompressed when the backup
+    folder has room for the whole database plus the reserve — the pre-restore backup runs
+    alongside pg_restore, and compression is what makes it the long pole — else falls back
+    to DBOPS_BACKUP_COMPRESSION; any other value is a pg_dump -Z spec (or auto)."""
+    import shutil
+
+    from dbops.ops.backup import _cfg, compression_setting
+
+    value = _cfg(settings, "DBOPS_RESTORE_PRE_BACKUP_COMPRESSION", "fast").lower()
+    if value != "fast":
+        return compression_setting(settings, value, key="DBOPS_RESTORE_PRE_BACKUP_COMPRESSION")
+    folder = catalog.ensure_dir(Path(settings.backup_dir))
+    reserve = float(_cfg(settings, "DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000
+    room = shutil.disk_usage(folder).free - reserve
+    return "0" if room >= 1.5 * database_size else None
+
+
 def restore_jobs(settings: Settings, jobs: int | None) -> int:
     """--jobs, else DBOPS_RESTORE_JOBS, else 1. N > 1: pg_restore -j N from a temporary copy of the
     archive next to the server (1: streamed straight into pg_restore, no temporary copy)."""
@@ -227,7 +245,8 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
         except AgentError as exc:
             raise OpsError(exc.message, state="unchanged",
                            next_command=f"wait for it to finish, then re-run: invoke restore {path}") from None
-        res = _restore_locked(settings, agent, path, manifest, jobs, t0)
+        pre_z = pre_backup_compression(settings, facts.get("database_size") or 0)
+        res = _restore_locked(settings, agent, path, manifest, jobs, t0, pre_z)
         res["kept_before"] = facts["kept_old"]
         return res
 
@@ -238,7 +257,7 @@ CONCURRENT_PRE_BACKUP = True
 
 
 def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict, jobs: int,
-                    t0: float) -> dict:
+                    t0: float, pre_z: str | None = None) -> dict:
     record = {"file": str(path), "sha256": manifest["sha256"], "to": manifest["revisions"],
               "backup_database": manifest["database"]}
     name = None
@@ -247,7 +266,7 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
     job = None
     try:
         if not CONCURRENT_PRE_BACKUP:
-            pre = take_backup(settings, agent, "pre-restore", prune=False)
+            pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
         created = agent.call("restore.create")
         name = created["name"]
         for s in created["swept"]:
@@ -256,7 +275,7 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
         t_started = time.monotonic()
         if pre is None:
             try:
-                pre = take_backup(settings, agent, "pre-restore", prune=False)
+                pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
             except OpsError as exc:
                 raise OpsError(f"the pre-restore backup failed: {exc.message}", details=exc.details) from None
         record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
