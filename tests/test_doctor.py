@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import psycopg
 import pytest
@@ -211,12 +210,14 @@ def test_unreachable_database(doc, ops_env):
     assert rep["next"] == "pg_isready -h 127.0.0.1 -p 1"
 
 
-def test_missing_collaborators_degrade_to_unknown(settings, monkeypatch):
-    monkeypatch.setitem(sys.modules, "dbops.catalog", None)  # issue 3 not there
+def test_unanswerable_parts_degrade_to_unknown(settings, monkeypatch):
+    def unreadable(_settings):
+        raise PermissionError("backups: permission denied")
+    monkeypatch.setattr(doctor_op.catalog, "list_backups", unreadable)
     newest, why = doctor_op.newest_verified_backup(settings)
-    assert newest is None and "not available" in why
+    assert newest is None and "could not be read" in why
 
-    class NoHashes:  # an agent from before issue 4
+    class NoHashes:  # an agent that cannot answer revisions.hashes
         def call(self, op, **kw):
             raise AgentError("unknown agent op 'revisions.hashes'", "internal", {})
     r = doctor_op.Report(settings)

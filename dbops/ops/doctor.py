@@ -2,9 +2,8 @@
 
 One agent process answers ``doctor.facts`` (status, pending tables from the offline SQL,
 INVALID indexes, sessions, locks, pg_dump), ``recover.inspect`` (live fingerprint),
-``recover.expected`` only when the expected schemas are not cached, and ``revisions.hashes``
-(issue 4). The host adds pg_dump's version (through the seam), the backup catalog (issue 3)
-and the audit record. A part that cannot be answered is "unknown", never a crash.
+``recover.expected`` only when the expected schemas are not cached, and ``revisions.hashes``.
+The host adds pg_dump's version (through the seam), the backup catalog and the audit record. A part that cannot be answered is "unknown", never a crash.
 
 The next command follows the runbook's order (docs/recovery.md):
 unreachable > INVALID index > schema/version record wrong (recover) > several heads >
@@ -19,7 +18,7 @@ import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbops import audit, seam
+from dbops import audit, catalog, seam
 from dbops.agent import fingerprint as fpmod
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
@@ -94,10 +93,7 @@ def pg_dump_version(settings: Settings) -> str | None:
 def newest_verified_backup(settings: Settings) -> tuple[dict | None, str | None]:
     """(the newest verified backup, or None; why it is unknown, or None)."""
     try:
-        from dbops import catalog  # issue 3
         backups = catalog.list_backups(settings)
-    except ImportError:
-        return None, "the backup catalog (dbops.catalog) is not available in this checkout"
     except Exception as exc:
         return None, f"the backup catalog could not be read: {exc}"
     for b in backups or []:
