@@ -70,15 +70,16 @@ def test_round_trip_restores_the_backups_data(invoke, settings, pg_cluster, data
     assert databases(pg_cluster, f"{database}_dbops_restoring_%") == []
 
 
-def test_restore_terminates_sessions_with_a_warning(invoke, pg_cluster, database, backed_up):
+def test_restore_latest_terminates_sessions_with_a_warning(invoke, pg_cluster, database, backed_up):
     path, data = backed_up
     conn = pg_cluster.connect(database)
     try:
-        done = invoke("restore", str(path), "--yes")
+        done = invoke("restore", "latest", "--yes")
     finally:
         conn.close()
     assert done.returncode == 0, done.stderr
     assert "warning: terminating 1 session" in done.stderr
+    assert f"now holds {path}" in done.stdout
 
 
 def test_restore_of_a_directory_dump(invoke, settings, pg_cluster, database, backed_up):

@@ -46,6 +46,12 @@ pg_restore --exit-on-error -j "$jobs" -d "$dbname" "$src"
 
 
 def resolve(settings: Settings, file: str) -> Path:
+    if file == "latest":  # the newest verified backup of this database
+        newest = catalog.newest_verified(settings, settings.database)
+        if newest is None:
+            raise OpsError(f"no verified backup of {settings.database} in {settings.backup_dir}",
+                           state="unchanged", next_command="invoke backups --all")
+        return Path(newest["path"]).resolve()
     p = Path(file).expanduser()
     if p.name.endswith(catalog.MANIFEST_SUFFIX):  # given the manifest: mean its dump
         try:
@@ -122,7 +128,7 @@ def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict
                 raise OpsError(f"{path.name}: the full read (pg_restore) failed with status {rc}: "
                                f"the archive is damaged", details=lines[-8:], state="unchanged")
             checks.append("full read (pg_restore to /dev/null): ok")
-            return {"manifest": manifest, "checks": checks}
+            return {"manifest": manifest, "checks": checks, "file": str(path)}
         name = agent.call("restore.scratch")["name"]
         try:
             rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="restore",
@@ -142,7 +148,7 @@ def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict
                 print(f"warning: could not drop scratch database {name}: {exc.message}", file=sys.stderr)
     checks.append(f"restore test: {res['tables']} tables, {res['rows']} rows and the alembic "
                   f"revision equal the manifest's (scratch database dropped)")
-    return {"manifest": manifest, "checks": checks}
+    return {"manifest": manifest, "checks": checks, "file": str(path)}
 
 
 def confirm(settings: Settings, prompt: str, *, yes: bool) -> None:
@@ -248,6 +254,7 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
         pre_z = pre_backup_compression(settings, facts.get("database_size") or 0)
         res = _restore_locked(settings, agent, path, manifest, jobs, t0, pre_z)
         res["kept_before"] = facts["kept_old"]
+        res["file"] = str(path)
         return res
 
 

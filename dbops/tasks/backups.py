@@ -63,9 +63,9 @@ def backups(c, json_=False, check=False, all_=False):
 @task(help={"restore-test": "also restore into a scratch database and compare row counts, then drop it"})
 @guarded
 def verify_backup(c, file, restore_test=False):
-    """Check a backup: sha256 against its manifest and a full read (pg_restore)."""
+    """Check a backup (FILE, or 'latest'): sha256 against its manifest and a full read."""
     res = restore_op.verify(settings(c), file, restore_test=restore_test)
-    print(f"ok: {file}")
+    print(f"ok: {res['file']}")
     for line in res["checks"]:
         print(f"  {line}")
 
@@ -75,10 +75,10 @@ def verify_backup(c, file, restore_test=False):
             "jobs": "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a temporary copy next to the server)"})
 @guarded
 def restore(c, file, yes=False, other_database=False, jobs=None):
-    """Restore a backup: pre-restore backup, restore into a new database, check, swap by rename."""
+    """Restore a backup (FILE, or 'latest'): into a new database, checked, swapped by rename."""
     res = restore_op.restore(settings(c), file, yes=yes, other_database=other_database,
                              jobs=int(jobs) if jobs else None)
-    print(f"restored: {res['database']} now holds {file} (revision {_label(res['revisions'])})")
+    print(f"restored: {res['database']} now holds {res['file']} (revision {_label(res['revisions'])})")
     print(f"  checked: {res['tables']} tables, {res['rows']} rows, alembic revision as in the manifest")
     print(f"  pre-restore backup: {res['pre_restore_backup']}")
     t = res["timings"]
