@@ -106,6 +106,14 @@ def assert_no_backup_left(settings) -> None:
     assert leftovers == [], leftovers
 
 
+def assert_no_temp_left(tmpdir: Path) -> None:
+    """The scripts' temporary folders next to the server (TMPDIR) are gone too."""
+    deadline = time.monotonic() + 10
+    while list(tmpdir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(tmpdir.iterdir()) == []
+
+
 def assert_no_restore_target(cluster, database: str) -> None:
     with cluster.connect() as conn:
         left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
@@ -114,11 +122,12 @@ def assert_no_restore_target(cluster, database: str) -> None:
 
 
 # --- backup --------------------------------------------------------------------------
-def test_pg_dump_killed_mid_stream(ops_env, settings, pg_cluster, database):
+def test_pg_dump_killed_mid_stream(ops_env, settings, pg_cluster, database, tmp_path):
     before = fingerprint(pg_cluster, database)
-    proc = start_invoke({**ops_env, **SLOW}, "backup")
+    (tmp_path / "t").mkdir()
+    proc = start_invoke({**ops_env, **SLOW, "TMPDIR": str(tmp_path / "t")}, "backup")
     wait_for(partial_bigger_than(settings.backup_dir, 256 * 1024), what="the dump to stream")
-    victims = pids("pg_dump --snapshot")
+    victims = pids("^pg_dump --snapshot")
     assert victims
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
@@ -127,18 +136,22 @@ def test_pg_dump_killed_mid_stream(ops_env, settings, pg_cluster, database):
     assert "pg_dump failed" in err or "full read" in err
     assert_no_backup_left(settings)
     assert fingerprint(pg_cluster, database) == before
+    assert_no_temp_left(tmp_path / "t")
 
 
-def test_write_error_mid_dump(ops_env, settings, pg_cluster, database):
+def test_write_error_mid_dump(ops_env, settings, pg_cluster, database, tmp_path):
     """ulimit -f: the file cannot grow past ~1 MB (EFBIG), as on a full disk."""
     before = fingerprint(pg_cluster, database)
-    proc = start_invoke(ops_env, "backup", prefix=["sh", "-c", 'ulimit -f 2048; exec "$@"', "sh"])
+    (tmp_path / "t").mkdir()
+    proc = start_invoke({**ops_env, "TMPDIR": str(tmp_path / "t")}, "backup",
+                        prefix=["sh", "-c", 'ulimit -f 2048; exec "$@"', "sh"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "writing the backup" in err and "too large" in err.lower()
     assert_no_backup_left(settings)
+    assert_no_temp_left(tmp_path / "t")
     assert fingerprint(pg_cluster, database) == before
-    assert not pids("pg_dump --snapshot")
+    assert not pids("^pg_dump --snapshot")
 
 
 def test_server_stopped_mid_dump(ops_env, tmp_path):
@@ -182,10 +195,10 @@ def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, databa
     db_conn.close()
     before = fingerprint(pg_cluster, database)
     proc = start_invoke(ops_env, "restore", path, "--yes")
-    wait_for(lambda: pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
+    wait_for(lambda: pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
              what="pg_restore to start")
     time.sleep(0.3)
-    for pid in pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
+    for pid in pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
         os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
@@ -197,21 +210,25 @@ def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, databa
 
 
 def test_restore_killed_as_a_whole_then_the_next_restore_sweeps(invoke, ops_env, settings,
-                                                                pg_cluster, database, db_conn):
+                                                                pg_cluster, database, db_conn,
+                                                                tmp_path):
     assert invoke("backup").returncode == 0
+    (tmp_path / "t").mkdir()
+    ops_env = {**ops_env, "TMPDIR": str(tmp_path / "t")}
     path = catalog.list_backups(settings)[0]["path"]
     db_conn.execute("DELETE FROM big WHERE id <= 1000")
     db_conn.close()
     before = fingerprint(pg_cluster, database)
     proc = start_invoke(ops_env, "restore", path, "--yes")
-    wait_for(lambda: pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
+    wait_for(lambda: pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
              what="pg_restore to start")
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)  # the operator's shell dies: host and agent gone
     proc.communicate(timeout=30)
-    for pid in pids(f"pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
+    for pid in pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
         os.kill(pid, signal.SIGKILL)
     assert fingerprint(pg_cluster, database) == before
+    assert_no_temp_left(tmp_path / "t")  # the pre-restore dump's script cleaned up after the host died
     # what is left (a restore target, maybe a pre-restore .partial) is named as unfinished,
     # and nothing unverified is listed as a backup
     assert all(e["verified"] for e in catalog.list_backups(settings))

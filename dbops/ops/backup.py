@@ -51,9 +51,13 @@ if [ "$z" = auto ]; then
   fi
 fi
 echo "dbops:compression=$z" >&2
+# leftovers of a dump whose shell was killed outright (a day old: no backup runs that long here)
+find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-backup.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-backup.XXXXXX") || { echo "dbops:error=mktemp failed" >&2; exit 70; }
 trap 'rm -rf "$tmp"' EXIT
+# PIPE too: if the host dies, writing a marker to stderr must still end in the cleanup
 trap 'exit 143' INT TERM HUP
+trap 'exit 141' PIPE
 mkfifo "$tmp/verify" || exit 70
 if [ "$fmt" = custom ]; then
   pg_restore -f /dev/null < "$tmp/verify" & vpid=$!

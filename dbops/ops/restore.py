@@ -31,9 +31,11 @@ if [ "$fmt" = custom ] && [ "$jobs" -le 1 ]; then
   if [ "$mode" = check ]; then exec pg_restore -f /dev/null; fi
   exec pg_restore --exit-on-error -d "$dbname"
 fi
+find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-restore.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-restore.XXXXXX") || exit 70
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 143' INT TERM HUP
+trap 'exit 141' PIPE
 if [ "$fmt" = custom ]; then
   cat > "$tmp/archive.dump" || exit 71; src="$tmp/archive.dump"
 else
