@@ -63,3 +63,11 @@ def test_commands_are_printed_and_carry_no_password(invoke, ops_env):
     done = invoke("migrate")
     assert "$ " in done.stderr and "dbops.agent" in done.stderr
     assert ops_env["POSTGRES_PASSWORD"] not in done.stderr + done.stdout
+
+
+def test_psql_runs_one_statement_on_the_target(invoke, db_conn):
+    done = invoke("psql", "-c", "CREATE TABLE runbook_probe (id int)")
+    assert done.returncode == 0, done.stderr
+    assert db_conn.execute("SELECT to_regclass('runbook_probe') IS NOT NULL").fetchone()[0]
+    bad = invoke("psql", "-c", "SELECT * FROM no_such_table")
+    assert bad.returncode != 0 and "no_such_table" in bad.stderr

@@ -48,12 +48,8 @@ class Report:
 
 
 def psql_command(settings: Settings, sql: str) -> str:
-    s = settings
-    if s.target == "compose":
-        base = [*s.compose, "exec", "-T", s.db_service, "psql", "-U", s.user, "-d", s.database]
-    else:
-        base = ["psql", "-h", s.host, "-p", str(s.port), "-U", s.user, "-d", s.database]
-    return shlex.join([*base, "-c", sql])
+    """The command for one SQL statement on the target (`invoke psql` goes through the seam)."""
+    return shlex.join(["invoke", "psql", "-c", sql])
 
 
 def _ident(name: str) -> str:

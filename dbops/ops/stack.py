@@ -43,3 +43,11 @@ def down(settings: Settings, volumes: bool = False) -> None:
     target.ensure_available()
     if seam.run(target.compose("down", *(["-v"] if volumes else [])), capture=False).returncode != 0:
         raise OpsError("compose down failed (its output is above)")
+
+
+def psql(settings: Settings, sql: str) -> int:
+    """One SQL command on the target database, through the seam (psql next to the server)."""
+    target = seam.target_for(settings)
+    target.ensure_available()
+    return seam.run(target.pg(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+                    capture=False).returncode

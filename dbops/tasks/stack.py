@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Exit, task
 
 from dbops.ops import stack
 from dbops.tasks import guarded, settings
@@ -24,4 +24,13 @@ def down(c, volumes=False):
     stack.down(settings(c), volumes=volumes)
 
 
-TASKS = [up, down]
+@task(help={"command": "the SQL to run (one statement; psql -c)"})
+@guarded
+def psql(c, command):
+    """Run one SQL statement on the target database (psql next to the server)."""
+    code = stack.psql(settings(c), command)
+    if code:
+        raise Exit(code=code)
+
+
+TASKS = [up, down, psql]
