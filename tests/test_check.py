@@ -8,7 +8,7 @@ from tests.fixtures.projects import REVS, SAMPLE_HEAD, make_project, version_row
 
 def test_check_fails_on_the_sample_index_revision_until_it_is_accepted(invoke, tmp_path, db_conn,
                                                                         pg_cluster):
-    done = invoke("check")
+    done = invoke("check", env={"DBOPS_SQUAWK_ACCEPT": str(tmp_path / "nothing-accepted.toml")})
     assert done.returncode != 0
     assert "ok    stairway: 6 revisions" in done.stdout
     assert "ok    models match the migrations" in done.stdout
@@ -20,6 +20,11 @@ def test_check_fails_on_the_sample_index_revision_until_it_is_accepted(invoke, t
     done = invoke("check", env={"DBOPS_SQUAWK_ACCEPT": str(accept)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "accepted: comments was empty" in done.stdout and "check passed" in done.stdout
+    # The project's own squawk-accept.toml (the default) accepts it with its reason.
+    done = invoke("check", "--no-squawk")
+    assert done.returncode == 0
+    done = invoke("check")
+    assert done.returncode == 0 and "accepted: seed 000 exercise 3" in done.stdout
     assert version_rows(db_conn) == []  # the live database is never touched
     with pg_cluster.connect() as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'dbops_scratch%'").fetchall()
