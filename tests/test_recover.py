@@ -85,7 +85,7 @@ def test_baseline_made_without_alembic_is_stamped_head_with_an_audit_record(
     SQLModel.metadata.create_all(eng)
     eng.dispose()
     db_conn.execute("INSERT INTO users (username, email) VALUES ('a', 'a@x')")
-    done = rec("recover", "--apply")
+    done = rec("recover", "--apply", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert match_lines(done.stdout) == [HEAD]
     assert f"stamped:   alembic_version is now {HEAD} (was base)" in done.stdout
@@ -97,7 +97,7 @@ def test_baseline_made_without_alembic_is_stamped_head_with_an_audit_record(
     assert record["previous_version_rows"] == [] and record["version_table_existed"] is False
     assert set(record["revision_hashes"]) == set(REVS)
     # now consistent: a second run says so and stamps nothing
-    again = rec("recover", "--apply")
+    again = rec("recover", "--apply", "--yes")
     assert again.returncode == 0 and "[matching]" in again.stdout
     assert "nothing to stamp" in again.stdout
 
@@ -143,7 +143,7 @@ def test_version_row_behind_the_schema_ddl_applied_by_hand(rec, alembic_at, db_c
     assert done.returncode == 0
     assert match_lines(done.stdout) == [REVS[2]] and "[behind]" in done.stdout
     assert f"{REVS[2]} applied but not recorded" in done.stdout
-    assert rec("recover", "--apply").returncode == 0
+    assert rec("recover", "--apply", "--yes").returncode == 0
     assert version_rows(db_conn) == [REVS[2]]
 
 
@@ -153,7 +153,7 @@ def test_version_row_ahead_failed_upgrade_that_was_stamped(rec, alembic_at, db_c
     done = rec("recover")
     assert match_lines(done.stdout) == [REVS[3]] and "[ahead]" in done.stdout
     assert f"{REVS[4]}, {REVS[5]} recorded but not applied" in done.stdout
-    done = rec("recover", "--apply")
+    done = rec("recover", "--apply", "--yes")
     assert done.returncode == 0 and version_rows(db_conn) == [REVS[3]]
     assert "next: invoke migrate" in done.stdout
     # and the missing tables really come back
@@ -191,7 +191,7 @@ def test_half_applied_revision_is_named(rec, alembic_at, db_conn):
 
 def test_consistent_database_needs_nothing(rec, alembic_at, db_conn):
     alembic_at(REVS[4])
-    done = rec("recover", "--apply")
+    done = rec("recover", "--apply", "--yes")
     assert done.returncode == 0 and "[matching]" in done.stdout
     assert "agrees with the schema: nothing to recover" in done.stdout
     assert "nothing to stamp" in done.stdout and "next: invoke migrate" in done.stdout
@@ -277,10 +277,10 @@ def test_revisions_with_the_same_schema_need_an_explicit_choice(rec, alembic_at,
     db_conn.execute("DROP TABLE alembic_version")
     done = rec("recover", env=env)
     assert match_lines(done.stdout) == [HEAD, "e0e0e0e0e0e0"] and done.returncode == 0
-    refused = rec("recover", "--apply", env=env)
+    refused = rec("recover", "--apply", "--yes", env=env)
     assert refused.returncode != 0 and "say which one with --to" in refused.stderr
     assert version_rows(db_conn) is None
-    done = rec("recover", "--apply", "--to", HEAD, env=env)
+    done = rec("recover", "--apply", "--yes", "--to", HEAD, env=env)
     assert done.returncode == 0, done.stderr
     assert version_rows(db_conn) == [HEAD] and "next: invoke migrate" in done.stdout
 
@@ -307,7 +307,7 @@ def test_at_a_terminal_the_operator_is_asked(settings, alembic_at, db_conn, monk
     from dbops.errors import OpsError
     alembic_at(REVS[0])
     db_conn.execute("DROP TABLE alembic_version")
-    monkeypatch.setattr(recover_op, "interactive", lambda: True)
+    monkeypatch.setattr("dbops.confirm.interactive", lambda: True)
     from dataclasses import replace
     s = replace(settings, raw={**settings.raw, "DBOPS_CACHE_DIR": str(recover_cache)})
     asked = []
@@ -341,5 +341,5 @@ def test_branched_history_each_head_is_found(rec, alembic_at, db_conn, tmp_path)
     done = rec("recover", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert match_lines(done.stdout) == ["b0a1c2d3e4f5"]
-    assert rec("recover", "--apply", env=env).returncode == 0
+    assert rec("recover", "--apply", "--yes", env=env).returncode == 0
     assert version_rows(db_conn) == ["b0a1c2d3e4f5"]

@@ -164,7 +164,7 @@ def test_dump_from_a_newer_major_version_is_refused(invoke, settings, pg_cluster
 
 def test_production_without_a_terminal_needs_yes(invoke, settings, pg_cluster, database, backed_up):
     path, _ = backed_up
-    refused(invoke, settings, pg_cluster, database, [str(path)], "--yes is required",
+    refused(invoke, settings, pg_cluster, database, [str(path)], "ENVIRONMENT=production and no terminal",
             env={"ENVIRONMENT": "production"})
 
 
@@ -181,3 +181,10 @@ def test_parallel_restore_of_a_custom_dump(invoke, pg_cluster, database, backed_
     assert done.returncode == 0, done.stderr
     with pg_cluster.connect(database) as conn:
         assert rows(conn) == data
+
+
+def test_no_terminal_and_no_yes_is_refused_before_anything(invoke, settings, pg_cluster, database,
+                                                            backed_up):
+    path, _ = backed_up
+    done = refused(invoke, settings, pg_cluster, database, [str(path)], "no terminal to confirm on")
+    assert f"next: invoke restore {path} --yes" in done.stderr

@@ -22,6 +22,7 @@ from dbops import audit
 from dbops.agent import fingerprint as fpmod
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
+from dbops.confirm import confirm as ask_first
 from dbops.errors import OpsError
 from dbops.seam import target_for
 
@@ -276,13 +277,6 @@ def verdict(report: dict) -> tuple[str, str]:
 
 
 # --- the operation ---------------------------------------------------------------
-def interactive() -> bool:
-    try:
-        return sys.stdin.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: str | None = None,
             use_cache: bool = True, confirm: Callable[[str], bool] | None = None,
             on_report: Callable[[dict], None] | None = None) -> dict:
@@ -347,16 +341,9 @@ def _apply(settings: Settings, agent: Agent, insp: dict, report: dict, *, yes: b
         return {"stamped": False, "to": report["current"], "pending_after": report["pending_after"]}
     question = (f"Stamp database {settings.database} to {_label(targets)} (alembic_version now: "
                 f"{_label(report['current']) if report['version_table'] else 'no table'})? "
-                f"This changes no schema. [y/N] ")
-    if not yes:
-        if interactive():
-            ask = confirm or (lambda q: input(q).strip().lower() in ("y", "yes"))
-            if not ask(question):
-                raise OpsError("not confirmed: nothing was stamped", state="unchanged")
-        elif settings.is_production:
-            raise OpsError("ENVIRONMENT=production and no terminal to confirm on: add --yes",
-                           state="unchanged (nothing was stamped)",
-                           next_command="invoke recover --apply --yes")
+                f"This changes no schema.")
+    ask_first(settings, question, yes=yes, ask=confirm, state="unchanged (nothing was stamped)",
+              next_command="invoke recover --apply --yes" + (f" --to={to}" if to else ""))
     try:
         agent.call("lock.acquire", purpose="recover")
     except AgentError as exc:

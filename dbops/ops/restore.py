@@ -18,6 +18,7 @@ from pathlib import Path
 from dbops import audit, catalog, seam
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
+from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.backup import _drain, _stop, fmt_bytes, take_backup
 
@@ -153,22 +154,6 @@ def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict
     return {"manifest": manifest, "checks": checks, "file": str(path)}
 
 
-def confirm(settings: Settings, prompt: str, *, yes: bool) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        if settings.is_production:
-            raise OpsError("ENVIRONMENT=production and no terminal to confirm on: --yes is required",
-                           state="unchanged (nothing was touched)",
-                           next_command="re-run with --yes once you are sure")
-        print("no terminal to confirm on; proceeding (ENVIRONMENT is not production)", file=sys.stderr)
-        return
-    print(prompt, file=sys.stderr)
-    answer = input(f"Type the database name ({settings.database}) to continue: ").strip()
-    if answer != settings.database:
-        raise OpsError("not confirmed", state="unchanged (nothing was touched)", exit_code=1)
-
-
 def _drop_command(settings: Settings, name: str) -> str:
     if settings.target == "compose":
         return f"{' '.join(settings.compose)} exec -T {settings.db_service} dropdb -U {settings.user} '{name}'"
@@ -247,7 +232,8 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
             f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} are terminated, "
             f"and the databases are swapped by rename",
             f"  4. the current {settings.database} is kept as {settings.database}_dbops_old_<time>"]),
-            yes=yes)
+            yes=yes, expect=settings.database, state="unchanged (nothing was touched)",
+            next_command=f"invoke restore {path} --yes")
         try:
             agent.call("lock.acquire", purpose="restore")
         except AgentError as exc:

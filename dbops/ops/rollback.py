@@ -3,12 +3,12 @@ confirmation, backup, lock, downgrade one revision at a time, verify, audit."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 from dbops import audit
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
+from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.migrate import (
     Out,
@@ -23,16 +23,6 @@ from dbops.ops.migrate import (
     take_backup,
 )
 from dbops.ops.status import label
-
-
-def confirm(question: str) -> bool:
-    """An interactive yes; never asks without a terminal."""
-    if not sys.stdin.isatty():
-        return False
-    try:
-        return input(f"{question} Type 'yes' to continue: ").strip().lower() == "yes"
-    except EOFError:
-        return False
 
 
 def describe_step(step: dict) -> str:
@@ -95,16 +85,15 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
                                          "restore a backup taken at that revision (invoke backups), "
                                          "or write the downgrade"))
         if plan["data_loss"]:
-            if not accept_data_loss and not confirm(f"This plan DROPS DATA ({sum(len(s['data_loss']) for s in steps)} "
-                                                    f"item(s) above)."):
-                raise OpsError("this rollback drops data and was not accepted",
-                               state=f"unchanged at {label(current)}",
-                               next_command=f"invoke rollback --to={to} --accept-data-loss   "
-                                            f"(a pre-rollback backup is taken first)")
-        elif not yes and not confirm(f"Roll back {label(current)} -> {tlabel}?"):
-            raise OpsError("rollback not confirmed (no terminal to ask on)",
-                           state=f"unchanged at {label(current)}",
-                           next_command=f"invoke rollback --to={to} --yes")
+            confirm(settings, f"This plan DROPS DATA ({sum(len(s['data_loss']) for s in steps)} "
+                              f"item(s) above).", yes=accept_data_loss, expect="drop data",
+                    flag="--accept-data-loss",
+                    state=f"unchanged at {label(current)}",
+                    next_command=f"invoke rollback --to={to} --accept-data-loss   "
+                                 f"(a pre-rollback backup is taken first)")
+        else:
+            confirm(settings, f"Roll back {label(current)} -> {tlabel}?", yes=yes,
+                    state=f"unchanged at {label(current)}", next_command=f"invoke rollback --to={to} --yes")
 
         acquire_lock(agent, "rollback", current, f"rollback --to={to}")
         again = agent.call("plan.downgrade", to=target or "base")

@@ -8,9 +8,9 @@ import time
 from dbops import audit
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
+from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.migrate import Out, _print, acquire_lock, refusal
-from dbops.ops.rollback import confirm
 from dbops.ops.status import label
 
 WARNING = ("stamp changes NO schema: it only rewrites the alembic_version row. Use it when the "
@@ -36,10 +36,8 @@ def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = _print) 
         if current == ([target] if target else []):
             out(f"nothing to do: the version row already says {tlabel}")
             return {"before": current, "after": current, "target": target}
-        if not yes and not confirm(f"Stamp {label(current)} -> {tlabel}?"):
-            raise OpsError("stamp not confirmed (no terminal to ask on)",
-                           state=f"unchanged at {label(current)}",
-                           next_command=f"invoke stamp --to={to} --yes")
+        confirm(settings, f"Stamp {label(current)} -> {tlabel}?", yes=yes,
+                state=f"unchanged at {label(current)}", next_command=f"invoke stamp --to={to} --yes")
         acquire_lock(agent, "stamp", current, f"stamp --to={to}")
         record = {"from": current, "previous_version_rows": current, "requested": to,
                   "to_target": target, "backup": None, "schema_changed": False}
