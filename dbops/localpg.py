@@ -114,8 +114,9 @@ class Cluster:
 
     def connect(self, dbname: str = "postgres", **kw):
         import psycopg
+        kw.setdefault("autocommit", True)
         return psycopg.connect(host="127.0.0.1", port=self.port, user=self.user,
-                               password=self.password, dbname=dbname, autocommit=True, **kw)
+                               password=self.password, dbname=dbname, **kw)
 
     def create_database(self, name: str) -> None:
         from psycopg import sql
