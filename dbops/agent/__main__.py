@@ -8,21 +8,9 @@ import os
 import sys
 import traceback
 
-# Handler modules register themselves on import.
-from dbops.agent import (  # noqa: F401,E402
-    backup,
-    db,
-    doctor,
-    fingerprint,
-    lock,
-    migration,
-    plan,
-    recover,
-    restore,
-    status,
-)
+from dbops.agent import db
 from dbops.agent.context import AgentContext
-from dbops.agent.protocol import HANDLERS, AgentFailure
+from dbops.agent.protocol import AgentFailure, lookup
 
 
 def _masked(text: str) -> str:
@@ -39,7 +27,7 @@ def serve(ctx: AgentContext, requests, out) -> None:
             continue
         try:
             req = json.loads(line)
-            fn = HANDLERS.get(req.get("op"))
+            fn = lookup(str(req.get("op")))
             if fn is None:
                 raise AgentFailure(f"unknown agent op {req.get('op')!r}", kind="internal")
             resp = {"ok": True, "result": fn(ctx, **(req.get("args") or {}))}

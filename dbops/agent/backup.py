@@ -13,9 +13,9 @@ from __future__ import annotations
 from psycopg import sql
 
 from dbops.agent import db
+from dbops.agent.db import one_line
 from dbops.agent.lock import require_lock
 from dbops.agent.protocol import AgentFailure, handler
-from dbops.agent.status import one_line
 
 # Ordinary and partitioned-leaf tables that pg_dump dumps data for: no system schemas,
 # no tables that belong to an extension (pg_dump leaves their data out by default).
@@ -66,11 +66,11 @@ def begin(ctx, lock_wait: str = "60s") -> dict:
     require_lock(ctx)
     _end(ctx)
     try:
-        heads = ctx.current_heads()
         conn = db.connect(application_name=f"dbops:backup snapshot {ctx.operator}", autocommit=False)
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_wait])
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        heads = db.version_rows(conn)  # in the dump's own snapshot
         facts = server_facts(conn)
     except Exception as exc:
         raise AgentFailure(f"cannot start the backup of {db.database()}: {one_line(exc)}",

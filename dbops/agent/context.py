@@ -5,13 +5,15 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from dbops.agent import db
+
+if TYPE_CHECKING:  # alembic is imported where it is used: a backup never needs it
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 
 class AgentContext:
@@ -26,14 +28,20 @@ class AgentContext:
     # --- alembic -----------------------------------------------------------
     def config(self) -> Config:
         """A fresh Config each time (alembic commands mutate attributes)."""
+        from alembic.config import Config
+
         cfg = Config(self.ini, stdout=io.StringIO())
         return cfg
 
     def script(self) -> ScriptDirectory:
+        from alembic.script import ScriptDirectory
+
         return ScriptDirectory.from_config(self.config())
 
     def current_heads(self, dbname: str | None = None) -> list[str]:
         """The version rows (empty: no alembic_version table or no row)."""
+        from alembic.runtime.migration import MigrationContext
+
         eng = db.engine(dbname)
         try:
             with eng.connect() as conn:

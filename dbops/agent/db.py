@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
-from sqlalchemy import create_engine
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:  # sqlalchemy is imported where it is used: a backup never needs it
+    from sqlalchemy.engine import URL, Engine
 
 
 def params() -> dict[str, str | int | None]:
@@ -23,6 +24,8 @@ def params() -> dict[str, str | int | None]:
                 "user": env["POSTGRES_USER"], "password": env.get("POSTGRES_PASSWORD") or None,
                 "dbname": env["POSTGRES_DB"]}
     if env.get("DATABASE_URL"):
+        from sqlalchemy.engine import make_url
+
         u = make_url(env["DATABASE_URL"])
         return {"host": u.host, "port": u.port or 5432, "user": u.username,
                 "password": u.password, "dbname": u.database}
@@ -49,12 +52,17 @@ def connect(dbname: str | None = None, *, application_name: str = "dbops", autoc
 
 
 def sa_url(dbname: str | None = None) -> URL:
+    from sqlalchemy.engine import URL
+
     p = params()
     return URL.create("postgresql+psycopg", username=p["user"], password=p["password"],  # type: ignore[arg-type]
                       host=p["host"], port=p["port"], database=dbname or p["dbname"])  # type: ignore[arg-type]
 
 
 def engine(dbname: str | None = None) -> Engine:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
     return create_engine(sa_url(dbname), poolclass=NullPool,
                          connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
 
@@ -91,3 +99,18 @@ def pg_options(**settings: str) -> Iterator[None]:
             os.environ.pop("PGOPTIONS", None)
         else:
             os.environ["PGOPTIONS"] = saved
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(exc).__name__
+    pw = password()
+    return msg.replace(pw, "****") if pw else msg
+
+
+def version_rows(conn: psycopg.Connection) -> list[str]:
+    """alembic_version's rows read on ``conn`` (in its snapshot), without loading alembic."""
+    if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+        return []
+    return sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))

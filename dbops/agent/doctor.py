@@ -13,9 +13,9 @@ from alembic import command
 from alembic.config import Config
 
 from dbops.agent import db
+from dbops.agent.db import one_line
 from dbops.agent.protocol import handler
 from dbops.agent.recover import quiet_alembic
-from dbops.agent.status import one_line
 from dbops.agent.status import status as status_handler
 
 INVALID_INDEXES_SQL = """

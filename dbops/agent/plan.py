@@ -14,8 +14,8 @@ from alembic import command
 from alembic.script.revision import ResolutionError
 from alembic.util import CommandError
 
+from dbops.agent.db import one_line
 from dbops.agent.protocol import AgentFailure, handler
-from dbops.agent.status import one_line
 
 RELATIVE = re.compile(r"^-(\d+)$")
 

@@ -14,6 +14,23 @@ from typing import Any
 
 HANDLERS: dict[str, Callable[..., Any]] = {}
 
+# Which module registers the ops of each prefix ("backup.begin" -> dbops.agent.backup).
+# Modules are imported on first use, so a backup session never loads alembic.
+MODULES = {
+    "hello": "session", "lock": "lock", "status": "status", "backup": "backup",
+    "restore": "restore", "migrate": "migration", "stamp": "migration", "check": "migration",
+    "plan": "plan", "revisions": "plan", "fingerprint": "fingerprint", "recover": "recover",
+    "doctor": "doctor",
+}
+
+
+def lookup(op: str) -> Callable[..., Any] | None:
+    if op not in HANDLERS and op.split(".")[0] in MODULES:
+        import importlib
+
+        importlib.import_module(f"dbops.agent.{MODULES[op.split('.')[0]]}")
+    return HANDLERS.get(op)
+
 
 class AgentFailure(Exception):
     """An expected failure, reported to the host with a kind it can act on."""

@@ -23,9 +23,9 @@ from alembic import command
 from alembic.runtime.environment import EnvironmentContext
 
 from dbops.agent import db, fingerprint, scratch
+from dbops.agent.db import one_line
 from dbops.agent.lock import require_lock
 from dbops.agent.protocol import AgentFailure, handler
-from dbops.agent.status import one_line
 
 
 def file_sha256(path: str | None) -> str | None:

@@ -22,9 +22,9 @@ from psycopg import sql
 
 from dbops.agent import db
 from dbops.agent.backup import count_rows, table_names
+from dbops.agent.db import one_line
 from dbops.agent.lock import maintenance_db, require_lock
 from dbops.agent.protocol import AgentFailure, handler
-from dbops.agent.status import one_line
 
 RESTORING = "_dbops_restoring_"
 OLD = "_dbops_old_"

@@ -6,6 +6,7 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from dbops.agent import db
+from dbops.agent.db import one_line
 from dbops.agent.protocol import AgentFailure, handler
 
 
@@ -49,28 +50,3 @@ def status(ctx) -> dict:
             "unknown_current": [c for c in current if c not in known], "heads": heads,
             "history": history, "pending": pending,
             "at_head": bool(current) and sorted(current) == heads}
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    msg = lines[0] if lines else type(exc).__name__
-    pw = db.password()
-    return msg.replace(pw, "****") if pw else msg
-
-
-@handler("hello")
-def hello(ctx, operator: str = "unknown", maintenance_db: str = "postgres") -> dict:
-    """First request of every session: who is asking, and the agent's own versions."""
-    import os
-    import sys
-
-    import alembic
-    import psycopg
-    import sqlalchemy
-
-    ctx.operator = operator
-    os.environ["DBOPS_MAINTENANCE_DB"] = maintenance_db
-    return {"python": sys.version.split()[0], "alembic": alembic.__version__,
-            "sqlalchemy": sqlalchemy.__version__, "psycopg": psycopg.__version__,
-            "database": db.database()}
