@@ -30,8 +30,10 @@ def up(settings: Settings, build: bool = False) -> None:
         return
     target = seam.ComposeTarget(settings)
     target.ensure_available()
-    args = ["up", "-d"] + (["--build"] if build else []) + [settings.db_service]
-    if seam.run(target.compose(*args), capture=False).returncode != 0:
+    if build and seam.run(target.compose("build", settings.backend_service),
+                          capture=False).returncode != 0:
+        raise OpsError(f"compose could not build the {settings.backend_service} image (its output is above)")
+    if seam.run(target.compose("up", "-d", settings.db_service), capture=False).returncode != 0:
         raise OpsError("compose could not start the db service (its output is above)")
     wait_ready(settings)
 

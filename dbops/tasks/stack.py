@@ -8,7 +8,7 @@ from dbops.ops import stack
 from dbops.tasks import guarded, settings
 
 
-@task(help={"build": "rebuild the images first"})
+@task(help={"build": "build the backend image first (alembic and the agent run in it)"})
 @guarded
 def up(c, build=False):
     """Start the db service and wait until pg_isready answers."""
