@@ -99,3 +99,37 @@ def alembic_engine(pg_cluster, database, ops_env, monkeypatch):
     engine = create_engine(url, poolclass=NullPool)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def alembic_at(ops_env, monkeypatch):
+    """Run alembic in-process against the test database (no dbops, no backup)."""
+    from alembic import command
+    from alembic.config import Config
+
+    for k, v in ops_env.items():
+        if k.startswith("POSTGRES_"):
+            monkeypatch.setenv(k, v)
+
+    def at(rev, how="upgrade", ini=ALEMBIC_INI):
+        getattr(command, how)(Config(str(ini)), rev)
+    return at
+
+
+@pytest.fixture
+def create_all(pg_cluster, monkeypatch):
+    """Give a database the models' schema the other way: SQLModel.metadata.create_all, never
+    alembic (other OIDs, other column order; no alembic_version)."""
+    def build(dbname: str) -> None:
+        monkeypatch.syspath_prepend(str(ROOT / "backend"))
+        for k, v in pg_cluster.env(dbname).items():
+            monkeypatch.setenv(k, v)
+        from sqlalchemy import create_engine
+        from sqlmodel import SQLModel
+
+        import app.models  # noqa: F401
+        from app.core.config import database_url
+        eng = create_engine(database_url())
+        SQLModel.metadata.create_all(eng)
+        eng.dispose()
+    return build

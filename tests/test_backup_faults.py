@@ -188,17 +188,26 @@ def test_truncated_archive_fails_the_full_read_even_where_list_passes(invoke, se
 
 
 # --- restore -------------------------------------------------------------------------
-def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, database, db_conn):
+RESTORING = "^pg_restore --exit-on-error.* -d {}_dbops_restoring_"
+
+
+def restore_until_pg_restore_runs(invoke, ops_env, settings, pg_cluster, database, db_conn):
+    """Back up, change the data, start `invoke restore` and return once pg_restore is writing
+    into the new database: (the restore process, the live database's fingerprint, the backup)."""
     assert invoke("backup").returncode == 0
     path = catalog.list_backups(settings)[0]["path"]
     db_conn.execute("DELETE FROM big WHERE id <= 1000")
     db_conn.close()
     before = fingerprint(pg_cluster, database)
     proc = start_invoke(ops_env, "restore", path, "--yes")
-    wait_for(lambda: pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
-             what="pg_restore to start")
+    wait_for(lambda: pids(RESTORING.format(database)), what="pg_restore to start")
     time.sleep(0.3)
-    for pid in pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
+    return proc, before, path
+
+
+def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, database, db_conn):
+    proc, before, path = restore_until_pg_restore_runs(invoke, ops_env, settings, pg_cluster, database, db_conn)
+    for pid in pids(RESTORING.format(database)):
         os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
@@ -212,20 +221,12 @@ def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, databa
 def test_restore_killed_as_a_whole_then_the_next_restore_sweeps(invoke, ops_env, settings,
                                                                 pg_cluster, database, db_conn,
                                                                 tmp_path):
-    assert invoke("backup").returncode == 0
     (tmp_path / "t").mkdir()
     ops_env = {**ops_env, "TMPDIR": str(tmp_path / "t")}
-    path = catalog.list_backups(settings)[0]["path"]
-    db_conn.execute("DELETE FROM big WHERE id <= 1000")
-    db_conn.close()
-    before = fingerprint(pg_cluster, database)
-    proc = start_invoke(ops_env, "restore", path, "--yes")
-    wait_for(lambda: pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"),
-             what="pg_restore to start")
-    time.sleep(0.3)
+    proc, before, path = restore_until_pg_restore_runs(invoke, ops_env, settings, pg_cluster, database, db_conn)
     os.killpg(proc.pid, signal.SIGKILL)  # the operator's shell dies: host and agent gone
     proc.communicate(timeout=30)
-    for pid in pids(f"^pg_restore --exit-on-error.* -d {database}_dbops_restoring_"):
+    for pid in pids(RESTORING.format(database)):
         os.kill(pid, signal.SIGKILL)
     assert fingerprint(pg_cluster, database) == before
     assert_no_temp_left(tmp_path / "t")  # the pre-restore dump's script cleaned up after the host died

@@ -9,7 +9,6 @@ import shutil
 
 import psycopg
 import pytest
-from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
@@ -62,16 +61,6 @@ def doc(invoke, recover_cache):
         return rep
     return run
 
-
-@pytest.fixture
-def alembic_at(ops_env, monkeypatch):
-    for k, v in ops_env.items():
-        if k.startswith("POSTGRES_"):
-            monkeypatch.setenv(k, v)
-
-    def at(rev, how="upgrade", ini=ALEMBIC_INI):
-        getattr(command, how)(Config(str(ini)), rev)
-    return at
 
 
 @pytest.fixture

@@ -35,20 +35,10 @@ def second_db(pg_cluster):
 
 
 def test_migrations_and_models_give_the_same_fingerprint_in_another_database(
-        pg_cluster, database, second_db, ops_env, monkeypatch, db_conn):
+        pg_cluster, database, second_db, ops_env, monkeypatch, db_conn, create_all):
     upgrade(monkeypatch, ops_env, database)
     # The same schema made another way (create_all: other OIDs, other column order) elsewhere.
-    monkeypatch.syspath_prepend(str(ROOT / "backend"))
-    for k, v in pg_cluster.env(second_db).items():
-        monkeypatch.setenv(k, v)
-    from sqlalchemy import create_engine
-    from sqlmodel import SQLModel
-
-    import app.models  # noqa: F401
-    from app.core.config import database_url
-    eng = create_engine(database_url())
-    SQLModel.metadata.create_all(eng)
-    eng.dispose()
+    create_all(second_db)
     with pg_cluster.connect(second_db) as other:
         a, b = F.collect(db_conn), F.collect(other)
     assert F.diff(a, b) == []

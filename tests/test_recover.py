@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
@@ -30,17 +29,6 @@ def rec(invoke, recover_cache):
         return invoke(*args, env={"DBOPS_CACHE_DIR": str(recover_cache), **(env or {})}, **kw)
     return run
 
-
-@pytest.fixture
-def alembic_at(ops_env, monkeypatch):
-    """Run alembic in-process against the test database (no dbops, no backup)."""
-    for k, v in ops_env.items():
-        if k.startswith("POSTGRES_"):
-            monkeypatch.setenv(k, v)
-
-    def at(rev, how="upgrade", ini=ALEMBIC_INI):
-        getattr(command, how)(Config(str(ini)), rev)
-    return at
 
 
 def version_rows(conn):
@@ -71,19 +59,9 @@ def test_version_table_deleted_at_each_revision_recover_names_it(rec, alembic_at
 
 
 def test_baseline_made_without_alembic_is_stamped_head_with_an_audit_record(
-        rec, pg_cluster, database, db_conn, settings, monkeypatch):
+        rec, database, db_conn, settings, create_all):
     """A populated database created by the models (create_all), never by alembic."""
-    monkeypatch.syspath_prepend(str(ROOT / "backend"))
-    for k, v in pg_cluster.env(database).items():
-        monkeypatch.setenv(k, v)
-    from sqlalchemy import create_engine
-    from sqlmodel import SQLModel
-
-    import app.models  # noqa: F401
-    from app.core.config import database_url
-    eng = create_engine(database_url())
-    SQLModel.metadata.create_all(eng)
-    eng.dispose()
+    create_all(database)
     db_conn.execute("INSERT INTO users (username, email) VALUES ('a', 'a@x')")
     done = rec("recover", "--apply", "--yes")
     assert done.returncode == 0, done.stdout + done.stderr
