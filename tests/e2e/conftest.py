@@ -98,6 +98,7 @@ def stack(tmp_path_factory):
     try:
         done = s.invoke("up")
         assert done.returncode == 0, done.stderr
+        s.up_output = done
         yield s
     finally:
         s.invoke("down", "--volumes")

@@ -36,11 +36,23 @@ def no_password(stack, *texts):
         assert stack.password not in text
 
 
+def test_up_waits_with_pg_isready_not_the_healthcheck(stack):
+    # Under podman the healthcheck never runs (the db stays "starting"); readiness came from
+    # pg_isready run inside the db container.
+    assert " exec -T " in stack.up_output.stderr and "pg_isready" in stack.up_output.stderr
+    assert "ready:" in stack.up_output.stdout
+
+
 def test_migrate_from_base_runs_alembic_in_the_backend_container(stack):
     assert stack.psql("SELECT to_regclass('alembic_version') IS NULL") == "t"
     with PsWatcher() as ps:
         done = ok(stack.invoke("migrate"))
-    assert "run --rm -T" in done.stderr and "dbops.agent" in done.stderr
+    # Two container starts for the whole migrate: the agent (run --rm) and the verified
+    # pre-migrate backup's one dump command (exec -T) — every launch is printed before it runs.
+    launches = [ln for ln in done.stderr.splitlines() if ln.startswith("$ ")]
+    assert len(launches) == 2, launches
+    assert " run --rm -T " in launches[0] and "dbops.agent" in launches[0]
+    assert " exec -T " in launches[1] and "dbops backup" in launches[1]
     assert f"verified: database is at {HEAD}" in done.stdout
     # The backend reached the db by its service name (POSTGRES_HOST=db in docker-compose.yml).
     assert stack.psql("SELECT version_num FROM alembic_version") == HEAD
