@@ -270,12 +270,17 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
             "seconds": round(time.monotonic() - t0, 2)}
 
 
+def _cut_short(before: list[str], done: list[str], how: str = "") -> str:
+    """The state after a run that ended mid-way: what it completed, and the step in progress."""
+    return (f"before: {label(before)}; completed by this run: {', '.join(done) or 'nothing'}; "
+            f"the step in progress was rolled back{' ' + how if how else ''}, unless it used "
+            f"autocommit_block()")
+
+
 def agent_died(action: str, exc: OpsError, before: list[str], done: list[str],
                backup: str | None) -> OpsError:
     return OpsError(f"{action} stopped: {exc.message}",
-                    state=f"before: {label(before)}; completed by this run: {', '.join(done) or 'nothing'}; "
-                          f"the step in progress was rolled back by PostgreSQL when its connection "
-                          f"ended, unless it used autocommit_block()",
+                    state=_cut_short(before, done, "by PostgreSQL when its connection ended"),
                     details=[f"{action} backup: {backup}"] if backup else [],
                     next_command="invoke current   (then invoke doctor)")
 
@@ -284,9 +289,7 @@ def interrupted(action: str, before: list[str], done: list[str], backup: str | N
     """Ctrl-C mid-run: the agent died with the terminal's signal; the revision that was running
     was rolled back if it ran in a transaction. Say what is known and how to find out the rest."""
     return OpsError(f"{action} interrupted", exit_code=130,
-                    state=f"before: {label(before)}; completed by this run: "
-                          f"{', '.join(done) or 'nothing'}; the step in progress was rolled back "
-                          f"unless it used autocommit_block()",
+                    state=_cut_short(before, done),
                     details=[f"{action} backup: {backup}"] if backup else [],
                     next_command="invoke current   (then invoke doctor if a revision used autocommit_block)")
 
