@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -58,12 +60,16 @@ def test_round_trip_restores_the_backups_data(invoke, settings, pg_cluster, data
         assert [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")] == [HEAD]
         assert conn.execute("SHOW work_mem").fetchone()[0] == "7MB"  # database settings carried over
     old = databases(pg_cluster, f"{database}_dbops_old_%")
-    assert len(old) == 1 and old[0] in done.stdout and "dropdb" in done.stdout
+    assert len(old) == 1 and old[0] in done.stdout
     assert live_state(pg_cluster, old[0]) == changed
     rec = audit.read(settings)[-1]
     assert rec["action"] == "restore" and rec["result"] == "ok" and rec["old_database"] == old[0]
     pre = Path(rec["pre_restore_backup"])
     assert pre.exists() and catalog.check_backup(pre, full=True)[1] == []
+    # The printed drop command, run as printed, drops the kept database.
+    drop = re.search(r"drop it when satisfied: (.+)$", done.stdout, re.M).group(1)
+    assert invoke(*shlex.split(drop)[1:]).returncode == 0
+    assert databases(pg_cluster, f"{database}_dbops_old_%") == []
     pre_manifest = catalog.read_manifest(catalog.manifest_path(pre))
     assert pre_manifest["reason"] == "pre-restore"
     assert pre_manifest["compression"] == "0"  # "fast": room for an uncompressed one here

@@ -9,6 +9,7 @@ Any failure before the swap drops the new database: the live one is untouched.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import threading
@@ -155,9 +156,9 @@ def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict
 
 
 def _drop_command(settings: Settings, name: str) -> str:
-    if settings.target == "compose":
-        return f"{' '.join(settings.compose)} exec -T {settings.db_service} dropdb -U {settings.user} '{name}'"
-    return f"dropdb -h {settings.host} -p {settings.port} -U {settings.user} '{name}'"
+    """How to drop a kept database, on either target (`invoke psql` goes through the seam)."""
+    quoted = '"' + name.replace('"', '""') + '"'
+    return shlex.join(["invoke", "psql", "-c", f"DROP DATABASE {quoted}"])
 
 
 DEFAULT_RESTORE_JOBS = 1
