@@ -71,3 +71,9 @@ def test_psql_runs_one_statement_on_the_target(invoke, db_conn):
     assert db_conn.execute("SELECT to_regclass('runbook_probe') IS NOT NULL").fetchone()[0]
     bad = invoke("psql", "-c", "SELECT * FROM no_such_table")
     assert bad.returncode != 0 and "no_such_table" in bad.stderr
+
+
+def test_up_on_the_local_target_waits_for_pg_isready(invoke, ops_env):
+    done = invoke("up")
+    assert done.returncode == 0, done.stderr
+    assert "$ pg_isready" in done.stderr and f"ready: {ops_env['POSTGRES_DB']} (local)" in done.stdout

@@ -12,8 +12,7 @@ from dbops.errors import OpsError
 
 def wait_ready(settings: Settings, timeout: float = 90.0) -> None:
     target = seam.target_for(settings)
-    launch = target.pg(["pg_isready", "-q", "-t", "2"] + (
-        ["-h", settings.host, "-p", str(settings.port)] if settings.target == "local" else []))
+    launch = target.pg(["pg_isready", "-q", "-t", "2"])  # host/port: the target's PG* environment
     deadline = time.monotonic() + timeout
     while seam.run(launch).returncode != 0:
         if time.monotonic() > deadline:
