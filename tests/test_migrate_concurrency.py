@@ -136,8 +136,12 @@ def test_agent_killed_mid_run_is_reported_audited_and_releases_the_lock(tmp_path
                             stderr=subprocess.PIPE, text=True)
     rev = REVS["concurrent"].rev
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not db_conn.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (f"dbops:migrate {rev}",)).fetchall():
+    # Kill only once the revision's CREATE INDEX CONCURRENTLY has committed (a valid index) and
+    # the revision is waiting at the gate: killing earlier tests a different case.
+    while time.monotonic() < deadline and not (db_conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (f"dbops:migrate {rev}",)).fetchall()
+            and db_conn.execute("SELECT 1 FROM pg_index WHERE indexrelid = "
+                                "to_regclass('idx_comments_author_email') AND indisvalid").fetchall()):
         time.sleep(0.1)
     agents = _children(proc.pid)
     assert agents, "the agent process was not found"
