@@ -114,3 +114,17 @@ def version_rows(conn: psycopg.Connection) -> list[str]:
     if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
         return []
     return sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
+
+
+INVALID_INDEXES_SQL = """
+SELECT n.nspname, ic.relname, tc.relname, pg_get_indexdef(i.indexrelid), i.indisready
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
+WHERE NOT i.indisvalid ORDER BY 1, 2
+"""
+
+
+def invalid_indexes(conn: psycopg.Connection) -> list[dict]:
+    """INVALID indexes (a failed or unfinished CREATE INDEX CONCURRENTLY), every schema."""
+    return [{"schema": s, "name": n, "table": t, "definition": d, "ready": bool(r)}
+            for s, n, t, d, r in conn.execute(INVALID_INDEXES_SQL).fetchall()]

@@ -18,13 +18,6 @@ from dbops.agent.protocol import handler
 from dbops.agent.recover import quiet_alembic
 from dbops.agent.status import status as status_handler
 
-INVALID_INDEXES_SQL = """
-SELECT n.nspname, ic.relname, tc.relname, pg_get_indexdef(i.indexrelid), i.indisready
-FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-JOIN pg_class tc ON tc.oid = i.indrelid JOIN pg_namespace n ON n.oid = ic.relnamespace
-WHERE NOT (i.indisvalid AND i.indisready) ORDER BY 1, 2
-"""
-
 SESSIONS_SQL = """
 SELECT pid, application_name, usename, coalesce(host(client_addr), 'local'), state,
        extract(epoch FROM now() - xact_start)::int, extract(epoch FROM now() - query_start)::int,
@@ -110,9 +103,8 @@ def facts(ctx, long_query_seconds: int = 300) -> dict:
     part("pending_tables", pending_tables)
 
     def invalid_indexes():
-        return [{"index": n if s == "public" else f"{s}.{n}", "schema": s, "table": t,
-                 "definition": d, "ready": bool(r)}
-                for s, n, t, d, r in ctx.conn.execute(INVALID_INDEXES_SQL).fetchall()]
+        return [{**i, "index": i["name"] if i["schema"] == "public" else f"{i['schema']}.{i['name']}"}
+                for i in db.invalid_indexes(ctx.conn)]
 
     part("invalid_indexes", invalid_indexes)
 

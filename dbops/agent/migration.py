@@ -129,11 +129,6 @@ def sql(ctx, start: list[str] | None = None, to: str = "head") -> dict:
                            kind="offline_sql") from None
 
 
-INVALID_INDEXES = """
-SELECT n.nspname || '.' || c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT i.indisvalid
-"""
-
 BLOCKERS = """
 SELECT a.pid, coalesce(nullif(a.application_name, ''), '?') AS app, a.usename, a.state,
        to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS xact_start,
@@ -162,7 +157,7 @@ def blockers(ctx) -> list[dict]:
 
 def invalid_indexes(ctx) -> set[str]:
     try:
-        return {r[0] for r in ctx.conn.execute(INVALID_INDEXES).fetchall()}
+        return {f"{i['schema']}.{i['name']}" for i in db.invalid_indexes(ctx.conn)}
     except Exception:
         return set()
 
