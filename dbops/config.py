@@ -63,6 +63,11 @@ class Settings:
     environment: str
     raw: dict[str, str] = field(repr=False, default_factory=dict)
 
+    def value(self, key: str, default: str = "") -> str:
+        """An optional setting (DBOPS_BACKUP_*, DBOPS_SQUAWK_*, …): raw holds every DBOPS_*
+        from invoke config, .env and the environment, already layered."""
+        return (self.raw.get(key) or default).strip()
+
     @property
     def audit_log(self) -> Path:
         return Path(self.raw.get("DBOPS_AUDIT_LOG") or self.backup_dir / "audit.jsonl")

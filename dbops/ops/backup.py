@@ -79,13 +79,9 @@ fi
 MARKER = re.compile(r"^dbops:([a-z_]+)(?:=(.*))?$")
 
 
-def _cfg(settings: Settings, key: str, default: str) -> str:
-    return (settings.raw.get(key) or os.environ.get(key) or default).strip()
-
-
 def compression_setting(settings: Settings, value: str | None = None,
                         key: str = "DBOPS_BACKUP_COMPRESSION") -> str:
-    z = (value if value is not None else _cfg(settings, key, "auto")).strip().lower()
+    z = (value if value is not None else settings.value(key, "auto")).strip().lower()
     if z == "none":
         z = "0"
     if not re.fullmatch(r"auto|[0-9]|(gzip|lz4|zstd|none)(:[a-z0-9=,_-]+)?", z):
@@ -96,7 +92,7 @@ def compression_setting(settings: Settings, value: str | None = None,
 
 def lock_wait(settings: Settings) -> str:
     """How long pg_dump waits for a table lock held by someone else (e.g. a manual ALTER)."""
-    v = _cfg(settings, "DBOPS_BACKUP_LOCK_WAIT", "60s")
+    v = settings.value("DBOPS_BACKUP_LOCK_WAIT", "60s")
     if not re.fullmatch(r"\d+(ms|s|min|h)?", v):
         raise OpsError(f"DBOPS_BACKUP_LOCK_WAIT={v!r} is not a duration such as 60s or 5min")
     return v
@@ -135,7 +131,7 @@ def check_free_space(settings: Settings, database: str, database_size: int, z: s
         estimate = database_size
     else:
         estimate = int(last["size"] * 1.25) if last else database_size // 2
-    reserve = int(float(_cfg(settings, "DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000)
+    reserve = int(float(settings.value("DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000)
     if free < estimate + reserve:
         basis = ("the last backup's size + 25%" if last else
                  "the database size (uncompressed)" if z in ("0", "none") else "half the database size")

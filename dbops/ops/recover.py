@@ -31,7 +31,7 @@ CACHE_FORMAT = 1
 
 # --- the cache -------------------------------------------------------------------
 def cache_dir(settings: Settings) -> Path:
-    raw = settings.raw.get("DBOPS_CACHE_DIR") or ".dbops/cache"
+    raw = settings.value("DBOPS_CACHE_DIR", ".dbops/cache")
     p = Path(raw).expanduser()
     return (p if p.is_absolute() else settings.project_dir / p) / "recover"
 
@@ -92,7 +92,7 @@ def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: b
 def schemas(settings: Settings) -> list[str] | None:
     """DBOPS_RECOVER_SCHEMAS=public,app: only these schemas are compared (others on the live
     database, e.g. made by an extension or a DBA, are not drift). Default: every user schema."""
-    raw = (settings.raw.get("DBOPS_RECOVER_SCHEMAS") or "").strip()
+    raw = settings.value("DBOPS_RECOVER_SCHEMAS")
     return [x.strip() for x in raw.split(",") if x.strip()] or None
 
 

@@ -171,13 +171,13 @@ def pre_backup_compression(settings: Settings, database_size: int) -> str | None
     to DBOPS_BACKUP_COMPRESSION; any other value is a pg_dump -Z spec (or auto)."""
     import shutil
 
-    from dbops.ops.backup import _cfg, compression_setting
+    from dbops.ops.backup import compression_setting
 
-    value = _cfg(settings, "DBOPS_RESTORE_PRE_BACKUP_COMPRESSION", "fast").lower()
+    value = settings.value("DBOPS_RESTORE_PRE_BACKUP_COMPRESSION", "fast").lower()
     if value != "fast":
         return compression_setting(settings, value, key="DBOPS_RESTORE_PRE_BACKUP_COMPRESSION")
     folder = catalog.ensure_dir(Path(settings.backup_dir))
-    reserve = float(_cfg(settings, "DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000
+    reserve = float(settings.value("DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000
     room = shutil.disk_usage(folder).free - reserve
     return "0" if room >= 1.5 * database_size else None
 
@@ -186,7 +186,7 @@ def restore_jobs(settings: Settings, jobs: int | None) -> int:
     """--jobs, else DBOPS_RESTORE_JOBS, else 1. N > 1: pg_restore -j N from a temporary copy of the
     archive next to the server (1: streamed straight into pg_restore, no temporary copy)."""
     if jobs is None:
-        raw = (settings.raw.get("DBOPS_RESTORE_JOBS") or "").strip()
+        raw = settings.value("DBOPS_RESTORE_JOBS")
         try:
             jobs = int(raw) if raw else DEFAULT_RESTORE_JOBS
         except ValueError:

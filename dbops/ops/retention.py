@@ -11,7 +11,6 @@ DBOPS_BACKUP_RETENTION=off disables it.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from dbops import catalog
 
 
 def _int(settings, key: str, default: int) -> int:
-    raw = (settings.raw.get(key) or os.environ.get(key) or "").strip()
+    raw = settings.value(key)
     try:
         return max(0, int(raw)) if raw else default
     except ValueError:
@@ -61,7 +60,7 @@ def plan(entries: list[dict], pol: dict) -> tuple[list[dict], list[dict]]:
 
 
 def apply(settings, database: str) -> list[str]:
-    if (settings.raw.get("DBOPS_BACKUP_RETENTION") or os.environ.get("DBOPS_BACKUP_RETENTION", "")).lower() in ("off", "0", "no", "false"):
+    if settings.value("DBOPS_BACKUP_RETENTION").lower() in ("off", "0", "no", "false"):
         return []
     entries = catalog.list_backups(settings, database=database, include_invalid=False)
     _, delete = plan(entries, policy(settings))
