@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import threading
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, InvokeRunner
 
 PROJECT = "dbopse2e"
 
@@ -30,17 +29,11 @@ def engine_answers(env: dict[str, str]) -> tuple[bool, str]:
 class Stack:
     def __init__(self, env: dict[str, str]):
         self.env = env
+        self.invoke = InvokeRunner(env)  # `invoke …` as the operator runs it, on this stack
 
     @property
     def password(self) -> str:
         return self.env["POSTGRES_PASSWORD"]
-
-    def invoke(self, *args: str, input: str | None = None, env: dict | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT,
-                              env={**self.env, **(env or {})}, text=True, capture_output=True,
-                              timeout=timeout, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL)
 
     def psql(self, sql: str) -> str:
         """A query run inside the db container (the test's own eyes, not the product's)."""
