@@ -1,14 +1,18 @@
 """Benchmark: invoke backup / restore against raw pg_dump / pg_restore. Not a timed test.
 
-    .venv/bin/python bench/bench_backup.py [--gb 1.0] [--runs 3] [--keep DIR] [--sweep]
+    .venv/bin/python bench/bench_backup.py [--gb 1.0 | --pgbench 70] [--runs 3] [--keep DIR]
+        [--sweep] [--only 1,4,5] [--empty]
 
 Builds (or reuses, with --keep) a throwaway cluster holding a >= 1 GB database of four
-tables of md5 text (compresses ~2x, unlike pgbench's blank filler), then times, side by
-side, alternating the order each round, and reports medians:
-  1. invoke backup (full verification)  vs raw pg_dump, same format and compression  (<= 1.05)
+tables of md5 text (compresses ~2x, unlike pgbench's blank filler), or with --pgbench S
+`pgbench -i -s S` (70 ~ 1 GB; compresses ~50x: a stream/overhead ratio, not a compression
+one), then times, side by side, alternating the order each round, and reports medians:
+  1. (P1a) invoke backup (full verification) vs raw pg_dump, same format and compression (<= 1.05)
   2. invoke backup (defaults)           vs naive pg_dump -Fc: speed (>= 1.8x), bytes (<= +10%)
   3. invoke backup --jobs 2             vs naive pg_dump -Fc                          (>= 1.7x)
-  4. invoke restore                     vs raw pg_restore into an empty database       (<= 1.15)
+  4. (P3) invoke restore                vs raw pg_restore into an empty database       (<= 1.15)
+  5. invoke restore --pre-backup        (the old default) beside them, for the record
+--empty also times invoke backup of an empty database (the fixed cost) against raw pg_dump.
 --sweep also times pg_dump -Fc at -Z 0/1/3/6 once (how the default compression was chosen).
 """
 
@@ -49,6 +53,18 @@ def build(cluster: localpg.Cluster, gb: float) -> int:
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one, range(TABLES)))
     with cluster.connect(DB) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def build_pgbench(cluster: localpg.Cluster, scale: int) -> int:
+    cluster.create_database(DB)
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(cluster.port), "PGUSER": cluster.user,
+           "PGPASSWORD": cluster.password}
+    subprocess.run([str(Path(cluster.bindir) / "pgbench"), "-i", "-q", "-s", str(scale), DB],
+                   env=env, check=True, capture_output=True)
+    with cluster.connect(DB) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")  # not during the first timed run
         return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
 
 
@@ -117,12 +133,21 @@ class Bench:
         self.drop("bench_raw")
         return took, dump.stat().st_size
 
-    def inv_restore(self, dump: Path) -> tuple[float, int]:
-        took = self.invoke("restore", str(dump), "--yes")
+    def inv_restore(self, dump: Path, *opts: str) -> tuple[float, int]:
+        took = self.invoke("restore", str(dump), "--yes", *opts)
         self.drop(f"{DB}_dbops_old_%")
         for p in self.backups.glob("*pre-restore*"):
             p.unlink()
         return took, dump.stat().st_size
+
+    def empty_backup(self) -> tuple[float, int]:
+        self.clear_backups()
+        took = self.run([sys.executable, "-m", "invoke", "backup", "--no-retention"],
+                        env={**self.env, "POSTGRES_DB": "bench_empty"})
+        return took, 0
+
+    def empty_raw(self) -> tuple[float, int]:
+        return self.run(["pg_dump", "-Fc", "-Z", "1", "-d", "bench_empty", "-f", str(self.out / "e.dump")]), 0
 
 
 def median(xs: list[float]) -> float:
@@ -132,10 +157,12 @@ def median(xs: list[float]) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gb", type=float, default=1.0)
+    p.add_argument("--pgbench", type=int, metavar="SCALE", help="pgbench -i -s SCALE data instead")
+    p.add_argument("--empty", action="store_true", help="also time a backup of an empty database")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--keep", help="cluster folder to create or reuse (default: a temporary one)")
     p.add_argument("--sweep", action="store_true", help="also time pg_dump -Fc at -Z 0/1/3/6")
-    p.add_argument("--only", help="comma list of comparisons to run: 1,2,3,4")
+    p.add_argument("--only", help="comma list of comparisons to run: 1,2,3,4,5")
     a = p.parse_args()
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -149,10 +176,15 @@ def main() -> int:
     else:
         cluster = localpg.new_cluster(a.keep, fast=False)
         t = time.monotonic()
-        size = build(cluster, a.gb)
-        print(f"built {size / 1e9:.2f} GB ({TABLES} tables of md5 text) in {time.monotonic() - t:.0f} s")
+        size = build_pgbench(cluster, a.pgbench) if a.pgbench else build(cluster, a.gb)
+        what = f"pgbench -s {a.pgbench}" if a.pgbench else f"{TABLES} tables of md5 text"
+        print(f"built {size / 1e9:.2f} GB ({what}) in {time.monotonic() - t:.0f} s")
+    if a.empty:
+        with cluster.connect() as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench_empty'").fetchone():
+                conn.execute("CREATE DATABASE bench_empty")
     b = Bench(cluster, out)
-    only = set((a.only or "1,2,3,4").split(","))
+    only = set((a.only or "1,2,3,4,5").split(","))
     try:
         if a.sweep:
             for z in ("0", "1", "3", "6"):
@@ -179,6 +211,11 @@ def main() -> int:
             restore_src = next(keep.glob("*.dump"))
             variants["pg_restore"] = lambda: b.raw_restore(restore_src)
             variants["invoke restore"] = lambda: b.inv_restore(restore_src)
+            if "5" in only:
+                variants["invoke restore --pre-backup"] = lambda: b.inv_restore(restore_src, "--pre-backup")
+        if a.empty:
+            variants["empty: invoke backup"] = b.empty_backup
+            variants["empty: pg_dump -Fc -Z1"] = b.empty_raw
         results: dict[str, list[tuple[float, int]]] = {k: [] for k in variants}
         names = list(variants)
         for r in range(a.runs):
@@ -194,8 +231,12 @@ def main() -> int:
         for k, (t, s) in med.items():
             print(f"  {k:24} {t:6.1f} s  {s / 1e6:7.0f} MB")
         print("\nratios:")
+        if a.empty:
+            print(f"  empty database: invoke backup {med['empty: invoke backup'][0]:.2f} s, raw pg_dump "
+                  f"{med['empty: pg_dump -Fc -Z1'][0]:.2f} s (fixed cost "
+                  f"{med['empty: invoke backup'][0] - med['empty: pg_dump -Fc -Z1'][0]:.2f} s)")
         if "1" in only:
-            print(f"  1. invoke backup / pg_dump -Fc -Z1 (same format+compression): "
+            print(f"  1. (P1a) invoke backup / pg_dump -Fc -Z1 (same format+compression): "
                   f"{med['invoke backup'][0] / med['pg_dump -Fc -Z1'][0]:.2f}   (target <= 1.05)")
         if "2" in only:
             print(f"  2. pg_dump -Fc / invoke backup: {med['pg_dump -Fc'][0] / med['invoke backup'][0]:.2f}x faster, "
@@ -204,9 +245,12 @@ def main() -> int:
             print(f"  3. pg_dump -Fc / invoke backup --jobs 2: "
                   f"{med['pg_dump -Fc'][0] / med['invoke backup --jobs 2'][0]:.2f}x faster   (target >= 1.7x)")
         if "4" in only:
-            print(f"  4. invoke restore / pg_restore: "
+            print(f"  4. (P3) invoke restore / pg_restore: "
                   f"{med['invoke restore'][0] / med['pg_restore'][0]:.2f}   (target <= 1.15; includes "
-                  f"the pre-restore backup and the checks)")
+                  f"the checks and the swap; no pre-restore dump)")
+        if "5" in only and "4" in only:
+            print(f"  5. invoke restore --pre-backup / pg_restore: "
+                  f"{med['invoke restore --pre-backup'][0] / med['pg_restore'][0]:.2f}")
     finally:
         if not a.keep:
             cluster.destroy()

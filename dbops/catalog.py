@@ -39,14 +39,15 @@ def slug(database: str) -> str:
     return clean
 
 
-def stamp(when: datetime) -> str:
+def file_timestamp(when: datetime) -> str:
+    """The UTC time in a backup's file name (sortable, no colons)."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H%M%SZ")
 
 
 def base_name(database: str, when: datetime, revisions: list[str], reason: str) -> str:
     rev = "+".join(r[:12] for r in revisions) if revisions else "base"
     rev = re.sub(r"[^A-Za-z0-9_+-]", "-", rev)[:60]
-    return f"{slug(database)}.{stamp(when)}.{rev}.{re.sub(r'[^A-Za-z0-9_-]', '-', reason)[:30]}"
+    return f"{slug(database)}.{file_timestamp(when)}.{rev}.{re.sub(r'[^A-Za-z0-9_-]', '-', reason)[:30]}"
 
 
 def partial_pattern(database: str) -> re.Pattern:
@@ -164,7 +165,7 @@ def _entry(path: Path, manifest: dict | None, problems: list[str]) -> dict:
     return {"path": str(path), "manifest": manifest, "verified": manifest is not None and not problems,
             "problems": problems, "created_at": created, "database": m.get("database"),
             "revisions": list(m.get("revisions") or []), "reason": m.get("reason"), "size": size,
-            "format": m.get("format")}
+            "format": m.get("format"), "partial": bool(m.get("partial"))}
 
 
 def list_backups(settings, *, database: str | None = None, full: bool = False,
@@ -204,7 +205,9 @@ def list_backups(settings, *, database: str | None = None, full: bool = False,
     return entries
 
 
-def newest_verified(settings, database: str) -> dict | None:
+def newest_verified(settings, database: str, *, partial: bool = False) -> dict | None:
+    """The newest verified FULL backup (``partial``: a touched one counts too)."""
     for e in list_backups(settings, database=database, include_invalid=False):
-        return e
+        if partial or not e["partial"]:
+            return e
     return None

@@ -129,8 +129,10 @@ class Cluster:
                 "POSTGRES_DB": dbname, "DBOPS_PG_BINDIR": self.bindir}
 
 
-def new_cluster(root: str | None = None, *, user: str = "dbops", fast: bool = True) -> Cluster:
-    bindir = pgbin.bindir()
+def new_cluster(root: str | None = None, *, user: str = "dbops", fast: bool = True,
+                bindir: str | None = None) -> Cluster:
+    """A started cluster from ``bindir`` (default: DBOPS_PG_BINDIR, then pg_config, …)."""
+    bindir = bindir or pgbin.bindir()
     if not bindir or not os.path.isfile(os.path.join(bindir, "initdb")):
         raise LocalPgError("no PostgreSQL server binaries found (initdb): install PostgreSQL "
                            "(e.g. apt-get install postgresql) or set DBOPS_PG_BINDIR")

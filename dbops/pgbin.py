@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 from functools import cache
+from pathlib import Path
 
 
 @cache
@@ -31,3 +33,37 @@ def path_with_bindir(configured: str = "", path: str | None = None) -> str:
     path = os.environ.get("PATH", "") if path is None else path
     b = bindir(configured)
     return f"{b}{os.pathsep}{path}" if b else path
+
+
+def cache_root() -> Path:
+    """Where scripts/lib/pg_majors.py keeps PostgreSQL majors from registries (DBOPS_PG_CACHE).
+    As root the server runs as `postgres`, which cannot read root's home: a system folder."""
+    if os.environ.get("DBOPS_PG_CACHE"):
+        return Path(os.environ["DBOPS_PG_CACHE"])
+    if os.geteuid() == 0:
+        return Path("/var/cache/dbops/pg")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dbops" / "pg"
+
+
+def version(folder: str | Path, tool: str = "postgres") -> tuple[int, str] | None:
+    """(major, "17.10") of ``folder/tool --version``; None when it does not run."""
+    try:
+        out = subprocess.run([os.path.join(folder, tool), "--version"], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"\(PostgreSQL\) ((\d+)(?:\.\d+)?)", out)
+    return (int(m.group(2)), m.group(1)) if m else None
+
+
+def installed_majors() -> dict[int, str]:
+    """major -> bindir with a server and client tools at least as new: the registry cache's
+    ``<major>/bin`` folders (scripts/lib/pg_majors.py) and Debian's /usr/lib/postgresql/N/bin.
+    Installs nothing."""
+    found: dict[int, str] = {}
+    candidates = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob(str(cache_root() / "*" / "bin"))
+    for folder in candidates:
+        server, dump = version(folder), version(folder, "pg_dump")
+        if server and dump and dump[0] >= server[0] and os.path.exists(os.path.join(folder, "initdb")):
+            found.setdefault(server[0], folder)
+    return dict(sorted(found.items()))

@@ -2,10 +2,12 @@
 
 Two kinds of command exist above this seam:
 - ``pg(argv)``: a PostgreSQL client tool (pg_dump, pg_restore, psql, pg_isready) or a
-  POSIX ``sh -c`` script using them, run next to the server: ``<compose> exec -T <db> …``
-  or locally with libpq's PG* variables pointing at the configured server;
+  POSIX ``sh -c`` script using them, run next to the server: ``<compose> exec -T <db> …``,
+  ``kubectl exec -i <db pod> -- …``, or locally with libpq's PG* variables pointing at the
+  configured server;
 - ``agent()``: the DB-side agent (``python -m dbops.agent``) run where alembic runs:
-  ``<compose> run --rm -T <backend> …`` or locally with the same argv.
+  ``<compose> run --rm -T <backend> …``, ``kubectl exec -i <backend pod> -- …``, or locally
+  with the same argv.
 
 Passwords travel in the environment (local) or in the compose file's environment
 (compose), never on argv. Every command is printed, secrets masked, before it runs.
@@ -17,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +61,10 @@ def mask(text: str, secrets: Sequence[str]) -> str:
 
 
 def announce(launch: Launch) -> None:
+    from dbops import events
+    if events.json_mode():  # a JSON step event instead of the "$ …" line
+        events.step("run", command=launch.display)
+        return
     if os.environ.get("DBOPS_QUIET") != "1":
         print(f"$ {launch.display}", file=sys.stderr, flush=True)
 
@@ -72,6 +79,11 @@ def run(launch: Launch, *, input: bytes | None = None, capture: bool = True,
                               capture_output=capture, timeout=timeout)
     except FileNotFoundError as exc:
         raise OpsError(f"cannot run {launch.argv[0]!r}: {exc.strerror}") from None
+
+
+def host(argv: Sequence[str], cwd: Path | None = None) -> Launch:
+    """A command on this machine (a linter, a helper binary), not next to the server."""
+    return Launch(list(argv), dict(os.environ), cwd)
 
 
 def start(launch: Launch, **popen_kwargs) -> subprocess.Popen:
@@ -99,6 +111,33 @@ class Target:
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def up(self, build: bool = False) -> None:
+        """Start what this target runs (if anything) and wait until the server answers."""
+        raise NotImplementedError
+
+    def down(self, volumes: bool = False) -> None:
+        """Stop what this target runs; refuses when the server is not ours to stop."""
+        raise NotImplementedError
+
+    def reach_hint(self) -> str:
+        """The command that shows (or makes) the database reachable, for "cannot connect"."""
+        raise NotImplementedError
+
+    def not_ready_hint(self) -> str:
+        """Where to look when the server does not become ready."""
+        return self.reach_hint()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until pg_isready answers next to the server (not the healthcheck, which some
+        engines never run); host and port come from the target's PG* environment."""
+        launch = self.pg(["pg_isready", "-q", "-t", "2"])
+        deadline = time.monotonic() + timeout
+        while run(launch).returncode != 0:
+            if time.monotonic() > deadline:
+                raise OpsError(f"the database did not answer pg_isready within {timeout:.0f} s",
+                               next_command=self.not_ready_hint())
+            time.sleep(1)
 
 
 class LocalTarget(Target):
@@ -129,6 +168,15 @@ class LocalTarget(Target):
         s = self.settings
         return f"local ({s.user}@{s.host}:{s.port}/{s.database})"
 
+    def up(self, build: bool = False) -> None:
+        self.wait_ready(timeout=10)
+
+    def down(self, volumes: bool = False) -> None:
+        raise OpsError("DBOPS_TARGET=local: the server is not ours to stop")
+
+    def reach_hint(self) -> str:
+        return f"pg_isready -h {self.settings.host} -p {self.settings.port}"
+
 
 class ComposeTarget(Target):
     """``<compose> exec -T <db> …`` for PostgreSQL tools, ``<compose> run --rm -T <backend> …``
@@ -153,9 +201,10 @@ class ComposeTarget(Target):
 
     def agent(self) -> Launch:
         s = self.settings
+        direct = [a for k, v in direct_address(s).items() for a in ("-e", f"{k}={v}")]
         full = [*s.compose, "run", "--rm", "-T",
                 "-v", f"{PACKAGE_DIR}:{AGENT_MOUNT}/dbops:ro", "-e", f"PYTHONPATH={AGENT_MOUNT}",
-                s.backend_service, "python", "-m", "dbops.agent", "--ini", s.backend_alembic_ini]
+                *direct, s.backend_service, "python", "-m", "dbops.agent", "--ini", s.backend_alembic_ini]
         return Launch(full, self._env(), s.project_dir, tuple(s.secrets()))
 
     def compose(self, *args: str) -> Launch:
@@ -181,22 +230,167 @@ class ComposeTarget(Target):
                 f"or use DBOPS_TARGET=local")
         ComposeTarget._checked = True
 
+    def up(self, build: bool = False) -> None:
+        s = self.settings
+        self.ensure_available()
+        if build and run(self.compose("build", s.backend_service), capture=False).returncode != 0:
+            raise OpsError(f"compose could not build the {s.backend_service} image (its output is above)")
+        if run(self.compose("up", "-d", s.db_service), capture=False).returncode != 0:
+            raise OpsError("compose could not start the db service (its output is above)")
+        self.wait_ready()
+
+    def down(self, volumes: bool = False) -> None:
+        self.ensure_available()
+        if run(self.compose("down", *(["-v"] if volumes else [])), capture=False).returncode != 0:
+            raise OpsError("compose down failed (its output is above)")
+
+    def reach_hint(self) -> str:
+        return "invoke up"
+
+    def not_ready_hint(self) -> str:
+        return f"{' '.join(self.settings.compose)} logs {self.settings.db_service}"
+
     def describe(self) -> str:
         s = self.settings
         return f"compose ({' '.join(s.compose)}; db service '{s.db_service}', backend service '{s.backend_service}', database {s.database})"
 
 
-def connection_env(s: Settings) -> dict[str, str]:
-    """libpq's variables plus the POSTGRES_*/DATABASE_URL an env.py may read."""
-    from sqlalchemy.engine import URL
+class KubernetesTarget(Target):
+    """``kubectl exec -i <pod> -- …`` in DBOPS_K8S_NAMESPACE (and DBOPS_K8S_CONTEXT): PostgreSQL
+    tools in the running pod matching DBOPS_K8S_DB_SELECTOR (over the pod's local socket, as
+    compose's exec), the agent in the pod matching DBOPS_K8S_BACKEND_SELECTOR, where dbops/ is
+    at DBOPS_K8S_AGENT_PATH and the password is already in the pod's environment from its
+    Secret. No password is handed to kubectl: not on argv, not in its environment."""
 
-    url = URL.create("postgresql+psycopg", username=s.user, password=s.password or None,
-                     host=s.host, port=s.port, database=s.database)
+    name = "kubernetes"
+    ROLES = {"db": ("DBOPS_K8S_DB_SELECTOR", "DBOPS_K8S_DB_CONTAINER"),
+             "backend": ("DBOPS_K8S_BACKEND_SELECTOR", "DBOPS_K8S_BACKEND_CONTAINER")}
+
+    def __init__(self, settings: Settings, pods: dict[str, str] | None = None):
+        super().__init__(settings)
+        self._pods = dict(pods or {})
+
+    def _env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items()
+                if k not in ("PGPASSWORD", "POSTGRES_PASSWORD", "DATABASE_URL")}
+
+    def kubectl(self, *args: str) -> list[str]:
+        s = self.settings
+        context = s.get("DBOPS_K8S_CONTEXT")
+        return [*s.get("DBOPS_KUBECTL"), *(["--context", context] if context else []),
+                "--namespace", s.get("DBOPS_K8S_NAMESPACE"), *args]
+
+    def pod(self, role: str) -> str:
+        """The first running pod (by name) matching the role's selector; looked up once."""
+        if role not in self._pods:
+            selector_key = self.ROLES[role][0]
+            selector = self.settings.get(selector_key)
+            done = run(Launch(self.kubectl("get", "pods", "--selector", selector,
+                                           "--field-selector=status.phase=Running",
+                                           "--output=jsonpath={.items[*].metadata.name}"),
+                              self._env(), None), timeout=60)
+            names = sorted(done.stdout.decode(errors="replace").split()) if done.returncode == 0 else []
+            if not names:
+                why = _first_line(done.stderr) if done.returncode else "none is Running"
+                raise ConfigError(
+                    f"DBOPS_TARGET=kubernetes: no running pod matches {selector_key}={selector} in "
+                    f"namespace {self.settings.get('DBOPS_K8S_NAMESPACE')} ({why}); check "
+                    f"{selector_key}, DBOPS_K8S_NAMESPACE and DBOPS_K8S_CONTEXT "
+                    f"(kubectl get pods --show-labels)")
+            self._pods[role] = names[0]
+        return self._pods[role]
+
+    def exec(self, role: str, argv: Sequence[str]) -> Launch:
+        container = self.settings.get(self.ROLES[role][1])
+        full = self.kubectl("exec", "-i", self.pod(role), *(["-c", container] if container else []),
+                            "--", *argv)
+        return Launch(full, self._env(), None, tuple(self.settings.secrets()))
+
+    def pg(self, argv: Sequence[str]) -> Launch:
+        s = self.settings
+        return self.exec("db", ["env", f"PGUSER={s.user}", f"PGDATABASE={s.database}", *argv])
+
+    def agent(self) -> Launch:
+        s = self.settings
+        return self.exec("backend", ["env", f"PYTHONPATH={s.get('DBOPS_K8S_AGENT_PATH')}",
+                                     f"POSTGRES_DB={s.database}", f"PGDATABASE={s.database}",
+                                     "python", "-m", "dbops.agent", "--ini", s.backend_alembic_ini])
+
+    def ensure_available(self) -> None:
+        try:
+            done = subprocess.run([*self.settings.get("DBOPS_KUBECTL"), "version", "--client"],
+                                  env=self._env(), capture_output=True, stdin=subprocess.DEVNULL,
+                                  timeout=30)
+            ok, why = done.returncode == 0, _first_line(done.stderr)
+        except FileNotFoundError:
+            ok, why = False, f"{self.settings.get('DBOPS_KUBECTL')[0]}: command not found"
+        except subprocess.TimeoutExpired:
+            ok, why = False, "no answer within 30 s"
+        if not ok:
+            raise ConfigError(f"DBOPS_TARGET=kubernetes but kubectl does not run ({why}); install "
+                              f"it or set DBOPS_KUBECTL")
+
+    def up(self, build: bool = False) -> None:
+        """The pods are the cluster's: nothing to start, only wait until the server answers."""
+        if build:
+            raise OpsError("DBOPS_TARGET=kubernetes: images are built and rolled out by your "
+                           "pipeline, not by invoke up --build", next_command="invoke up")
+        self.ensure_available()
+        self.wait_ready(timeout=60)
+
+    def down(self, volumes: bool = False) -> None:
+        raise OpsError("DBOPS_TARGET=kubernetes: the pods are the cluster's to stop, not ours",
+                       next_command=shlex.join(self.kubectl("get", "pods", "--selector",
+                                                            self.settings.get("DBOPS_K8S_DB_SELECTOR"))))
+
+    def reach_hint(self) -> str:
+        return shlex.join(self.kubectl("get", "pods", "--selector",
+                                       self.settings.get("DBOPS_K8S_DB_SELECTOR")))
+
+    def not_ready_hint(self) -> str:
+        return shlex.join(self.kubectl("logs", "--selector", self.settings.get("DBOPS_K8S_DB_SELECTOR"),
+                                       "--tail=50"))
+
+    def describe(self) -> str:
+        s = self.settings
+        ctx = s.get("DBOPS_K8S_CONTEXT") or "current context"
+        return (f"kubernetes ({ctx}, namespace {s.get('DBOPS_K8S_NAMESPACE')}; db pod "
+                f"{s.get('DBOPS_K8S_DB_SELECTOR')}, backend pod {s.get('DBOPS_K8S_BACKEND_SELECTOR')}, "
+                f"database {s.database})")
+
+
+def direct_address(s: Settings) -> dict[str, str]:
+    """DBOPS_DIRECT_HOST/_PORT: the server itself when POSTGRES_HOST is a pooler (PgBouncer in
+    transaction mode). Every dbops connection goes there; the application keeps POSTGRES_HOST."""
+    host = s.get("DBOPS_DIRECT_HOST")
+    if not host:
+        return {}
+    port = str(s.get("DBOPS_DIRECT_PORT"))
+    return {"POSTGRES_HOST": host, "POSTGRES_PORT": port, "DBOPS_DIRECT_HOST": host,
+            "DBOPS_DIRECT_PORT": port}
+
+
+def connection_env(s: Settings) -> dict[str, str]:
+    """libpq's variables plus the POSTGRES_*/DATABASE_URL an env.py may read. The URL is
+    percent-encoded with the stdlib (what SQLAlchemy's make_url decodes): importing
+    sqlalchemy here cost every task ~0.16 s of start-up."""
+    from urllib.parse import quote
+
+    direct = direct_address(s)
+    host, port = direct.get("POSTGRES_HOST", s.host), int(direct.get("POSTGRES_PORT", s.port))
+    auth = quote(s.user, safe="") + (":" + quote(s.password, safe="") if s.password else "")
+    db = quote(s.database, safe="")
+    if host.startswith("/"):  # a unix-socket folder: libpq's host= in the query
+        url = f"postgresql+psycopg://{auth}@/{db}?host={quote(host, safe='/')}&port={port}"
+    else:
+        bracketed = f"[{host}]" if ":" in host else host
+        url = f"postgresql+psycopg://{auth}@{bracketed}:{port}/{db}"
     env = {
-        "PGHOST": s.host, "PGPORT": str(s.port), "PGUSER": s.user, "PGDATABASE": s.database,
+        "PGHOST": host, "PGPORT": str(port), "PGUSER": s.user, "PGDATABASE": s.database,
         "PGCONNECT_TIMEOUT": os.environ.get("PGCONNECT_TIMEOUT", "5"),
-        "POSTGRES_HOST": s.host, "POSTGRES_PORT": str(s.port), "POSTGRES_USER": s.user,
-        "POSTGRES_DB": s.database, "DATABASE_URL": url.render_as_string(hide_password=False),
+        "POSTGRES_HOST": host, "POSTGRES_PORT": str(port), "POSTGRES_USER": s.user,
+        "POSTGRES_DB": s.database, "DATABASE_URL": url,
+        **{k: v for k, v in direct.items() if k.startswith("DBOPS_")},
     }
     if s.password:
         env["PGPASSWORD"] = s.password
@@ -212,4 +406,5 @@ def _first_line(data: bytes | str | None) -> str:
 
 
 def target_for(settings: Settings) -> Target:
-    return {"local": LocalTarget, "compose": ComposeTarget}[settings.target](settings)
+    return {"local": LocalTarget, "compose": ComposeTarget,
+            "kubernetes": KubernetesTarget}[settings.target](settings)

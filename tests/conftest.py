@@ -12,11 +12,20 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from dbops import localpg
+from dbops import localpg, pgbin
 from dbops.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = ROOT / "backend" / "alembic.ini"
+
+
+def pytest_report_header():
+    """Which PostgreSQL this run tests (scripts/test --pg=N or DBOPS_PG_BINDIR choose it)."""
+    b = pgbin.bindir()
+    server, dump = (pgbin.version(b), pgbin.version(b, "pg_dump")) if b else (None, None)
+    other = ", ".join(str(m) for m in pgbin.installed_majors())
+    return (f"PostgreSQL server {server[1] if server else '?'}, pg_dump {dump[1] if dump else '?'} "
+            f"({b}); majors installed for cross-major tests: {other or 'none'}")
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +35,31 @@ def pg_cluster():
     cluster.destroy()
 
 
+@pytest.fixture(scope="session")
+def pg_major(pg_cluster) -> int:
+    with pg_cluster.connect() as conn:
+        return conn.info.server_version // 10000
+
+
+@pytest.fixture(scope="session")
+def cluster_of():
+    """cluster_of(major): a throwaway cluster of another installed major (one per major and
+    session), or a skip that says how to install it."""
+    made: dict[int, localpg.Cluster] = {}
+
+    def get(major: int) -> localpg.Cluster:
+        if major not in made:
+            folder = pgbin.installed_majors().get(major)
+            if folder is None:
+                pytest.skip(f"PostgreSQL {major} is not installed here "
+                            f"(python scripts/lib/pg_majors.py bindir {major})")
+            made[major] = localpg.new_cluster(bindir=folder)
+        return made[major]
+    yield get
+    for cluster in made.values():
+        cluster.destroy()
+
+
 @pytest.fixture
 def database(pg_cluster):
     name = f"t_{uuid.uuid4().hex[:10]}"
@@ -33,6 +67,13 @@ def database(pg_cluster):
     yield name
     with pg_cluster.connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def recover_cache(tmp_path_factory):
+    """DBOPS_CACHE_DIR shared by the session: recover's and doctor's expected schemas are
+    built once per revision chain (the cache key includes every revision file's hash)."""
+    return tmp_path_factory.mktemp("recover-cache")
 
 
 @pytest.fixture

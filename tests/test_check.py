@@ -17,14 +17,16 @@ def test_check_fails_on_the_sample_index_revision_until_it_is_accepted(invoke, t
     accept = tmp_path / "accept.toml"
     accept.write_text('[[accept]]\nrevision = "23cd4367"\nrule = "require-concurrent-index-creation"\n'
                       'reason = "comments was empty when this shipped"\n')
-    done = invoke("check", env={"DBOPS_SQUAWK_ACCEPT": str(accept)})
+    done = invoke("check", env={"DBOPS_SQUAWK_ACCEPT": str(accept), "DBOPS_QUIET": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "squawk" not in done.stderr  # DBOPS_QUIET: the command is not printed
     assert "accepted: comments was empty" in done.stdout and "check passed" in done.stdout
     # The project's own squawk-accept.toml (the default) accepts it with its reason.
     done = invoke("check", "--no-squawk")
     assert done.returncode == 0
     done = invoke("check")
     assert done.returncode == 0 and "accepted: seed 000 exercise 3" in done.stdout
+    assert "$ " in done.stderr and "squawk --reporter json" in done.stderr  # through the seam
     assert version_rows(db_conn) == []  # the live database is never touched
     with pg_cluster.connect() as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'dbops_scratch%'").fetchall()

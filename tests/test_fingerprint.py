@@ -14,8 +14,6 @@ from psycopg import sql
 from dbops.agent import fingerprint as F
 from tests.conftest import ALEMBIC_INI, ROOT
 
-HEAD = "d93ad7974446"
-
 
 def upgrade(monkeypatch, ops_env, database, rev="head", ini=ALEMBIC_INI):
     for k, v in ops_env.items():
@@ -78,7 +76,7 @@ CHANGES = [
     "ALTER TABLE p ALTER COLUMN n SET DEFAULT 1",
     "ALTER TABLE p ADD CONSTRAINT uq_p_name UNIQUE (name)",
     "ALTER TABLE p ADD CONSTRAINT ck_p_n CHECK (n >= 0)",
-    "ALTER TABLE c ADD CONSTRAINT ck_c NOT VALID_PLACEHOLDER",
+    "ALTER TABLE c ADD CONSTRAINT ck_c CHECK (id > 0) NOT VALID",
     "ALTER TABLE c DROP CONSTRAINT c_p_id_fkey",
     "ALTER TABLE c DROP CONSTRAINT c_p_id_fkey, ADD CONSTRAINT c_p_id_fkey FOREIGN KEY (p_id) "
     "REFERENCES p(id) ON DELETE CASCADE",
@@ -105,8 +103,6 @@ def test_every_ddl_difference_changes_the_fingerprint(db_conn):
     base = F.collect(db_conn)
     seen = {F.digest(base)}
     for ddl in CHANGES:
-        if "PLACEHOLDER" in ddl:
-            ddl = "ALTER TABLE c ADD CONSTRAINT ck_c CHECK (id > 0) NOT VALID"
         with db_conn.transaction(force_rollback=True):
             db_conn.execute(ddl)
             changed = F.collect(db_conn)

@@ -9,16 +9,11 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from dbops import audit
 from tests.conftest import ALEMBIC_INI
 from tests.fixtures.projects import REVS, SAMPLE_HEAD, catalog, make_project, seed, version_rows
+from tests.fixtures.records import audit_records
 
 NB = "--no-backup"
-
-
-def audit_records(ops_env, action):
-    return [r for r in audit.read(None, Path(ops_env["DBOPS_BACKUP_DIR"]) / "audit.jsonl")
-            if r["action"] == action]
 
 
 def test_migrate_backs_up_upgrades_verifies_and_audits(invoke, db_conn, ops_env):
@@ -53,7 +48,7 @@ def test_sql_prints_the_pending_sql_and_changes_nothing(invoke, db_conn, ops_env
     assert not list(Path(ops_env["DBOPS_BACKUP_DIR"]).glob("*.dump"))
 
 
-def test_nothing_pending_says_so_and_exits_zero(invoke, db_conn):
+def test_nothing_pending_says_so_and_exits_zero(invoke):
     assert invoke("migrate", NB).returncode == 0
     done = invoke("migrate")
     assert done.returncode == 0 and "nothing to do" in done.stdout

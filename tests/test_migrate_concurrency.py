@@ -10,7 +10,7 @@ import time
 
 from tests.conftest import ROOT
 from tests.fixtures.projects import REVS, SAMPLE_HEAD, catalog, make_project, seed, version_rows
-from tests.test_migrate import audit_records
+from tests.fixtures.records import audit_records
 
 
 def test_ten_concurrent_migrates_from_base_one_applies_the_others_name_the_holder(

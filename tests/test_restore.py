@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dbops import audit, catalog
-from tests.test_schema_tasks import HEAD, REVS
+from tests.fixtures.projects import SAMPLE_HEAD, SAMPLE_REVS
 
 
 def rows(conn) -> list:
@@ -50,30 +50,86 @@ def test_round_trip_restores_the_backups_data(invoke, settings, pg_cluster, data
         conn.execute("DELETE FROM items WHERE id % 3 = 0")
         conn.execute("UPDATE items SET body = 'changed' WHERE id < 10")
         conn.execute("CREATE TABLE after_backup (x int)")
-        conn.execute("UPDATE alembic_version SET version_num = %s", [REVS[-2]])
+        conn.execute("UPDATE alembic_version SET version_num = %s", [SAMPLE_REVS[-2]])
     changed = live_state(pg_cluster, database)
     done = invoke("restore", str(path), "--yes")
     assert done.returncode == 0, done.stderr
     with pg_cluster.connect(database) as conn:
         assert rows(conn) == data
         assert conn.execute("SELECT to_regclass('after_backup')").fetchone()[0] is None
-        assert [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")] == [HEAD]
+        assert [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")] == [SAMPLE_HEAD]
         assert conn.execute("SHOW work_mem").fetchone()[0] == "7MB"  # database settings carried over
     old = databases(pg_cluster, f"{database}_dbops_old_%")
     assert len(old) == 1 and old[0] in done.stdout
     assert live_state(pg_cluster, old[0]) == changed
     rec = audit.read(settings)[-1]
     assert rec["action"] == "restore" and rec["result"] == "ok" and rec["old_database"] == old[0]
-    pre = Path(rec["pre_restore_backup"])
-    assert pre.exists() and catalog.check_backup(pre, full=True)[1] == []
+    assert rec["from"] == [SAMPLE_REVS[-2]] and rec["to"] == [SAMPLE_HEAD]
+    # The kept database is the pre-restore state: no redundant dump of it was taken.
+    assert rec.get("pre_restore_backup") is None and "pre-restore backup" not in done.stdout
+    assert "pre-restore" not in [e["reason"] for e in catalog.list_backups(settings)]
     # The printed drop command, run as printed, drops the kept database.
     drop = re.search(r"drop it when satisfied: (.+)$", done.stdout, re.M).group(1)
     assert invoke(*shlex.split(drop)[1:]).returncode == 0
     assert databases(pg_cluster, f"{database}_dbops_old_%") == []
+    assert databases(pg_cluster, f"{database}_dbops_restoring_%") == []
+
+
+def test_the_printed_undo_renames_the_old_database_back(invoke, settings, pg_cluster, database,
+                                                        backed_up):
+    path, data = backed_up
+    with pg_cluster.connect(database) as conn:
+        conn.execute("DELETE FROM items WHERE id > 100")
+    changed = live_state(pg_cluster, database)
+    done = invoke("restore", str(path), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert live_state(pg_cluster, database)[0] == data
+    restored_old = databases(pg_cluster, f"{database}_dbops_old_%")
+    undo = re.search(r"undo \(rename it back\): (.+)$", done.stdout, re.M).group(1)
+    assert undo == f"invoke restore-undo --name {restored_old[0]} --yes"
+    back = invoke(*shlex.split(undo)[1:])
+    assert back.returncode == 0, back.stderr
+    assert live_state(pg_cluster, database) == changed  # the pre-restore state, by rename
+    kept = databases(pg_cluster, f"{database}_dbops_old_%")
+    assert len(kept) == 1 and kept[0] != restored_old[0] and kept[0] in back.stdout
+    assert live_state(pg_cluster, kept[0])[0] == data  # the restored one is kept in turn
+    assert audit.read(settings)[-1]["action"] == "restore-undo"
+    # Only kept databases of this database can be swapped in; nothing changes otherwise.
+    wrong = invoke("restore-undo", "--name", "postgres", "--yes")
+    assert wrong.returncode == 1 and "not a kept previous database" in wrong.stderr
+    assert live_state(pg_cluster, database) == changed
+
+
+def test_pre_backup_on_request(invoke, settings, pg_cluster, database, backed_up):
+    path, _ = backed_up
+    done = invoke("restore", str(path), "--yes", "--pre-backup")
+    assert done.returncode == 0, done.stderr
+    pre = Path(audit.read(settings)[-1]["pre_restore_backup"])
+    assert pre.exists() and catalog.check_backup(pre, full=True)[1] == []
+    assert f"pre-restore backup: {pre}" in done.stdout
     pre_manifest = catalog.read_manifest(catalog.manifest_path(pre))
     assert pre_manifest["reason"] == "pre-restore"
     assert pre_manifest["compression"] == "0"  # "fast": room for an uncompressed one here
-    assert databases(pg_cluster, f"{database}_dbops_restoring_%") == []
+    assert len(databases(pg_cluster, f"{database}_dbops_old_%")) == 1
+
+
+def test_drop_old_needs_a_pre_backup_and_then_drops_it(invoke, settings, pg_cluster, database,
+                                                       backed_up):
+    path, data = backed_up
+    with pg_cluster.connect(database) as conn:
+        conn.execute("DELETE FROM items")
+    done = refused(invoke, settings, pg_cluster, database, [str(path), "--yes", "--drop-old"],
+                   "needs --pre-backup")
+    assert "next: invoke restore" in done.stderr and "--pre-backup --drop-old" in done.stderr
+    done = invoke("restore", str(path), "--yes", "--pre-backup", "--drop-old")
+    assert done.returncode == 0, done.stderr
+    assert live_state(pg_cluster, database)[0] == data
+    assert databases(pg_cluster, f"{database}_dbops_old_%") == []
+    rec = audit.read(settings)[-1]
+    assert rec["dropped_old"] and rec["old_database"] is None
+    pre = Path(rec["pre_restore_backup"])
+    assert catalog.check_backup(pre, full=True)[1] == []
+    assert f"undo: invoke restore {pre} --yes" in done.stdout
 
 
 def test_restore_latest_terminates_sessions_with_a_warning(invoke, pg_cluster, database, backed_up):
@@ -94,7 +150,8 @@ def test_restore_of_a_directory_dump(invoke, settings, pg_cluster, database, bac
     path = next(e["path"] for e in catalog.list_backups(settings) if e["path"].endswith(".tar"))
     with pg_cluster.connect(database) as conn:
         conn.execute("DELETE FROM items")
-    done = invoke("restore", path, "--yes", env={"DBOPS_RESTORE_PRE_BACKUP_COMPRESSION": "auto"})
+    done = invoke("restore", path, "--yes", "--pre-backup",
+                  env={"DBOPS_RESTORE_PRE_BACKUP_COMPRESSION": "auto"})
     assert done.returncode == 0, done.stderr
     with pg_cluster.connect(database) as conn:
         assert rows(conn) == data
@@ -142,8 +199,8 @@ def test_missing_manifest_is_refused(invoke, settings, pg_cluster, database, bac
     assert invoke("verify-backup", str(path)).returncode == 1
 
 
-def test_backup_of_another_database_is_refused_unless_told(invoke, settings, pg_cluster, database,
-                                                         backed_up, ops_env):
+def test_backup_of_another_database_is_refused_unless_told(invoke, pg_cluster, database,
+                                                         backed_up):
     path, _ = backed_up
     other = f"{database}_other"[:60]
     pg_cluster.create_database(other)

@@ -3,22 +3,29 @@ the plan, data-loss acceptance, the pre-rollback backup and the offer to restore
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tests.conftest import ALEMBIC_INI
-from tests.fixtures.projects import REVS, SAMPLE_HEAD, catalog, make_project, version_rows
-from tests.test_migrate import audit_records
+from tests.fixtures.projects import (
+    REVS,
+    SAMPLE_HEAD,
+    SAMPLE_REVS,
+    catalog,
+    make_project,
+    version_rows,
+)
+from tests.fixtures.records import audit_records
 
-REVS_SAMPLE = [r.revision for r in reversed(list(ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()))]
 NB = "--no-backup"
 
 
 def test_rollback_to_each_earlier_revision_and_back_to_head(invoke, db_conn):
     assert invoke("migrate", NB).returncode == 0
     at_head = catalog(db_conn)
-    for target in reversed(["base", *REVS_SAMPLE[:-1]]):
+    for target in reversed(["base", *SAMPLE_REVS[:-1]]):
         done = invoke("rollback", "--to", target, "--accept-data-loss", "--yes", NB)
         assert done.returncode == 0, done.stderr
         assert version_rows(db_conn) == ([] if target == "base" else [target])
@@ -35,10 +42,10 @@ def test_relative_and_prefix_targets(invoke, db_conn):
     assert invoke("migrate", NB).returncode == 0
     done = invoke("rollback", "--to=-2", "--accept-data-loss", NB)
     assert done.returncode == 0, done.stderr
-    assert version_rows(db_conn) == [REVS_SAMPLE[-3]]
-    done = invoke("rollback", "--to", REVS_SAMPLE[1][:4], "--accept-data-loss", NB)
+    assert version_rows(db_conn) == [SAMPLE_REVS[-3]]
+    done = invoke("rollback", "--to", SAMPLE_REVS[1][:4], "--accept-data-loss", NB)
     assert done.returncode == 0, done.stderr
-    assert version_rows(db_conn) == [REVS_SAMPLE[1]]
+    assert version_rows(db_conn) == [SAMPLE_REVS[1]]
 
 
 @pytest.mark.parametrize("spec,expect", [
@@ -70,17 +77,58 @@ def test_rollback_from_an_unknown_current_is_refused(invoke, db_conn):
     assert catalog(db_conn) == before
 
 
+def add_session(conn, bio: str | None = "hello") -> None:
+    """One user (with a bio) and one session: rows a rollback past them would lose."""
+    conn.execute("INSERT INTO users (id, username, email, bio) VALUES (1, 'ann', 'a@x', %s)", [bio])
+    conn.execute("INSERT INTO user_sessions (id, user_id, session_token, expires_at) "
+                 "VALUES (1, 1, 'tok', now())")
+
+
 def test_data_loss_needs_acceptance_and_the_plan_says_what_is_dropped(invoke, db_conn):
     assert invoke("migrate", NB).returncode == 0
+    add_session(db_conn)
     before = catalog(db_conn)
     done = invoke("rollback", "--to", "308ea353e93f", "--yes")
     assert done.returncode != 0
     out = done.stdout
-    assert "DATA LOSS: drops table user_sessions" in out
-    assert "drops column users.bio" in out
+    assert "DATA LOSS: drops table user_sessions: 1 row" in out
+    assert "99e0e8546901  add tag_stats table\n      no data loss: drops table tag_stats: 0 rows" in out
+    assert "drops column users.bio: 1 non-NULL value" in out
+    assert "drops column users.last_login: 0 non-NULL values" in out
     assert "23cd436768a8  add performance indexes\n      no data loss" in out
     assert "--accept-data-loss" in done.stderr
     assert catalog(db_conn) == before
+
+
+def test_dropping_only_empty_tables_and_null_columns_needs_only_yes(invoke, db_conn):
+    assert invoke("migrate", NB).returncode == 0
+    db_conn.execute("INSERT INTO users (id, username, email) VALUES (1, 'ann', 'a@x')")  # bio NULL
+    done = invoke("rollback", "--to=308ea353e93f")
+    assert done.returncode != 0
+    assert "drops table user_sessions: 0 rows" in done.stdout
+    assert "drops column users.bio: 0 non-NULL values" in done.stdout
+    assert "DATA LOSS" not in done.stdout
+    assert "--yes" in done.stderr and "--accept-data-loss" not in done.stderr
+    done = invoke("rollback", "--to=308ea353e93f", "--yes", NB)
+    assert done.returncode == 0, done.stderr
+    assert version_rows(db_conn) == ["308ea353e93f"]
+
+
+def test_rows_that_cannot_be_counted_still_need_acceptance(invoke, db_conn, pg_cluster, database):
+    """A table another session holds ACCESS EXCLUSIVE cannot be counted (lock_timeout): the plan
+    assumes it holds data and refuses without --accept-data-loss."""
+    assert invoke("migrate", NB).returncode == 0
+    holder = pg_cluster.connect(database, autocommit=False)
+    try:
+        holder.execute("LOCK TABLE user_sessions IN ACCESS EXCLUSIVE MODE")
+        done = invoke("rollback", "--to=-1", "--yes", NB)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert done.returncode != 0
+    assert "DATA LOSS: drops table user_sessions (cannot count: assume it drops data)" in done.stdout
+    assert "--accept-data-loss" in done.stderr
+    assert version_rows(db_conn) == [SAMPLE_HEAD]
 
 
 def test_no_data_loss_plan_needs_only_yes(invoke, db_conn):
@@ -96,16 +144,18 @@ def test_backup_first_audit_and_the_offer_to_restore_a_backup_taken_at_the_targe
                                                                                   ops_env):
     assert invoke("migrate", "--to", "1be15b655bdb", NB).returncode == 0
     assert invoke("migrate").returncode == 0  # its pre-migrate backup is AT 1be15b655bdb
+    add_session(db_conn)
     done = invoke("rollback", "--to", "1be15b655bdb", "--accept-data-loss")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "a verified backup taken at 1be15b655bdb exists" in out and "pre-migrate" in out
-    assert "invoke restore --file=" in out
+    [at_target] = Path(ops_env["DBOPS_BACKUP_DIR"]).glob("*pre-migrate*.dump")
+    assert f"invoke restore {at_target}" in out  # the one form of the restore command
     assert "pre-rollback backup:" in out
     [rec] = audit_records(ops_env, "rollback")
     assert rec["result"] == "ok" and rec["from"] == [SAMPLE_HEAD] and rec["to"] == ["1be15b655bdb"]
     assert rec["backup"] and "pre-rollback" in rec["backup"] and rec["backup"] in out
-    assert sorted(rec["revision_hashes"]) == sorted(REVS_SAMPLE[3:])
+    assert sorted(rec["revision_hashes"]) == sorted(SAMPLE_REVS[3:])
     assert rec["accepted_data_loss"] is True
 
 
@@ -143,3 +193,27 @@ def test_revision_specs_resolve_like_alembic(tmp_path, monkeypatch):
             resolve(script, bad, cur)
         assert exc.value.kind == "bad_target" and exc.value.details["reason"] == reason
         assert exc.value.details["candidates"]
+
+
+def test_rows_that_arrive_after_an_empty_plan_are_caught_under_the_lock(settings, db_conn, invoke):
+    """Counted at plan time (0 rows: --yes is enough) and again under the lock: a row written in
+    between is not dropped silently."""
+    from dbops.errors import OpsError
+    from dbops.ops import rollback as rollback_op
+
+    assert invoke("migrate", NB).returncode == 0
+    db_conn.execute("INSERT INTO users (id, username, email) VALUES (1, 'ann', 'a@x')")
+    seen = []
+
+    def out(line: str) -> None:
+        seen.append(line)
+        if "drops table user_sessions: 0 rows" in line:  # the plan is on screen: a user logs in
+            db_conn.execute("INSERT INTO user_sessions (id, user_id, session_token, expires_at) "
+                            "VALUES (1, 1, 'tok', now())")
+
+    with pytest.raises(OpsError) as exc:
+        rollback_op.rollback(settings, "-1", yes=True, backup=False, out=out)
+    assert "counted again under the lock: drops table user_sessions: 1 row" in exc.value.message
+    assert "--accept-data-loss" in exc.value.next_command
+    assert version_rows(db_conn) == [SAMPLE_HEAD]
+    assert db_conn.execute("SELECT count(*) FROM user_sessions").fetchone()[0] == 1

@@ -10,18 +10,22 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tests.conftest import ALEMBIC_INI, ROOT
+from dbops import localpg
+from dbops.agent import lock
+from tests.conftest import ROOT
+from tests.fixtures.doctor import start_standby
+from tests.fixtures.projects import SAMPLE_HEAD as HEAD
+from tests.fixtures.projects import SAMPLE_REVS as REVS
 from tests.fixtures.projects import make_project, seed
 
 RUNBOOK = ROOT / "RUNBOOK.md"
-REVS = [r.revision for r in reversed(list(ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()))]
-HEAD = REVS[-1]
 ALEMBIC = str(Path(sys.executable).parent / "alembic")
 
 
@@ -37,10 +41,12 @@ def scenarios() -> dict[int, list[str]]:
 
 
 class Scenario:
-    def __init__(self, number: int, env: dict[str, str], project: Path = ROOT / "backend"):
+    def __init__(self, number: int, env: dict[str, str], project: Path = ROOT / "backend",
+                 checkout: Path | None = None):
         self.lines = scenarios()[number]
         self.env = env
         self.project = project  # where `alembic -c backend/alembic.ini` and backend/ paths point
+        self.checkout = checkout  # where `git` commands run (never this repository)
 
     def run(self, subs: dict[str, str], *, may_fail: tuple[str, ...] = (), before: dict | None = None):
         results = []
@@ -54,13 +60,19 @@ class Scenario:
             env = dict(self.env)
             while re.fullmatch(r"[A-Z_]+=.*", argv[0]):
                 key, value = argv.pop(0).split("=", 1)
+                for var in re.findall(r"\$(\w+)", value):  # "$VAR", expanded as a shell does
+                    value = value.replace(f"${var}", env[var])
                 env[key] = value
             argv = [a.replace("backend/", f"{self.project}/") for a in argv]
+            cwd = ROOT
+            if argv[0] == "git":
+                assert self.checkout is not None, f"git in the runbook needs a test checkout: {line}"
+                cwd = self.checkout
             if argv[0] == "invoke":
                 argv = [sys.executable, "-m", "invoke", *argv[1:]]
             elif argv[0] == "alembic":
                 argv[0] = ALEMBIC
-            done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+            done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                                   stdin=subprocess.DEVNULL, timeout=300)
             if not line.startswith(may_fail):
                 assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
@@ -76,7 +88,7 @@ def current(conn) -> list[str]:
 
 def test_every_scenario_has_commands_and_a_test():
     found = scenarios()
-    assert sorted(found) == list(range(1, 10))
+    assert sorted(found) == list(range(1, 16))
     assert all(found.values())
     tested = {int(m) for m in re.findall(r"def test_scenario_(\d+)_", Path(__file__).read_text())}
     assert tested == set(found)
@@ -132,8 +144,12 @@ def test_scenario_2_migration_failed_half_way(invoke, ops_env, db_conn, tmp_path
 
 def test_scenario_3_rollback_to_a_named_revision(invoke, ops_env, db_conn):
     assert invoke("migrate").returncode == 0
+    db_conn.execute("INSERT INTO users (id, username, email) VALUES (1, 'ann', 'a@x')")
+    db_conn.execute("INSERT INTO user_sessions (id, user_id, session_token, expires_at) "
+                    "VALUES (1, 1, 'tok', now())")
     results = Scenario(3, ops_env).run({"rev": REVS[2][:6]})
-    assert "DATA LOSS" in results[1].stdout and "pre-rollback" in results[1].stdout
+    assert "DATA LOSS: drops table user_sessions: 1 row" in results[1].stdout
+    assert "pre-rollback" in results[1].stdout
     assert current(db_conn) == [REVS[2]] and REVS[2] in results[2].stdout
 
 
@@ -230,6 +246,137 @@ def test_scenario_9_lock_timeouts(invoke, ops_env, db_conn, pg_cluster, database
         blocker.close()
 
 
+def test_scenario_10_an_alert_fired(invoke, ops_env, db_conn, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dbops.config import load_settings
+    from dbops.ops import freshness
+
+    checks = tmp_path / "checks"
+    checks.mkdir()
+    (checks / "items.sql").write_text("SELECT count(*) >= 100 FROM items;")
+    metrics_file = tmp_path / "dbops.prom"
+    env = {**ops_env, "DBOPS_DRILL_CHECKS": str(checks), "DBOPS_METRICS_FILE": str(metrics_file)}
+    assert invoke("migrate", "--no-backup", env=env).returncode == 0
+    db_conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    assert invoke("backup", env=env).returncode == 0
+    assert invoke("drill", env=env).returncode == 1  # the symptom: the last drill failed
+    settings = load_settings(ROOT, environ=env)
+    assert freshness.drill_freshness(settings)[0] is False
+    db_conn.execute("INSERT INTO items SELECT generate_series(1, 100)")
+    results = Scenario(10, env).run({}, may_fail=("invoke doctor",))
+    assert "drill passed" in results[3].stdout
+    values = {s.name: s.value for f in text_string_to_metric_families(metrics_file.read_text())
+              for s in f.samples}
+    assert values["dbops_drill_last_success"] == 1
+    assert freshness.drill_freshness(settings)[0] is True
+    assert freshness.backup_freshness(settings)[0] is True
+
+
+def test_scenario_11_the_target_is_a_read_only_standby(invoke, ops_env):
+    primary = localpg.new_cluster()
+    try:
+        primary.create_database("app")
+        env = {**ops_env, **primary.env("app")}
+        assert invoke("migrate", "--to", REVS[2], env=env).returncode == 0
+        standby = start_standby(primary, Path(tempfile.mkdtemp(prefix="dbops-standby-")))
+        try:
+            failed = invoke("migrate", env={**env, "POSTGRES_PORT": str(standby.port)})
+            assert failed.returncode == 1 and "read-only transaction" in failed.stderr
+            results = Scenario(11, {**env, "POSTGRES_PORT": str(standby.port)}).run(
+                {"primary-host": "127.0.0.1", "primary-port": str(primary.port)},
+                may_fail=("invoke doctor",))
+            assert "is a read-only standby" in results[0].stdout
+            assert f"next: POSTGRES_HOST=127.0.0.1 POSTGRES_PORT={primary.port} invoke doctor" \
+                in results[0].stdout
+            assert "verified: database is at" in results[2].stdout
+        finally:
+            standby.destroy()
+        with primary.connect("app") as conn:
+            assert current(conn) == [HEAD]
+    finally:
+        primary.destroy()
+
+
+def test_scenario_12_a_roles_connection_limit_is_used_up(invoke, ops_env, db_conn, pg_cluster,
+                                                          database):
+    assert invoke("migrate").returncode == 0
+    db_conn.execute("CREATE ROLE app_pool LOGIN PASSWORD 'pw-pool' CONNECTION LIMIT 3")
+    db_conn.execute("GRANT pg_read_all_data TO app_pool")
+    pool = [psycopg.connect(host="127.0.0.1", port=pg_cluster.port, user="app_pool",
+                            password="pw-pool", dbname=database) for _ in range(3)]
+    env = {**ops_env, "POSTGRES_USER": "app_pool", "POSTGRES_PASSWORD": "pw-pool",
+           "SUPERUSER_PASSWORD": pg_cluster.password}
+    try:
+        failed = invoke("backup", env=env)
+        assert failed.returncode == 1 and "too many connections" in failed.stderr
+        results = Scenario(12, env).run({"superuser": pg_cluster.user, "role": "app_pool"},
+                                        may_fail=("invoke doctor",))
+        assert "role app_pool has used up its connection limit" in results[0].stdout
+        assert results[1].stdout.count("| idle") == 3
+        assert " pg_terminate_backend " in results[2].stdout and results[2].stdout.count(" t") >= 3
+        assert "ok    connectivity" in results[3].stdout
+        assert "pw-pool" not in "".join(r.stdout + r.stderr for r in results)
+    finally:
+        for conn in pool:
+            conn.close()
+        db_conn.execute("DROP OWNED BY app_pool")
+        db_conn.execute("DROP ROLE app_pool")
+
+
+def test_scenario_13_the_database_is_ahead_of_the_code(invoke, ops_env, db_conn, tmp_path):
+    ini = make_project(tmp_path, "flag")
+    proj = ini.parent
+    git = ["git", "-C", str(proj), "-c", "user.name=t", "-c", "user.email=t@x"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "release 2: comments.flagged"], check=True)
+    env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini),
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x"}
+    assert invoke("migrate", env=env).returncode == 0
+    next(proj.glob("alembic/versions/a1f1a9000001_*.py")).unlink()  # release 1 deployed again
+    shutil.copy(ROOT / "backend" / "app" / "models" / "comment.py", proj / "app" / "models")
+    subprocess.run([*git, "commit", "-qam", "back to release 1"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD~1"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    results = Scenario(13, env, proj, checkout=proj).run(
+        {"rev": "a1f1a9000001", "commit": commit}, may_fail=("invoke doctor",))
+    assert "the database is AHEAD of this code" in results[0].stdout
+    assert "next: git log --all --oneline -S a1f1a9000001" in results[0].stdout
+    assert f"{commit} release 2" in results[1].stdout
+    assert results[3].returncode == 0 and "ok    revision        at head a1f1a9000001" \
+        in results[3].stdout
+    assert current(db_conn) == ["a1f1a9000001"]
+
+
+def test_scenario_14_the_dbops_lock_is_held_by_another_deploy(invoke, ops_env, db_conn,
+                                                               pg_cluster, database):
+    assert invoke("migrate", "--to", REVS[2]).returncode == 0
+    other = pg_cluster.connect("postgres", application_name="dbops:migrate ci@runner-7")
+    other.execute("SELECT pg_advisory_lock(%s, %s)", lock.lock_key(database))
+    busy = invoke("migrate")
+    assert busy.returncode == 1 and "is busy: another dbops operation holds its lock" in busy.stderr
+    results = Scenario(14, ops_env).run({}, may_fail=("invoke doctor",),
+                                        before={2: other.close})  # the other deploy ends
+    assert "a dbops migrate is running" in results[0].stdout and "ci@runner-7" in results[0].stdout
+    assert "next: invoke doctor   (after the dbops migrate pid" in results[0].stdout
+    assert "dbops:migrate ci@runner-7" in results[1].stdout and other.closed
+    assert "next: invoke migrate" in results[2].stdout
+    assert "verified: database is at" in results[3].stdout and current(db_conn) == [HEAD]
+
+
 def _conninfo(env: dict[str, str]) -> dict:
     return {"host": env["POSTGRES_HOST"], "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
             "password": env["POSTGRES_PASSWORD"], "dbname": env["POSTGRES_DB"]}
+
+
+def test_scenario_15_before_a_risky_deploy(invoke, ops_env, db_conn, tmp_path):
+    ini = make_project(tmp_path, "flag")  # ALTER TABLE comments + a non-concurrent index on it
+    env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_CACHE_DIR": str(tmp_path / "cache")}
+    assert invoke("migrate", "--to", HEAD, "--no-backup", env=env).returncode == 0
+    seed(db_conn)
+    results = Scenario(15, env, ini.parent).run({"reason": "3 comments, announced"})
+    assert "predicted duration" in results[0].stdout and "index_not_concurrent" in results[0].stdout
+    assert "rehearsal " in results[1].stdout and "verified" in results[1].stdout
+    assert current(db_conn) != [HEAD]
+

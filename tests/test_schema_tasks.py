@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 
-from tests.conftest import ALEMBIC_INI
-
-REVS = [r.revision for r in reversed(list(ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).walk_revisions()))]
-HEAD = REVS[-1]
-
-
-def version_rows(conn):
-    exists = conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0]
-    return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")] if exists else []
+from tests.fixtures.projects import SAMPLE_HEAD, SAMPLE_REVS, version_rows
 
 
 def test_current_on_an_empty_database(invoke):
@@ -26,37 +16,37 @@ def test_current_on_an_empty_database(invoke):
 
 def test_heads_and_history(invoke):
     done = invoke("heads")
-    assert done.returncode == 0 and done.stdout.startswith(HEAD)
+    assert done.returncode == 0 and done.stdout.startswith(SAMPLE_HEAD)
     done = invoke("history")
     lines = done.stdout.splitlines()
-    assert [ln.split()[2] for ln in lines[:6]] == REVS  # "  <down> -> <rev>"
+    assert [ln.split()[2] for ln in lines[:6]] == SAMPLE_REVS  # "  <down> -> <rev>"
     assert "(head)" in lines[5]
 
 
 # Every other start revision is covered by test_rollback's down-and-back-up loop.
-@pytest.mark.parametrize("start", ["base", REVS[3]])
+@pytest.mark.parametrize("start", ["base", SAMPLE_REVS[3]])
 def test_migrate_from_any_earlier_revision_reaches_head_verified(invoke, db_conn, start):
     if start != "base":
         assert invoke("migrate", "--to", start, "--no-backup").returncode == 0
         assert version_rows(db_conn) == [start]
     done = invoke("migrate", "--no-backup")
     assert done.returncode == 0, done.stderr
-    assert f"verified: database is at {HEAD}" in done.stdout
-    assert version_rows(db_conn) == [HEAD]
+    assert f"verified: database is at {SAMPLE_HEAD}" in done.stdout
+    assert version_rows(db_conn) == [SAMPLE_HEAD]
 
 
 def test_migrate_twice_is_a_verified_no_op(invoke, db_conn):
     assert invoke("migrate", "--no-backup").returncode == 0
     done = invoke("migrate")
     assert done.returncode == 0
-    assert "nothing to do" in done.stdout and version_rows(db_conn) == [HEAD]
+    assert "nothing to do" in done.stdout and version_rows(db_conn) == [SAMPLE_HEAD]
 
 
 def test_current_json_for_scripts(invoke):
     import json
     invoke("migrate", "--no-backup")
     st = json.loads(invoke("current", "--json").stdout)
-    assert st["current"] == [HEAD] and st["at_head"] is True and st["pending"] == []
+    assert st["current"] == [SAMPLE_HEAD] and st["at_head"] is True and st["pending"] == []
 
 
 def test_commands_are_printed_and_carry_no_password(invoke, ops_env):

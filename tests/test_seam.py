@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from dbops.config import load_settings
-from dbops.seam import PACKAGE_DIR, ComposeTarget, LocalTarget, target_for
+from dbops.errors import OpsError
+from dbops.seam import PACKAGE_DIR, ComposeTarget, LocalTarget, host, run, target_for
 from tests.conftest import ROOT
 
 SECRET = "s3cr3t-Pa55"
@@ -67,3 +70,62 @@ def test_password_with_url_special_characters_survives(tmp_path):
     t = target_for(make(tmp_path, DBOPS_TARGET="local", POSTGRES_PASSWORD="p@ss:w/rd#1"))
     from sqlalchemy.engine import make_url
     assert make_url(t.pg(["true"]).env["DATABASE_URL"]).password == "p@ss:w/rd#1"
+
+
+def test_how_to_reach_the_database_is_the_targets_answer(tmp_path):
+    assert target_for(make(tmp_path, DBOPS_TARGET="local")).reach_hint() == "pg_isready -h db.internal -p 6543"
+    compose = target_for(make(tmp_path, DBOPS_TARGET="compose", DBOPS_COMPOSE="podman-compose",
+                              DBOPS_DB_SERVICE="pg"))
+    assert compose.reach_hint() == "invoke up"
+    assert compose.not_ready_hint() == "podman-compose logs pg"
+
+
+def test_local_down_refuses_and_local_up_waits_for_the_server(ops_env):
+    local = target_for(load_settings(ROOT, environ=ops_env))
+    with pytest.raises(OpsError, match="not ours to stop"):
+        local.down()
+    local.up()  # the session's cluster answers pg_isready
+    closed = target_for(load_settings(ROOT, environ={**ops_env, "POSTGRES_PORT": "1"}))
+    with pytest.raises(OpsError, match="did not answer pg_isready within 0 s") as raised:
+        closed.wait_ready(timeout=0)
+    assert raised.value.next_command == f"pg_isready -h {ops_env['POSTGRES_HOST']} -p 1"
+
+
+def test_host_commands_are_announced_unless_quiet(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("DBOPS_QUIET", raising=False)
+    done = run(host(["echo", "hello"], cwd=tmp_path))
+    assert done.returncode == 0 and done.stdout == b"hello\n"
+    assert "$ echo hello" in capfd.readouterr().err
+    monkeypatch.setenv("DBOPS_QUIET", "1")
+    run(host(["echo", "hello"]))
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("host", ["db.example", "::1", "/var/run/postgresql"])
+def test_database_url_round_trips_through_sqlalchemy(tmp_path, host):
+    """DATABASE_URL is built without importing sqlalchemy; sqlalchemy must read it back exactly."""
+    from sqlalchemy.engine import make_url
+    t = target_for(make(tmp_path, DBOPS_TARGET="local", POSTGRES_USER="u s@r", POSTGRES_PASSWORD="p w%d?",
+                        POSTGRES_DB="d b/1", POSTGRES_HOST=host, POSTGRES_PORT="6543"))
+    u = make_url(t.pg(["true"]).env["DATABASE_URL"])
+    assert (u.username, u.password, u.database) == ("u s@r", "p w%d?", "d b/1")
+    assert (u.host, u.port) == (host, 6543) if not host.startswith("/") else u.query == {"host": host, "port": "6543"}
+
+
+def test_compose_up_builds_starts_the_db_service_and_waits_with_pg_isready(tmp_path, monkeypatch):
+    """Command construction: a stand-in compose records what up/down run."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "fake-compose"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(ComposeTarget, "_checked", False)
+    t = target_for(make(tmp_path, DBOPS_TARGET="compose", DBOPS_COMPOSE=str(fake),
+                        DBOPS_DB_SERVICE="pg", DBOPS_BACKEND_SERVICE="api"))
+    t.up(build=True)
+    t.down(volumes=True)
+    calls = log.read_text().splitlines()
+    assert calls[0] == "ps -q"  # the engine answers
+    assert calls[1:3] == ["build api", "up -d pg"]
+    assert calls[3].startswith("exec -T -e PGUSER=app -e PGDATABASE=shop pg pg_isready")
+    assert calls[4:] == ["down -v"]
+    assert SECRET not in log.read_text()

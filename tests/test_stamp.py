@@ -4,7 +4,7 @@ the recovery from an unknown version row."""
 from __future__ import annotations
 
 from tests.fixtures.projects import SAMPLE_HEAD, catalog, version_rows
-from tests.test_migrate import audit_records
+from tests.fixtures.records import audit_records
 
 
 def test_stamp_needs_confirmation_and_changes_only_the_version_row(invoke, db_conn, ops_env):

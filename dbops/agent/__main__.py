@@ -55,6 +55,12 @@ def main() -> None:
         serve(ctx, sys.stdin, out)
     finally:
         ctx.close()
+    # Served and every connection closed (the lock with it): skip the interpreter's teardown
+    # (module finalisers, garbage collection of sqlalchemy/alembic when loaded): the host
+    # waits for this exit, ~30 ms of every operation.
+    out.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -80,11 +80,14 @@ def begin(ctx, lock_wait: str = "60s") -> dict:
 
 
 @handler("backup.counts")
-def counts(ctx) -> dict:
+def counts(ctx, tables: list | None = None) -> dict:
+    """Every table's rows, or only ``tables`` ("schema.name": a touched backup's)."""
     conn = ctx.snapshot_conn
     if conn is None or conn.closed:
         raise AgentFailure("internal: backup.counts needs backup.begin first", kind="internal")
     try:
+        if tables is not None:
+            return {"tables": count_rows(conn, [tuple(q.split(".", 1)) for q in tables])}
         return {"tables": count_rows(conn)}
     except Exception as exc:
         raise AgentFailure(f"counting rows in the backup's snapshot failed: {one_line(exc)}",

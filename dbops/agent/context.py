@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ if TYPE_CHECKING:  # alembic is imported where it is used: a backup never needs 
 class AgentContext:
     def __init__(self, ini: str):
         self.ini = str(Path(ini).resolve())
-        self.operator = os.environ.get("DBOPS_OPERATOR", "unknown")
+        self.operator = "unknown"  # who runs dbops: the host says in "hello"
         self.purpose = "dbops"
         self._conn: psycopg.Connection | None = None
         self.lock_conn: psycopg.Connection | None = None  # set by lock.acquire, held to exit

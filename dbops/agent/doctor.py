@@ -1,4 +1,7 @@
-"""DB-side facts for invoke doctor: invalid indexes, sessions, locks, pg_dump running. (Issue 5.)
+"""DB-side facts for invoke doctor: the connection (classified by cause), the server's role
+(primary / standby / read-only), the dbops lock holder, invalid indexes, sessions, the locks
+they hold against the modes the pending revisions need, pg_dump running; ``doctor.models``
+compares the models with the live schema (alembic's autogenerate, read-only). (Issues 5, 15.)
 
 Read-only. Every part is measured on its own: one that fails is reported in ``errors``
 and the others are still answered (doctor must never crash at 3 a.m.).
@@ -12,10 +15,10 @@ import re
 from alembic import command
 from alembic.config import Config
 
-from dbops.agent import db
+from dbops.agent import db, lock, pglocks
 from dbops.agent.db import one_line
-from dbops.agent.protocol import handler
-from dbops.agent.recover import quiet_alembic
+from dbops.agent.protocol import AgentFailure, handler
+from dbops.agent.recover import quiet_alembic, script_failure
 from dbops.agent.status import status as status_handler
 
 SESSIONS_SQL = """
@@ -32,7 +35,8 @@ ORDER BY xact_start NULLS LAST
 
 LOCKS_SQL = """
 SELECT l.pid, n.nspname, c.relname, l.mode, l.granted, a.application_name, a.state,
-       extract(epoch FROM now() - a.xact_start)::int
+       extract(epoch FROM now() - a.xact_start)::int,
+       left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120)
 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_stat_activity a ON a.pid = l.pid
@@ -79,28 +83,146 @@ def pending_sql(ctx, current: list[str]) -> str:
     return buf.getvalue()
 
 
+SERVER_SQL = """
+SELECT pg_is_in_recovery(), current_setting('transaction_read_only'),
+       (SELECT source FROM pg_settings WHERE name = 'default_transaction_read_only'),
+       current_setting('default_transaction_read_only')
+"""
+
+PRIMARY_SQL = "SELECT sender_host, sender_port FROM pg_stat_wal_receiver"
+
+INDEX_TABLE_SQL = """
+SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+WHERE i.indexrelid = to_regclass(%s)
+"""
+
+# libpq / server messages by cause (the SQLSTATE is not always there on a failed connect).
+CONNECT_CAUSES = (
+    ("database_missing", ("3D000",), (r'database ".*" does not exist',)),
+    ("auth", ("28P01", "28000"), (r"password authentication failed", r"no pg_hba\.conf entry",
+                                  r'role ".*" does not exist', r"no password supplied",
+                                  r"authentication failed", r"is not permitted to log in")),
+    ("too_many", ("53300",), (r"too many connections", r"too many clients",
+                              r"remaining connection slots are reserved")),
+    ("starting", ("57P03",), (r"the database system is (starting up|shutting down|in recovery)",)),
+    ("refused", (), (r"Connection refused", r"No such file or directory", r"could not translate host",
+                     r"timeout expired", r"Network is unreachable", r"No route to host",
+                     r"could not connect to server", r"server closed the connection")),
+)
+
+
+def connect_cause(exc: BaseException) -> str:
+    """refused / auth / too_many / database_missing / starting / other."""
+    state = getattr(exc, "sqlstate", None)
+    text = str(exc)
+    for cause, states, patterns in CONNECT_CAUSES:
+        if state in states or any(re.search(p, text, re.IGNORECASE) for p in patterns):
+            return cause
+    return "other"
+
+
+def connection(ctx) -> dict:
+    """Can the agent connect, and if not, why (the first question doctor answers)."""
+    try:
+        ctx.conn.execute("SELECT 1")
+    except Exception as exc:
+        message = db.one_line(exc)
+        full = str(exc)
+        return {"ok": False, "cause": connect_cause(exc), "error": message,
+                "too_many_for_role": bool(re.search(r"too many connections for role", full)),
+                "too_many_for_database": bool(re.search(r"too many connections for database", full)),
+                "user": db.params().get("user"), "database": db.database()}
+    return {"ok": True}
+
+
+def server(ctx) -> dict:
+    recovery, ro, ro_source, default_ro = ctx.conn.execute(SERVER_SQL).fetchone()
+    out = {"in_recovery": recovery, "read_only": ro == "on", "default_read_only": default_ro == "on",
+           "read_only_source": ro_source, "primary": None}
+    if recovery:
+        row = ctx.conn.execute(PRIMARY_SQL).fetchone()
+        if row and row[0]:
+            out["primary"] = {"host": row[0], "port": row[1]}
+    return out
+
+
+def dbops_lock() -> dict | None:
+    """Who holds this database's dbops lock (pid, application = dbops:<purpose> <operator>,
+    user, client, since), or None."""
+    conn = db.connect(lock.maintenance_db(), application_name="dbops:doctor lock check")
+    try:
+        h = lock.holder(conn, db.database())
+        if h is not None:
+            app = h.get("application_name") or ""
+            m = re.match(r"dbops:(\S+)\s*(.*)", app)
+            h["purpose"], h["operator"] = (m.group(1), m.group(2)) if m else (None, None)
+        return h
+    finally:
+        conn.close()
+
+
+def needed_locks(ctx, sql: str) -> dict[str, list[str]]:
+    """{table: [modes]} the pending revisions' SQL takes (pglocks.modes_for_sql); a DROP INDEX
+    is resolved to its table. The seam for a rehearsal record: when one exists for these
+    revisions, its measured locks can replace this estimate."""
+    out: dict[str, set[str]] = {}
+    for key, modes in pglocks.modes_for_sql(sql).items():
+        if key.startswith("index:"):
+            row = ctx.conn.execute(INDEX_TABLE_SQL, (key.split(":", 1)[1],)).fetchone()
+            if not row:
+                continue
+            key = row[0]
+        out.setdefault(key, set()).update(modes)
+    return {t: sorted(m, key=pglocks.MODES.index) for t, m in out.items()}
+
+
 @handler("doctor.facts")
 def facts(ctx, long_query_seconds: int = 300) -> dict:
-    out: dict = {"errors": {}, "error_kinds": {}}
+    out: dict = {"errors": {}, "error_kinds": {}, "database": db.database()}
+    out["connection"] = connection(ctx)
+    if not out["connection"]["ok"]:
+        out["status"] = None
+        out["errors"]["status"] = out["connection"]["error"]
+        out["error_kinds"]["status"] = "connect"
+        return out
 
     def part(name, fn):
         try:
             out[name] = fn()
+        except AgentFailure as exc:
+            out[name] = None
+            out["errors"][name] = exc.message
+            out["error_kinds"][name] = exc.kind
+            if exc.details:
+                out.setdefault("error_details", {})[name] = exc.details
         except Exception as exc:
             out[name] = None
             out["errors"][name] = one_line(exc)
             out["error_kinds"][name] = getattr(exc, "kind", "internal")
 
-    with quiet_alembic():
-        part("status", lambda: status_handler(ctx))
-    st = out.get("status") or {}
+    part("server", lambda: server(ctx))
+    part("dbops_lock", lambda: dbops_lock())
 
-    def pending_tables():
+    def status():
+        try:
+            list(ctx.script().walk_revisions())  # a revision file that does not parse
+        except Exception as exc:
+            raise script_failure(ctx, exc) from None
+        with quiet_alembic():
+            return status_handler(ctx)
+
+    part("status", status)
+    st = out.get("status") or {}
+    sql = {}
+
+    def pending():
         if not st or not st.get("pending") or st.get("unknown_current"):
             return []
-        return tables_in_sql(pending_sql(ctx, st["current"]))
+        sql["text"] = pending_sql(ctx, st["current"])
+        return tables_in_sql(sql["text"])
 
-    part("pending_tables", pending_tables)
+    part("pending_tables", pending)
+    part("pending_locks", lambda: needed_locks(ctx, sql["text"]) if sql.get("text") else {})
 
     def invalid_indexes():
         return [{**i, "index": i["name"] if i["schema"] == "public" else f"{i['schema']}.{i['name']}"}
@@ -118,13 +240,14 @@ def facts(ctx, long_query_seconds: int = 300) -> dict:
     part("sessions", sessions)
 
     def locks():
-        tables = out.get("pending_tables") or []
+        tables = sorted(set(out.get("pending_tables") or []) | set(out.get("pending_locks") or {}))
         if not tables:
             return []
         rows = ctx.conn.execute(LOCKS_SQL, (tables,)).fetchall()
         return [{"pid": p, "table": t if s == "public" else f"{s}.{t}", "mode": m,
-                 "granted": g, "application_name": app, "state": stt, "xact_seconds": xs}
-                for p, s, t, m, g, app, stt, xs in rows]
+                 "granted": g, "application_name": app, "state": stt, "xact_seconds": xs,
+                 "query": q}
+                for p, s, t, m, g, app, stt, xs, q in rows]
 
     part("locks", locks)
 
@@ -134,5 +257,14 @@ def facts(ctx, long_query_seconds: int = 300) -> dict:
                 for p, app, d, u, since, secs in ctx.conn.execute(PG_DUMP_SQL).fetchall()]
 
     part("pg_dump", pg_dumps)
-    out["database"] = db.database()
     return out
+
+
+@handler("doctor.models")
+def models(ctx) -> dict:
+    """The models (env.py's target_metadata) against the live schema: alembic's autogenerate
+    comparison, read-only. Only meaningful at head (alembic refuses otherwise)."""
+    from dbops.agent.migration import model_diff, quiet
+
+    with quiet():
+        return {"diff": model_diff(ctx)}

@@ -30,8 +30,6 @@ import hashlib
 import json
 import re
 
-from dbops.agent.protocol import handler
-
 FORMAT = 1
 VERSION_TABLE = "alembic_version"
 
@@ -300,9 +298,3 @@ def diff(expected: dict, live: dict) -> list[str]:
                 out.append(f"{kind} {name} differs: {lv!r}, expected {ev!r}")
     return out
 
-
-# --- agent handler -------------------------------------------------------------
-@handler("fingerprint.live")
-def live(ctx) -> dict:
-    fp = collect(ctx.conn)
-    return {"fingerprint": fp, "hash": digest(fp), "summary": summary(fp)}

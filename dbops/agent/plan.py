@@ -164,14 +164,17 @@ def ancestors(script, current: list[str]) -> list[str]:
 
 # --- what a downgrade does ------------------------------------------------------------
 LOSS_SQL = [
-    (re.compile(r"\bDROP\s+TABLE\b\s+(?:IF\s+EXISTS\s+)?([\w.\"]+)", re.I), "drops table {}"),
+    (re.compile(r"\bDROP\s+TABLE\b\s+(?:IF\s+EXISTS\s+)?([\w.\"]+)", re.I), "drops table"),
     (re.compile(r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?([\w.\"]+)\s+DROP\s+(?:COLUMN\s+)?"
-                r"(?!CONSTRAINT\b)(?:IF\s+EXISTS\s+)?([\w\"]+)", re.I), "drops column {}.{}"),
-    (re.compile(r"\bTRUNCATE\b\s+(?:TABLE\s+)?([\w.\"]+)", re.I), "truncates {}"),
-    (re.compile(r"\bDELETE\s+FROM\s+([\w.\"]+)", re.I), "deletes rows from {}"),
+                r"(?!CONSTRAINT\b)(?:IF\s+EXISTS\s+)?([\w\"]+)", re.I), "drops column"),
+    (re.compile(r"\bTRUNCATE\b\s+(?:TABLE\s+)?([\w.\"]+)", re.I), "truncates"),
+    (re.compile(r"\bDELETE\s+FROM\s+([\w.\"]+)", re.I), "deletes rows from"),
     (re.compile(r"\bDROP\s+(?:MATERIALIZED\s+VIEW|SCHEMA|TYPE|SEQUENCE)\b\s+(?:IF\s+EXISTS\s+)?"
-                r"([\w.\"]+)", re.I), "drops {}"),
+                r"([\w.\"]+)", re.I), "drops"),
 ]
+LOSS_TEXT = {"drops table": "drops table {}", "drops column": "drops column {}.{}",
+             "truncates": "truncates {}", "deletes rows from": "deletes rows from {}",
+             "drops": "drops {}"}
 
 
 def _downgrade_body(rev) -> tuple[str, list[str]]:
@@ -210,9 +213,54 @@ def offline_sql(ctx, rng: str, *, down: bool = False) -> str:
     return buf.getvalue()
 
 
-def downgrade_effects(ctx, rev) -> dict:
+# Statements after which the live row counts no longer say what a later step will drop.
+WRITES_SQL = re.compile(r"\b(INSERT\s+INTO|UPDATE\s+[\w.\"]+\s+SET|COPY|RENAME)\b", re.I)
+COUNT_TIMEOUT = "5s"
+
+
+def _ident(name: str):
+    from psycopg import sql
+    return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
+
+
+def count_loss(conn, what: str, names: tuple[str, ...]) -> int | None:
+    """Rows (drops/truncates/deletes from a table) or non-NULL values (drops a column) that
+    ``what`` would lose in the live database; None when they cannot be counted (no such
+    table yet, a lock held, too slow, or a kind of object whose data cannot be counted)."""
+    from psycopg import sql
+    if what == "drops column" and len(names) == 2:
+        q = sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
+            _ident(names[0]), sql.Identifier(names[1]))
+    elif what in ("drops table", "truncates", "deletes rows from") and len(names) == 1:
+        q = sql.SQL("SELECT count(*) FROM {}").format(_ident(names[0]))
+    else:
+        return None
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT set_config('statement_timeout', %s, true), "
+                         "set_config('lock_timeout', '2s', true)", [COUNT_TIMEOUT])
+            return int(conn.execute(q).fetchone()[0])
+    except Exception:  # noqa: BLE001 - "cannot count" is an answer: the plan keeps refusing
+        return None
+
+
+def _measure(conn, what: str, names: tuple[str, ...], trusted: bool) -> tuple[str, bool]:
+    """("drops table user_sessions: 0 rows", loses_data)."""
+    text = LOSS_TEXT[what].format(*names)
+    n = count_loss(conn, what, names) if trusted and conn is not None else None
+    if n is None:
+        why = "an earlier step writes data first" if not trusted else "cannot count"
+        return f"{text} ({why}: assume it drops data)", True
+    unit = "non-NULL value" if what == "drops column" else "row"
+    return f"{text}: {n} {unit}{'' if n == 1 else 's'}", n > 0
+
+
+def downgrade_effects(ctx, rev, *, trusted: bool = True) -> dict:
+    """What the downgrade of ``rev`` does; ``data_loss`` lists what would actually be lost
+    (counted in the live database, or not countable), ``drops_empty`` what is dropped empty.
+    ``trusted`` False: an earlier step writes data, so live counts say nothing."""
     kind, calls = _downgrade_body(rev)
-    out = {"body": kind, "data_loss": [], "sql_error": None}
+    out = {"body": kind, "data_loss": [], "drops_empty": [], "sql_error": None, "writes": False}
     if kind in ("empty", "not_implemented"):
         return out
     try:
@@ -220,13 +268,21 @@ def downgrade_effects(ctx, rev) -> dict:
     except Exception as exc:  # a downgrade that needs a live connection: judge from the source
         out["sql_error"] = one_line(exc)
         sql = ""
+    conn = None
+    try:
+        conn = ctx.conn
+    except Exception:  # noqa: BLE001 - no connection: nothing can be counted
+        pass
     for stmt in re.split(r";\s*\n", sql):
         if "alembic_version" in stmt:
             continue
-        for pattern, text in LOSS_SQL:
+        out["writes"] = out["writes"] or bool(WRITES_SQL.search(stmt))
+        for pattern, what in LOSS_SQL:
             for m in pattern.finditer(stmt):
-                out["data_loss"].append(text.format(*(g.strip('"') for g in m.groups())))
+                text, loses = _measure(conn, what, tuple(g.strip('"') for g in m.groups()), trusted)
+                out["data_loss" if loses else "drops_empty"].append(text)
     if out["sql_error"]:
+        out["writes"] = True
         for call in calls:
             if call in ("drop_table", "drop_column", "execute"):
                 out["data_loss"].append(f"op.{call}(...) (could not render its SQL offline: "
@@ -237,13 +293,15 @@ def downgrade_effects(ctx, rev) -> dict:
 def downgrade_steps(ctx, script, current: str, target) -> list[dict]:
     lower = target.revision if target is not None else "base"
     steps = []
+    trusted = True
     for rev in script.iterate_revisions(current, lower):
         if isinstance(rev.down_revision, (tuple, list)):
             raise AgentFailure(f"rolling back across the merge revision {rev.revision} is not "
                                f"supported here: use alembic downgrade directly",
                                kind="unsupported", revision=rev.revision)
         step = info(rev)
-        step.update(downgrade_effects(ctx, rev))
+        step.update(downgrade_effects(ctx, rev, trusted=trusted))
+        trusted = trusted and not step["writes"]
         steps.append(step)
     return steps
 

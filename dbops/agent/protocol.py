@@ -19,8 +19,8 @@ HANDLERS: dict[str, Callable[..., Any]] = {}
 MODULES = {
     "hello": "session", "lock": "lock", "status": "status", "backup": "backup",
     "restore": "restore", "migrate": "migration", "stamp": "migration", "check": "migration",
-    "plan": "plan", "revisions": "plan", "fingerprint": "fingerprint", "recover": "recover",
-    "doctor": "doctor",
+    "plan": "plan", "revisions": "plan", "recover": "recover",
+    "doctor": "doctor", "touched": "touched", "putback": "putback", "rehearse": "rehearse",
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -67,9 +68,51 @@ def version_table_exists(conn, table: str = fingerprint.VERSION_TABLE) -> bool:
                         (table,)).fetchone()[0]
 
 
+CONFLICT_MARKER = re.compile(r"^(<<<<<<<|=======|>>>>>>>)( |$)")
+
+
+def script_failure(ctx, exc: BaseException) -> AgentFailure:
+    """A script directory that cannot be read (a revision file that does not parse, e.g. with
+    merge-conflict markers committed; an import error; a broken chain) as an AgentFailure of
+    kind "script" naming the file, the line and the conflict markers found."""
+    path = getattr(exc, "filename", None)
+    line = getattr(exc, "lineno", None)
+    if path is None:  # an ImportError or NameError inside a revision file: find it in the traceback
+        tb = exc.__traceback__
+        versions = str(Path(ctx.script().versions).resolve()) if _safe_versions(ctx) else None
+        while tb is not None:
+            f = tb.tb_frame.f_code.co_filename
+            if versions and f.startswith(versions):
+                path, line = f, tb.tb_lineno
+            tb = tb.tb_next
+    markers = []
+    if path:
+        try:
+            markers = [i for i, ln in enumerate(Path(path).read_text(errors="replace").splitlines(), 1)
+                       if CONFLICT_MARKER.match(ln)]
+        except OSError:
+            pass
+    what = type(exc).__name__ + ": " + (getattr(exc, "msg", None) or one_line(exc))
+    where = f"{path}" + (f", line {line}" if line else "") if path else "the script directory"
+    why = (f"merge-conflict markers at line(s) {', '.join(map(str, markers))}" if markers else what)
+    return AgentFailure(f"the revision scripts cannot be read: {where}: {why}", kind="script",
+                        file=path, line=line, conflict_markers=markers, error=what)
+
+
+def _safe_versions(ctx) -> bool:
+    try:
+        return bool(ctx.script().versions)
+    except Exception:
+        return False
+
+
 @handler("recover.inspect")
 def inspect(ctx) -> dict:
     script = ctx.script()
+    try:
+        history = chain(script)
+    except Exception as exc:
+        raise script_failure(ctx, exc) from None
     try:
         conn = ctx.conn
         server, num = conn.execute("SELECT current_setting('server_version'), "
@@ -87,7 +130,7 @@ def inspect(ctx) -> dict:
     env_py = Path(script.dir) / "env.py"
     return {"database": db.database(), "server_version": server, "server_major": num // 10000,
             "version_table": has_table, "current": current,
-            "heads": sorted(script.get_heads()), "chain": chain(script),
+            "heads": sorted(script.get_heads()), "chain": history,
             "env_sha256": file_sha256(str(env_py)),
             "live": {"fingerprint": fp, "hash": fingerprint.digest(fp),
                      "summary": fingerprint.summary(fp)}}
@@ -106,7 +149,7 @@ def passes(script) -> list[list[str]]:
 def upgrade_one(cfg, script, rev: str) -> None:
     """``alembic upgrade REV`` as alembic.command.upgrade does it, but with one ScriptDirectory
     for the whole pass (command.upgrade re-reads every revision file on each call: quadratic)."""
-    def fn(current, context):
+    def fn(current, _context):
         return script._upgrade_revs(rev, current)
 
     with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None,

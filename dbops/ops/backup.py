@@ -14,31 +14,33 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbops import catalog, seam
+from dbops import catalog, config, seam
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings, operator
 from dbops.errors import OpsError
+from dbops.ops.output import Out, print_note
+from dbops.progress import ByteProgress
 
 CHUNK = 1 << 20
-REASONS = ("manual", "pre-migrate", "pre-rollback", "pre-restore", "pre-recover", "pre-stamp")
-
 # Runs next to the server (db container, or this machine). Positional args:
 #   $1 snapshot  $2 server major  $3 custom|directory  $4 jobs  $5 compression (auto|pg_dump -Z)
 #   $6 --lock-wait-timeout for pg_dump's ACCESS SHARE locks (fail, rather than queue forever)
+#   $7… more pg_dump options (a touched backup: --exclude-table-data for every untouched table)
 # The archive goes to stdout; dbops:key=value markers and pg tools' messages to stderr.
 DUMP_SCRIPT = r"""
 # dbops backup: pg_dump on the snapshot, read back in full as it streams
 set -u
 snap=$1; server_major=$2; fmt=$3; jobs=$4; z=$5; lockwait=$6
+shift 6  # the rest: more pg_dump options (a touched backup's --exclude-table-data=…)
 v=$(pg_dump --version 2>&1) || { echo "dbops:error=pg_dump not found: $v" >&2; exit 69; }
 echo "dbops:pg_dump_version=$v" >&2
-major=$(echo "$v" | sed -n 's/^pg_dump (PostgreSQL) \([0-9][0-9]*\).*/\1/p')
+# the major version without another process: "pg_dump (PostgreSQL) 15.4 (Debian …)" -> 15
+case "$v" in "pg_dump (PostgreSQL) "[0-9]*) major=${v#pg_dump (PostgreSQL) }; major=${major%%[!0-9]*} ;; *) major= ;; esac
 if [ -z "$major" ] || [ "$major" -lt "$server_major" ]; then
   echo "dbops:too_old=${major:-unknown}" >&2; exit 68
 fi
@@ -52,7 +54,8 @@ if [ "$z" = auto ]; then
 fi
 echo "dbops:compression=$z" >&2
 # leftovers of a dump whose shell was killed outright (a day old: no backup runs that long here)
-find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-backup.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null
+# (in the background: it never touches this run's folder, and the dump need not wait for it)
+find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-backup.*' -mmin +1440 -exec rm -rf {} + >/dev/null 2>&1 &
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-backup.XXXXXX") || { echo "dbops:error=mktemp failed" >&2; exit 70; }
 trap 'rm -rf "$tmp"' EXIT
 # PIPE too: if the host dies, writing a marker to stderr must still end in the cleanup
@@ -61,11 +64,11 @@ trap 'exit 141' PIPE
 mkfifo "$tmp/verify" || exit 70
 if [ "$fmt" = custom ]; then
   pg_restore -f /dev/null < "$tmp/verify" & vpid=$!
-  { pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fc -Z "$z"; echo "dbops:dump_exit=$?" >&2; } |
+  { pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fc -Z "$z" "$@"; echo "dbops:dump_exit=$?" >&2; } |
     { tee "$tmp/verify"; echo "dbops:stream_exit=$?" >&2; }
   wait $vpid; echo "dbops:verify_exit=$?" >&2
 else
-  pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fd -j "$jobs" -Z "$z" --no-sync -f "$tmp/d"
+  pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fd -j "$jobs" -Z "$z" --no-sync -f "$tmp/d" "$@"
   rc=$?; echo "dbops:dump_exit=$rc" >&2
   [ "$rc" -eq 0 ] || exit 1
   echo "dbops:dumped" >&2
@@ -79,23 +82,14 @@ fi
 MARKER = re.compile(r"^dbops:([a-z_]+)(?:=(.*))?$")
 
 
-def compression_setting(settings: Settings, value: str | None = None,
-                        key: str = "DBOPS_BACKUP_COMPRESSION") -> str:
-    z = (value if value is not None else settings.value(key, "auto")).strip().lower()
-    if z == "none":
-        z = "0"
-    if not re.fullmatch(r"auto|[0-9]|(gzip|lz4|zstd|none)(:[a-z0-9=,_-]+)?", z):
-        raise OpsError(f"{key}={z!r} is not auto, 0-9, none, or a pg_dump -Z "
-                       f"spec such as gzip:1, lz4, zstd:3", next_command="fix it in .env")
-    return z
-
-
-def lock_wait(settings: Settings) -> str:
-    """How long pg_dump waits for a table lock held by someone else (e.g. a manual ALTER)."""
-    v = settings.value("DBOPS_BACKUP_LOCK_WAIT", "60s")
-    if not re.fullmatch(r"\d+(ms|s|min|h)?", v):
-        raise OpsError(f"DBOPS_BACKUP_LOCK_WAIT={v!r} is not a duration such as 60s or 5min")
-    return v
+def compression_setting(settings: Settings, value: str | None = None) -> str:
+    """--compression when given (checked like the setting), else DBOPS_BACKUP_COMPRESSION."""
+    if value is None:
+        return settings.get("DBOPS_BACKUP_COMPRESSION")
+    try:
+        return config.COMPRESSION_TYPE(value)
+    except ValueError as exc:
+        raise OpsError(f"--compression={value!r} {exc}", state="unchanged") from None
 
 
 def fmt_bytes(n: float) -> str:
@@ -122,16 +116,20 @@ def sweep_partials(settings: Settings, database: str) -> list[str]:
     return removed
 
 
-def check_free_space(settings: Settings, database: str, database_size: int, z: str = "auto") -> dict:
+def check_free_space(settings: Settings, database: str, database_size: int, z: str = "auto",
+                     partial_bytes: int | None = None) -> dict:
     """Refuse before dumping when the folder cannot hold the expected dump plus a reserve."""
     free = shutil.disk_usage(settings.backup_dir).free
     last = catalog.newest_verified(settings, database)
+    if partial_bytes is not None:  # a touched backup: the touched tables' size on disk
+        last = None
+        database_size = partial_bytes if z in ("0", "none") else partial_bytes * 2
     if z in ("0", "none"):  # uncompressed: about the table data, at most the database's size
         last = None
         estimate = database_size
     else:
         estimate = int(last["size"] * 1.25) if last else database_size // 2
-    reserve = int(float(settings.value("DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000)
+    reserve = int(settings.get("DBOPS_BACKUP_RESERVE_MB") * 1_000_000)
     if free < estimate + reserve:
         basis = ("the last backup's size + 25%" if last else
                  "the database size (uncompressed)" if z in ("0", "none") else "half the database size")
@@ -144,23 +142,7 @@ def check_free_space(settings: Settings, database: str, database_size: int, z: s
     return {"free": free, "estimate": estimate}
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
-        self.last = 0.0
-        self.started = time.monotonic()
-
-    def update(self, done: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self.last < 0.5):
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-6)
-        print(f"\r  {fmt_bytes(done)} written (database {fmt_bytes(self.total)} on disk), "
-              f"{fmt_bytes(rate)}/s   ", end="\n" if final else "", file=sys.stderr, flush=True)
-
-
-def _pump(src, fd: int, state: dict, progress: _Progress) -> None:
+def _pump(src, fd: int, state: dict, progress: ByteProgress) -> None:
     """Copy the archive from the dump's stdout into the .partial file, hashing it.
     One preallocated buffer (readv into it): no allocation per read."""
     import hashlib
@@ -231,11 +213,14 @@ def _remove(*paths: Path) -> None:
 
 def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | None = None,
                 prune: bool = True, progress: bool | None = None,
-                compression: str | None = None) -> dict:
+                compression: str | None = None, touched: dict | None = None,
+                warn: Out = print_note) -> dict:
     """A verified backup of the live database through an open agent that holds the dbops lock.
     Returns {"path", "manifest", "manifest_path", "pruned", "swept"}; raises OpsError and leaves
     nothing valid-looking behind on any failure. ``compression`` overrides
-    DBOPS_BACKUP_COMPRESSION (a pg_dump -Z spec, or auto)."""
+    DBOPS_BACKUP_COMPRESSION (a pg_dump -Z spec, or auto). ``touched`` (the agent's touched.trace
+    answer) makes a PARTIAL backup: the whole schema, the data of the touched tables only
+    (every other table's data excluded), the same verification, a manifest marked partial."""
     if jobs is not None and jobs < 1:
         raise OpsError("--jobs must be 1 or more")
     z = compression_setting(settings, compression)
@@ -243,14 +228,15 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
     started = datetime.now(UTC)
     t0 = time.monotonic()
     try:
-        info = agent.call("backup.begin", lock_wait=lock_wait(settings))
+        info = agent.call("backup.begin", lock_wait=settings.get("DBOPS_BACKUP_LOCK_WAIT"))
     except AgentError as exc:
         raise OpsError(f"backup not started: {exc.message}", state="unchanged",
                        next_command="invoke current   # is the database reachable?") from None
     database = info["database"]
     try:
         swept = sweep_partials(settings, database)
-        check_free_space(settings, database, info["database_size"], z)
+        check_free_space(settings, database, info["database_size"], z,
+                         partial_bytes=touched.get("bytes", 0) if touched else None)
         fmt = "directory" if jobs else "custom"
         name = catalog.base_name(database, started, info["revisions"], reason)
         suffix = ".dir.tar" if jobs else ".dump"
@@ -261,8 +247,7 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
         final = folder / (name + suffix)
         partial = folder / f".{final.name}.partial"
         result = _dump(settings, agent, info, partial, final, fmt=fmt, jobs=jobs or 1, z=z,
-                       progress=(sys.stdout.isatty() and sys.stderr.isatty())
-                       if progress is None else progress)
+                       touched=touched, progress=progress)
     finally:
         try:
             agent.call("backup.end")
@@ -285,6 +270,11 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
         "verification": {"ok": True, "method": "pg_restore full read of the stream as it was "
                          "written (tee), same pass as the dump", "at": utc_iso(finished)},
     }
+    if touched:  # "tables" then holds the touched tables only: what a put-back checks
+        manifest["partial"] = True
+        manifest["touched"] = {"tables": touched["tables"], "sequences": touched["sequences"],
+                               "why": touched["relations"], "excluded_tables": touched["excluded_tables"],
+                               "lossy": touched.get("lossy", {}), "revisions": touched.get("revisions", [])}
     mpath = catalog.manifest_path(final)
     try:
         catalog.write_json_atomic(mpath, manifest)
@@ -298,17 +288,26 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
         try:
             pruned = retention.apply(settings, database)
         except Exception as exc:  # retention never fails a good backup
-            print(f"warning: retention skipped: {exc}", file=sys.stderr)
+            warn(f"warning: retention skipped: {exc}")
     return {"path": str(final), "manifest": manifest, "manifest_path": str(mpath),
             "pruned": pruned, "swept": swept}
 
 
+def exclude_pattern(qualified: str) -> str:
+    """A pg_dump table pattern matching exactly "schema.table" (both quoted: no wildcards)."""
+    schema, name = qualified.split(".", 1)
+    return ".".join('"' + p.replace('"', '""') + '"' for p in (schema, name))
+
+
 def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Path, *, fmt: str,
-          jobs: int, z: str, progress: bool) -> dict:
+          jobs: int, z: str, progress: bool, touched: dict | None = None) -> dict:
     target = agent.target
     server_major = info["server_version_num"] // 10000
+    extra = [f"--exclude-table-data={exclude_pattern(q)}" for q in touched["excluded_tables"]] \
+        if touched else []
     launch = target.pg(["sh", "-c", DUMP_SCRIPT, "dbops-backup", info["snapshot"],
-                        str(server_major), fmt, str(jobs), z, lock_wait(settings)])
+                        str(server_major), fmt, str(jobs), z, settings.get("DBOPS_BACKUP_LOCK_WAIT"),
+                        *extra])
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     fd_open = True
     state: dict = {}
@@ -320,14 +319,14 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
                           stderr=subprocess.PIPE, start_new_session=True)
         _widen_pipe(proc.stdout)
         pump = threading.Thread(target=_pump, args=(proc.stdout, fd, state,
-                                                    _Progress(info["database_size"], progress)),
+                                                    ByteProgress(f"dumping {info['database']}", info["database_size"], progress)),
                                 daemon=True)
         drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
         pump.start()
         drain.start()
         counts_error = None
         try:
-            tables = agent.call("backup.counts")["tables"]
+            tables = agent.call("backup.counts", tables=touched["tables"] if touched else None)["tables"]
         except OpsError as exc:
             counts_error, tables = exc, {}
         while pump.is_alive():
@@ -348,7 +347,8 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
                 markers[m.group(1)] = m.group(2) or ""
             elif line.strip():
                 messages.append(seam.mask(line, settings.secrets()))
-        problem = _diagnose(settings, rc, markers, state, counts_error, fmt)
+        markers.setdefault("server_version", info["server_version"])
+        problem = _diagnose(settings, rc, markers, state, counts_error)
         if problem:
             if "write_error" in state:  # we stopped the dump ourselves: its complaints are noise
                 messages = [m for m in messages if m.strip() not in ("Terminated", "pg_dump: terminated by user")]
@@ -373,11 +373,12 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
             _remove(partial, final)
 
 
-def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_error, fmt: str) -> str | None:
+def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_error) -> str | None:
     if "too_old" in markers:
-        return (f"pg_dump {markers.get('too_old')} (where pg tools run: "
-                f"{markers.get('pg_dump_version', '?')}) is older than the server's major version; "
-                f"pg_dump must be at least the server's version")
+        m = re.search(r"\) (\S+)", markers.get("pg_dump_version", ""))
+        return (f"pg_dump {m.group(1) if m else markers['too_old']} is older than the server "
+                f"(PostgreSQL {markers['server_version']}): pg_dump must be at least the server's "
+                f"major version; refused before dumping, nothing was dumped")
     if "write_error" in state:
         exc = state["write_error"]
         what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
@@ -400,16 +401,17 @@ def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_er
 
 
 def _next_for(problem: str, settings: Settings) -> str:
-    if problem.startswith("pg_dump") and "older" in problem:
-        return ("install a pg_dump at least as new as the server and set DBOPS_PG_BINDIR to its "
-                "folder, or use DBOPS_TARGET=compose (pg_dump runs in the db container)")
+    too_old = re.search(r"older than the server \(PostgreSQL (\d+)", problem)
+    if too_old:
+        return (f"install pg_dump {too_old.group(1)} or newer and set DBOPS_PG_BINDIR to its "
+                f"folder, or use DBOPS_TARGET=compose (pg_dump runs in the db container)")
     if problem.startswith("writing"):
         return f"df -h {settings.backup_dir}   # free space, then re-run: invoke backup"
     return "invoke current   # is the server up? then re-run: invoke backup"
 
 
 def backup(settings: Settings, *, reason: str = "manual", jobs: int | None = None,
-           prune: bool = True) -> dict:
+           prune: bool = True, warn: Out = print_note) -> dict:
     """Standalone ``invoke backup``: its own agent, the lock with purpose "backup"."""
     with Agent(settings) as agent:
         try:
@@ -417,4 +419,4 @@ def backup(settings: Settings, *, reason: str = "manual", jobs: int | None = Non
         except AgentError as exc:
             raise OpsError(exc.message, state="unchanged",
                            next_command="wait for it to finish, then re-run: invoke backup") from None
-        return take_backup(settings, agent, reason, jobs=jobs, prune=prune)
+        return take_backup(settings, agent, reason, jobs=jobs, prune=prune, warn=warn)

@@ -16,25 +16,23 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import tomllib
 from pathlib import Path
 
+from dbops import seam
 from dbops.agent_client import Agent
 from dbops.config import Settings
 from dbops.errors import OpsError
-from dbops.ops.migrate import Out, _print
+from dbops.ops.output import Out, print_line
 from dbops.ops.status import call_status
 
-# Style rules (column types), not locking or safety: off unless DBOPS_SQUAWK_EXCLUDE says otherwise.
-DEFAULT_EXCLUDE = "prefer-bigint-over-int,prefer-bigint-over-smallint,prefer-identity,prefer-text-field"
 MARKER = re.compile(r"#\s*squawk-accept:\s*([\w\-, ]+?)\s*(?:--\s*(.*))?$", re.M)
 
 
 def squawk_binary(settings: Settings) -> str | None:
-    configured = settings.raw.get("DBOPS_SQUAWK")
+    configured = settings.get("DBOPS_SQUAWK")
     if configured:
         return configured
     beside = Path(sys.executable).parent / "squawk"
@@ -48,7 +46,7 @@ def accepted(settings: Settings, revisions: list[dict]) -> dict[tuple[str, str],
         for m in MARKER.finditer(r.get("source") or ""):
             for rule in filter(None, (x.strip() for x in m.group(1).split(","))):
                 out[(r["revision"], rule)] = (m.group(2) or "marked in the revision file").strip()
-    path = Path(settings.raw.get("DBOPS_SQUAWK_ACCEPT") or settings.project_dir / "squawk-accept.toml")
+    path = settings.get("DBOPS_SQUAWK_ACCEPT")
     if path.is_file():
         try:
             data = tomllib.loads(path.read_text())
@@ -76,8 +74,8 @@ def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None
     header = (f"-- dbops runs every migration with these (PGOPTIONS)\n"
               f"SET lock_timeout = '{settings.lock_timeout}';\n"
               f"SET statement_timeout = '{settings.statement_timeout}';\n")
-    exclude = settings.raw.get("DBOPS_SQUAWK_EXCLUDE", DEFAULT_EXCLUDE)
-    cfg = Path(settings.raw.get("DBOPS_SQUAWK_CONFIG") or settings.alembic_ini.parent / ".squawk.toml")
+    exclude = settings.get("DBOPS_SQUAWK_EXCLUDE")
+    cfg = settings.get("DBOPS_SQUAWK_CONFIG") or settings.alembic_ini.parent / ".squawk.toml"
     by_file: dict[str, str] = {}
     texts: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="dbops-squawk-") as tmp:
@@ -99,16 +97,15 @@ def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None
             argv += [f"--config={cfg}"]
         if pg_version:
             argv += [f"--pg-version={pg_version}"]
-        print(f"$ {' '.join(argv)} <{len(files)} files>", file=sys.stderr, flush=True)
-        done = subprocess.run(argv + files, cwd=tmp, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
+        done = seam.run(seam.host(argv + files, cwd=Path(tmp)))
+    stdout, stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
     try:
-        if not done.stdout.strip() and done.returncode != 0:
+        if not stdout.strip() and done.returncode != 0:
             raise json.JSONDecodeError("no output", "", 0)
-        raw = json.loads(done.stdout or "[]")
+        raw = json.loads(stdout or "[]")
     except json.JSONDecodeError:
         return [], problems + [f"squawk failed (status {done.returncode}): "
-                               f"{(done.stderr or done.stdout).strip()[:400]}"]
+                               f"{(stderr or stdout).strip()[:400]}"]
     accept = accepted(settings, revisions)
     findings = []
     for f in raw:
@@ -124,7 +121,7 @@ def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None
     return findings, problems
 
 
-def check(settings: Settings, *, squawk: bool = True, out: Out = _print) -> dict:
+def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> dict:
     failures: list[str] = []
     with Agent(settings) as agent:
         st = call_status(agent)

@@ -1,352 +1,125 @@
 """invoke doctor: a read-only health check on one screen, ending with the one next command.
 
-One agent process answers ``doctor.facts`` (status, pending tables from the offline SQL,
-INVALID indexes, sessions, locks, pg_dump), ``recover.inspect`` (live fingerprint),
-``recover.expected`` only when the expected schemas are not cached, and ``revisions.hashes``.
-The host adds pg_dump's version (through the seam), the backup catalog and the audit record. A part that cannot be answered is "unknown", never a crash.
+One agent process answers ``doctor.facts`` (the connection classified by cause, the server's
+role, the dbops lock holder, status, the lock modes the pending revisions need, INVALID
+indexes, sessions and their locks, pg_dump), ``recover.inspect`` (live fingerprint),
+``recover.expected`` only when the expected schemas are not cached, ``revisions.hashes`` and,
+at head, ``doctor.models``. The host adds pg_dump's version (through the seam), the backup
+folder and the audit record. A part that cannot be answered is "unknown", never a crash.
 
-The next command follows the runbook's order (docs/recovery.md):
-unreachable > INVALID index > schema/version record wrong (recover) > several heads >
-a session blocking pending migrations > pg_dump running > edited revision files >
-pending revisions (migrate) > no recent verified backup (backup) > nothing to do.
+The checks run in the order of CHECKS, which is the runbook's order (docs/recovery.md); the
+first check that proposes a command gives ``next:``. Each is one function here (connectivity
+in doctor_connect.py; Check and Facts, what they return and read, in doctor_facts.py):
+
+ 1. connectivity    refused / auth failed / too many connections / database missing / a
+                    read-only standby or read-only database: each its own command
+ 2. dbops lock      another dbops operation holds this database's lock: wait for it
+ 3. indexes         an INVALID index: drop it
+ 4. revision files  a revision file that does not parse, or was edited after it was applied
+ 5. schema          the live schema vs the current revision: recover; the database ahead of
+                    the code: find the code; a half-applied revision's leftover index: drop it
+ 6. heads           several heads: merge them
+ 7. sessions        sessions holding a lock that conflicts with a mode the pending revisions
+                    need: terminate (after checking who owns it)
+ 8. pg_dump         a pg_dump whose locks conflict with the pending revisions: wait for it
+ 9. models          the models differ from the migrations (at head): write the revision
+10. revision        pending revisions: migrate
+11. rehearsal       a copy left by a killed rehearsal: drop it; pending revisions never
+                    rehearsed (said, not a command: migrate stays next)
+12. backups         no verified backup of this database within 1.5 × the backup schedule; an
+                    interrupted or damaged backup file (named): backup
+13. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
+14. audit           the last audit record (never a command)
 """
 
 from __future__ import annotations
 
-import re
 import shlex
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops import audit, catalog, seam
 from dbops.agent import fingerprint as fpmod
+from dbops.agent import pglocks
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
-from dbops.ops import recover as recover_op
+from dbops.ops import freshness
+from dbops.ops.doctor_connect import connectivity
+from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the module's API)
+    FAIL,
+    IDLE_TX_WARN_S,
+    OK,
+    SCHEMA_ACTIONS,
+    UNKNOWN,
+    WARN,
+    Check,
+    Facts,
+    _age,
+    _ident,
+    needs_db,
+    newest_verified_backup,
+    pg_dump_version,
+    psql_command,
+)
 
-OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"
-BACKUP_MAX_AGE_H = 24.0
-IDLE_TX_WARN_S = 60
-SCHEMA_ACTIONS = ("migrate", "rollback", "stamp", "recover")
-
-
-class Report:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.checks: list[dict] = []
-        self.candidates: list[tuple[int, str, str]] = []  # (priority, command, why)
-
-    def add(self, name: str, status: str, summary: str, details: list[str] | None = None,
-            **data) -> dict:
-        ch = {"name": name, "status": status, "summary": summary, "details": details or [], **data}
-        self.checks.append(ch)
-        return ch
-
-    def next(self, priority: int, command: str, why: str) -> None:
-        self.candidates.append((priority, command, why))
+DUMP_APPS = ("pg_dump", "pg_dumpall", "pg_restore")
 
 
-def psql_command(settings: Settings, sql: str) -> str:
-    """The command for one SQL statement on the target (`invoke psql` goes through the seam)."""
-    return shlex.join(["invoke", "psql", "-c", sql])
+# --- 2. dbops lock ------------------------------------------------------------------------------
+@needs_db
+def dbops_lock(f: Facts) -> Check:
+    if "dbops_lock" in f.errors:
+        return Check("dbops lock", UNKNOWN, f"could not read the dbops lock: {f.errors['dbops_lock']}")
+    h = f.raw.get("dbops_lock")
+    if not h:
+        return Check("dbops lock", OK, f"no dbops operation holds {f.settings.database}'s lock")
+    what = h.get("purpose") or h.get("application_name") or "an operation"
+    kill = psql_command(f"SELECT pg_terminate_backend({h['pid']})")
+    who = (f"pid {h['pid']} '{h['application_name']}' ({what} by {h.get('operator') or h['user']},"
+           f" user {h['user']} from {h['client']}, since {h['since']})")
+    return Check("dbops lock", WARN, f"a dbops {what} is running: {who}",
+                 ["every migrate/backup/restore/rollback/stamp/recover --apply fails at once as "
+                  "busy until it ends; the schema may be mid-change: read nothing else yet",
+                  f"if that process is gone for good (its host died): {kill}"],
+                 next=f"invoke doctor   (after the dbops {what} pid {h['pid']} finishes)",
+                 why="another dbops operation holds the lock", data={"holder": h})
 
 
-def _ident(name: str) -> str:
-    return ".".join(p if re.fullmatch(r"[a-z_][a-z0-9_$]*", p) else '"' + p.replace('"', '""') + '"'
-                    for p in name.split("."))
-
-
-def _age(ts: str | datetime | None) -> float | None:
-    if ts is None:
-        return None
-    if isinstance(ts, str):
-        try:
-            ts = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return (datetime.now(UTC) - ts).total_seconds() / 3600
-
-
-def _major(version: str | None) -> int | None:
-    m = re.search(r"(\d+)(?:\.\d+)?", version or "")
-    return int(m.group(1)) if m else None
-
-
-def pg_dump_version(settings: Settings) -> str | None:
-    try:
-        done = seam.run(seam.target_for(settings).pg(["pg_dump", "--version"]), timeout=60)
-    except Exception:  # no pg_dump, compose not answering: reported as unknown
-        return None
-    if done.returncode != 0:
-        return None
-    m = re.search(r"(\d+(?:\.\d+)?)", done.stdout.decode(errors="replace"))
-    return m.group(1) if m else None
-
-
-def newest_verified_backup(settings: Settings) -> tuple[dict | None, str | None]:
-    """(the newest verified backup, or None; why it is unknown, or None)."""
-    try:
-        backups = catalog.list_backups(settings)
-    except Exception as exc:
-        return None, f"the backup catalog could not be read: {exc}"
-    for b in backups or []:
-        if (b.get("verified") if isinstance(b, dict) else getattr(b, "verified", False)):
-            return (b if isinstance(b, dict) else vars(b)), None
-    return None, None
-
-
-def doctor(settings: Settings, *, schema: bool = True) -> dict:
-    r = Report(settings)
-    target = seam.target_for(settings)
-    result: dict = {"target": target.describe(), "database": settings.database,
-                    "environment": settings.environment}
-    try:
-        with Agent(settings, target) as agent:
-            _with_agent(r, settings, agent, schema=schema, result=result)
-    except OpsError as exc:  # the agent could not even start (config, compose, python)
-        r.add("connectivity", FAIL, exc.message)
-        r.next(0, exc.next_command or "check .env (see .env.example)", "the agent cannot start")
-    _backups(r, settings)
-    _audit(r, settings)
-    r.candidates.sort(key=lambda c: c[0])
-    if r.candidates:
-        _, cmd, why = r.candidates[0]
-    else:
-        cmd, why = "nothing to do", "all checks passed"
-    result.update(checks=r.checks, next=cmd, next_reason=why)
-    return result
-
-
-def _with_agent(r: Report, settings: Settings, agent: Agent, *, schema: bool, result: dict) -> None:
-    try:
-        facts = agent.call("doctor.facts")
-    except AgentError as exc:
-        facts = {"errors": {"facts": exc.message}, "status": None}
-    st = facts.get("status")
-    errors = facts.get("errors") or {}
-    if not st and (facts.get("error_kinds") or {}).get("status", "connect") == "connect":
-        why = errors.get("status") or errors.get("facts")
-        s = settings
-        r.add("connectivity", FAIL, f"cannot reach database {s.database}: {why}")
-        r.next(0, "invoke up" if s.target == "compose" else f"pg_isready -h {s.host} -p {s.port}",
-               "the database does not answer")
-        return
-    if not st:  # reachable, but the alembic state cannot be read: say so, check the rest
-        r.add("revision", FAIL, f"cannot read the alembic state: {errors.get('status')}")
-        r.next(2, "invoke recover", "the alembic state cannot be read")
-        _indexes(r, settings, facts)
-        _sessions(r, settings, facts, [])
-        return
-    # --- connectivity and versions --------------------------------------------------
-    dump_v = pg_dump_version(settings)
-    server_major, dump_major = _major(st["server_version"]), _major(dump_v)
-    line = f"PostgreSQL {st['server_version']}; pg_dump {dump_v or 'unknown'}"
-    if dump_v is None:
-        r.add("connectivity", WARN, f"{line} (pg_dump --version did not answer)")
-    elif dump_major is not None and server_major is not None and dump_major < server_major:
-        r.add("connectivity", WARN, f"{line}: pg_dump is older than the server and will refuse "
-              f"to dump it")
-    else:
-        r.add("connectivity", OK, line)
-    result["server_version"], result["pg_dump_version"] = st["server_version"], dump_v
-
-    # --- heads -----------------------------------------------------------------------
-    heads = st["heads"]
-    msgs = {h["revision"]: h["message"] for h in st["history"]}
-    if len(heads) > 1:
-        cmd = f"alembic -c {settings.alembic_ini} merge -m 'merge heads' {' '.join(heads)}"
-        r.add("heads", FAIL, f"{len(heads)} heads: {', '.join(heads)} — merge them before migrating",
-              [f"{h}  {msgs.get(h, '')}" for h in heads])
-        r.next(3, cmd, "several heads")
-    elif not heads:
-        r.add("heads", WARN, "the script directory has no revisions")
-    else:
-        r.add("heads", OK, f"1 head: {heads[0]}  {msgs.get(heads[0], '')}")
-
-    # --- revision: current vs heads ----------------------------------------------------
-    insp = None
-    try:
-        insp = recover_op.scoped_inspect(settings, agent.call("recover.inspect"))
-    except AgentError as exc:
-        facts["errors"]["inspect"] = exc.message
-    current, pending = st["current"], st["pending"]
-    populated = bool(insp and insp["live"]["fingerprint"]["tables"])
-    has_table = insp["version_table"] if insp else bool(current)
-    if st["unknown_current"]:
-        r.add("revision", FAIL, f"alembic_version names {', '.join(st['unknown_current'])}, which "
-              f"the script directory does not have")
-        r.next(2, "invoke recover", "unknown version id")
-    elif not current and populated:
-        r.add("revision", FAIL, ("no alembic_version table" if not has_table else
-                                 "alembic_version is empty") + " but the database has tables")
-        r.next(2, "invoke recover", "a populated database without a version row")
-    elif st["at_head"]:
-        r.add("revision", OK, f"at head {', '.join(current)}")
-    else:
-        where = ", ".join(current) if current else "base (empty database)"
-        r.add("revision", WARN, f"at {where}; {len(pending)} pending: {', '.join(pending)}",
-              [f"{p}  {msgs.get(p, '')}" for p in pending])
-        r.next(7, "invoke migrate", "pending revisions")
-    result.update(current=current, heads=heads, pending=pending)
-
-    # --- the live schema vs the current revision ------------------------------------------
-    _schema(r, settings, agent, insp, st, schema=schema)
-
-    _indexes(r, settings, facts)
-
-    # --- sessions and locks -----------------------------------------------------------------
-    _sessions(r, settings, facts, pending)
-
-    # --- pg_dump running --------------------------------------------------------------------
-    dumps = facts.get("pg_dump")
-    if dumps is None:
-        r.add("pg_dump", UNKNOWN, f"could not read pg_stat_activity: {facts['errors'].get('pg_dump')}")
-    elif dumps:
-        d = dumps[0]
-        r.add("pg_dump", WARN, f"{d['application_name']} running: pid {d['pid']} on "
-              f"{d['database']} since {d['since']} ({d['seconds']} s)",
-              [f"pid {x['pid']} {x['application_name']} on {x['database']} since {x['since']}"
-               for x in dumps])
-        if pending:
-            r.next(5, f"invoke migrate   (after {d['application_name']} pid {d['pid']} finishes)",
-                   "a dump is running and its locks would block the migration")
-    else:
-        r.add("pg_dump", OK, "no pg_dump running")
-
-    # --- revision files edited after they were applied ---------------------------------------
-    _edited(r, settings, agent, st)
-    checks = {c["name"]: c for c in r.checks}
-    if checks.get("revision files", {}).get("status") == WARN and \
-            checks.get("schema", {}).get("status") == FAIL:
-        checks["schema"]["details"].insert(0, "revision files were edited after they were applied "
-                                              "(see below): the expected schema comes from the "
-                                              "edited files")
-
-
-def _indexes(r: Report, settings: Settings, facts: dict) -> None:
-    inv = facts.get("invalid_indexes")
+# --- 3. indexes ---------------------------------------------------------------------------------
+@needs_db
+def indexes(f: Facts) -> Check:
+    inv = f.raw.get("invalid_indexes")
     if inv is None:
-        r.add("indexes", UNKNOWN, f"could not list indexes: {facts['errors'].get('invalid_indexes')}")
-    elif inv:
-        r.add("indexes", FAIL, f"{len(inv)} INVALID index(es): " + ", ".join(
-            f"{i['index']} on {i['table']}" for i in inv),
-            [f"{i['definition']}  (left by a failed CREATE INDEX CONCURRENTLY: drop it, then "
-             f"re-run the migration)" for i in inv])
-        r.next(1, psql_command(settings, f"DROP INDEX CONCURRENTLY IF EXISTS "
-                                         f"{_ident(inv[0]['schema'] + '.' + inv[0]['index'].split('.')[-1])}"),
-               "an INVALID index")
-    else:
-        r.add("indexes", OK, "no INVALID indexes")
+        return Check("indexes", UNKNOWN, f"could not list indexes: {f.errors.get('invalid_indexes')}")
+    if not inv:
+        return Check("indexes", OK, "no INVALID indexes")
+    first = _ident(inv[0]["schema"] + "." + inv[0]["index"].split(".")[-1])
+    return Check("indexes", FAIL, f"{len(inv)} INVALID index(es): " + ", ".join(
+        f"{i['index']} on {i['table']}" for i in inv),
+        [f"{i['definition']}  (left by a failed CREATE INDEX CONCURRENTLY: drop it, then re-run "
+         f"the migration)" for i in inv],
+        next=psql_command(f"DROP INDEX CONCURRENTLY IF EXISTS {first}"), why="an INVALID index")
 
 
-def _schema(r: Report, settings: Settings, agent: Agent, insp: dict | None, st: dict, *,
-            schema: bool) -> None:
-    if insp is None:
-        r.add("schema", UNKNOWN, "could not fingerprint the live database")
-        return
-    if not schema:
-        r.add("schema", UNKNOWN, f"not checked (--no-schema); live: {insp['live']['summary']}")
-        return
+# --- 4. revision files ----------------------------------------------------------------------------
+@needs_db
+def revision_files(f: Facts) -> Check:
+    if f.kinds.get("status") == "script":
+        return _unreadable_script(f)
+    if not f.status:
+        return Check("revision files", UNKNOWN, "the alembic state could not be read")
     try:
-        steps, source = recover_op.expected_steps(settings, agent, insp)
-    except OpsError as exc:
-        r.add("schema", UNKNOWN, f"could not build the expected schemas: {exc.message}")
-        return
-    live_fp, live_hash = insp["live"]["fingerprint"], insp["live"]["hash"]
-    current = sorted(st["current"])
-    idx = next((i for i, s in enumerate(steps) if sorted(s["heads"]) == current), None)
-    matches = [s["revision"] or "base" for s in steps if s["hash"] == live_hash]
-    note = "" if source["source"] == "cache" else f" (expected schemas built in {source['seconds']:.1f} s)"
-    if idx is None:  # an unknown version id (or a head set no linear pass produces)
-        where = f"matches {' = '.join(matches)} exactly" if matches else "matches no revision"
-        r.add("schema", FAIL, f"alembic_version says {', '.join(current)}; the live schema "
-              f"{where}{note}")
-        r.next(2, "invoke recover", "the version record and the schema disagree")
-        return
-    if steps[idx]["hash"] == live_hash:
-        r.add("schema", OK, f"live schema matches {', '.join(current) or 'base'} exactly{note}")
-        return
-    diffs = fpmod.diff(steps[idx]["fingerprint"], live_fp)
-    details = diffs[:8] + ([f"… and {len(diffs) - 8} more (invoke recover)"] if len(diffs) > 8 else [])
-    if matches:  # the record is wrong, not the schema: the diff against it is noise
-        details = []
-    half = recover_op.half_applied(steps, idx, live_fp)
-    if half:
-        summary = (f"DIRTY: revision {half} is half-applied (a non-transactional step ran, the "
-                   f"rest did not); alembic_version still says {', '.join(current)}")
-    elif matches:
-        summary = (f"live schema is not {', '.join(current) or 'base'}: it matches "
-                   f"{' = '.join(matches)} exactly")
-    else:
-        summary = (f"live schema differs from {', '.join(current) or 'base'} "
-                   f"({len(diffs)} difference(s)) and matches no revision")
-    r.add("schema", FAIL, summary + note, details, half_applied=half)
-    r.next(2, "invoke recover", "the schema does not match the current revision")
-
-
-def _sessions(r: Report, settings: Settings, facts: dict, pending: list[str]) -> None:
-    sessions, locks = facts.get("sessions"), facts.get("locks")
-    tables = facts.get("pending_tables")
-    if sessions is None:
-        r.add("sessions", UNKNOWN, f"could not read pg_stat_activity: {facts['errors'].get('sessions')}")
-        return
-    details = []
-    blockers: dict[int, list[str]] = {}
-    for lk in locks or []:
-        if lk["granted"]:
-            blockers.setdefault(lk["pid"], []).append(f"{lk['mode']} on {lk['table']}")
-    by_pid = {s["pid"]: s for s in sessions}
-    for pid, held in blockers.items():
-        s = by_pid.get(pid, {})
-        lk = next(x for x in locks if x["pid"] == pid)
-        details.append(f"pid {pid} '{lk['application_name']}' ({lk['state']}, transaction open "
-                       f"{lk['xact_seconds']} s) holds {', '.join(held)}"
-                       + (f": {s['query']}" if s.get("query") else ""))
-    idle = [s for s in sessions if s["state"].startswith("idle in transaction")
-            and s["pid"] not in blockers]
-    active = [s for s in sessions if s["state"] == "active"]
-    details += [f"pid {s['pid']} '{s['application_name']}' idle in transaction for "
-                f"{s['xact_seconds']} s: {s['query']}" for s in idle]
-    details += [f"pid {s['pid']} '{s['application_name']}' running for {s['query_seconds']} s"
-                + (f" (waiting on {s['waiting']})" if s["waiting"] else "") + f": {s['query']}"
-                for s in active]
-    where = f" ({', '.join(tables)})" if tables else ""
-    if blockers and pending:
-        pid = next(iter(blockers))
-        r.add("sessions", FAIL, f"{len(blockers)} session(s) hold locks on tables the pending "
-              f"migrations touch{where}: migrate would time out behind them", details)
-        r.next(4, psql_command(settings, f"SELECT pg_terminate_backend({pid})")
-               + "   (after checking who owns it; or wait for it to end)",
-               f"pid {pid} holds a lock a pending migration needs")
-    elif [s for s in idle if (s["xact_seconds"] or 0) >= IDLE_TX_WARN_S] or active:
-        r.add("sessions", WARN, f"{len(idle)} idle-in-transaction, {len(active)} long-running "
-              f"session(s)", details)
-    elif idle:
-        r.add("sessions", OK, f"{len(idle)} idle-in-transaction session(s), none holding locks "
-              f"pending migrations need", details)
-    else:
-        extra = f"; pending migrations touch {', '.join(tables)}" if tables else ""
-        r.add("sessions", OK, f"no long or idle-in-transaction sessions{extra}")
-    if tables is None and pending:
-        r.checks[-1]["details"].append(f"tables touched by pending migrations: unknown "
-                                       f"({facts['errors'].get('pending_tables')})")
-
-
-def _edited(r: Report, settings: Settings, agent: Agent, st: dict) -> None:
-    try:
-        hashes = agent.call("revisions.hashes")
+        hashes = f.agent.call("revisions.hashes")
     except AgentError as exc:
-        r.add("revision files", UNKNOWN, f"cannot hash the revision files (agent op "
-              f"revisions.hashes: {exc.message})")
-        return
+        return Check("revision files", UNKNOWN, f"cannot hash the revision files (agent op "
+                     f"revisions.hashes: {exc.message})")
     if isinstance(hashes, dict) and isinstance(hashes.get("hashes"), dict):
         hashes = hashes["hashes"]
     recorded: dict[str, tuple[str, str]] = {}
-    for rec in audit.read(settings):
-        if rec.get("database") != settings.database or rec.get("action") not in SCHEMA_ACTIONS:
+    for rec in audit.read(f.settings):
+        if rec.get("database") != f.settings.database or rec.get("action") not in SCHEMA_ACTIONS:
             continue
         applied = rec.get("revision_hashes_applied")  # migrate: what really ran, even if failed
         if applied is None:
@@ -357,62 +130,465 @@ def _edited(r: Report, settings: Settings, agent: Agent, st: dict) -> None:
             if h:
                 recorded[rev] = (h, rec.get("ts", "?"))
     if not recorded:
-        r.add("revision files", OK if hashes else UNKNOWN,
-              "no audit record with revision hashes for this database yet: nothing to compare")
-        return
-    paths = {h["revision"]: h.get("path") for h in st["history"]}
+        return Check("revision files", OK if hashes else UNKNOWN,
+                     "no audit record with revision hashes for this database yet: nothing to compare")
+    paths = {h["revision"]: h.get("path") for h in f.status["history"]}
     edited = [(rev, ts) for rev, (h, ts) in sorted(recorded.items())
               if rev in hashes and hashes[rev] != h]
-    if edited:
-        r.add("revision files", WARN, f"{len(edited)} revision file(s) edited after they were "
-              f"applied: {', '.join(rev for rev, _ in edited)}",
-              [f"{rev} ({Path(paths.get(rev) or rev).name}) applied {ts}, file changed since"
-               for rev, ts in edited])
-        p = paths.get(edited[0][0])
-        r.next(1.5, f"git log -p -- {shlex.quote(p) if p else edited[0][0]}",
-               "a revision file changed after it was applied")
+    if not edited:
+        return Check("revision files", OK, f"{len(recorded)} applied revision file(s) unchanged "
+                     f"since applied")
+    p = paths.get(edited[0][0])
+    return Check("revision files", WARN, f"{len(edited)} revision file(s) edited after they were "
+                 f"applied: {', '.join(rev for rev, _ in edited)}",
+                 [f"{rev} ({Path(paths.get(rev) or rev).name}) applied {ts}, file changed since"
+                  for rev, ts in edited],
+                 next=f"git log -p -- {shlex.quote(p) if p else edited[0][0]}",
+                 why="a revision file changed after it was applied")
+
+
+def _unreadable_script(f: Facts) -> Check:
+    d = (f.raw.get("error_details") or {}).get("status") or {}
+    path, markers = d.get("file"), d.get("conflict_markers") or []
+    what = (f"merge-conflict markers at line(s) {', '.join(map(str, markers))}" if markers
+            else d.get("error") or f.errors.get("status"))
+    fix = "resolve the merge-conflict markers" if markers else "fix it"
+    return Check("revision files", FAIL, f"a revision file does not load: "
+                 f"{Path(path).name if path else 'the script directory'}: {what}",
+                 [f.errors.get("status", ""), "alembic cannot read the history until it loads: "
+                  "migrate, rollback and recover would all fail; nothing in the database is wrong"],
+                 next=f"${{EDITOR:-vi}} {shlex.quote(path)}   ({fix}; then: invoke doctor)" if path
+                 else "invoke check   (after fixing the script directory)",
+                 why="a revision file does not load", data={"file": path, "line": d.get("line")})
+
+
+# --- 5. schema ---------------------------------------------------------------------------------------
+@needs_db
+def schema(f: Facts) -> Check | None:
+    if not f.status:
+        return None
+    a = f.analysis()
+    if "error" in a:
+        return Check("schema", UNKNOWN, a["error"])
+    st, steps, idx = f.status, a["steps"], a["idx"]
+    current = sorted(st["current"])
+    src = a["source"]
+    note = "" if src["source"] == "cache" else f" (expected schemas built in {src['seconds']:.1f} s)"
+    matches = a["matches"]
+    if st["unknown_current"] and not matches:
+        return _ahead_of_code(f, a, note)
+    if idx is None:  # an unknown version id (or a head set no linear pass produces)
+        where = f"matches {' = '.join(matches)} exactly" if matches else "matches no revision"
+        return Check("schema", FAIL, f"alembic_version says {', '.join(current)}; the live schema "
+                     f"{where}{note}", next="invoke recover",
+                     why="the version record and the schema disagree")
+    if a["at_current"]:
+        return Check("schema", OK, f"live schema matches {', '.join(current) or 'base'} exactly{note}")
+    diffs = fpmod.diff(steps[idx]["fingerprint"], a["live_fp"])
+    details = diffs[:8] + ([f"… and {len(diffs) - 8} more (invoke recover)"] if len(diffs) > 8 else [])
+    if matches:  # the record is wrong, not the schema: the diff against it is noise
+        details = []
+    half = a["half"]
+    nxt, why = "invoke recover", "the schema does not match the current revision"
+    if half:
+        summary = (f"DIRTY: revision {half} is half-applied (a non-transactional step ran, the "
+                   f"rest did not); alembic_version still says {', '.join(current)}")
+        leftover = _leftover_indexes(steps[idx]["fingerprint"], a["live_fp"])
+        if leftover:
+            nxt = psql_command(f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(_qualified(leftover[0]))}")
+            why = f"{half} left index {leftover[0]} behind: drop it, then invoke migrate"
+            details.append(f"remove what {half} left ({', '.join(leftover)}) one index at a time, "
+                           f"then invoke migrate runs {half} whole")
+    elif matches:
+        summary = (f"live schema is not {', '.join(current) or 'base'}: it matches "
+                   f"{' = '.join(matches)} exactly")
     else:
-        r.add("revision files", OK, f"{len(recorded)} applied revision file(s) unchanged since "
-              f"applied")
+        summary = (f"live schema differs from {', '.join(current) or 'base'} "
+                   f"({len(diffs)} difference(s)) and matches no revision")
+    return Check("schema", FAIL, summary + note, details, next=nxt, why=why,
+                 data={"half_applied": half})
 
 
-def _backups(r: Report, settings: Settings) -> None:
-    newest, why = newest_verified_backup(settings)
-    if why:
-        r.add("backups", UNKNOWN, f"age of the newest verified backup: unknown ({why})")
-        return
-    if newest is None:
-        r.add("backups", WARN, f"no verified backup of {settings.database} in {settings.backup_dir}")
-        r.next(8, "invoke backup", "no verified backup")
-        return
+def _qualified(name: str) -> str:
+    return name if "." in name else f"public.{name}"
+
+
+def _leftover_indexes(expected: dict, live: dict) -> list[str]:
+    """The indexes live has beyond ``expected``, when that is ALL it has beyond it (nothing
+    missing, nothing else changed): what a half-applied CREATE INDEX step left."""
+    exp, liv = fpmod.items(expected), fpmod.items(live)
+    extra = [k for k, v in liv.items() if exp.get(k) != v]
+    gone = [k for k in exp if k not in liv]
+    if gone or not extra or any(k[0] != "index" or k not in liv or k in exp for k in extra):
+        return []
+    return sorted(k[1] for k in extra)
+
+
+def _ahead_of_code(f: Facts, a: dict, note: str) -> Check:
+    st = f.status
+    unknown = st["unknown_current"]
+    steps = a["steps"]
+    head = next((s for s in reversed(steps) if sorted(s["heads"]) == sorted(st["heads"])), steps[-1])
+    diffs = fpmod.diff(head["fingerprint"], a["live_fp"])
+    return Check("schema", FAIL, f"the database is AHEAD of this code: alembic_version says "
+                 f"{', '.join(unknown)}, a revision this checkout does not have, and the live "
+                 f"schema matches no revision it has (compared with head {', '.join(st['heads'])}: "
+                 f"{len(diffs)} difference(s)){note}",
+                 ["the fix is in the code: deploy or check out the code that has that revision "
+                  "file (never restore, drop or stamp to make the database fit older code)"]
+                 + diffs[:6],
+                 next=f"git log --all --oneline -S {shlex.quote(unknown[0])}   (find the commit "
+                      f"with revision {unknown[0]}, then deploy or check it out)",
+                 why="the database is ahead of the code", data={"ahead_of_code": unknown})
+
+
+# --- 6. heads -------------------------------------------------------------------------------------------
+@needs_db
+def heads(f: Facts) -> Check | None:
+    st = f.status
+    if not st:
+        return None
+    hs = st["heads"]
+    msgs = {h["revision"]: h["message"] for h in st["history"]}
+    if len(hs) > 1:
+        return Check("heads", FAIL, f"{len(hs)} heads: {', '.join(hs)} — merge them before migrating",
+                     [f"{h}  {msgs.get(h, '')}" for h in hs],
+                     next=f"alembic -c {f.settings.alembic_ini} merge -m 'merge heads' {' '.join(hs)}",
+                     why="several heads")
+    if not hs:
+        return Check("heads", WARN, "the script directory has no revisions")
+    return Check("heads", OK, f"1 head: {hs[0]}  {msgs.get(hs[0], '')}")
+
+
+# --- 7. sessions and 8. pg_dump: the locks the pending revisions need ---------------------------------------
+LOCK_NEEDS_SOURCE = "the pending revisions' offline SQL"
+
+
+def lock_needs(f: Facts) -> dict[str, list[str]]:
+    """{table: [lock modes]} the pending revisions will take: from their offline SQL (agent,
+    pglocks.modes_for_sql). The hook for a rehearsal record: when one exists for these
+    revisions, the locks it measured replace this estimate here (and LOCK_NEEDS_SOURCE)."""
+    return f.raw.get("pending_locks") or {}
+
+
+def blocking_locks(f: Facts) -> dict[int, list[str]]:
+    """{pid: ["<held mode> on <table> (conflicts with <needed>)"]}: only granted locks that
+    conflict with a mode a pending revision needs on the same table."""
+    needs = lock_needs(f)
+    out: dict[int, list[str]] = {}
+    for lk in f.raw.get("locks") or []:
+        if not lk["granted"]:
+            continue
+        wanted = [m for m in needs.get(lk["table"].split(".")[-1], []) if pglocks.conflicts(lk["mode"], m)]
+        if wanted:
+            out.setdefault(lk["pid"], []).append(f"{lk['mode']} on {lk['table']} "
+                                                 f"(conflicts with {', '.join(wanted)})")
+    return out
+
+
+def _is_dump(app: str | None) -> bool:
+    return (app or "") in DUMP_APPS
+
+
+@needs_db
+def sessions(f: Facts) -> Check:
+    ss, locks = f.raw.get("sessions"), f.raw.get("locks") or []
+    tables = f.raw.get("pending_tables")
+    if ss is None:
+        return Check("sessions", UNKNOWN, f"could not read pg_stat_activity: {f.errors.get('sessions')}")
+    pending = f.pending
+    blockers = {pid: held for pid, held in blocking_locks(f).items()
+                if not any(_is_dump(lk["application_name"]) for lk in locks if lk["pid"] == pid)}
+    by_pid = {s["pid"]: s for s in ss}
+    details = []
+    for pid, held in blockers.items():
+        lk = next(x for x in locks if x["pid"] == pid)
+        q = by_pid.get(pid, {}).get("query") or lk.get("query")
+        details.append(f"pid {pid} '{lk['application_name']}' ({lk['state']}, transaction open "
+                       f"{lk['xact_seconds']} s) holds {', '.join(held)}" + (f": {q}" if q else ""))
+    harmless = sorted({lk["pid"] for lk in locks if lk["granted"] and lk["pid"] not in blockers
+                       and not _is_dump(lk["application_name"])})
+    for pid in harmless:
+        held = sorted({f"{x['mode']} on {x['table']}" for x in locks if x["pid"] == pid})
+        details.append(f"pid {pid} '{by_pid.get(pid, {}).get('application_name', '?')}' holds "
+                       f"{', '.join(held)}: no conflict with what the pending revisions need")
+    idle = [s for s in ss if s["state"].startswith("idle in transaction") and s["pid"] not in blockers]
+    active = [s for s in ss if s["state"] == "active"]
+    details += [f"pid {s['pid']} '{s['application_name']}' idle in transaction for "
+                f"{s['xact_seconds']} s: {s['query']}" for s in idle if s["pid"] not in harmless]
+    details += [f"pid {s['pid']} '{s['application_name']}' running for {s['query_seconds']} s"
+                + (f" (waiting on {s['waiting']})" if s["waiting"] else "") + f": {s['query']}"
+                for s in active]
+    needs = lock_needs(f)
+    need_txt = "; ".join(f"{t}: {', '.join(m)}" for t, m in needs.items())
+    data = {"lock_needs": needs, "lock_needs_source": LOCK_NEEDS_SOURCE, "blockers": sorted(blockers)}
+    if tables is None and pending:
+        details.append(f"tables touched by pending migrations: unknown "
+                       f"({f.errors.get('pending_tables')})")
+    if blockers and pending:
+        pid = next(iter(blockers))
+        return Check("sessions", FAIL, f"{len(blockers)} session(s) hold locks that conflict with "
+                     f"what the pending migrations need ({need_txt}): migrate would time out "
+                     f"behind them", details,
+                     next=psql_command(f"SELECT pg_terminate_backend({pid})")
+                     + "   (after checking who owns it; or wait for it to end)",
+                     why=f"pid {pid} holds a lock a pending migration needs", data=data)
+    if [s for s in idle if (s["xact_seconds"] or 0) >= IDLE_TX_WARN_S] or active:
+        return Check("sessions", WARN, f"{len(idle)} idle-in-transaction, {len(active)} "
+                     f"long-running session(s); none blocks the pending migrations", details,
+                     data=data)
+    if idle:
+        return Check("sessions", OK, f"{len(idle)} idle-in-transaction session(s), none holding "
+                     f"locks pending migrations need", details, data=data)
+    extra = f"; pending migrations need {need_txt}" if needs else ""
+    return Check("sessions", OK, f"no long or idle-in-transaction sessions{extra}", details,
+                 data=data)
+
+
+@needs_db
+def pg_dump(f: Facts) -> Check:
+    dumps = f.raw.get("pg_dump")
+    if dumps is None:
+        return Check("pg_dump", UNKNOWN, f"could not read pg_stat_activity: {f.errors.get('pg_dump')}")
+    if not dumps:
+        return Check("pg_dump", OK, "no pg_dump running")
+    blocking = blocking_locks(f)
+    d = next((x for x in dumps if x["pid"] in blocking), dumps[0])
+    details = [f"pid {x['pid']} {x['application_name']} on {x['database']} since {x['since']}"
+               + (f": holds {', '.join(blocking[x['pid']])}" if x["pid"] in blocking else "")
+               for x in dumps]
+    line = (f"{d['application_name']} running: pid {d['pid']} on {d['database']} since {d['since']} "
+            f"({d['seconds']} s)")
+    if f.pending and d["pid"] in blocking:
+        return Check("pg_dump", WARN, f"{line}; its locks conflict with the pending migrations",
+                     details + ["do not terminate it (it may be the backup you will need): wait"],
+                     next=f"invoke migrate   (after {d['application_name']} pid {d['pid']} finishes)",
+                     why="a dump is running and its locks would block the migration")
+    return Check("pg_dump", WARN if f.pending else OK,
+                 line + ("; it does not block the pending migrations" if f.pending else ""), details)
+
+
+# --- 9. models --------------------------------------------------------------------------------------------------
+@needs_db
+def models(f: Facts) -> Check | None:
+    st = f.status
+    if not st:
+        return None
+    if not st["at_head"]:
+        return Check("models", UNKNOWN, "compared at head only (alembic's autogenerate needs the "
+                     "database at head)")
+    a = f.analysis()
+    if not a.get("at_current"):
+        return Check("models", UNKNOWN, "not compared: the live schema is not the head's")
+    try:
+        diff = f.agent.call("doctor.models")["diff"]
+    except AgentError as exc:
+        return Check("models", UNKNOWN, f"could not compare the models: {exc.message}")
+    if not diff:
+        return Check("models", OK, "the models match the migrations (autogenerate finds nothing)")
+    return Check("models", FAIL, f"the models differ from the migrations: {len(diff)} change(s) no "
+                 f"revision makes", diff[:8],
+                 next=f"alembic -c {f.settings.alembic_ini} revision --autogenerate -m "
+                      f"'<describe the change>'   (review it, then invoke check, invoke migrate)",
+                 why="the models are ahead of the migrations")
+
+
+# --- 10. revision -------------------------------------------------------------------------------------------------
+@needs_db
+def revision(f: Facts) -> Check:
+    st = f.status
+    if not st:
+        if f.kinds.get("status") == "script":
+            return Check("revision", UNKNOWN, "cannot read the history (see revision files)")
+        return Check("revision", FAIL, f"cannot read the alembic state: {f.errors.get('status')}",
+                     next="invoke recover", why="the alembic state cannot be read")
+    msgs = {h["revision"]: h["message"] for h in st["history"]}
+    current, pending = st["current"], st["pending"]
+    f.result.update(current=current, heads=st["heads"], pending=pending)
+    insp = f.insp()
+    populated = bool(insp and insp["live"]["fingerprint"]["tables"])
+    has_table = insp["version_table"] if insp else bool(current)
+    if st["unknown_current"]:
+        return Check("revision", FAIL, f"alembic_version names {', '.join(st['unknown_current'])}, "
+                     f"which the script directory does not have",
+                     next="invoke recover", why="unknown version id")
+    if not current and populated:
+        return Check("revision", FAIL, ("no alembic_version table" if not has_table else
+                                        "alembic_version is empty") + " but the database has tables",
+                     next="invoke recover", why="a populated database without a version row")
+    if len(current) > 1 and len(current) > len(st["heads"]):
+        return Check("revision", FAIL, f"alembic_version holds {len(current)} rows "
+                     f"({', '.join(current)}) for {len(st['heads'])} head(s): an extra row "
+                     f"(a manual INSERT, or a stamp without --purge)",
+                     next="invoke recover", why="extra version rows")
+    if st["at_head"]:
+        return Check("revision", OK, f"at head {', '.join(current)}")
+    where = ", ".join(current) if current else "base (empty database)"
+    return Check("revision", WARN, f"at {where}; {len(pending)} pending: {', '.join(pending)}",
+                 [f"{p}  {msgs.get(p, '')}" for p in pending],
+                 next="invoke migrate", why="pending revisions")
+
+
+# --- 11. rehearsal ---------------------------------------------------------------------------------------------
+@needs_db
+def rehearsal(f: Facts) -> Check | None:
+    """Copies left by killed rehearsals (named, with the command that drops one), and whether
+    the pending revisions have a stored rehearsal (dbops/ops/rehearse.py; never a command of
+    its own while revisions are pending: migrate stays the next step)."""
+    from dbops.ops import rehearse as rehearse_op
+
+    try:
+        left = f.agent.call("rehearse.leftovers")["leftovers"]
+    except AgentError as exc:
+        return Check("rehearsal", UNKNOWN, f"cannot list rehearsal copies: {exc.message}")
+    if left:
+        names = [f"{x['name']} ({x['bytes'] / 1e6:.1f} MB): left by a rehearsal that was killed"
+                 for x in left]
+        name = left[0]["name"]
+        return Check("rehearsal", WARN, f"{len(left)} rehearsal copy(ies) left on the server", names,
+                     next=psql_command(f'DROP DATABASE "{name}"') + "   (or: the next invoke "
+                          "rehearse sweeps them)", why="a killed rehearsal's copy takes room",
+                     data={"leftovers": left})
+    st = f.status
+    if not st or not st["pending"]:
+        return None
+    try:
+        hashes = f.agent.call("revisions.hashes")
+    except AgentError:
+        hashes = {}
+    hashes = hashes.get("hashes", hashes) if isinstance(hashes, dict) else {}
+    pending = [{"revision": r, "sha256": hashes.get(r)} for r in st["pending"]]
+    rep = rehearse_op.matching(f.settings, st["current"], pending)
+    if rep is None:
+        return Check("rehearsal", WARN, f"the {len(pending)} pending revision(s) were never "
+                     f"rehearsed: invoke rehearse shows what they lock, and for how long, on a "
+                     f"copy of this database")
+    verdicts = [f"{r['revision']}: {r['verdict']}" for r in rep["revisions"]]
+    return Check("rehearsal", OK, f"rehearsed {rep['finished_at']}: predicted "
+                 f"{rep['predicted_seconds']:.1f} s", verdicts)
+
+
+# --- 12. backups -------------------------------------------------------------------------------------------------
+def backups(f: Facts) -> Check:
+    s = f.settings
+    try:
+        entries = catalog.list_backups(s, database=s.database)
+        folder = Path(s.backup_dir)
+        pat = catalog.partial_pattern(s.database)
+        partials = sorted(p for p in folder.iterdir() if pat.match(p.name)) if folder.is_dir() else []
+    except Exception as exc:
+        return Check("backups", UNKNOWN, f"age of the newest verified backup: unknown (the backup "
+                     f"catalog could not be read: {exc})")
+    newest = next((b for b in entries if b["verified"]), None)
+    damaged = [b for b in entries if not b["verified"]]
+    fresh_damaged = [b for b in damaged if not newest or b["created_at"] > newest["created_at"]]
+    notes = [f"{p.name}: left by an interrupted backup ({p.stat().st_size} bytes, "
+             f"{datetime.fromtimestamp(p.stat().st_mtime, UTC):%Y-%m-%dT%H:%M:%SZ}); not a "
+             f"backup; the next invoke backup removes it" for p in partials]
+    notes += [f"{Path(b['path']).name}: DAMAGED, cannot be restored: {'; '.join(b['problems'])}"
+              for b in damaged]
+    data = {"partial_files": [str(p) for p in partials],
+            "damaged": [{"path": b["path"], "problems": b["problems"]} for b in damaged]}
+    if partials or fresh_damaged or newest is None:
+        if newest is None:
+            what = f"no verified backup of {s.database} in {s.backup_dir}"
+        else:
+            what = f"newest verified backup {Path(newest['path']).name}"
+        bad = ([f"{len(partials)} interrupted (.partial)"] if partials else []) + \
+              ([f"{len(fresh_damaged)} damaged newer one(s)"] if fresh_damaged else [])
+        return Check("backups", WARN, what + (f"; {', '.join(bad)}" if bad else ""), notes,
+                     next="invoke backup", why="no usable recent backup" if newest is None else
+                     "an interrupted or damaged backup", data=data)
     age = _age(newest.get("created_at"))
     name = Path(str(newest.get("path", "?"))).name
+    if damaged:
+        b = damaged[0]
+        files = [b["path"]] + ([str(catalog.manifest_path(Path(b["path"])))]
+                               if b.get("manifest") else [])
+        return Check("backups", WARN, f"newest verified backup {name}; {len(damaged)} older "
+                     f"damaged file(s) that cannot be restored", notes,
+                     next="rm -- " + " ".join(shlex.quote(x) for x in files)
+                          + f"   (a newer verified backup exists: {name})",
+                     why="a damaged backup file", data=data)
     if age is None:
-        r.add("backups", WARN, f"newest verified backup {name}: age unknown")
-    elif age > BACKUP_MAX_AGE_H:
-        r.add("backups", WARN, f"newest verified backup {name} is {age:.0f} h old "
-              f"(> {BACKUP_MAX_AGE_H:.0f} h)")
-        r.next(8, "invoke backup", "the newest verified backup is old")
-    else:
-        r.add("backups", OK, f"newest verified backup {name}, {age * 60:.0f} min old")
+        return Check("backups", WARN, f"newest verified backup {name}: age unknown", data=data)
+    fresh, message, command = freshness.backup_freshness(s)  # 1.5 × the backup schedule
+    if not fresh:
+        return Check("backups", WARN, f"{name}: {message}", next=command,
+                     why="the newest verified backup is old", data=data)
+    return Check("backups", OK, f"newest verified backup {name}, {age * 60:.0f} min old", data=data)
 
 
-def _audit(r: Report, settings: Settings) -> None:
+# --- 13. restore drill ----------------------------------------------------------------------------------------
+def restore_drill(f: Facts) -> Check:
+    """The last drill (invoke drill) passed and is recent; never drilled warns only once
+    backups are older than a drill may be (dbops/ops/freshness.py)."""
+    ok, message, command = freshness.drill_freshness(f.settings)
+    if ok:
+        return Check("restore drill", OK, message)
+    return Check("restore drill", WARN, message, next=command,
+                 why="nobody has proven a recent backup restores")
+
+
+# --- 14. audit ------------------------------------------------------------------------------------------------------
+def audit_record(f: Facts) -> Check:
+    s = f.settings
     try:
-        records = [x for x in audit.read(settings) if x.get("database") == settings.database]
+        records = [x for x in audit.read(s) if x.get("database") == s.database]
     except OSError as exc:
-        r.add("audit", UNKNOWN, f"cannot read {settings.audit_log}: {exc.strerror}")
-        return
+        return Check("audit", UNKNOWN, f"cannot read {s.audit_log}: {exc.strerror}")
     if not records:
-        r.add("audit", OK, f"no audit records yet ({settings.audit_log})")
-        return
+        return Check("audit", OK, f"no audit records yet ({s.audit_log})")
     last = records[-1]
     line = (f"last: {last.get('action')} by {last.get('operator')} at {last.get('ts')}: "
             f"{last.get('result', '?')}")
     if last.get("result") not in (None, "ok", "success", "succeeded"):
-        r.add("audit", WARN, line, [str(last.get("error") or last.get("message") or "")])
-    else:
-        r.add("audit", OK, line)
+        return Check("audit", WARN, line, [str(last.get("error") or last.get("message") or "")])
+    return Check("audit", OK, line)
+
+
+# The runbook's order (docs/recovery.md): displayed in this order; the first proposal is next.
+CHECKS: tuple[Callable[[Facts], Check | None], ...] = (
+    connectivity, dbops_lock, indexes, revision_files, schema, heads, sessions, pg_dump, models,
+    revision, rehearsal, backups, restore_drill, audit_record,
+)
+
+
+def run_checks(f: Facts) -> list[Check]:
+    out = []
+    for fn in CHECKS:
+        try:
+            ch = fn(f)
+        except Exception as exc:  # a bug in one check must not hide the others (or crash)
+            ch = Check(fn.__name__.replace("_", " "), UNKNOWN,
+                       f"this check could not run: {type(exc).__name__}: {exc}")
+        if ch is not None:
+            out.append(ch)
+    return out
+
+
+def doctor(settings: Settings, *, schema: bool = True) -> dict:
+    target = seam.target_for(settings)
+    result: dict = {"target": target.describe(), "database": settings.database,
+                    "environment": settings.environment}
+    try:
+        with Agent(settings, target) as agent:
+            f = Facts(settings, agent, schema=schema)
+            checks = run_checks(f)
+    except OpsError as exc:  # the agent could not even start (config, compose, python)
+        f = Facts(settings, None, schema=schema, start_error=exc)
+        checks = run_checks(f)
+    st = f.status or {}
+    if st:
+        result["server_version"] = st.get("server_version")
+        result.update(current=st["current"], heads=st["heads"], pending=st["pending"])
+    result.update(f.result)
+    first = next((c for c in checks if c.next), None)
+    result.update(checks=[c.as_dict() for c in checks],
+                  next=first.next if first else "nothing to do",
+                  next_reason=first.why if first else "all checks passed",
+                  next_check=first.name if first else None)
+    return result
 
 
 def format_report(rep: dict) -> str:

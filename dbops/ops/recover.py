@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +24,8 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm as ask_first
 from dbops.errors import OpsError
+from dbops.ops.output import Out, print_note
+from dbops.ops.status import label
 from dbops.seam import target_for
 
 CACHE_FORMAT = 1
@@ -31,9 +33,7 @@ CACHE_FORMAT = 1
 
 # --- the cache -------------------------------------------------------------------
 def cache_dir(settings: Settings) -> Path:
-    raw = settings.value("DBOPS_CACHE_DIR", ".dbops/cache")
-    p = Path(raw).expanduser()
-    return (p if p.is_absolute() else settings.project_dir / p) / "recover"
+    return settings.get("DBOPS_CACHE_DIR") / "recover"
 
 
 def cache_key(insp: dict) -> str:
@@ -54,7 +54,7 @@ def cache_load(path: Path) -> list[dict] | None:
     return None  # missing, torn or tampered with: rebuild
 
 
-def cache_store(path: Path, insp: dict, steps: list[dict]) -> None:
+def cache_store(path: Path, insp: dict, steps: list[dict], warn: Out = print_note) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -63,11 +63,11 @@ def cache_store(path: Path, insp: dict, steps: list[dict]) -> None:
                                    "created_at": audit.utcnow(), "steps": steps}))
         os.replace(tmp, path)
     except OSError as exc:  # a read-only checkout: works, just not cached
-        print(f"note: could not write the recover cache {path}: {exc.strerror}", file=sys.stderr)
+        warn(f"note: could not write the recover cache {path}: {exc.strerror}")
 
 
-def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: bool = True
-                   ) -> tuple[list[dict], dict]:
+def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: bool = True,
+                   warn: Out = print_note) -> tuple[list[dict], dict]:
     """The expected fingerprint after each revision (step 0 = base), from cache or built."""
     path = cache_dir(settings) / f"{cache_key(insp)}.json"
     steps = cache_load(path) if use_cache else None
@@ -83,7 +83,7 @@ def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: b
                                         f"recover needs a scratch database)") from None
         raise OpsError(exc.message, state="unchanged (only a scratch database was used, and dropped)",
                        next_command="fix the revision named above, or run: invoke check") from None
-    cache_store(path, insp, built["steps"])
+    cache_store(path, insp, built["steps"], warn)
     return scoped_steps(settings, built["steps"]), {"source": "built", "cache_file": str(path),
                                                     "seconds": built["seconds"]}
 
@@ -92,8 +92,7 @@ def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: b
 def schemas(settings: Settings) -> list[str] | None:
     """DBOPS_RECOVER_SCHEMAS=public,app: only these schemas are compared (others on the live
     database, e.g. made by an extension or a DBA, are not drift). Default: every user schema."""
-    raw = settings.value("DBOPS_RECOVER_SCHEMAS")
-    return [x.strip() for x in raw.split(",") if x.strip()] or None
+    return list(settings.get("DBOPS_RECOVER_SCHEMAS")) or None
 
 
 def scoped_steps(settings: Settings, steps: list[dict]) -> list[dict]:
@@ -116,10 +115,6 @@ def scoped_inspect(settings: Settings, insp: dict) -> dict:
 
 
 # --- comparing -------------------------------------------------------------------
-def _label(revs: list[str] | tuple[str, ...] | None) -> str:
-    return ", ".join(revs) if revs else "base"
-
-
 def ancestry(chain: list[dict], heads: list[str] | tuple[str, ...]) -> set[str]:
     """The revisions at or below ``heads`` (what is applied when the version rows say so)."""
     parents = {r["revision"]: r["down_revisions"] for r in chain}
@@ -131,6 +126,12 @@ def ancestry(chain: list[dict], heads: list[str] | tuple[str, ...]) -> set[str]:
             seen.add(rev)
             todo += [p for p in parents.get(rev, []) if p in parents]
     return seen
+
+
+def redundant(chain: list[dict], current: list[str]) -> set[str]:
+    """Version rows that lie below another row (alembic keeps only heads: such a row is extra,
+    left by a manual INSERT or a stamp without --purge)."""
+    return {c for c in current if any(c in ancestry(chain, [o]) for o in current if o != c)}
 
 
 def half_applied(steps: list[dict], idx: int, live_fp: dict) -> str | None:
@@ -211,6 +212,9 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
     elif at_record > at_schema:
         state = "ahead"
         report["unapplied"] = [r for r in ordered if r in at_record - at_schema]
+    elif len(current) > 1 and len(set(current) - redundant(chain, current)) < len(current):
+        state = "extra rows"
+        report["extra_rows"] = sorted(redundant(chain, current))
     elif at_record == at_schema:
         state = "at the closest revision"
     else:
@@ -231,7 +235,7 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
 def verdict(report: dict) -> tuple[str, str]:
     """(what it means, the next command)."""
     state = report["version_state"]
-    cur = _label(report["current"])
+    cur = label(report["current"])
     pending = report["pending_after"]
     after = "invoke migrate" if pending else "invoke current"
     if report["matches"]:
@@ -243,7 +247,7 @@ def verdict(report: dict) -> tuple[str, str]:
             return (f"the schema is exactly what several revisions give ({names}: they change no "
                     f"schema); alembic_version: {state} ({cur}). Choose which one the data is at.",
                     f"invoke recover --apply --to <one of {names}>")
-        to = _label(report["stamp_to"])
+        to = label(report["stamp_to"])
         why = {
             "table missing": "there is no alembic_version table (a database created without "
                              "alembic, or the table was dropped)",
@@ -257,8 +261,11 @@ def verdict(report: dict) -> tuple[str, str]:
             "ahead": f"alembic_version says {cur}, ahead of the schema: "
                      f"{', '.join(report.get('unapplied', []))} recorded but not applied (a failed "
                      f"upgrade that was stamped?)",
+            "extra rows": f"alembic_version holds {len(report['current'])} rows ({cur}): "
+                          f"{', '.join(report.get('extra_rows', []))} lies below another row (an "
+                          f"extra row: a manual INSERT, or a stamp without --purge)",
             "diverged": f"alembic_version says {cur}, which is not where the schema is",
-        }[state]
+        }.get(state, f"alembic_version says {cur} ({state})")
         return (f"{why}; the schema is exactly {to}. Stamping {to} fixes the record "
                 f"(no schema change).", "invoke recover --apply")
     c = report["closest"]
@@ -276,10 +283,21 @@ def verdict(report: dict) -> tuple[str, str]:
             "invoke backup   (take one before repairing anything by hand)")
 
 
+def script_error(exc: AgentError) -> OpsError:
+    """A revision file that does not load: what and where, and that the database is untouched."""
+    d = exc.agent_details or {}
+    path = d.get("file")
+    fix = ("resolve the merge-conflict markers" if d.get("conflict_markers") else "fix it")
+    return OpsError(exc.message, state="unchanged (the history could not be read; nothing was "
+                    "compared or stamped)",
+                    next_command=(f"${{EDITOR:-vi}} {shlex.quote(path)}   ({fix}; then: invoke recover)"
+                                  if path else "invoke check   (after fixing the script directory)"))
+
+
 # --- the operation ---------------------------------------------------------------
 def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: str | None = None,
             use_cache: bool = True, confirm: Callable[[str], bool] | None = None,
-            on_report: Callable[[dict], None] | None = None) -> dict:
+            on_report: Callable[[dict], None] | None = None, warn: Out = print_note) -> dict:
     started = time.monotonic()
     with Agent(settings) as agent:
         try:
@@ -287,8 +305,10 @@ def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: s
         except AgentError as exc:
             if exc.kind == "connect":
                 raise OpsError(exc.message, next_command="invoke doctor") from None
+            if exc.kind == "script":
+                raise script_error(exc) from None
             raise
-        steps, source = expected_steps(settings, agent, insp, use_cache=use_cache)
+        steps, source = expected_steps(settings, agent, insp, use_cache=use_cache, warn=warn)
         report = analyse(insp, steps)
         report["target"] = target_for(settings).describe()
         report["expected"] = source
@@ -339,8 +359,8 @@ def _apply(settings: Settings, agent: Agent, insp: dict, report: dict, *, yes: b
     targets = _choose(report, to)
     if report["version_state"] == "matching" and to is None:
         return {"stamped": False, "to": report["current"], "pending_after": report["pending_after"]}
-    question = (f"Stamp database {settings.database} to {_label(targets)} (alembic_version now: "
-                f"{_label(report['current']) if report['version_table'] else 'no table'})? "
+    question = (f"Stamp database {settings.database} to {label(targets)} (alembic_version now: "
+                f"{label(report['current']) if report['version_table'] else 'no table'})? "
                 f"This changes no schema.")
     ask_first(settings, question, yes=yes, ask=confirm, state="unchanged (nothing was stamped)",
               next_command="invoke recover --apply --yes" + (f" --to={to}" if to else ""))
@@ -362,7 +382,7 @@ def _apply(settings: Settings, agent: Agent, insp: dict, report: dict, *, yes: b
     except AgentError as exc:
         audit.append(settings, "recover", **record, result="failed", error=exc.message,
                      duration_s=round(time.monotonic() - started, 3))
-        raise OpsError(exc.message, state=f"alembic_version: {_label(exc.agent_details.get('before'))}",
+        raise OpsError(exc.message, state=f"alembic_version: {label(exc.agent_details.get('before'))}",
                        next_command="invoke recover") from None
     audit.append(settings, "recover", **record, result="ok",
                  duration_s=round(time.monotonic() - started, 3))
@@ -376,7 +396,7 @@ def format_report(r: dict) -> str:
     how = (f"from cache ({src['cache_file']})" if src["source"] == "cache"
            else f"built on a scratch database in {src['seconds']:.1f} s, cached")
     lines = [f"database {r['database']} on {r['target']} (PostgreSQL {r['server_version']})",
-             f"history:   {r['revisions']} revisions, head {_label(r['heads'])}",
+             f"history:   {r['revisions']} revisions, head {label(r['heads'])}",
              f"expected:  {how}",
              f"live:      {r['live']['summary']} (fingerprint {r['live']['hash'][:12]})"]
     if not r["version_table"]:

@@ -1,9 +1,11 @@
 """invoke restore / verify-backup.
 
 restore: refuse before touching anything (manifest missing, sha256 or size mismatch,
-other database, dump from a newer major version), confirm, take the lock, a pre-restore
-backup, restore into a NEW database, check it against the manifest (tables, alembic
-revision, row counts), then swap by rename and keep the old database under a dated name.
+other database, dump from a newer major version), confirm, take the lock, restore into a NEW
+database, check it against the manifest (tables, alembic revision, row counts), then swap by
+rename and keep the old database under a dated name. The kept database IS the pre-restore
+state (undo = rename it back: `invoke restore-undo`), so a pre-restore dump is only taken on
+request (--pre-backup) or when the old database is to be dropped (--drop-old needs one).
 Any failure before the swap drops the new database: the live one is untouched.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,16 +23,27 @@ from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.backup import _drain, _stop, fmt_bytes, take_backup
+from dbops.ops.output import Out, print_note
+from dbops.progress import follow_file
 
-# Runs next to the server; the archive arrives on stdin. Args: $1 mode (check|restore)
-# $2 format (custom|directory) $3 target database (restore) $4 jobs.
+
+def restore_command(path: Path | str, *flags: str) -> str:
+    """The one form of the restore command dbops prints: ``invoke restore FILE [flags]``."""
+    return shlex.join(["invoke", "restore", str(path), *flags])
+
+
+# Runs next to the server; the archive arrives on stdin. Args: $1 mode (check|restore|
+# restore-data: schema and data without the post-data section, for a partial backup whose
+# foreign keys may point at rows it does not hold) $2 format (custom|directory)
+# $3 target database (restore) $4 jobs.
 RESTORE_SCRIPT = r"""
 # dbops restore: read the archive from stdin into pg_restore
 set -u
 mode=$1; fmt=$2; dbname=$3; jobs=$4
+if [ "$mode" = restore-data ]; then set -- --section=pre-data --section=data; else set --; fi
 if [ "$fmt" = custom ] && [ "$jobs" -le 1 ]; then
   if [ "$mode" = check ]; then exec pg_restore -f /dev/null; fi
-  exec pg_restore --exit-on-error -d "$dbname"
+  exec pg_restore --exit-on-error "$@" -d "$dbname"
 fi
 find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-restore.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-restore.XXXXXX") || exit 70
@@ -45,7 +57,7 @@ else
   src="$tmp/d"
 fi
 if [ "$mode" = check ]; then pg_restore -f /dev/null "$src"; exit $?; fi
-pg_restore --exit-on-error -j "$jobs" -d "$dbname" "$src"
+pg_restore --exit-on-error "$@" -j "$jobs" -d "$dbname" "$src"
 """
 
 
@@ -69,7 +81,7 @@ def resolve(settings: Settings, file: str) -> Path:
     return p.resolve()
 
 
-def checked_manifest(settings: Settings, path: Path) -> dict:
+def checked_manifest(path: Path) -> dict:
     """The manifest of a backup whose size and sha256 match it; OpsError otherwise."""
     manifest, problems = catalog.check_backup(path, full=True)
     if manifest is not None and manifest.get("format") not in ("custom", "directory"):
@@ -119,9 +131,10 @@ def pg_restore_stream(settings: Settings, target: seam.Target, path: Path, manif
     return RestoreJob(settings, target, path, manifest, mode=mode, dbname=dbname, jobs=jobs).finish()
 
 
-def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict:
+def verify(settings: Settings, file: str, *, restore_test: bool = False,
+           warn: Out = print_note) -> dict:
     path = resolve(settings, file)
-    manifest = checked_manifest(settings, path)
+    manifest = checked_manifest(path)
     checks = [f"manifest: {manifest['database']} at {'+'.join(manifest['revisions']) or 'base'}, "
               f"{manifest['reason']}, taken {manifest['started_at']} by {manifest.get('operator')}",
               f"sha256 and size ({fmt_bytes(manifest['size'])}) match the manifest"]
@@ -134,9 +147,10 @@ def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict
             checks.append("full read (pg_restore to /dev/null): ok")
             return {"manifest": manifest, "checks": checks, "file": str(path)}
         name = agent.call("restore.scratch")["name"]
+        partial = bool(manifest.get("partial"))
         try:
-            rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="restore",
-                                          dbname=name)
+            rc, lines = pg_restore_stream(settings, agent.target, path, manifest,
+                                          mode="restore-data" if partial else "restore", dbname=name)
             if rc != 0:
                 raise OpsError(f"{path.name}: restoring into a scratch database failed (status {rc})",
                                details=lines[-8:], state="unchanged (a scratch database was used)")
@@ -149,19 +163,29 @@ def verify(settings: Settings, file: str, *, restore_test: bool = False) -> dict
             try:
                 agent.call("restore.scratch_drop", name=name)
             except OpsError as exc:
-                print(f"warning: could not drop scratch database {name}: {exc.message}", file=sys.stderr)
+                warn(f"warning: could not drop scratch database {name}: {exc.message}")
     checks.append(f"restore test: {res['tables']} tables, {res['rows']} rows and the alembic "
                   f"revision equal the manifest's (scratch database dropped)")
+    if manifest.get("partial"):
+        checks.append("partial (touched) backup: the whole schema and the touched tables' rows were "
+                      "restored; indexes and constraints (post-data) were not built, as its foreign "
+                      "keys may point at rows of tables whose data it does not hold")
     return {"manifest": manifest, "checks": checks, "file": str(path)}
 
 
-def _drop_command(settings: Settings, name: str) -> str:
+def _drop_command(name: str) -> str:
     """How to drop a kept database, on either target (`invoke psql` goes through the seam)."""
     quoted = '"' + name.replace('"', '""') + '"'
     return shlex.join(["invoke", "psql", "-c", f"DROP DATABASE {quoted}"])
 
 
-DEFAULT_RESTORE_JOBS = 1
+def lock_for_restore(agent: Agent, path) -> None:
+    """The dbops lock, or a refusal naming its holder with the command to re-run."""
+    try:
+        agent.call("lock.acquire", purpose="restore")
+    except AgentError as exc:
+        raise OpsError(exc.message, state="unchanged",
+                       next_command=f"wait for it to finish, then re-run: {restore_command(path)}") from None
 
 
 def pre_backup_compression(settings: Settings, database_size: int) -> str | None:
@@ -171,13 +195,11 @@ def pre_backup_compression(settings: Settings, database_size: int) -> str | None
     to DBOPS_BACKUP_COMPRESSION; any other value is a pg_dump -Z spec (or auto)."""
     import shutil
 
-    from dbops.ops.backup import compression_setting
-
-    value = settings.value("DBOPS_RESTORE_PRE_BACKUP_COMPRESSION", "fast").lower()
+    value = settings.get("DBOPS_RESTORE_PRE_BACKUP_COMPRESSION")
     if value != "fast":
-        return compression_setting(settings, value, key="DBOPS_RESTORE_PRE_BACKUP_COMPRESSION")
+        return value
     folder = catalog.ensure_dir(Path(settings.backup_dir))
-    reserve = float(settings.value("DBOPS_BACKUP_RESERVE_MB", "64")) * 1_000_000
+    reserve = settings.get("DBOPS_BACKUP_RESERVE_MB") * 1_000_000
     room = shutil.disk_usage(folder).free - reserve
     return "0" if room >= 1.5 * database_size else None
 
@@ -186,26 +208,28 @@ def restore_jobs(settings: Settings, jobs: int | None) -> int:
     """--jobs, else DBOPS_RESTORE_JOBS, else 1. N > 1: pg_restore -j N from a temporary copy of the
     archive next to the server (1: streamed straight into pg_restore, no temporary copy)."""
     if jobs is None:
-        raw = settings.value("DBOPS_RESTORE_JOBS")
-        try:
-            jobs = int(raw) if raw else DEFAULT_RESTORE_JOBS
-        except ValueError:
-            raise OpsError(f"DBOPS_RESTORE_JOBS={raw!r} is not a whole number") from None
+        jobs = settings.get("DBOPS_RESTORE_JOBS")
     if jobs < 1:
         raise OpsError("--jobs must be 1 or more")
     return jobs
 
 
 def restore(settings: Settings, file: str, *, yes: bool = False, other_database: bool = False,
-            jobs: int | None = None) -> dict:
+            jobs: int | None = None, pre_backup: bool = False, drop_old: bool = False,
+            out: Out = print_note, warn: Out = print_note) -> dict:
     t0 = time.monotonic()
     jobs = restore_jobs(settings, jobs)
+    if drop_old and not pre_backup:
+        raise OpsError("--drop-old drops the previous database, the only other copy of the "
+                       "pre-restore state: it needs --pre-backup (a verified dump of it first)",
+                       state="unchanged (nothing was touched)",
+                       next_command=restore_command(file, "--pre-backup", "--drop-old"))
     path = resolve(settings, file)
-    manifest = checked_manifest(settings, path)
+    manifest = checked_manifest(path)
     if manifest["database"] != settings.database and not other_database:
         raise OpsError(f"{path.name} is a backup of database {manifest['database']!r}, not "
                        f"{settings.database!r}", state="unchanged (nothing was touched)",
-                       next_command=f"invoke restore {path} --other-database   # if you mean it")
+                       next_command=f"{restore_command(path, '--other-database')}   # if you mean it")
     with Agent(settings) as agent:
         try:
             facts = agent.call("restore.facts")
@@ -222,26 +246,28 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
             raise OpsError(f"database {settings.database} does not exist: restore replaces an existing "
                            f"database", state="unchanged",
                            next_command=f"create it empty first (createdb {settings.database}), then re-run")
+        if manifest.get("partial"):
+            return _restore_partial(settings, agent, path, manifest, facts, yes=yes, t0=t0)
         rows = sum(manifest["tables"].values())
         confirm(settings, "\n".join([
             f"Restore {path.name}",
             f"  taken {manifest['started_at']} ({manifest['reason']}), revision "
             f"{'+'.join(manifest['revisions']) or 'base'}, {len(manifest['tables'])} tables, {rows} rows",
             f"over database {settings.database} ({settings.target}).",
-            f"  1. a pre-restore backup of {settings.database} is taken",
+            f"  1. {'a pre-restore backup of ' + settings.database + ' is taken (--pre-backup)' if pre_backup else 'no pre-restore dump (the old database is kept instead; --pre-backup for one)'}",
             "  2. the backup is restored into a new database and checked",
             f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} are terminated, "
             f"and the databases are swapped by rename",
-            f"  4. the current {settings.database} is kept as {settings.database}_dbops_old_<time>"]),
+            f"  4. the current {settings.database} is "
+            + ("DROPPED after the swap (--drop-old)" if drop_old
+               else f"kept as {settings.database}_dbops_old_<time> (undo: invoke restore-undo)")]),
             yes=yes, expect=settings.database, state="unchanged (nothing was touched)",
-            next_command=f"invoke restore {path} --yes")
-        try:
-            agent.call("lock.acquire", purpose="restore")
-        except AgentError as exc:
-            raise OpsError(exc.message, state="unchanged",
-                           next_command=f"wait for it to finish, then re-run: invoke restore {path}") from None
-        pre_z = pre_backup_compression(settings, facts.get("database_size") or 0)
-        res = _restore_locked(settings, agent, path, manifest, jobs, t0, pre_z)
+            next_command=restore_command(path, "--yes"))
+        lock_for_restore(agent, path)
+        pre_z = pre_backup_compression(settings, facts.get("database_size") or 0) if pre_backup else None
+        res = _restore_locked(settings, agent, path, manifest, jobs, t0, pre_z,
+                              pre_backup=pre_backup, drop_old=drop_old,
+                              from_revisions=facts.get("revisions"), out=out, warn=warn)
         res["kept_before"] = facts["kept_old"]
         res["file"] = str(path)
         return res
@@ -253,7 +279,9 @@ CONCURRENT_PRE_BACKUP = True
 
 
 def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict, jobs: int,
-                    t0: float, pre_z: str | None = None) -> dict:
+                    t0: float, pre_z: str | None = None, *, pre_backup: bool = True,
+                    drop_old: bool = False, from_revisions: list | None = None,
+                    out: Out = print_note, warn: Out = print_note) -> dict:
     record = {"file": str(path), "sha256": manifest["sha256"], "to": manifest["revisions"],
               "backup_database": manifest["database"]}
     name = None
@@ -261,22 +289,26 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
     pre = None
     job = None
     try:
-        if not CONCURRENT_PRE_BACKUP:
+        if pre_backup and not CONCURRENT_PRE_BACKUP:
             pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
         created = agent.call("restore.create")
         name = created["name"]
         for s in created["swept"]:
-            print(f"dropped {s}, left behind by an interrupted restore", file=sys.stderr)
+            out(f"dropped {s}, left behind by an interrupted restore")
         job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name, jobs=jobs)
         t_started = time.monotonic()
-        if pre is None:
+        if pre_backup and pre is None:
             try:
                 pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
             except OpsError as exc:
                 raise OpsError(f"the pre-restore backup failed: {exc.message}", details=exc.details) from None
-        record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
-        print(f"pre-restore backup: {pre['path']}", file=sys.stderr)
+        if pre is not None:
+            record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
+            out(f"pre-restore backup: {pre['path']}")
+        else:
+            record["from"] = from_revisions
         t_pre = time.monotonic()
+        follow_file(job.proc, job.src, f"restore: pg_restore {path.name}", manifest["size"])
         rc, lines = job.finish()
         job = None
         t_restored = time.monotonic()
@@ -288,9 +320,9 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
         t_checked = time.monotonic()
         sessions = agent.call("restore.facts")["sessions"]
         if sessions:
-            print(f"warning: terminating {len(sessions)} session(s) connected to {settings.database}: "
-                  + ", ".join(f"pid {s['pid']} {s['application_name'] or '-'} ({s['user']}@{s['client']})"
-                              for s in sessions[:10]), file=sys.stderr)
+            warn(f"warning: terminating {len(sessions)} session(s) connected to {settings.database}: "
+                 + ", ".join(f"pid {s['pid']} {s['application_name'] or '-'} ({s['user']}@{s['client']})"
+                             for s in sessions[:10]))
         swapped = agent.call("restore.swap", name=name)
     except (OpsError, KeyboardInterrupt) as exc:
         message = exc.message if isinstance(exc, OpsError) else "interrupted"
@@ -300,7 +332,7 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
             try:
                 agent.call("restore.drop", name=name)
             except Exception:
-                print(f"warning: could not drop {name}; the next restore drops it", file=sys.stderr)
+                warn(f"warning: could not drop {name}; the next restore drops it")
         audit.append(settings, "restore", result="failed", error=message,
                      duration_s=round(time.monotonic() - t0, 3), **record)
         pre_note = f"pre-restore backup: {pre['path']}" if pre else "no pre-restore backup was kept"
@@ -308,16 +340,111 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
                        state=f"{settings.database} is unchanged (the new database was dropped); {pre_note}",
                        next_command=f"invoke verify-backup {path} --restore-test") from None
     old = swapped["old"]
-    timings = {"pre_restore_backup_s": pre["manifest"]["duration_s"],
-               "pre_restore_backup_done_after_s": round(t_pre - t_started, 3),
+    dropped = None
+    if drop_old:  # only with a verified pre-restore backup (checked before anything)
+        try:
+            dropped = agent.call("restore.drop", name=old)["dropped"]
+        except OpsError as exc:
+            warn(f"warning: could not drop the previous database {old}: {exc.message}; "
+                 f"drop it with: {_drop_command(old)}")
+    timings = {"pre_restore_backup_s": pre["manifest"]["duration_s"] if pre else None,
+               "pre_restore_backup_done_after_s": round(t_pre - t_started, 3) if pre else None,
                "pg_restore_s": round(t_restored - t_started, 3),
                "check_s": round(t_checked - t_restored, 3),
                "swap_s": round(time.monotonic() - t_checked, 3),
                "total_s": round(time.monotonic() - t0, 3)}
-    audit.append(settings, "restore", result="ok", old_database=old,
+    kept = None if dropped else old
+    audit.append(settings, "restore", result="ok", old_database=kept, dropped_old=dropped,
                  terminated=len(swapped["terminated"]), duration_s=round(time.monotonic() - t0, 3),
                  timings=timings, **record)
     return {"database": settings.database, "revisions": check["revisions"], "tables": check["tables"],
-            "rows": check["rows"], "pre_restore_backup": pre["path"], "old_database": old,
-            "drop_command": _drop_command(settings, old), "terminated": swapped["terminated"],
-            "timings": timings}
+            "rows": check["rows"], "pre_restore_backup": pre["path"] if pre else None,
+            "old_database": kept, "dropped_old": dropped,
+            "drop_command": _drop_command(kept) if kept else None,
+            "undo_command": f"invoke restore-undo --name {kept} --yes" if kept else restore_command(pre['path'], "--yes"),
+            "terminated": swapped["terminated"], "timings": timings}
+
+
+def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> dict:
+    """Swap a kept <db>_dbops_old_<time> back in (the undo of a restore: two renames, no copy).
+    The database it replaces is kept in turn under a new <db>_dbops_old_<time> name."""
+    t0 = time.monotonic()
+    with Agent(settings) as agent:
+        facts = agent.call("restore.facts")
+        kept = facts["kept_old"]
+        if name is None:
+            if not kept:
+                raise OpsError(f"no kept previous database of {settings.database} (nothing to undo)",
+                               state="unchanged")
+            name = sorted(kept)[-1]
+        elif name not in kept:
+            raise OpsError(f"{name} is not a kept previous database of {settings.database} "
+                           f"(kept: {', '.join(kept) or 'none'})", state="unchanged (nothing was touched)",
+                           next_command="invoke restore-undo   # the newest kept one")
+        confirm(settings, "\n".join([
+            f"Swap {name} back in as {settings.database} ({settings.target}).",
+            f"  {len(facts['sessions'])} session(s) connected to {settings.database} are terminated;",
+            f"  the current {settings.database} is kept as {settings.database}_dbops_old_<time>."]),
+            yes=yes, expect=settings.database, state="unchanged (nothing was touched)",
+            next_command=f"invoke restore-undo --name {name} --yes")
+        try:
+            agent.call("lock.acquire", purpose="restore")
+        except AgentError as exc:
+            raise OpsError(exc.message, state="unchanged",
+                           next_command=f"wait for it to finish, then re-run: invoke restore-undo --name {name}") from None
+        try:
+            swapped = agent.call("restore.swap", name=name)
+        except AgentError as exc:
+            audit.append(settings, "restore-undo", result="failed", error=exc.message, kept=name)
+            raise OpsError(f"undo failed: {exc.message}", state=f"{settings.database} is unchanged",
+                           next_command=f"invoke restore-undo --name {name} --yes") from None
+    old = swapped["old"]
+    audit.append(settings, "restore-undo", result="ok", swapped_in=name, old_database=old,
+                 terminated=len(swapped["terminated"]), duration_s=round(time.monotonic() - t0, 3))
+    return {"database": settings.database, "swapped_in": name, "old_database": old,
+            "drop_command": _drop_command(old), "terminated": swapped["terminated"]}
+
+
+def _restore_partial(settings: Settings, agent: Agent, path: Path, manifest: dict, facts: dict, *,
+                     yes: bool, t0: float) -> dict:
+    """A touched (partial) backup holds the data of some relations only: it can only be put
+    back into a database at the backup's revision (same schema), in one transaction."""
+    from dbops.ops.touched import putback
+
+    want, live = sorted(manifest["revisions"]), sorted(facts.get("revisions") or [])
+    rev = "+".join(want) or "base"
+    if facts.get("revisions") is None or want != live:
+        raise OpsError(f"{path.name} is a partial (touched) backup taken at {rev}; {settings.database} "
+                       f"is at {'+'.join(live) or 'base'}: its tables can only be put back at the "
+                       f"backup's revision", state="unchanged (nothing was touched)",
+                       next_command=f"invoke rollback --to={want[0] if want else 'base'}   "
+                                    f"# downgrades, then puts these tables back from it")
+    tables = manifest["tables"]
+    confirm(settings, "\n".join([
+        f"Put back the data of {len(tables)} table(s) from {path.name} (partial, taken "
+        f"{manifest['started_at']}, revision {rev}) into {settings.database} ({settings.target}):",
+        "  " + ", ".join(sorted(tables)),
+        "  their current rows are REPLACED by the backup's, in one transaction checked against",
+        "  the manifest's row counts; every other table is left as it is"]),
+        yes=yes, expect=settings.database, state="unchanged (nothing was touched)",
+        next_command=restore_command(path, "--yes"))
+    lock_for_restore(agent, path)
+    again = agent.call("restore.facts")
+    if sorted(again.get("revisions") or []) != want:
+        raise OpsError(f"{settings.database} moved to {again.get('revisions')} meanwhile",
+                       state="unchanged (nothing was touched)", next_command=restore_command(path))
+    record = {"file": str(path), "sha256": manifest["sha256"], "to": manifest["revisions"],
+              "from": live, "partial": True, "tables": sorted(tables)}
+    try:
+        res = putback(settings, agent, path, manifest)
+    except OpsError as exc:
+        audit.append(settings, "restore", result="failed", error=exc.message,
+                     duration_s=round(time.monotonic() - t0, 3), **record)
+        raise OpsError(f"restore failed: {exc.message}", details=exc.details,
+                       state=f"{settings.database} is unchanged (one transaction, rolled back)",
+                       next_command=f"invoke verify-backup {path} --restore-test") from None
+    audit.append(settings, "restore", result="ok", duration_s=round(time.monotonic() - t0, 3), **record)
+    return {"database": settings.database, "file": str(path), "revisions": manifest["revisions"], "tables": res["tables"],
+            "rows": res["rows"], "pre_restore_backup": None, "old_database": None, "dropped_old": None,
+            "partial": True, "drop_command": None, "undo_command": None, "terminated": [],
+            "timings": {"total_s": round(time.monotonic() - t0, 3)}, "kept_before": facts["kept_old"]}

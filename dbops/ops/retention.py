@@ -2,8 +2,8 @@
 
 Keeps: the newest DBOPS_BACKUP_KEEP_LAST (default 10) verified backups, plus the newest of
 each of the last DBOPS_BACKUP_KEEP_DAILY (7) days and DBOPS_BACKUP_KEEP_WEEKLY (4) ISO weeks
-that have backups, plus ALWAYS the newest verified backup and the newest of each pre-* reason
-(pre-migrate, pre-rollback, pre-restore, …). Only verified backups are ever deleted (their
+that have backups, plus ALWAYS the newest verified backup, the newest FULL one, and the newest
+of each pre-* reason (pre-migrate, pre-rollback, pre-restore, …; full and touched apart). Only verified backups are ever deleted (their
 manifest first, so an interrupted deletion leaves an invalid dump, never a false backup);
 dumps without a valid manifest are reported by ``invoke backups``, never deleted here.
 DBOPS_BACKUP_RETENTION=off disables it.
@@ -17,18 +17,10 @@ from pathlib import Path
 from dbops import catalog
 
 
-def _int(settings, key: str, default: int) -> int:
-    raw = settings.value(key)
-    try:
-        return max(0, int(raw)) if raw else default
-    except ValueError:
-        raise ValueError(f"{key}={raw!r} is not a whole number") from None
-
-
 def policy(settings) -> dict:
-    return {"last": _int(settings, "DBOPS_BACKUP_KEEP_LAST", 10),
-            "daily": _int(settings, "DBOPS_BACKUP_KEEP_DAILY", 7),
-            "weekly": _int(settings, "DBOPS_BACKUP_KEEP_WEEKLY", 4)}
+    return {"last": settings.get("DBOPS_BACKUP_KEEP_LAST"),
+            "daily": settings.get("DBOPS_BACKUP_KEEP_DAILY"),
+            "weekly": settings.get("DBOPS_BACKUP_KEEP_WEEKLY")}
 
 
 def plan(entries: list[dict], pol: dict) -> tuple[list[dict], list[dict]]:
@@ -36,9 +28,12 @@ def plan(entries: list[dict], pol: dict) -> tuple[list[dict], list[dict]]:
     keep_ids: set[str] = set()
     if entries:
         keep_ids.add(entries[0]["path"])  # the newest verified backup, always
+    full = [e for e in entries if not e.get("partial")]
+    if full:
+        keep_ids.add(full[0]["path"])  # and the newest full one (a touched backup is partial)
     seen_reasons: set[str] = set()
     for e in entries:
-        r = e.get("reason") or ""
+        r = (e.get("reason") or "") + (" partial" if e.get("partial") else "")
         if r.startswith("pre-") and r not in seen_reasons:
             seen_reasons.add(r)
             keep_ids.add(e["path"])
@@ -60,7 +55,7 @@ def plan(entries: list[dict], pol: dict) -> tuple[list[dict], list[dict]]:
 
 
 def apply(settings, database: str) -> list[str]:
-    if settings.value("DBOPS_BACKUP_RETENTION").lower() in ("off", "0", "no", "false"):
+    if not settings.get("DBOPS_BACKUP_RETENTION"):
         return []
     entries = catalog.list_backups(settings, database=database, include_invalid=False)
     _, delete = plan(entries, policy(settings))

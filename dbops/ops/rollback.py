@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import time
 
-from dbops import audit
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
-from dbops.ops.migrate import (
-    Out,
-    _print,
+from dbops.ops.output import Out, print_line
+from dbops.ops.restore import restore_command
+from dbops.ops.status import label
+from dbops.ops.steps import (
+    Run,
     acquire_lock,
-    agent_died,
-    interrupted,
+    audited,
+    backup_before,
     refusal,
-    retry_wait,
     run_steps,
     step_failure,
-    take_backup,
 )
-from dbops.ops.status import label
 
 
 def describe_step(step: dict) -> str:
@@ -31,8 +29,11 @@ def describe_step(step: dict) -> str:
         return head + "\n      downgrade NOT IMPLEMENTED: cannot be rolled back this way"
     if step["body"] == "empty":
         return head + "\n      empty downgrade: only the version row changes (schema stays)"
+    empty = step.get("drops_empty") or []
     if step["data_loss"]:
-        return head + "\n      DATA LOSS: " + "; ".join(step["data_loss"])
+        return head + "\n      DATA LOSS: " + "; ".join(step["data_loss"] + empty)
+    if empty:
+        return head + "\n      no data loss: " + "; ".join(empty)
     return head + "\n      no data loss (drops no table or column)"
 
 
@@ -46,7 +47,7 @@ def backups_at(settings: Settings, revision: str | None) -> list[dict]:
     found = []
     try:
         for b in catalog.list_backups(settings, database=settings.database, include_invalid=False):
-            if b.get("verified") and sorted(b.get("revisions") or []) == want:
+            if b.get("verified") and not b.get("partial") and sorted(b.get("revisions") or []) == want:
                 found.append(b)
     except OpsError:
         return []
@@ -54,36 +55,47 @@ def backups_at(settings: Settings, revision: str | None) -> list[dict]:
 
 
 def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss: bool = False,
-             backup: bool = True, out: Out = _print) -> dict:
+             backup: bool = True, putback: bool = True, out: Out = print_line) -> dict:
     t0 = time.monotonic()
-    retry_wait(settings)
     with Agent(settings) as agent:
         try:
             plan = agent.call("plan.downgrade", to=to)
         except AgentError as exc:
-            raise refusal(exc, action=f"rollback --to={to}" if exc.kind != "bad_target" else "rollback") from None
+            action = f"rollback --to={to}" if exc.kind != "bad_target" else "rollback"
+            raise refusal(exc, action=action) from None
         current, target, steps = plan["current"], plan["target"], plan["steps"]
         tlabel = target or "base"
         if not steps:
             out(f"nothing to do: the database is already at {tlabel}")
             return {"before": current, "after": current, "downgraded": [], "backup": None,
                     "target": target}
-        out(f"rollback plan: {label(current)} -> {tlabel}, {len(steps)} revision(s) to downgrade, newest first:")
+        out(f"rollback plan: {label(current)} -> {tlabel}, {len(steps)} revision(s) to downgrade, "
+            f"newest first:")
         for s in steps:
             out(describe_step(s))
         at_target = backups_at(settings, target)
         if at_target:
             b = at_target[0]
-            out(f"a verified backup taken at {tlabel} exists: {b['path']} ({b.get('created_at', '?')}, "
+            out(f"a verified backup taken at {tlabel} exists: {b['path']} "
+                f"({b.get('created_at', '?')}, "
                 f"reason {b.get('reason', '?')}); restoring it instead brings back the schema AND "
-                f"the data of that moment (later writes are lost): invoke restore --file={b['path']}")
+                f"the data of that moment (later writes are lost): {restore_command(b['path'])}")
+        from dbops.ops import touched
+        touched_backup = touched.backup_for_rollback(settings, target, steps) if putback else None
+        if touched_backup:
+            lost = touched.lossy(touched_backup)
+            out(f"then: rows the migration lost are put back from {touched_backup['path']} (a partial "
+                f"pre-migrate backup at {tlabel}); rows written to these tables since are replaced "
+                f"(--no-putback to skip):")
+            for name, why in sorted(lost.items()):
+                out(f"  {name}: {why}")
         if plan["not_implemented"]:
             raise OpsError(f"cannot roll back to {tlabel}: the downgrade of "
                            f"{', '.join(plan['not_implemented'])} is not implemented",
                            state=f"unchanged at {label(current)}",
-                           next_command=(f"invoke restore --file={at_target[0]['path']}" if at_target else
-                                         "restore a backup taken at that revision (invoke backups), "
-                                         "or write the downgrade"))
+                           next_command=(restore_command(at_target[0]['path']) if at_target else
+                                         "restore a backup taken at that revision "
+                                         "(invoke backups), or write the downgrade"))
         if plan["data_loss"]:
             confirm(settings, f"This plan DROPS DATA ({sum(len(s['data_loss']) for s in steps)} "
                               f"item(s) above).", yes=accept_data_loss, expect="drop data",
@@ -92,8 +104,11 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
                     next_command=f"invoke rollback --to={to} --accept-data-loss   "
                                  f"(a pre-rollback backup is taken first)")
         else:
-            confirm(settings, f"Roll back {label(current)} -> {tlabel}?", yes=yes,
-                    state=f"unchanged at {label(current)}", next_command=f"invoke rollback --to={to} --yes")
+            # --accept-data-loss accepts more than --yes: a script passing it still proceeds
+            # when the counts show that nothing would be lost
+            confirm(settings, f"Roll back {label(current)} -> {tlabel}?", yes=yes or accept_data_loss,
+                    state=f"unchanged at {label(current)}",
+                    next_command=f"invoke rollback --to={to} --yes")
 
         acquire_lock(agent, "rollback", current, f"rollback --to={to}")
         again = agent.call("plan.downgrade", to=target or "base")
@@ -101,53 +116,47 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
             raise OpsError(f"the database moved from {label(current)} to {label(again['current'])} "
                            f"while this plan was shown", state=f"at {label(again['current'])}",
                            next_command=f"invoke rollback --to={to}   (review the new plan)")
+        if again["data_loss"] and not plan["data_loss"] and not accept_data_loss:
+            # counted again under the lock: rows arrived in a table the plan showed empty
+            lost = [x for st in again["steps"] for x in st["data_loss"]]
+            raise OpsError(f"the plan showed no data loss, but counted again under the lock: "
+                           f"{'; '.join(lost)}", state=f"unchanged at {label(current)}",
+                           next_command=f"invoke rollback --to={to} --accept-data-loss   "
+                                        f"(a pre-rollback backup is taken first)")
         hashes = {s["revision"]: s["sha256"] for s in steps}
         backup_path = None
         if backup:
-            backup_path = take_backup(settings, agent, "pre-rollback", out, current,
-                                      f"rollback --to={to}")
-            out(f"pre-rollback backup: {backup_path}  (to undo this rollback: invoke restore --file={backup_path})")
+            backup_path = backup_before(settings, agent, "pre-rollback", out, current,
+                                        f"rollback --to={to}")
+            out(f"pre-rollback backup: {backup_path}  "
+                f"(to undo this rollback: {restore_command(backup_path)})")
         else:
             out("backup: skipped (--no-backup)")
-        record = {"from": current, "requested": to, "to_target": target, "backup": backup_path,
-                  "planned_revision_hashes": hashes, "data_loss": [x for s in steps for x in s["data_loss"]],
-                  "accepted_data_loss": bool(plan["data_loss"]),
-                  "lock_timeout": settings.lock_timeout}
-        done: list[dict] = []
-        out(f"downgrading (lock_timeout {settings.lock_timeout}, up to {settings.lock_retries} retries per revision):")
-        try:
-            run_steps(settings, agent, [s["revision"] for s in steps], "down", out, done)
-            res = agent.call("migrate.verify", targets=[target] if target else [], models=False)
-        except AgentError as exc:
-            after = exc.agent_details.get("after", exc.agent_details.get("current"))
-            err = step_failure(exc, action="rollback", before=current, backup=backup_path,
-                               retries=settings.lock_retries,
-                               fix_hint=(f"fix the downgrade of {exc.agent_details.get('revision', '?')}, "
-                                         f"then re-run: invoke rollback --to={to}"
-                                         + (f"   (or restore: invoke restore --file={backup_path})" if backup_path else "")))
-            audit.append(settings, "rollback", **record, to=after, result="failed", error=exc.message,
-                         error_kind=exc.kind, state=err.state, steps=done,
-                         revision_hashes={d["revision"]: hashes[d["revision"]] for d in done
-                                          if not d.get("skipped")},
-                         duration_s=round(time.monotonic() - t0, 3))
-            raise err from None
-        except OpsError as exc:  # the agent died mid-run
-            downgraded = [d["revision"] for d in done if not d.get("skipped")]
-            audit.append(settings, "rollback", **record, to=None, result="failed",
-                         error=exc.message, error_kind="agent_died", steps=done,
-                         revision_hashes={r: hashes[r] for r in downgraded},
-                         duration_s=round(time.monotonic() - t0, 3))
-            raise agent_died("rollback", exc, current, downgraded, backup_path) from None
-        except KeyboardInterrupt:
-            downgraded = [d["revision"] for d in done if not d.get("skipped")]
-            audit.append(settings, "rollback", **record, to=None, result="interrupted", steps=done,
-                         revision_hashes={r: hashes[r] for r in downgraded},
-                         duration_s=round(time.monotonic() - t0, 3))
-            raise interrupted("rollback", current, downgraded, backup_path) from None
-        audit.append(settings, "rollback", **record, to=res["current"], result="ok", steps=done,
-                     revision_hashes={d["revision"]: hashes[d["revision"]] for d in done
-                                      if not d.get("skipped")},
-                     duration_s=round(time.monotonic() - t0, 3))
+        run = Run(settings, "rollback", current, backup_path,
+                  record={"from": current, "requested": to, "to_target": target,
+                          "backup": backup_path, "planned_revision_hashes": hashes,
+                          "data_loss": [x for s in steps for x in s["data_loss"]],
+                          "accepted_data_loss": bool(plan["data_loss"]),
+                          "lock_timeout": settings.lock_timeout},
+                  hashes=hashes, started=t0)
+        out(f"downgrading (lock_timeout {settings.lock_timeout}, up to {settings.lock_retries} "
+            f"retries per revision):")
+
+        def downgrade() -> dict:
+            run_steps(settings, agent, [s["revision"] for s in steps], "down", out, run.done)
+            return agent.call("migrate.verify", targets=[target] if target else [], models=False)
+
+        def failure(exc: AgentError) -> OpsError:
+            rev = exc.agent_details.get("revision", "?")
+            undo = f"   (or restore: {restore_command(backup_path)})" if backup_path else ""
+            return step_failure(exc, action="rollback", before=current, backup=backup_path,
+                                retries=settings.lock_retries,
+                                fix_hint=f"fix the downgrade of {rev}, then re-run: "
+                                         f"invoke rollback --to={to}{undo}")
+
+        res = audited(run, downgrade, failure)
+        if touched_backup:  # its own audit record ("putback"); the downgrade's is written above
+            touched.putback_after_rollback(settings, agent, touched_backup, out, tlabel)
     return {"before": current, "after": res["current"], "backup": backup_path, "target": target,
-            "downgraded": [d["revision"] for d in done if not d.get("skipped")],
+            "downgraded": run.completed(),
             "seconds": round(time.monotonic() - t0, 2)}

@@ -10,15 +10,16 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
-from dbops.ops.migrate import Out, _print, acquire_lock, refusal
+from dbops.ops.output import Out, print_line
 from dbops.ops.status import label
+from dbops.ops.steps import acquire_lock, refusal
 
 WARNING = ("stamp changes NO schema: it only rewrites the alembic_version row. Use it when the "
            "schema already IS at that revision (invoke doctor tells); stamping after a failed "
            "upgrade leaves the missing columns missing for good.")
 
 
-def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = _print) -> dict:
+def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = print_line) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
         try:
@@ -37,7 +38,8 @@ def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = _print) 
             out(f"nothing to do: the version row already says {tlabel}")
             return {"before": current, "after": current, "target": target}
         confirm(settings, f"Stamp {label(current)} -> {tlabel}?", yes=yes,
-                state=f"unchanged at {label(current)}", next_command=f"invoke stamp --to={to} --yes")
+                state=f"unchanged at {label(current)}",
+                next_command=f"invoke stamp --to={to} --yes")
         acquire_lock(agent, "stamp", current, f"stamp --to={to}")
         record = {"from": current, "previous_version_rows": current, "requested": to,
                   "to_target": target, "backup": None, "schema_changed": False}
@@ -47,7 +49,8 @@ def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = _print) 
             d = exc.agent_details
             audit.append(settings, "stamp", **record, to=d.get("after"), result="failed",
                          error=exc.message, duration_s=round(time.monotonic() - t0, 3))
-            raise OpsError(exc.message, state=f"before: {label(current)}; now: {label(d.get('after', current))}",
+            raise OpsError(exc.message,
+                           state=f"before: {label(current)}; now: {label(d.get('after', current))}",
                            next_command="invoke current") from None
         hashes = {}
         if target:

@@ -17,14 +17,18 @@ def call_status(agent: Agent) -> dict:
         return agent.call("status")
     except AgentError as exc:
         if exc.kind == "connect":
-            s = agent.settings
             raise OpsError(exc.message, next_command=f"check POSTGRES_* in .env and that the "
-                           f"server is up ({'invoke up' if s.target == 'compose' else f'pg_isready -h {s.host} -p {s.port}'})") from None
+                           f"server is up ({agent.target.reach_hint()})") from None
         raise
 
 
-def label(revs: list[str]) -> str:
-    return ", ".join(revs) if revs else "base (no version row)"
+def label(revs: list[str] | tuple[str, ...] | None, *, short: bool = False) -> str:
+    """How dbops prints a set of revisions (version rows, heads, a target) everywhere: the ids
+    joined by ", ", or "base" when there is none; ``short``: 12-character ids joined by "+"
+    (a column in a table)."""
+    if not revs:
+        return "base"
+    return "+".join(r[:12] for r in revs) if short else ", ".join(revs)
 
 
 def format_current(st: dict) -> str:

@@ -6,10 +6,14 @@ Tasks are thin: declare flags and help, call one operation in ``dbops.ops``, pri
 from __future__ import annotations
 
 import functools
+import importlib
+import json
+import os
+import pkgutil
 import sys
 from pathlib import Path
 
-from invoke import Exit
+from invoke import Collection, Exit
 
 from dbops.config import Settings, load_settings
 from dbops.errors import OpsError
@@ -21,14 +25,33 @@ def settings(c) -> Settings:
     return load_settings(project_dir, cfg)
 
 
+def write_result(result) -> None:
+    """A task's result as JSON in DBOPS_RESULT_FILE, when set (invoke fleet reads it per
+    database); written to a temporary file and renamed, so a reader never sees half of it."""
+    path = os.environ.get("DBOPS_RESULT_FILE")
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, default=str)
+    os.replace(tmp, path)
+
+
 def guarded(fn):
-    """Turn an OpsError into its message, the database state, the next command and exit 1."""
+    """Turn an OpsError into its message, the database state, the next command and exit 1.
+    A task that returns a dict has it written to DBOPS_RESULT_FILE (ok); a failure writes the
+    error there too."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if isinstance(result, dict):
+                write_result({"ok": True, "result": result})
+            return result
         except OpsError as exc:
+            write_result({"ok": False, "error": exc.message, "state": exc.state,
+                          "next": exc.next_command})
             print(exc.render(), file=sys.stderr, flush=True)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
@@ -36,3 +59,17 @@ def guarded(fn):
             raise Exit(code=130) from None
 
     return wrapper
+
+
+def namespace() -> Collection:
+    """Every task of every module in this package, at the top level (``invoke migrate``, not
+    ``invoke schema.migrate``): each module's tasks are found by ``Collection.from_module``,
+    so a new task needs no list to be kept by hand. A name defined twice is an error."""
+    ns = Collection()
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, task in Collection.from_module(module).tasks.items():
+            if name in ns.tasks:
+                raise RuntimeError(f"invoke task {name!r} is defined twice ({info.name})")
+            ns.add_task(task, name=name)
+    return ns

@@ -6,9 +6,12 @@ import json
 
 from invoke import Exit, task
 
+from dbops import events, metrics
 from dbops.ops import doctor as doctor_op
 from dbops.ops import recover as recover_op
-from dbops.tasks import guarded, settings
+from dbops.ops.output import print_note
+from dbops.ops.status import label
+from dbops.tasks import guarded, render, settings
 
 
 @task(help={
@@ -26,14 +29,14 @@ def recover(c, apply=False, yes=False, to=None, no_cache=False, json_=False):
             print(recover_op.format_report(report), flush=True)
 
     report = recover_op.recover(settings(c), apply=apply, yes=yes, to=to,
-                                use_cache=not no_cache, on_report=show)
+                                use_cache=not no_cache, on_report=show, warn=print_note)
     if json_:
         print(json.dumps(report, indent=2, default=str))
     else:
         applied = report["applied"]
         if applied and applied["stamped"]:
-            print(f"stamped:   alembic_version is now {recover_op._label(applied['to'])} "
-                  f"(was {recover_op._label(applied['before'])}); audit record written")
+            print(f"stamped:   alembic_version is now {label(applied['to'])} "
+                  f"(was {label(applied['before'])}); audit record written")
         elif applied:
             print("nothing to stamp: alembic_version already agrees with the schema")
         print(f"next: {report['next']}")
@@ -42,14 +45,38 @@ def recover(c, apply=False, yes=False, to=None, no_cache=False, json_=False):
 
 
 @task(help={"json": "print every check as JSON (for scripts)",
-            "no_schema": "skip the live-schema check (no scratch database if not cached)"})
+            "no_schema": "skip the live-schema check (no scratch database if not cached)",
+            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
 @guarded
+@events.observed()
 def doctor(c, json_=False, no_schema=False):
     """Read-only health check of the target: one screen, ending with the next command."""
-    report = doctor_op.doctor(settings(c), schema=not no_schema)
-    print(json.dumps(report, indent=2, default=str) if json_ else doctor_op.format_report(report))
+    s = settings(c)
+    report = doctor_op.doctor(s, schema=not no_schema)
+    metrics.save_doctor(s, report)  # the metrics file shows each check (written on exit)
+    if json_:
+        print(json.dumps(report, indent=2, default=str))
+    elif render.is_terminal():
+        _doctor_table(report)
+    else:
+        print(doctor_op.format_report(report))
     if any(ch["status"] == "fail" for ch in report["checks"]):
+        from dbops.tasks import write_result
+        write_result({"ok": False, "error": "doctor found a failing check", "result": report})
         raise Exit(code=1)
+    return report
 
 
-TASKS = [recover, doctor]
+def _doctor_table(report: dict) -> None:
+    """doctor's report as a table (from its result data; the plain text is format_report)."""
+    marks = {"ok": ("ok", "green"), "warn": ("WARN", "yellow"), "fail": ("FAIL", "bold red"),
+             "unknown": ("??", "magenta")}
+    checks = report["checks"]
+    render.table([("", "left"), ("check", "left"), ("", "left")],
+                 [(marks.get(c["status"], ("?", None))[0], c["name"], c["summary"]) for c in checks],
+                 notes={i: [f"- {d}" for d in c["details"][:6] if d] for i, c in enumerate(checks)},
+                 styles={i: marks.get(c["status"], ("?", None))[1] for i, c in enumerate(checks)},
+                 title=f"dbops doctor: {report['target']} [{report['environment']}]")
+    print(f"next: {report['next']}" + (f"   # {report['next_reason']}"
+                                       if report["next"] != "nothing to do" else ""))
+

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json as _json
+
 from invoke import Exit, task
 
+from dbops import config
 from dbops.ops import stack
 from dbops.tasks import guarded, settings
 
@@ -33,4 +36,15 @@ def psql(c, command):
         raise Exit(code=code)
 
 
-TASKS = [up, down, psql]
+@task(name="settings", help={"json": "machine-readable output"})
+@guarded
+def show_settings(c, json=False):
+    """Show every setting: its value (password masked), where it came from, what it means."""
+    rows = config.describe(settings(c))
+    if json:
+        print(_json.dumps(rows, indent=2))
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        source = "" if r["source"] == "default" else f"   [{r['source']}]"
+        print(f"{r['name']:<{width}}  {r['value'] or '-'}{source}")

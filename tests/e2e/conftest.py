@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import threading
 
 import pytest
 
@@ -44,29 +43,6 @@ class Stack:
                               stdin=subprocess.DEVNULL, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
-
-
-class PsWatcher:
-    """Samples every process's command line while an operation runs."""
-
-    def __init__(self):
-        self.lines: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-            self.lines.update(out.splitlines())
-            self._stop.wait(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,142 @@
+"""invoke drill: prove the newest verified backup restores, and how long that takes.
+
+The machinery of ``verify-backup --restore-test``: the backup's sha256 against its manifest,
+pg_restore into a scratch database (``restore.scratch``), the tables, row counts and alembic
+revision against the manifest (``restore.check``); then the user's checks
+(DBOPS_DRILL_CHECKS: every ``*.sql`` in that folder, run on the restored copy with psql
+through the seam, must return true), and the scratch database is always dropped. The
+restore time (the real RTO) and the result are appended to the audit record as a "drill"
+entry — what metrics and doctor read. The live database is never touched.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from dbops import audit, catalog, seam
+from dbops.agent_client import Agent, AgentError
+from dbops.config import Settings
+from dbops.errors import OpsError
+from dbops.ops.restore import RestoreJob, checked_manifest
+from dbops.progress import follow_file
+
+STATE = "unchanged (the drill restores into a scratch database, which was dropped)"
+
+
+def user_checks(settings: Settings) -> list[Path]:
+    folder = settings.get("DBOPS_DRILL_CHECKS")
+    if folder is None:
+        return []
+    if not folder.is_dir():
+        raise OpsError(f"DBOPS_DRILL_CHECKS={folder} is not a folder", state="unchanged",
+                       next_command="point DBOPS_DRILL_CHECKS at a folder of *.sql files, or unset it")
+    return sorted(folder.glob("*.sql"))
+
+
+def run_check(settings: Settings, target: seam.Target, dbname: str, path: Path) -> tuple[bool, str]:
+    """(passed, what it returned): the file's last statement must return true."""
+    launch = target.pg(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", dbname])
+    done = seam.run(launch, input=path.read_bytes(), timeout=600)
+    out = done.stdout.decode(errors="replace").strip().splitlines()
+    if done.returncode != 0:
+        err = seam.mask(done.stderr.decode(errors="replace").strip(), settings.secrets())
+        return False, f"error: {err.splitlines()[-1] if err else f'psql exited {done.returncode}'}"
+    last = out[-1].strip() if out else ""
+    return last == "t", f"returned {last or 'nothing'}"
+
+
+def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
+              progress: bool = False) -> dict:
+    """The drill through an open agent (the caller holds the "drill" lock if it wants one)."""
+    from dbops.ops.restore import resolve
+
+    t0 = time.monotonic()
+    record: dict = {"backup": None}
+    name = None
+    try:
+        checks = user_checks(settings)
+        try:
+            path = resolve(settings, file)
+        except OpsError as exc:
+            raise OpsError(f"nothing to drill: {exc.message}", state=STATE,
+                           next_command="invoke backup") from None
+        record["backup"] = str(path)
+        manifest = checked_manifest(path)
+        record.update(sha256=manifest["sha256"], revisions=manifest["revisions"],
+                      backup_taken_at=manifest["started_at"], size=manifest["size"])
+        name = agent.call("restore.scratch")["name"]
+        t_restore = time.monotonic()
+        job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name)
+        try:
+            follow_file(job.proc, job.src, f"drill: restoring {path.name}", manifest["size"], progress)
+        except BaseException:
+            job.kill()
+            raise
+        rc, lines = job.finish()
+        record["restore_s"] = round(time.monotonic() - t_restore, 3)
+        if rc != 0:
+            raise OpsError(f"{path.name}: pg_restore into the scratch database failed (status {rc})",
+                           details=lines[-8:], state=STATE,
+                           next_command=f"invoke verify-backup {path}   # then take a new backup: invoke backup")
+        try:
+            res = agent.call("restore.check", name=name, tables=manifest["tables"],
+                             revisions=manifest["revisions"])
+        except AgentError as exc:
+            raise OpsError(f"the restored copy does not match the backup: {exc.message}", state=STATE,
+                           next_command="invoke backup   # a new verified backup, then invoke drill") from None
+        record.update(tables=res["tables"], rows=res["rows"])
+        results = []
+        for check in checks:
+            ok, said = run_check(settings, agent.target, name, check)
+            results.append({"check": check.name, "ok": ok, "said": said})
+        record["checks"] = results
+        record["check_s"] = round(time.monotonic() - t_restore - record["restore_s"], 3)
+        failed = [r for r in results if not r["ok"]]
+        if failed:
+            raise OpsError(f"{len(failed)} drill check(s) failed on the restored copy of {path.name}",
+                           details=[f"{r['check']}: {r['said']}" for r in failed], state=STATE,
+                           next_command=f"psql the restored data yourself: invoke verify-backup {path} "
+                                        f"--restore-test; fix the data or the check in "
+                                        f"{settings.get('DBOPS_DRILL_CHECKS')}")
+    except (OpsError, KeyboardInterrupt) as exc:
+        message = exc.message if isinstance(exc, OpsError) else "interrupted"
+        _drop(agent, name)
+        audit.append(settings, "drill", result="failed" if isinstance(exc, OpsError) else "interrupted",
+                     error=message, duration_s=round(time.monotonic() - t0, 3), **record)
+        raise
+    _drop(agent, name)
+    record["duration_s"] = round(time.monotonic() - t0, 3)
+    audit.append(settings, "drill", result="ok", **record)
+    return record
+
+
+def _drop(agent: Agent, name: str | None) -> None:
+    if not name:
+        return
+    try:
+        agent.call("restore.scratch_drop", name=name)
+    except OpsError as exc:
+        print(f"warning: could not drop scratch database {name}: {exc.message}", file=sys.stderr)
+
+
+def drill(settings: Settings, *, file: str = "latest", progress: bool = False) -> dict:
+    """Standalone ``invoke drill``: its own agent and the "drill" lock (not the database's:
+    a drill never blocks a backup or a migration)."""
+    catalog.ensure_dir(Path(settings.backup_dir))
+    with Agent(settings) as agent:
+        try:
+            agent.call("lock.acquire", purpose="drill", scope="drill")
+        except AgentError as exc:
+            raise OpsError(exc.message, state="unchanged",
+                           next_command="wait for the running drill to finish") from None
+        return run_drill(settings, agent, file=file, progress=progress)
+
+
+def last_drill(settings: Settings) -> dict | None:
+    """The newest drill record of this database in the audit record."""
+    for rec in reversed(audit.read(settings)):
+        if rec.get("action") == "drill" and rec.get("database") == settings.database:
+            return rec
+    return None

@@ -1,0 +1,201 @@
+"""DBOPS_TARGET=kubernetes and invoke k8s-job. No cluster runs here: the kubectl argv of each
+operation is checked against a stand-in kubectl (tests/fixtures/fake_kubectl.py) that records
+it; the same stand-in runs `exec` on this machine, so a real `invoke migrate` goes through the
+Kubernetes target against real PostgreSQL. The rendered Job is validated against the
+Kubernetes JSON schema offline (kubernetes-validate, from PyPI)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from dbops.config import load_settings
+from dbops.errors import ConfigError
+from dbops.ops import k8s_job
+from dbops.seam import KubernetesTarget, target_for
+from tests.conftest import ALEMBIC_INI, ROOT
+from tests.fixtures.projects import SAMPLE_HEAD, version_rows
+
+SECRET = "s3cr3t-Pa55"
+FAKE = ROOT / "tests" / "fixtures" / "fake_kubectl.py"
+K8S_VERSION = "1.30.0"
+
+
+def make(tmp_path, **env):
+    base = {"DBOPS_ENV_FILE": str(tmp_path / "none"), "POSTGRES_USER": "app",
+            "POSTGRES_DB": "shop", "POSTGRES_PASSWORD": SECRET, "DBOPS_TARGET": "kubernetes"}
+    return load_settings(ROOT, environ={**base, **env})
+
+
+@pytest.fixture
+def fake_kubectl(tmp_path, monkeypatch):
+    """The stand-in, with a db pod and a backend pod; returns the recorded calls."""
+    log, pods = tmp_path / "kubectl.log", tmp_path / "pods.json"
+    pods.write_text(json.dumps({"pods": {"pg-0": {"labels": "app=db", "env": {}},
+                                         "api-7f9c": {"labels": "app=backend", "env": {}}}}))
+    monkeypatch.setenv("FAKE_K8S_LOG", str(log))
+    monkeypatch.setenv("FAKE_K8S_PODS", str(pods))
+
+    def calls():
+        return [json.loads(ln) for ln in log.read_text().splitlines()] if log.exists() else []
+    calls.kubectl = f"{sys.executable} {FAKE}"
+    calls.pods = pods
+    return calls
+
+
+def test_pg_tools_exec_into_the_db_pod_found_by_label(tmp_path, fake_kubectl):
+    s = make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_CONTEXT="prod-eu",
+             DBOPS_K8S_NAMESPACE="shop", DBOPS_K8S_DB_CONTAINER="postgres")
+    launch = target_for(s).pg(["pg_dump", "--format=custom"])
+    kubectl = [sys.executable, str(FAKE), "--context", "prod-eu", "--namespace", "shop"]
+    assert launch.argv == [*kubectl, "exec", "-i", "pg-0", "-c", "postgres", "--",
+                           "env", "PGUSER=app", "PGDATABASE=shop", "pg_dump", "--format=custom"]
+    [lookup] = fake_kubectl()
+    assert lookup["argv"] == ["--context", "prod-eu", "--namespace", "shop", "get", "pods",
+                              "--selector", "app=db", "--field-selector=status.phase=Running",
+                              "--output=jsonpath={.items[*].metadata.name}"]
+    for argv in (launch.argv, lookup["argv"]):
+        assert not any(SECRET in a for a in argv)
+    assert not lookup["env_has_password"]
+    assert SECRET not in json.dumps(launch.env)  # kubectl never holds the password
+    assert "-t" not in launch.argv and "--tty" not in launch.argv  # binary dumps need no TTY
+
+
+def test_agent_execs_into_the_backend_pod_with_its_own_secret(tmp_path, fake_kubectl):
+    s = make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_BACKEND_SELECTOR="app=backend",
+             DBOPS_K8S_AGENT_PATH="/srv/dbops", DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini")
+    launch = target_for(s).agent()
+    assert launch.argv[2:] == ["--namespace", "default", "exec", "-i", "api-7f9c", "--",
+                               "env", "PYTHONPATH=/srv/dbops", "POSTGRES_DB=shop", "PGDATABASE=shop",
+                               "python", "-m", "dbops.agent", "--ini", "/app/alembic.ini"]
+    assert SECRET not in " ".join(launch.argv) and SECRET not in json.dumps(launch.env)
+    assert "backend pod app=backend" in target_for(s).describe()
+
+
+def test_pods_are_looked_up_once_per_target(tmp_path, fake_kubectl):
+    t = target_for(make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl))
+    t.pg(["psql"]), t.pg(["pg_restore"]), t.agent(), t.agent()
+    assert [c["argv"][2:5] for c in fake_kubectl()] == [["get", "pods", "--selector"]] * 2
+
+
+def test_no_running_pod_is_one_clear_error(tmp_path, fake_kubectl):
+    t = target_for(make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_DB_SELECTOR="app=nope",
+                        DBOPS_K8S_NAMESPACE="shop"))
+    with pytest.raises(ConfigError) as err:
+        t.pg(["psql"])
+    assert "no running pod matches DBOPS_K8S_DB_SELECTOR=app=nope in namespace shop" in err.value.message
+
+
+def test_missing_kubectl_is_one_clear_error(tmp_path):
+    t = target_for(make(tmp_path, DBOPS_KUBECTL="/nonexistent/kubectl"))
+    with pytest.raises(ConfigError) as err:
+        t.ensure_available()
+    assert "kubectl does not run" in err.value.message and "DBOPS_KUBECTL" in err.value.message
+
+
+def test_migrate_through_the_kubernetes_target_against_real_postgresql(
+        tmp_path, fake_kubectl, pg_cluster, db_conn, invoke):
+    """The whole migrate (agent in the 'backend pod', pg_dump streamed out of the 'db pod' over
+    exec -i): backed up, at head, verified; the password only ever in the pods' environment."""
+    bindir_path = f"{pg_cluster.bindir}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    secret_env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(pg_cluster.port),
+                  "POSTGRES_USER": pg_cluster.user, "POSTGRES_PASSWORD": pg_cluster.password}
+    fake_kubectl.pods.write_text(json.dumps({"pods": {
+        "pg-0": {"labels": "app=db", "env": {"PATH": bindir_path, "PGHOST": "127.0.0.1",
+                                             "PGPORT": str(pg_cluster.port),
+                                             "PGPASSWORD": pg_cluster.password}},
+        "api-7f9c": {"labels": "app=backend", "cwd": str(ALEMBIC_INI.parent),
+                     "env": {**secret_env, "PATH": bindir_path}}}}))
+    env = {"DBOPS_TARGET": "kubernetes", "DBOPS_KUBECTL": fake_kubectl.kubectl,
+           "DBOPS_K8S_AGENT_PATH": str(ROOT), "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
+           "POSTGRES_PASSWORD": ""}
+    done = invoke("migrate", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert version_rows(db_conn) == [SAMPLE_HEAD]
+    assert "schema matches the models" in done.stdout
+    backups = list((tmp_path / "backups").glob("*pre-migrate*.dump"))
+    assert len(backups) == 1 and backups[0].read_bytes()[:5] == b"PGDMP"  # a custom-format dump
+    calls = fake_kubectl()
+    execs = [c for c in calls if "exec" in c["argv"]]
+    assert {c["argv"][c["argv"].index("-i") + 1] for c in execs} == {"pg-0", "api-7f9c"}
+    for c in calls:
+        assert pg_cluster.password not in " ".join(c["argv"]) and not c["env_has_password"]
+    assert pg_cluster.password not in done.stdout + done.stderr
+
+
+def test_hints_up_and_down_on_kubernetes(tmp_path, fake_kubectl, pg_cluster, invoke):
+    t = target_for(make(tmp_path, DBOPS_KUBECTL="kubectl", DBOPS_K8S_CONTEXT="prod",
+                        DBOPS_K8S_NAMESPACE="shop", DBOPS_K8S_DB_SELECTOR="app=pg"))
+    assert t.reach_hint() == "kubectl --context prod --namespace shop get pods --selector app=pg"
+    assert t.not_ready_hint() == "kubectl --context prod --namespace shop logs --selector app=pg --tail=50"
+    fake_kubectl.pods.write_text(json.dumps({"pods": {"pg-0": {"labels": "app=db", "env": {
+        "PATH": f"{pg_cluster.bindir}:/usr/bin:/bin", "PGHOST": "127.0.0.1",
+        "PGPORT": str(pg_cluster.port)}}}}))
+    env = {"DBOPS_TARGET": "kubernetes", "DBOPS_KUBECTL": fake_kubectl.kubectl}
+    done = invoke("up", env=env)  # nothing to start: pg_isready in the db pod answers
+    assert done.returncode == 0, done.stderr
+    assert any("pg_isready" in c["argv"] for c in fake_kubectl())
+    done = invoke("down", env=env)
+    assert done.returncode == 1 and "the pods are the cluster's to stop" in done.stderr
+    done = invoke("up", "--build", env=env)
+    assert done.returncode == 1 and "built and rolled out by your pipeline" in done.stderr
+
+
+# --- the Job ------------------------------------------------------------------------------
+def render(tmp_path, **env) -> tuple[str, dict]:
+    s = make(tmp_path, DBOPS_K8S_IMAGE="registry.example/shop-dbops:1.4.2",
+             DBOPS_K8S_NAMESPACE="shop", DBOPS_K8S_JOB_DEADLINE="900", **env)
+    text = k8s_job.render(s)
+    return text, yaml.safe_load(text)
+
+
+def test_rendered_job_validates_against_the_kubernetes_schema(tmp_path):
+    text, job = render(tmp_path)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)  # raises on any violation
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 900
+    assert "initContainers" not in pod and pod["restartPolicy"] == "Never"
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    [c] = pod["containers"]
+    assert c["command"] == ["python", "-m", "invoke", "migrate"]
+    assert c["envFrom"] == [{"secretRef": {"name": "dbops-db"}}]
+    backups = next(v for v in pod["volumes"] if v["name"] == "backups")
+    assert backups["persistentVolumeClaim"]["claimName"] == "dbops-backups"
+    assert {"name": "backups", "mountPath": "/backups"} in c["volumeMounts"]
+    assert {"name": "DBOPS_BACKUP_DIR", "value": "/backups"} in c["env"]
+    assert {"name": "DBOPS_ALEMBIC_INI", "value": "/app/alembic.ini"} in c["env"]  # ops.Dockerfile
+    assert c["workingDir"] == "/opt/dbops"
+    assert SECRET not in text and "PASSWORD" not in json.dumps(c["env"])
+
+
+def test_a_broken_job_fails_the_schema_check(tmp_path):
+    """The check is real: the same manifest with a wrong type is refused."""
+    _, job = render(tmp_path)
+    job["spec"]["backoffLimit"] = "zero"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_k8s_job_task_prints_the_manifest_and_refuses_without_image(invoke):
+    done = invoke("k8s-job", "--render", "--task", "migrate",
+                  env={"DBOPS_K8S_IMAGE": "registry.example/x:1"})
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["kind"] == "Job"
+    done = invoke("k8s-job", "--render")
+    assert done.returncode == 1 and done.stderr.startswith("error: DBOPS_K8S_IMAGE is not set")
+    done = invoke("k8s-job", "--render", "--task", "restore", env={"DBOPS_K8S_IMAGE": "x"})
+    assert done.returncode == 1 and "a Job runs one of" in done.stderr
+    done = invoke("k8s-job")
+    assert done.returncode == 1 and "needs --render" in done.stderr
+
+
+def test_kubernetes_target_is_a_declared_choice(tmp_path):
+    assert isinstance(target_for(make(tmp_path)), KubernetesTarget)
+    with pytest.raises(ConfigError):
+        make(tmp_path, DBOPS_TARGET="k8s")
