@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import harness  # noqa: E402  (bench/, beside this script)
+
 from dbops import localpg  # noqa: E402
 
 DB = "bench"
@@ -155,106 +157,99 @@ def median(xs: list[float]) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--gb", type=float, default=1.0)
+    p = harness.parser(__doc__, gb=1.0)
     p.add_argument("--pgbench", type=int, metavar="SCALE", help="pgbench -i -s SCALE data instead")
     p.add_argument("--empty", action="store_true", help="also time a backup of an empty database")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--keep", help="cluster folder to create or reuse (default: a temporary one)")
     p.add_argument("--sweep", action="store_true", help="also time pg_dump -Fc at -Z 0/1/3/6")
     p.add_argument("--only", help="comma list of comparisons to run: 1,2,3,4,5")
     a = p.parse_args()
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    if a.keep and (Path(a.keep) / "cluster.json").exists():
-        cluster = localpg.load(a.keep)
-        if not (cluster.data / "postmaster.pid").exists():
-            cluster.start(fast=False)
-        with cluster.connect(DB) as conn:
-            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-        print(f"reusing {a.keep}: database {size / 1e9:.2f} GB")
-    else:
-        cluster = localpg.new_cluster(a.keep, fast=False)
-        t = time.monotonic()
-        size = build_pgbench(cluster, a.pgbench) if a.pgbench else build(cluster, a.gb)
-        what = f"pgbench -s {a.pgbench}" if a.pgbench else f"{TABLES} tables of md5 text"
-        print(f"built {size / 1e9:.2f} GB ({what}) in {time.monotonic() - t:.0f} s")
+    with harness.cluster(a.keep) as (cluster, reused):
+        if reused:
+            size = harness.database_size(cluster, DB)
+            print(f"reusing {a.keep}: database {size / 1e9:.2f} GB")
+        else:
+            t = time.monotonic()
+            size = build_pgbench(cluster, a.pgbench) if a.pgbench else build(cluster, a.gb)
+            what = f"pgbench -s {a.pgbench}" if a.pgbench else f"{TABLES} tables of md5 text"
+            print(f"built {size / 1e9:.2f} GB ({what}) in {time.monotonic() - t:.0f} s")
+        compare(cluster, a, out)
+    return 0
+
+
+def compare(cluster: localpg.Cluster, a: argparse.Namespace, out: Path) -> None:
     if a.empty:
         with cluster.connect() as conn:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench_empty'").fetchone():
                 conn.execute("CREATE DATABASE bench_empty")
     b = Bench(cluster, out)
     only = set((a.only or "1,2,3,4,5").split(","))
-    try:
-        if a.sweep:
-            for z in ("0", "1", "3", "6"):
-                took, size_b = b.raw_dump("-Z", z)
-                print(f"sweep: pg_dump -Fc -Z{z}: {took:6.1f} s  {size_b / 1e6:7.0f} MB")
-            took, size_b = b.raw_dump()
-            print(f"sweep: pg_dump -Fc (default): {took:6.1f} s  {size_b / 1e6:7.0f} MB")
-        variants: dict[str, callable] = {}
-        if only & {"1", "2"}:
-            variants["invoke backup"] = b.inv_backup
-        if "1" in only:
-            variants["pg_dump -Fc -Z1"] = lambda: b.raw_dump("-Z", "1")
-        if only & {"2", "3"}:
-            variants["pg_dump -Fc"] = b.raw_dump
-        if "3" in only:
-            variants["invoke backup --jobs 2"] = b.inv_backup_jobs2
-        restore_src = None
-        if "4" in only:
-            b.clear_backups()
-            b.invoke("backup", "--no-retention")
-            keep = out / "restore-source"
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(b.backups, keep)
-            restore_src = next(keep.glob("*.dump"))
-            variants["pg_restore"] = lambda: b.raw_restore(restore_src)
-            variants["invoke restore"] = lambda: b.inv_restore(restore_src)
-            if "5" in only:
-                variants["invoke restore --pre-backup"] = lambda: b.inv_restore(restore_src, "--pre-backup")
-        if a.empty:
-            variants["empty: invoke backup"] = b.empty_backup
-            variants["empty: pg_dump -Fc -Z1"] = b.empty_raw
-        results: dict[str, list[tuple[float, int]]] = {k: [] for k in variants}
-        names = list(variants)
-        for r in range(a.runs):
-            order = names[r % len(names):] + names[: r % len(names)]
-            if r % 2:
-                order.reverse()
-            for name in order:
-                took, size_b = variants[name]()
-                results[name].append((took, size_b))
-                print(f"round {r + 1}: {name:24} {took:6.1f} s  {size_b / 1e6:7.0f} MB", flush=True)
-        med = {k: (median([t for t, _ in v]), median([s for _, s in v])) for k, v in results.items()}
-        print("\nmedians of", a.runs, "alternating runs:")
-        for k, (t, s) in med.items():
-            print(f"  {k:24} {t:6.1f} s  {s / 1e6:7.0f} MB")
-        print("\nratios:")
-        if a.empty:
-            print(f"  empty database: invoke backup {med['empty: invoke backup'][0]:.2f} s, raw pg_dump "
-                  f"{med['empty: pg_dump -Fc -Z1'][0]:.2f} s (fixed cost "
-                  f"{med['empty: invoke backup'][0] - med['empty: pg_dump -Fc -Z1'][0]:.2f} s)")
-        if "1" in only:
-            print(f"  1. (P1a) invoke backup / pg_dump -Fc -Z1 (same format+compression): "
-                  f"{med['invoke backup'][0] / med['pg_dump -Fc -Z1'][0]:.2f}   (target <= 1.05)")
-        if "2" in only:
-            print(f"  2. pg_dump -Fc / invoke backup: {med['pg_dump -Fc'][0] / med['invoke backup'][0]:.2f}x faster, "
-                  f"bytes {med['invoke backup'][1] / med['pg_dump -Fc'][1]:.2f}x   (target >= 1.8x at <= 1.10x bytes)")
-        if "3" in only:
-            print(f"  3. pg_dump -Fc / invoke backup --jobs 2: "
-                  f"{med['pg_dump -Fc'][0] / med['invoke backup --jobs 2'][0]:.2f}x faster   (target >= 1.7x)")
-        if "4" in only:
-            print(f"  4. (P3) invoke restore / pg_restore: "
-                  f"{med['invoke restore'][0] / med['pg_restore'][0]:.2f}   (target <= 1.15; includes "
-                  f"the checks and the swap; no pre-restore dump)")
-        if "5" in only and "4" in only:
-            print(f"  5. invoke restore --pre-backup / pg_restore: "
-                  f"{med['invoke restore --pre-backup'][0] / med['pg_restore'][0]:.2f}")
-    finally:
-        if not a.keep:
-            cluster.destroy()
-    return 0
+    if a.sweep:
+        for z in ("0", "1", "3", "6"):
+            took, size_b = b.raw_dump("-Z", z)
+            print(f"sweep: pg_dump -Fc -Z{z}: {took:6.1f} s  {size_b / 1e6:7.0f} MB")
+        took, size_b = b.raw_dump()
+        print(f"sweep: pg_dump -Fc (default): {took:6.1f} s  {size_b / 1e6:7.0f} MB")
+    variants: dict[str, callable] = {}
+    if only & {"1", "2"}:
+        variants["invoke backup"] = b.inv_backup
+    if "1" in only:
+        variants["pg_dump -Fc -Z1"] = lambda: b.raw_dump("-Z", "1")
+    if only & {"2", "3"}:
+        variants["pg_dump -Fc"] = b.raw_dump
+    if "3" in only:
+        variants["invoke backup --jobs 2"] = b.inv_backup_jobs2
+    restore_src = None
+    if "4" in only:
+        b.clear_backups()
+        b.invoke("backup", "--no-retention")
+        keep = out / "restore-source"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(b.backups, keep)
+        restore_src = next(keep.glob("*.dump"))
+        variants["pg_restore"] = lambda: b.raw_restore(restore_src)
+        variants["invoke restore"] = lambda: b.inv_restore(restore_src)
+        if "5" in only:
+            variants["invoke restore --pre-backup"] = lambda: b.inv_restore(restore_src, "--pre-backup")
+    if a.empty:
+        variants["empty: invoke backup"] = b.empty_backup
+        variants["empty: pg_dump -Fc -Z1"] = b.empty_raw
+    results: dict[str, list[tuple[float, int]]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(a.runs):
+        order = names[r % len(names):] + names[: r % len(names)]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            took, size_b = variants[name]()
+            results[name].append((took, size_b))
+            print(f"round {r + 1}: {name:24} {took:6.1f} s  {size_b / 1e6:7.0f} MB", flush=True)
+    med = {k: (median([t for t, _ in v]), median([s for _, s in v])) for k, v in results.items()}
+    print("\nmedians of", a.runs, "alternating runs:")
+    for k, (t, s) in med.items():
+        print(f"  {k:24} {t:6.1f} s  {s / 1e6:7.0f} MB")
+    print("\nratios:")
+    if a.empty:
+        print(f"  empty database: invoke backup {med['empty: invoke backup'][0]:.2f} s, raw pg_dump "
+              f"{med['empty: pg_dump -Fc -Z1'][0]:.2f} s (fixed cost "
+              f"{med['empty: invoke backup'][0] - med['empty: pg_dump -Fc -Z1'][0]:.2f} s)")
+    if "1" in only:
+        print(f"  1. (P1a) invoke backup / pg_dump -Fc -Z1 (same format+compression): "
+              f"{med['invoke backup'][0] / med['pg_dump -Fc -Z1'][0]:.2f}   (target <= 1.05)")
+    if "2" in only:
+        print(f"  2. pg_dump -Fc / invoke backup: {med['pg_dump -Fc'][0] / med['invoke backup'][0]:.2f}x faster, "
+              f"bytes {med['invoke backup'][1] / med['pg_dump -Fc'][1]:.2f}x   (target >= 1.8x at <= 1.10x bytes)")
+    if "3" in only:
+        print(f"  3. pg_dump -Fc / invoke backup --jobs 2: "
+              f"{med['pg_dump -Fc'][0] / med['invoke backup --jobs 2'][0]:.2f}x faster   (target >= 1.7x)")
+    if "4" in only:
+        print(f"  4. (P3) invoke restore / pg_restore: "
+              f"{med['invoke restore'][0] / med['pg_restore'][0]:.2f}   (target <= 1.15; includes "
+              f"the checks and the swap; no pre-restore dump)")
+    if "5" in only and "4" in only:
+        print(f"  5. invoke restore --pre-backup / pg_restore: "
+              f"{med['invoke restore --pre-backup'][0] / med['pg_restore'][0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ production-sized data behind the sample revisions (bench_premigrate, bench_rehea
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from dbops import localpg
-from tests.fixtures.projects import SAMPLE_HEAD
+from tests.fixtures.projects import HEADER, REVS, SAMPLE_HEAD, make_project
 
 
 def build(cluster: localpg.Cluster, env: dict, db: str, gb: float, ini: Path, *, tags: int = 0) -> int:
@@ -33,3 +34,15 @@ def build(cluster: localpg.Cluster, env: dict, db: str, gb: float, ini: Path, *,
         conn.execute("VACUUM ANALYZE")
         conn.execute("CHECKPOINT")
         return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def project(out: Path, *names: str, rev: str, message: str, body: str, patch_models: bool) -> Path:
+    """A fresh copy of the sample project in out/project with the fixture revisions ``names``
+    and one more revision ``rev`` (``body``: its upgrade/downgrade) on top; its alembic.ini."""
+    shutil.rmtree(out / "project", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    ini = make_project(out, *names, patch_models=patch_models)
+    down = REVS[names[-1]].rev if names else SAMPLE_HEAD
+    (ini.parent / "alembic" / "versions" / f"{rev}_bench.py").write_text(
+        HEADER.format(message=message, rev=rev, down=down, down_repr=repr(down), labels="None") + body)
+    return ini
