@@ -78,7 +78,7 @@ def test_rehearse_sample_history_matches_migrate_and_leaves_live_alone(invoke, e
                     "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.database = "
                     "(SELECT oid FROM pg_database WHERE datname = %s) AND l.pid <> pg_backend_pid() "
                     "AND l.mode NOT IN ('AccessShareLock') AND l.locktype = 'relation' "
-                        # autovacuum may analyze the freshly loaded tables; it is not the rehearsal
+                    # autovacuum may analyze the freshly loaded tables; it is not the rehearsal
                         "AND a.backend_type = 'client backend'", [database]).fetchall())
                 time.sleep(0.01)
 
