@@ -79,7 +79,7 @@ def test_rehearse_sample_history_matches_migrate_and_leaves_live_alone(invoke, e
                     "(SELECT oid FROM pg_database WHERE datname = %s) AND l.pid <> pg_backend_pid() "
                     "AND l.mode NOT IN ('AccessShareLock') AND l.locktype = 'relation' "
                     # autovacuum may analyze the freshly loaded tables; it is not the rehearsal
-                        "AND a.backend_type = 'client backend'", [database]).fetchall())
+                    "AND a.backend_type = 'client backend'", [database]).fetchall())
                 time.sleep(0.01)
 
     watcher = threading.Thread(target=watch_live_locks)
