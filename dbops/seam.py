@@ -312,9 +312,13 @@ class KubernetesTarget(Target):
 
     def agent(self) -> Launch:
         s = self.settings
+        # DBOPS_DIRECT_HOST/_PORT (a pooler in front of the server) as compose's `-e`: the host
+        # and port override the pod's POSTGRES_HOST/_PORT for the agent alone; no secret here.
+        direct = [f"{k}={v}" for k, v in direct_address(s).items()]
         return self.exec("backend", ["env", f"PYTHONPATH={s.get('DBOPS_K8S_AGENT_PATH')}",
                                      f"POSTGRES_DB={s.database}", f"PGDATABASE={s.database}",
-                                     "python", "-m", "dbops.agent", "--ini", s.backend_alembic_ini])
+                                     *direct, "python", "-m", "dbops.agent", "--ini",
+                                     s.backend_alembic_ini])
 
     def ensure_available(self) -> None:
         try:

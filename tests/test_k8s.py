@@ -77,6 +77,52 @@ def test_agent_execs_into_the_backend_pod_with_its_own_secret(tmp_path, fake_kub
     assert "backend pod app=backend" in target_for(s).describe()
 
 
+def test_agent_gets_the_direct_address_as_compose_passes_it(tmp_path, fake_kubectl):
+    """DBOPS_DIRECT_HOST/_PORT (PgBouncer in front, docs/pgbouncer.md) reach the agent in the
+    backend pod on `env`'s argv, overriding the pod's POSTGRES_HOST/_PORT, as compose's `-e`."""
+    s = make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_BACKEND_SELECTOR="app=backend",
+             DBOPS_K8S_AGENT_PATH="/srv/dbops", DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini",
+             DBOPS_DIRECT_HOST="pg-direct.shop.svc", DBOPS_DIRECT_PORT="5433")
+    launch = target_for(s).agent()
+    assert launch.argv[launch.argv.index("--") + 1:] == [
+        "env", "PYTHONPATH=/srv/dbops", "POSTGRES_DB=shop", "PGDATABASE=shop",
+        "POSTGRES_HOST=pg-direct.shop.svc", "POSTGRES_PORT=5433",
+        "DBOPS_DIRECT_HOST=pg-direct.shop.svc", "DBOPS_DIRECT_PORT=5433",
+        "python", "-m", "dbops.agent", "--ini", "/app/alembic.ini"]
+    assert SECRET not in " ".join(launch.argv) and SECRET not in json.dumps(launch.env)
+    # The db pod's tools use its local socket, as compose's exec: no direct address there.
+    assert not any(a.startswith(("POSTGRES_HOST=", "DBOPS_DIRECT")) for a in target_for(s).pg(["psql"]).argv)
+
+
+def test_the_agent_in_the_pod_connects_to_the_direct_address(tmp_path, fake_kubectl, pg_cluster, invoke):
+    """Through the stand-in kubectl against real PostgreSQL: the backend pod's POSTGRES_PORT is
+    a port nothing listens on (the "pooler" the application would use); with DBOPS_DIRECT_*
+    the agent reaches the server, without them it cannot."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    path = f"{pg_cluster.bindir}:{Path(sys.executable).parent}:/usr/bin:/bin"
+    fake_kubectl.pods.write_text(json.dumps({"pods": {
+        "pg-0": {"labels": "app=db", "env": {"PATH": path}},
+        "api-7f9c": {"labels": "app=backend", "cwd": str(ALEMBIC_INI.parent), "env": {
+            "PATH": path, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(dead_port),
+            "POSTGRES_USER": pg_cluster.user, "POSTGRES_PASSWORD": pg_cluster.password}}}}))
+    env = {"DBOPS_TARGET": "kubernetes", "DBOPS_KUBECTL": fake_kubectl.kubectl,
+           "DBOPS_K8S_AGENT_PATH": str(ROOT), "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
+           "POSTGRES_PASSWORD": ""}
+    done = invoke("current", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr  # the pod's own address: nothing there
+    done = invoke("current", env={**env, "DBOPS_DIRECT_HOST": "127.0.0.1",
+                                  "DBOPS_DIRECT_PORT": str(pg_cluster.port)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "current: base" in done.stdout
+    [agent_exec] = [c for c in fake_kubectl() if "api-7f9c" in c["argv"]][-1:]
+    assert f"DBOPS_DIRECT_PORT={pg_cluster.port}" in agent_exec["argv"]
+    assert pg_cluster.password not in " ".join(agent_exec["argv"]) and not agent_exec["env_has_password"]
+
+
 def test_pods_are_looked_up_once_per_target(tmp_path, fake_kubectl):
     t = target_for(make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl))
     t.pg(["psql"]), t.pg(["pg_restore"]), t.agent(), t.agent()

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT, InvokeRunner
+from tests.fixtures.projects import SAMPLE_REVS
 
 PROJECT = "dbopse2e"
 
@@ -43,6 +44,31 @@ class Stack:
                               stdin=subprocess.DEVNULL, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
+
+    def revision(self) -> str | None:
+        """The version row ("base" when empty), or None on a database alembic never touched."""
+        if self.psql("SELECT to_regclass('public.alembic_version') IS NULL") == "t":
+            return None
+        return self.psql("SELECT version_num FROM alembic_version") or "base"
+
+    def go_to(self, rev: str, check: bool = True) -> None:
+        """invoke migrate or rollback (no backups: test set-up) to ``rev`` from wherever it is."""
+        found = self.revision()
+        if found == rev:
+            return
+        if found in (None, "base") or (rev != "base" and SAMPLE_REVS.index(found) < SAMPLE_REVS.index(rev)):
+            done = self.invoke("migrate", f"--to={rev}", "--no-backup")
+        else:
+            done = self.invoke("rollback", f"--to={rev}", "--yes", "--accept-data-loss", "--no-backup")
+        assert done.returncode == 0 or not check, done.stdout + done.stderr
+
+    def return_to(self, found: str | None) -> None:
+        """Put the schema back where ``revision()`` found it (None: a database alembic never
+        touched, as the runbook's first step expects), for the tests that share the stack.
+        Best effort (it runs in the tests' finally blocks); the tests assert the result."""
+        self.go_to(found or "base", check=False)
+        if found is None:
+            self.psql("DROP TABLE IF EXISTS alembic_version")
 
 
 @pytest.fixture(scope="session")
