@@ -67,7 +67,7 @@ def migrate(c, to="head", sql=False, no_backup=False, accept_risk=None):
     # With --sql, stdout is the SQL alone (pipe it to a file); the preflight goes to stderr.
     out = print_note if sql else print_line
     res = migrate_op.migrate(settings(c), to=to, sql=sql, backup=not no_backup, out=out,
-                             accept_risk=accept_risk)
+                             accept_risk=accept_risk, warn=print_note)
     events.note(backup=res.get("backup"), revisions=res.get("after"))
     if sql:
         print(res["sql"], end="" if res["sql"].endswith("\n") else "\n")

@@ -42,8 +42,9 @@ def drill(c, file="latest", json_=False):
     Checks: tables, row counts and alembic revision against the manifest, then every *.sql
     in DBOPS_DRILL_CHECKS (each must return true). The result goes to the audit record."""
     from dbops.ops import drill as drill_op
+    from dbops.ops.output import print_note
 
-    res = drill_op.drill(settings(c), file=file, progress=wanted() and not json_)
+    res = drill_op.drill(settings(c), file=file, progress=wanted() and not json_, warn=print_note)
     events.note(backup=res["backup"], revisions=res["revisions"], restore_s=res["restore_s"])
     if json_:
         print(json.dumps(res, indent=2, default=str))
