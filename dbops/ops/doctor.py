@@ -56,6 +56,7 @@ from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the 
     WARN,
     Check,
     Facts,
+    Unknown,
     _age,
     _ident,
     needs_db,
@@ -90,9 +91,7 @@ def dbops_lock(f: Facts) -> Check:
 # --- 3. indexes ---------------------------------------------------------------------------------
 @needs_db
 def indexes(f: Facts) -> Check:
-    inv = f.raw.get("invalid_indexes")
-    if inv is None:
-        return Check("indexes", UNKNOWN, f"could not list indexes: {f.errors.get('invalid_indexes')}")
+    inv = f.need("invalid_indexes", "indexes", "could not list indexes")
     if not inv:
         return Check("indexes", OK, "no INVALID indexes")
     first = _ident(inv[0]["schema"] + "." + inv[0]["index"].split(".")[-1])
@@ -292,10 +291,9 @@ def _is_dump(app: str | None) -> bool:
 
 @needs_db
 def sessions(f: Facts) -> Check:
-    ss, locks = f.raw.get("sessions"), f.raw.get("locks") or []
+    ss = f.need("sessions", "sessions", "could not read pg_stat_activity")
+    locks = f.raw.get("locks") or []
     tables = f.raw.get("pending_tables")
-    if ss is None:
-        return Check("sessions", UNKNOWN, f"could not read pg_stat_activity: {f.errors.get('sessions')}")
     pending = f.pending
     blockers = {pid: held for pid, held in blocking_locks(f).items()
                 if not any(_is_dump(lk["application_name"]) for lk in locks if lk["pid"] == pid)}
@@ -347,9 +345,7 @@ def sessions(f: Facts) -> Check:
 
 @needs_db
 def pg_dump(f: Facts) -> Check:
-    dumps = f.raw.get("pg_dump")
-    if dumps is None:
-        return Check("pg_dump", UNKNOWN, f"could not read pg_stat_activity: {f.errors.get('pg_dump')}")
+    dumps = f.need("pg_dump", "pg_dump", "could not read pg_stat_activity")
     if not dumps:
         return Check("pg_dump", OK, "no pg_dump running")
     blocking = blocking_locks(f)
@@ -559,6 +555,8 @@ def run_checks(f: Facts) -> list[Check]:
     for fn in CHECKS:
         try:
             ch = fn(f)
+        except Unknown as exc:  # the check could not read what it needs: it says so
+            ch = exc.check
         except Exception as exc:  # a bug in one check must not hide the others (or crash)
             ch = Check(fn.__name__.replace("_", " "), UNKNOWN,
                        f"this check could not run: {type(exc).__name__}: {exc}")

@@ -21,10 +21,7 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
             out: Out = print_line, accept_risk: str | None = None, warn: Out = print_note) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
-        try:
-            pre = agent.call("migrate.preflight", to=to)
-        except AgentError as exc:
-            raise steps.refusal(exc) from None
+        pre = steps.planned(agent, "migrate.preflight", to=to)
         current, pending, target = pre["current"], pre["pending"], pre["target"]
         out(f"database {pre['database']} (PostgreSQL {pre['server_version']}): "
             f"at {label(current)}; target {target}")

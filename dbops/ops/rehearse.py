@@ -34,7 +34,7 @@ from dbops.ops.output import Out, print_line
 from dbops.ops.rehearse_verdict import fmt_s, judge, over
 from dbops.ops.restore import checked_manifest, pg_restore_stream, resolve, restore_jobs
 from dbops.ops.status import label
-from dbops.ops.steps import acquire_lock, refusal
+from dbops.ops.steps import acquire_lock, planned
 
 STRENGTH = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
             "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
@@ -183,10 +183,7 @@ def rehearse(settings: Settings, to: str = "head", *, source: str = "latest", ke
              out: Out = print_line) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
-        try:
-            pre = agent.call("migrate.preflight", to=to)
-        except AgentError as exc:
-            raise refusal(exc, action="rehearse") from None
+        pre = planned(agent, "migrate.preflight", "rehearse", to=to)
         current, pending, target = pre["current"], pre["pending"], pre["target"]
         out(f"database {pre['database']}: at {label(current)}; target {target}; "
             f"{len(pending)} pending")

@@ -9,7 +9,7 @@ from invoke import task
 
 from dbops import events
 from dbops.progress import wanted
-from dbops.tasks import guarded, settings
+from dbops.tasks import guarded, observed_task, settings
 
 
 @task(help={"dry_run": "print the schedule (next and last tick of each job) and exit",
@@ -31,11 +31,8 @@ def serve(c, dry_run=False, log_format=None):
     service.serve(s, log_format)
 
 
-@task(help={"file": "the backup to drill (default: the newest verified one)",
-            "json": "print the drill record as JSON",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"file": "the backup to drill (default: the newest verified one)",
+                "json": "print the drill record as JSON"}, notify=True)
 def drill(c, file="latest", json_=False):
     """Restore the newest verified backup into a scratch database, check it, time it, drop it.
 
