@@ -19,7 +19,7 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_note
-from dbops.ops.restore import RestoreJob, checked_manifest
+from dbops.ops.restore import RestoreJob, check_pg_restore, checked_manifest
 from dbops.progress import follow_file
 
 STATE = "unchanged (the drill restores into a scratch database, which was dropped)"
@@ -66,6 +66,7 @@ def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
         manifest = checked_manifest(path)
         record.update(sha256=manifest["sha256"], revisions=manifest["revisions"],
                       backup_taken_at=manifest["started_at"], size=manifest["size"])
+        check_pg_restore(settings, agent.target, path, manifest, agent.call("restore.facts"))
         name = agent.call("restore.scratch")["name"]
         t_restore = time.monotonic()
         job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name)

@@ -32,7 +32,13 @@ from dbops.ops.backup import fmt_bytes
 from dbops.ops.backup import take_backup as backup_now
 from dbops.ops.output import Out, print_line
 from dbops.ops.rehearse_verdict import fmt_s, judge, over
-from dbops.ops.restore import checked_manifest, pg_restore_stream, resolve, restore_jobs
+from dbops.ops.restore import (
+    check_pg_restore,
+    checked_manifest,
+    pg_restore_stream,
+    resolve,
+    restore_jobs,
+)
 from dbops.ops.status import label
 from dbops.ops.steps import acquire_lock, planned
 
@@ -193,6 +199,7 @@ def rehearse(settings: Settings, to: str = "head", *, source: str = "latest", ke
         path, manifest = pick_source(settings, agent, source, current, out)
         out(f"data: {path.name} ({fmt_bytes(manifest['size'])}, taken {manifest['started_at']})")
         facts = agent.call("restore.facts")
+        check_pg_restore(settings, agent.target, path, manifest, facts)
         room = check_room(settings, agent.target, int(facts.get("database_size") or 0), out)
         made = agent.call("rehearse.scratch")
         name = made["name"]
