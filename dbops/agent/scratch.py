@@ -1,5 +1,5 @@
 """Scratch databases on the same server: ``dbops_scratch_<purpose>_<random>``, created empty
-from template0, always dropped.
+from template0 with the live database's encoding and locale, always dropped.
 
 The connection that creates one (to the maintenance database) stays open holding a session
 advisory lock on its name until it is dropped or the agent ends: a scratch database whose lock
@@ -38,12 +38,34 @@ PURPOSES = {
 _held: dict[str, psycopg.Connection] = {}  # name -> the connection holding its lock
 
 
+def like_database(conn: psycopg.Connection, database: str) -> sql.Composable:
+    """CREATE DATABASE options giving ``database``'s encoding, collation, ctype and locale
+    provider (a copy restored into other ones may fail to load, or sort and size differently;
+    also restore's target). Nothing when it cannot be read: the server's defaults."""
+    v = conn.info.server_version
+    locale = "datlocale" if v >= 170000 else "daticulocale" if v >= 150000 else "NULL"
+    provider = "datlocprovider" if v >= 150000 else "'c'"
+    row = conn.execute(f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, "
+                       f"{locale} FROM pg_database WHERE datname = %s", [database]).fetchone()
+    if row is None:
+        return sql.SQL("")
+    enc, collate, ctype, prov, loc = row
+    opts = [sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+        sql.Literal(enc), sql.Literal(collate), sql.Literal(ctype))]
+    if prov == "i":
+        opts.append(sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(loc)))
+    elif prov == "b":
+        opts.append(sql.SQL("LOCALE_PROVIDER builtin BUILTIN_LOCALE {}").format(sql.Literal(loc)))
+    return sql.SQL(" ").join(opts)
+
+
 def create(purpose: str) -> str:
     name = f"{PREFIX}{purpose}_{uuid.uuid4().hex[:8]}"[:63]
     conn = db.connect(maintenance_db(), application_name=f"dbops:scratch {purpose}")
     try:
         conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [LOCK_CLASS, name])
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
+            sql.Identifier(name), like_database(conn, db.database())))
     except BaseException:
         conn.close()
         raise

@@ -104,7 +104,8 @@ def pick_source(settings: Settings, agent: Agent, source: str, current: list[str
                        state="unchanged", next_command="invoke rehearse --from=latest")
     if manifest.get("partial"):
         raise OpsError(f"{path.name} is a partial (touched) backup: it holds only some tables' rows, "
-                       f"so it cannot show what the revisions do on real data",
+                       f"so a rehearsal on it would measure the wrong sizes, rewrites and blocking "
+                       f"times; rehearse on a full backup",
                        state="unchanged", next_command="invoke rehearse --from=fresh")
     if sorted(manifest.get("revisions") or []) != at:
         raise OpsError(f"{path.name} is at {label(manifest.get('revisions') or [])}, the database at "
