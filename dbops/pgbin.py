@@ -52,7 +52,12 @@ def version(folder: str | Path, tool: str = "postgres") -> tuple[int, str] | Non
                              text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
-    m = re.search(r"\(PostgreSQL\) ((\d+)(?:\.\d+)?)", out)
+    return parse_version(out)
+
+
+def parse_version(text: str | None) -> tuple[int, str] | None:
+    """(major, "17.10") of a tool's ``--version`` line ("pg_restore (PostgreSQL) 17.10 …")."""
+    m = re.search(r"\(PostgreSQL\) ((\d+)(?:\.\d+)?)", text or "")
     return (int(m.group(2)), m.group(1)) if m else None
 
 

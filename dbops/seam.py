@@ -215,15 +215,8 @@ class ComposeTarget(Target):
         if ComposeTarget._checked:
             return
         launch = self.compose("ps", "-q")
-        try:
-            done = subprocess.run(launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True,
-                                  stdin=subprocess.DEVNULL, timeout=30)
-            ok, why = done.returncode == 0, _first_line(done.stderr)
-        except FileNotFoundError:
-            ok, why = False, f"{self.settings.compose[0]}: command not found"
-        except subprocess.TimeoutExpired:
-            ok, why = False, "no answer within 30 s"
-        if not ok:
+        why = _fails(launch.argv, launch.env, launch.cwd)
+        if why is not None:
             raise ConfigError(
                 f"DBOPS_TARGET=compose but no container engine answers to "
                 f"'{' '.join(self.settings.compose)}' ({why}); start the engine, set DBOPS_COMPOSE, "
@@ -321,16 +314,8 @@ class KubernetesTarget(Target):
                                      s.backend_alembic_ini])
 
     def ensure_available(self) -> None:
-        try:
-            done = subprocess.run([*self.settings.get("DBOPS_KUBECTL"), "version", "--client"],
-                                  env=self._env(), capture_output=True, stdin=subprocess.DEVNULL,
-                                  timeout=30)
-            ok, why = done.returncode == 0, _first_line(done.stderr)
-        except FileNotFoundError:
-            ok, why = False, f"{self.settings.get('DBOPS_KUBECTL')[0]}: command not found"
-        except subprocess.TimeoutExpired:
-            ok, why = False, "no answer within 30 s"
-        if not ok:
+        why = _fails([*self.settings.get("DBOPS_KUBECTL"), "version", "--client"], self._env())
+        if why is not None:
             raise ConfigError(f"DBOPS_TARGET=kubernetes but kubectl does not run ({why}); install "
                               f"it or set DBOPS_KUBECTL")
 
@@ -400,6 +385,20 @@ def connection_env(s: Settings) -> dict[str, str]:
         env["PGPASSWORD"] = s.password
         env["POSTGRES_PASSWORD"] = s.password
     return env
+
+
+def _fails(argv: Sequence[str], env: dict[str, str], cwd: Path | str | None = None,
+           timeout: int = 30) -> str | None:
+    """None when ``argv`` runs and exits 0 within ``timeout`` seconds (a quiet probe: nothing
+    printed); else why not, in a few words."""
+    try:
+        done = subprocess.run(list(argv), env=env, cwd=cwd, capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+    except FileNotFoundError:
+        return f"{argv[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return f"no answer within {timeout} s"
+    return None if done.returncode == 0 else _first_line(done.stderr)
 
 
 def _first_line(data: bytes | str | None) -> str:

@@ -67,6 +67,11 @@ def database(pg_cluster):
     yield name
     with pg_cluster.connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        # a scratch database a test left (a killed run's, on purpose): doctor names every one
+        # on the server, so it must not reach the next test's report
+        for (left,) in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, "
+                                    "'dbops_scratch_')").fetchall():
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(left)))
 
 
 @pytest.fixture(scope="session")

@@ -263,7 +263,8 @@ def test_a_check_that_crashes_is_unknown_and_the_others_still_run(settings, monk
 def test_checks_follow_the_documented_order():
     """The module docstring and docs/recovery.md list the checks in the order of CHECKS."""
     names = ["connectivity", "dbops lock", "indexes", "revision files", "schema", "heads",
-             "sessions", "pg_dump", "models", "revision", "rehearsal", "backups", "restore drill",
+             "sessions", "pg_dump", "models", "revision", "scratch", "rehearsal", "backups",
+             "restore drill",
              "audit"]
     assert [fn.__name__ for fn in doctor_op.CHECKS] == [
         n.replace(" ", "_") for n in names[:-1]] + ["audit_record"]
@@ -295,12 +296,13 @@ def test_a_killed_rehearsals_copy_is_named_and_its_command_drops_it(doc, invoke,
     copy = prefix_for(database) + "deadbeef"
     pg_cluster.create_database(copy)
     rep = doc()
-    c = rep["by"]["rehearsal"]
-    assert c["status"] == "warn" and copy in c["details"][0]
+    c = rep["by"]["scratch"]
+    assert c["status"] == "warn" and copy in c["details"][0] and "invoke rehearse" in c["details"][0]
     assert rep["next"].startswith(f"invoke psql -c 'DROP DATABASE \"{copy}\"'")
     assert run_next(invoke, rep).returncode == 0
     rep = doc()
-    assert "rehearsal" not in rep["by"] and rep["next"] == "nothing to do"
+    assert "scratch" not in rep["by"] and "rehearsal" not in rep["by"]
+    assert rep["next"] == "nothing to do"
 
 
 def test_pending_revisions_without_a_rehearsal_are_said_not_commanded(doc, alembic_at):

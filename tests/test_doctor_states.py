@@ -187,6 +187,64 @@ def test_lock_held_by_another_deploy(doc, invoke, alembic_at, pg_cluster, databa
     healthy(doc())
 
 
+# --- scratch databases left by killed runs -------------------------------------------------------
+def test_a_killed_touched_set_runs_scratch_database(doc, invoke, pg_cluster, db_conn):
+    """dbops_scratch_touched_… left by a migrate killed during its touched-set run: while a
+    session is in it, doctor says it is in use and proposes nothing; once nobody is, doctor
+    names it with what made it and the command that drops it, which leaves doctor healthy."""
+    assert invoke("migrate").returncode == 0
+    name = "dbops_scratch_touched_x"
+    pg_cluster.create_database(name)
+    try:
+        with pg_cluster.connect(name, application_name="still-loading"):
+            rep = doc()
+            c = rep["by"]["scratch"]
+            assert c["status"] == "ok" and rep["next"] == "nothing to do", (c, rep["next"])
+            [line] = c["details"]
+            assert line.startswith(f"{name} (") and line.endswith(
+                "): in use by the touched-set run of a migrate (DBOPS_PREMIGRATE_BACKUP touched): "
+                "1 session(s) connected (still-loading); leave it"), line
+        rep = doc()
+        c = rep["by"]["scratch"]
+        assert c["status"] == "warn" and rep["next_check"] == "scratch"
+        assert c["summary"] == "1 scratch database(s) left on the server by killed dbops runs"
+        assert c["details"][0].startswith(f"{name} (") and "left by the touched-set run of a migrate " \
+            "(DBOPS_PREMIGRATE_BACKUP touched) that was killed" in c["details"][0], c["details"]
+        assert rep["next"] == (f"invoke psql -c 'DROP DATABASE \"{name}\"'   (or: the next "
+                               f"touched-set run of its database sweeps it)")
+        assert run_next(invoke, rep).returncode == 0
+        assert not db_conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchall()
+        rep = doc()
+        assert "scratch" not in rep["by"]
+        healthy(rep)
+    finally:
+        with pg_cluster.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_scratch_database_held_by_a_running_operation_is_not_offered_for_dropping(
+        doc, invoke, settings, db_conn):
+    """A restore test's scratch database while its agent runs: in use (its maker holds the lock
+    on its name), never a DROP; once that agent is gone without dropping it: a leftover."""
+    from dbops.agent_client import Agent
+    assert invoke("migrate").returncode == 0
+    agent = Agent(settings).__enter__()
+    try:
+        name = agent.call("restore.scratch")["name"]
+        rep = doc()
+        c = rep["by"]["scratch"]
+        assert c["status"] == "ok" and rep["next"] == "nothing to do"
+        assert "held by pid " in c["details"][0] and "DROP" not in c["details"][0], c
+    finally:
+        agent.__exit__(None, None, None)  # gone without dropping it, as a killed drill would be
+    rep = doc()
+    c = rep["by"]["scratch"]
+    assert c["status"] == "warn" and "invoke verify-backup --restore-test or invoke drill" in c["details"][0]
+    assert rep["next"] == f"invoke psql -c 'DROP DATABASE \"{name}\"'"
+    assert run_next(invoke, rep).returncode == 0
+    healthy(doc())
+
+
 # --- revision history and the code ---------------------------------------------------------------
 def test_two_rows_in_alembic_version(doc, invoke, db_conn, cache):
     assert invoke("migrate").returncode == 0

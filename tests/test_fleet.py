@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from psycopg import sql
 
 from dbops import audit, localpg
 from tests.conftest import ALEMBIC_INI, ROOT
+from tests.fixtures.processes import Sampler
 from tests.fixtures.projects import SAMPLE_HEAD, version_rows
 
 SIZE = int(os.environ.get("FLEET_TEST_SIZE", "8"))
@@ -107,31 +107,25 @@ def interval(rec: dict) -> tuple[float, float]:
     return end - rec["duration_s"], end
 
 
-class AdvisoryLockWatch:
+class AdvisoryLockWatch(Sampler):
     """Samples pg_locks on both servers: the most dbops advisory locks held at one moment."""
 
+    every = 0.02
+
     def __init__(self, *clusters: localpg.Cluster):
+        super().__init__()
         self.conns = [c.connect() for c in clusters]
         self.most = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
         self.most_per_server = [0] * len(self.conns)
-        while not self._stop.is_set():
-            counts = [c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                "AND granted").fetchone()[0] for c in self.conns]
-            self.most = max(self.most, sum(counts))
-            self.most_per_server = [max(a, b) for a, b in zip(self.most_per_server, counts, strict=True)]
-            time.sleep(0.02)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
+    def sample(self) -> None:
+        counts = [c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND granted").fetchone()[0] for c in self.conns]
+        self.most = max(self.most, sum(counts))
+        self.most_per_server = [max(a, b) for a, b in zip(self.most_per_server, counts, strict=True)]
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         for c in self.conns:
             c.close()
 

@@ -149,3 +149,78 @@ def test_schema_restored_on_a_newer_major_is_recognised_at_the_same_revision(
     cached = sorted(json.loads(p.read_text())["server_major"]
                     for p in (tmp_path / "cache" / "recover").glob("*.json"))
     assert cached == [pg_major, newer[-1]]
+
+
+def test_pg_restore_refusals_name_both_versions_and_the_fix(settings):
+    """Which pg_restore can restore which archive into which server (no server needed)."""
+    from dbops.ops.restore import pg_restore_refusal
+    r = pg_restore_refusal(settings, "a.dump", (17, "17.10"), (15, "15.18"), (15, "15.18"))
+    assert r.message == ("pg_restore 17.10 cannot restore into PostgreSQL 15.18: pg_restore 17 and "
+                         "newer send SET transaction_timeout, which servers before 17 reject")
+    assert r.next_command.startswith("restore with pg_restore 15 (the major of the pg_dump 15.18 "
+                                     "that wrote a.dump): set DBOPS_PG_BINDIR to its folder")
+    r = pg_restore_refusal(settings, "a.dump", (15, "15.18"), (17, "17.10"), None)  # a full read
+    assert r.message == ("pg_restore 15.18 cannot read a.dump: it was written by pg_dump 17.10, whose "
+                         "archive format only pg_restore 17 or newer reads")
+    assert "restore with pg_restore 17 (the dump's pg_dump major)" in r.next_command
+    for tool in ((15, "15.18"), (17, "17.10")):  # no pg_restore can put a 17 archive into 15
+        r = pg_restore_refusal(settings, "a.dump", tool, (17, "17.10"), (15, "15.18"))
+        assert r.message.startswith("a.dump was written by pg_dump 17.10: only pg_restore 17 or newer "
+                                    "reads it, and pg_restore 17+ cannot restore into PostgreSQL 15.18")
+        assert r.next_command.startswith("restore it into a PostgreSQL 17+ server")
+    assert pg_restore_refusal(settings, "a.dump", (17, "17.10"), (15, "15.18"), (17, "17.2")) is None
+    assert pg_restore_refusal(settings, "a.dump", (16, "16.2"), (15, "15.18"), (15, "15.18")) is None
+    assert pg_restore_refusal(settings, "a.dump", (18, "18.6"), (17, "17.10"), None) is None
+    assert pg_restore_refusal(settings, "a.dump", (15, "15.18"), None, (15, "15.18")) is None
+
+
+def test_pg_restore_17_and_a_15_server_are_refused_before_anything_changes(
+        invoke, settings, pg_cluster, database, pg_major):
+    """On real servers: pg_restore 17+ into this (pre-17) server is refused with both versions
+    and the fix, before anything is changed, and the fix works; an archive written by pg_dump 17
+    is refused by this server's pg_restore (it cannot read it) and, for a restore into this
+    server, by every pg_restore."""
+    majors = pgbin.installed_majors()
+    newer = [m for m in majors if m >= 17]
+    if pg_major >= 17 or not newer:
+        pytest.skip(f"needs a server before 17 (this one is {pg_major}) and PostgreSQL 17+ tools "
+                    f"(python scripts/lib/pg_majors.py bindir 17)")
+    new_bin = majors[newer[0]]
+    new_version = pgbin.version(new_bin, "pg_restore")[1]
+    own_version = pgbin.version(settings.get("DBOPS_PG_BINDIR"), "pg_restore")[1]
+    def sql(query: str, *args):  # a new session each time: a restore ends the ones it replaces
+        with pg_cluster.connect(database) as conn:
+            return conn.execute(query, *args).fetchall()
+
+    assert invoke("migrate").returncode == 0
+    with pg_cluster.connect(database) as conn:
+        data = fill(conn)
+    assert invoke("backup", "--no-retention").returncode == 0  # this server's own pg_dump
+    path = newest_backup(settings)
+    sql("DELETE FROM items RETURNING id")
+
+    done = invoke("restore", str(path), "--yes", env={"DBOPS_PG_BINDIR": new_bin})
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: pg_restore {new_version} cannot restore into PostgreSQL {pg_major}."), done.stderr
+    assert "SET transaction_timeout" in errors[0]
+    assert f"next: restore with pg_restore {pg_major} (the major of the pg_dump {pg_major}." in done.stderr
+    assert "DBOPS_PG_BINDIR" in done.stderr and "database state: unchanged" in done.stderr
+    assert sql("SELECT count(*) FROM items") == [(0,)]  # nothing changed
+    assert sql("SELECT count(*) FROM pg_database WHERE starts_with(datname, %s)",
+               [database + "_dbops_"]) == [(0,)]
+    done = invoke("restore", str(path), "--yes")  # the fix: the dump's own major
+    assert done.returncode == 0, done.stderr
+    assert sql("SELECT * FROM items ORDER BY id") == data
+
+    assert invoke("backup", "--no-retention", env={"DBOPS_PG_BINDIR": new_bin}).returncode == 0
+    path17 = newest_backup(settings)
+    done = invoke("verify-backup", str(path17))
+    assert done.returncode == 1
+    assert (f"error: pg_restore {own_version} cannot read {path17.name}: it was written by pg_dump "
+            f"{pgbin.version(new_bin, 'pg_dump')[1]}") in done.stderr, done.stderr
+    assert invoke("verify-backup", str(path17), env={"DBOPS_PG_BINDIR": new_bin}).returncode == 0
+    done = invoke("restore", str(path17), "--yes", env={"DBOPS_PG_BINDIR": new_bin})
+    assert done.returncode == 1 and "next: restore it into a PostgreSQL 17+ server" in done.stderr
+    assert sql("SELECT * FROM items ORDER BY id") == data

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -198,3 +199,29 @@ def test_always_takes_a_backup_when_none_is_at_the_live_revision(invoke, env, at
     assert r.returncode == 0, r.stderr
     assert "pre-rehearse" in r.stdout and "predicted" in r.stdout
     assert copies(at_initial) == []
+
+
+def test_scratch_copies_take_the_live_databases_encoding_and_collation(pg_cluster, ops_env):
+    """The rehearsal's copy (and the restore test's scratch database) is created with the live
+    database's encoding, collation and ctype, not the server's defaults (UTF8 here; the test
+    cluster has only the C locale, so the encoding is what tells them apart)."""
+    live = f"t_latin1_{uuid.uuid4().hex[:8]}"
+    with pg_cluster.connect() as conn:
+        conn.execute(f"CREATE DATABASE {live} TEMPLATE template0 ENCODING 'LATIN1' "
+                     f"LC_COLLATE 'C' LC_CTYPE 'C'")
+    try:
+        settings = load_settings(ROOT, environ={**ops_env, "POSTGRES_DB": live})
+        with Agent(settings) as agent:
+            made = [agent.call("rehearse.scratch")["name"], agent.call("restore.scratch")["name"]]
+            with pg_cluster.connect() as conn:
+                got = conn.execute("SELECT pg_encoding_to_char(encoding), datcollate, datctype "
+                                   "FROM pg_database WHERE datname = ANY(%s)", [made]).fetchall()
+                default = conn.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database "
+                                       "WHERE datname = 'postgres'").fetchone()[0]
+            assert default != "LATIN1"
+            assert got == [("LATIN1", "C", "C")] * 2, got
+            agent.call("rehearse.drop", name=made[0])
+            agent.call("restore.scratch_drop", name=made[1])
+    finally:
+        with pg_cluster.connect() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {live} WITH (FORCE)")

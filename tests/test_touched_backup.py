@@ -176,3 +176,22 @@ def test_rollback_of_a_ddl_only_migration_puts_nothing_back(invoke, settings, db
     assert "put back" not in rb.stdout
     assert db_conn.execute("SELECT count(*) FROM comments").fetchone()[0] == after[0]
     assert db_conn.execute("SELECT count(*) FROM comments WHERE content = 'later'").fetchone()[0] == 1
+
+
+def test_rehearse_refuses_a_partial_backup_as_its_data(invoke, settings, db_conn, env):
+    """``rehearse --from=FILE`` naming a touched backup is refused before a copy is made: it
+    lacks the untouched tables' rows, so the rehearsal would measure the wrong sizes."""
+    assert invoke("migrate", env=env).returncode == 0
+    path = partial_backup(settings)
+    rb = invoke("rollback", f"--to={SAMPLE_HEAD}", "--yes", env=env)  # live at the backup's revision
+    assert rb.returncode == 0, rb.stdout + rb.stderr
+    done = invoke("rehearse", f"--from={path}", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == [f"error: {path.name} is a partial (touched) backup: it holds only some "
+                      f"tables' rows, so a rehearsal on it would measure the wrong sizes, rewrites "
+                      f"and blocking times; rehearse on a full backup"], done.stderr
+    assert "next: invoke rehearse --from=fresh" in done.stderr
+    assert db_conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'dbops\\_scratch\\_%'"
+                           ).fetchone()[0] == 0
+    assert db_conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SAMPLE_HEAD

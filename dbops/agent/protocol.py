@@ -21,6 +21,7 @@ MODULES = {
     "restore": "restore", "migrate": "migration", "stamp": "migration", "check": "migration",
     "plan": "plan", "revisions": "plan", "recover": "recover",
     "doctor": "doctor", "touched": "touched", "putback": "putback", "rehearse": "rehearse",
+    "scratch": "scratch",
 }
 
 

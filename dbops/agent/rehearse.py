@@ -6,8 +6,8 @@ the application: per table, a one-row read and a rolled-back one-row write, each
 lock_timeout, in a loop; the longest stretch each could not get through is what readers and
 writers would feel.
 
-    rehearse.scratch    sweeps dead rehearsals' copies, creates a new empty one and holds
-                        a session advisory lock on its name (how a live one is told apart)
+    rehearse.scratch    sweeps dead rehearsals' copies, creates a new empty one (whose
+                        maker holds a lock on its name: how a live one is told apart, scratch.py)
     rehearse.leftovers  the copies left by killed rehearsals (doctor names them)
     rehearse.run        runs the revisions on the copy, returns the facts per revision
     rehearse.drop       drops a copy
@@ -27,12 +27,10 @@ from psycopg import sql
 
 from dbops.agent import db, scratch
 from dbops.agent.db import one_line
-from dbops.agent.lock import maintenance_db
 from dbops.agent.protocol import AgentFailure, handler
 from dbops.agent.statement_trace import StatementTrace
 
-PREFIX = "dbops_scratch_rehearse_"
-LOCK_CLASS = 0x7265  # pg_advisory_lock(LOCK_CLASS, hashtext(copy name)): held by the live rehearsal
+PREFIX = f"{scratch.PREFIX}rehearse_"
 PROBE_TIMEOUT_MS = 100
 PROBE_TABLES = 50  # the largest user tables are probed
 
@@ -62,18 +60,10 @@ def _own(name: str) -> None:
 
 
 def leftovers(database: str | None = None) -> list[dict]:
-    """Rehearsal copies (of ``database``, else of every database) no live rehearsal holds."""
-    pattern = prefix_for(database) if database else PREFIX
-    found = []
-    with db.connect(maintenance_db(), application_name="dbops:rehearse leftovers") as m:
-        for name, size in m.execute(
-                "SELECT datname, pg_database_size(oid) FROM pg_database WHERE starts_with(datname, %s) "
-                "ORDER BY 1", [pattern]).fetchall():
-            got = m.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [LOCK_CLASS, name]).fetchone()[0]
-            if got:  # nobody holds it: the rehearsal that made it is gone
-                m.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_CLASS, name])
-                found.append({"name": name, "bytes": int(size)})
-    return found
+    """Rehearsal copies (of ``database``, else of every database) no live rehearsal uses."""
+    return [{"name": x["name"], "bytes": x["bytes"] or 0}
+            for x in scratch.leftovers(prefix_for(database) if database else PREFIX)
+            if not x["in_use"]]
 
 
 @handler("rehearse.leftovers")
@@ -82,16 +72,13 @@ def list_leftovers(_ctx, all_databases: bool = False) -> dict:
 
 
 @handler("rehearse.scratch")
-def create(ctx) -> dict:
+def create(_ctx) -> dict:
     database = db.database()
     swept = []
     for item in leftovers(database):
         scratch.drop(item["name"])
         swept.append(item["name"])
-    name = scratch.create(f"rehearse_{_tag(database)}")
-    holder = db.connect(maintenance_db(), application_name=f"dbops:rehearse {ctx.operator}")
-    holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [LOCK_CLASS, name])
-    ctx.rehearse_holder = holder  # closed with the agent: a killed rehearsal's copy is then a leftover
+    name = scratch.create(f"rehearse_{_tag(database)}")  # held until dropped or the agent ends
     return {"name": name, "swept": swept}
 
 

@@ -26,6 +26,7 @@ from dbops.agent.backup import count_rows, table_names
 from dbops.agent.db import one_line
 from dbops.agent.lock import maintenance_db, require_lock
 from dbops.agent.protocol import AgentFailure, handler
+from dbops.agent.scratch import like_database
 
 RESTORING = "_dbops_restoring_"
 OLD = "_dbops_old_"
@@ -113,17 +114,13 @@ def create(ctx) -> dict:
             # We hold the lock: a restore target left behind is from a killed restore.
             m.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             swept.append(name)
-        row = m.execute(
-            "SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, r.rolname "
-            "FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = %s",
-            [database]).fetchone()
+        row = m.execute("SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                        "WHERE d.datname = %s", [database]).fetchone()
         name = derived_name(database, RESTORING)
-        q = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-        if row:
-            q += sql.SQL(" ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-                sql.Literal(row[0]), sql.Literal(row[1]), sql.Literal(row[2]))
+        q = sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
+            sql.Identifier(name), like_database(m, database))
         try:
-            m.execute(q + sql.SQL(" OWNER {}").format(sql.Identifier(row[3])) if row else q)
+            m.execute(q + sql.SQL(" OWNER {}").format(sql.Identifier(row[0])) if row else q)
         except psycopg.errors.InsufficientPrivilege:
             m.execute(q)
         except psycopg.Error as exc:

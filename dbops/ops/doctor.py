@@ -24,12 +24,14 @@ in doctor_connect.py; Check and Facts, what they return and read, in doctor_fact
  8. pg_dump         a pg_dump whose locks conflict with the pending revisions: wait for it
  9. models          the models differ from the migrations (at head): write the revision
 10. revision        pending revisions: migrate
-11. rehearsal       a copy left by a killed rehearsal: drop it; pending revisions never
-                    rehearsed (said, not a command: migrate stays next)
-12. backups         no verified backup of this database within 1.5 × the backup schedule; an
+11. scratch         a scratch database (dbops_scratch_*: touched set, rehearsal, restore test
+                    or drill, check, recover) left by a killed run: drop it; one in use by a
+                    running operation is said, never dropped
+12. rehearsal       pending revisions never rehearsed (said, not a command: migrate stays next)
+13. backups         no verified backup of this database within 1.5 × the backup schedule; an
                     interrupted or damaged backup file (named): backup
-13. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
-14. audit           the last audit record (never a command)
+14. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
+15. audit           the last audit record (never a command)
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the 
     WARN,
     Check,
     Facts,
+    Unknown,
     _age,
     _ident,
     needs_db,
@@ -90,9 +93,7 @@ def dbops_lock(f: Facts) -> Check:
 # --- 3. indexes ---------------------------------------------------------------------------------
 @needs_db
 def indexes(f: Facts) -> Check:
-    inv = f.raw.get("invalid_indexes")
-    if inv is None:
-        return Check("indexes", UNKNOWN, f"could not list indexes: {f.errors.get('invalid_indexes')}")
+    inv = f.need("invalid_indexes", "indexes", "could not list indexes")
     if not inv:
         return Check("indexes", OK, "no INVALID indexes")
     first = _ident(inv[0]["schema"] + "." + inv[0]["index"].split(".")[-1])
@@ -292,10 +293,9 @@ def _is_dump(app: str | None) -> bool:
 
 @needs_db
 def sessions(f: Facts) -> Check:
-    ss, locks = f.raw.get("sessions"), f.raw.get("locks") or []
+    ss = f.need("sessions", "sessions", "could not read pg_stat_activity")
+    locks = f.raw.get("locks") or []
     tables = f.raw.get("pending_tables")
-    if ss is None:
-        return Check("sessions", UNKNOWN, f"could not read pg_stat_activity: {f.errors.get('sessions')}")
     pending = f.pending
     blockers = {pid: held for pid, held in blocking_locks(f).items()
                 if not any(_is_dump(lk["application_name"]) for lk in locks if lk["pid"] == pid)}
@@ -347,9 +347,7 @@ def sessions(f: Facts) -> Check:
 
 @needs_db
 def pg_dump(f: Facts) -> Check:
-    dumps = f.raw.get("pg_dump")
-    if dumps is None:
-        return Check("pg_dump", UNKNOWN, f"could not read pg_stat_activity: {f.errors.get('pg_dump')}")
+    dumps = f.need("pg_dump", "pg_dump", "could not read pg_stat_activity")
     if not dumps:
         return Check("pg_dump", OK, "no pg_dump running")
     blocking = blocking_locks(f)
@@ -429,26 +427,57 @@ def revision(f: Facts) -> Check:
                  next="invoke migrate", why="pending revisions")
 
 
-# --- 11. rehearsal ---------------------------------------------------------------------------------------------
+# --- 11. scratch ------------------------------------------------------------------------------
+def _drop_database(name: str) -> str:
+    quoted = '"' + name.replace('"', '""') + '"'
+    return psql_command(f"DROP DATABASE {quoted}")
+
+
+@needs_db
+def scratch(f: Facts) -> Check | None:
+    """Scratch databases (dbops_scratch_*) on the server: each named with what made it; one that
+    a running operation is using (its maker's lock held, or a session in it) is said to be in
+    use, never offered for dropping; the others were left by killed runs: the command that
+    drops the first is next (dbops/agent/scratch.py)."""
+    try:
+        found = f.agent.call("scratch.leftovers")["scratch"]
+    except AgentError as exc:
+        return Check("scratch", UNKNOWN, f"cannot list the scratch databases: {exc.message}")
+    if not found:
+        return None
+
+    def line(x: dict) -> str:
+        size = "size unknown" if x["bytes"] is None else f"{x['bytes'] / 1e6:.1f} MB"
+        if x["in_use"]:
+            return f"{x['name']} ({size}): in use by {x['made_by']}: {x['used_by']}; leave it"
+        how = "that was killed" + (" (or kept with --keep)" if x["purpose"] == "rehearse" else "")
+        return f"{x['name']} ({size}): left by {x['made_by']} {how}; drop it: {_drop_database(x['name'])}"
+
+    left = [x for x in found if not x["in_use"]]
+    details = [line(x) for x in left + [x for x in found if x["in_use"]]]
+    if not left:
+        return Check("scratch", OK, f"{len(found)} scratch database(s), all in use by running "
+                     f"dbops operations", details, data={"scratch": found})
+    first = left[0]
+    sweep = ("   (or: the next invoke rehearse of its database sweeps it)" if first["purpose"] == "rehearse" else
+             "   (or: the next touched-set run of its database sweeps it)"
+             if first["purpose"] == "touched" else "")
+    return Check("scratch", WARN, f"{len(left)} scratch database(s) left on the server by killed "
+                 f"dbops runs" + (f"; {len(found) - len(left)} in use" if len(found) > len(left)
+                                  else ""), details,
+                 next=_drop_database(first["name"]) + sweep,
+                 why=f"a killed {first['purpose']} run's scratch database takes room",
+                 data={"scratch": found, "leftovers": left})
+
+
+# --- 12. rehearsal ---------------------------------------------------------------------------------------------
 @needs_db
 def rehearsal(f: Facts) -> Check | None:
-    """Copies left by killed rehearsals (named, with the command that drops one), and whether
-    the pending revisions have a stored rehearsal (dbops/ops/rehearse.py; never a command of
-    its own while revisions are pending: migrate stays the next step)."""
+    """Whether the pending revisions have a stored rehearsal (dbops/ops/rehearse.py; never a
+    command of its own while revisions are pending: migrate stays the next step). Copies left
+    by killed rehearsals are the scratch check's."""
     from dbops.ops import rehearse as rehearse_op
 
-    try:
-        left = f.agent.call("rehearse.leftovers")["leftovers"]
-    except AgentError as exc:
-        return Check("rehearsal", UNKNOWN, f"cannot list rehearsal copies: {exc.message}")
-    if left:
-        names = [f"{x['name']} ({x['bytes'] / 1e6:.1f} MB): left by a rehearsal that was killed"
-                 for x in left]
-        name = left[0]["name"]
-        return Check("rehearsal", WARN, f"{len(left)} rehearsal copy(ies) left on the server", names,
-                     next=psql_command(f'DROP DATABASE "{name}"') + "   (or: the next invoke "
-                          "rehearse sweeps them)", why="a killed rehearsal's copy takes room",
-                     data={"leftovers": left})
     st = f.status
     if not st or not st["pending"]:
         return None
@@ -550,7 +579,7 @@ def audit_record(f: Facts) -> Check:
 # The runbook's order (docs/recovery.md): displayed in this order; the first proposal is next.
 CHECKS: tuple[Callable[[Facts], Check | None], ...] = (
     connectivity, dbops_lock, indexes, revision_files, schema, heads, sessions, pg_dump, models,
-    revision, rehearsal, backups, restore_drill, audit_record,
+    revision, scratch, rehearsal, backups, restore_drill, audit_record,
 )
 
 
@@ -559,6 +588,8 @@ def run_checks(f: Facts) -> list[Check]:
     for fn in CHECKS:
         try:
             ch = fn(f)
+        except Unknown as exc:  # the check could not read what it needs: it says so
+            ch = exc.check
         except Exception as exc:  # a bug in one check must not hide the others (or crash)
             ch = Check(fn.__name__.replace("_", " "), UNKNOWN,
                        f"this check could not run: {type(exc).__name__}: {exc}")

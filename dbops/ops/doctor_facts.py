@@ -40,6 +40,14 @@ class Check:
         return out
 
 
+class Unknown(Exception):
+    """A check that cannot tell: ``check`` is its "unknown" line."""
+
+    def __init__(self, check: Check):
+        super().__init__(check.summary)
+        self.check = check
+
+
 class Facts:
     """What the checks read, gathered once: the agent's facts, and lazily the live fingerprint
     and the expected schemas (both cost a round trip, the second maybe a scratch database)."""
@@ -73,6 +81,14 @@ class Facts:
     @property
     def pending(self) -> list[str]:
         return (self.status or {}).get("pending") or []
+
+    def need(self, key: str, check: str, what: str):
+        """The fact ``key``; when the agent could not read it, ``check`` ends as "unknown"
+        saying ``what`` could not be done, and why (raises Unknown: run_checks reports it)."""
+        value = self.raw.get(key)
+        if value is None:
+            raise Unknown(Check(check, UNKNOWN, f"{what}: {self.errors.get(key)}"))
+        return value
 
     def insp(self) -> dict | None:
         if self._insp is None and self.agent is not None and self.status:

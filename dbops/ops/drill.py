@@ -11,7 +11,6 @@ entry — what metrics and doctor read. The live database is never touched.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from dbops import audit, catalog, seam
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
-from dbops.ops.restore import RestoreJob, checked_manifest
+from dbops.ops.output import Out, print_note
+from dbops.ops.restore import RestoreJob, check_pg_restore, checked_manifest
 from dbops.progress import follow_file
 
 STATE = "unchanged (the drill restores into a scratch database, which was dropped)"
@@ -48,7 +48,7 @@ def run_check(settings: Settings, target: seam.Target, dbname: str, path: Path) 
 
 
 def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
-              progress: bool = False) -> dict:
+              progress: bool = False, warn: Out = print_note) -> dict:
     """The drill through an open agent (the caller holds the "drill" lock if it wants one)."""
     from dbops.ops.restore import resolve
 
@@ -66,6 +66,7 @@ def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
         manifest = checked_manifest(path)
         record.update(sha256=manifest["sha256"], revisions=manifest["revisions"],
                       backup_taken_at=manifest["started_at"], size=manifest["size"])
+        check_pg_restore(settings, agent.target, path, manifest, agent.call("restore.facts"))
         name = agent.call("restore.scratch")["name"]
         t_restore = time.monotonic()
         job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name)
@@ -102,26 +103,27 @@ def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
                                         f"{settings.get('DBOPS_DRILL_CHECKS')}")
     except (OpsError, KeyboardInterrupt) as exc:
         message = exc.message if isinstance(exc, OpsError) else "interrupted"
-        _drop(agent, name)
+        _drop(agent, name, warn)
         audit.append(settings, "drill", result="failed" if isinstance(exc, OpsError) else "interrupted",
                      error=message, duration_s=round(time.monotonic() - t0, 3), **record)
         raise
-    _drop(agent, name)
+    _drop(agent, name, warn)
     record["duration_s"] = round(time.monotonic() - t0, 3)
     audit.append(settings, "drill", result="ok", **record)
     return record
 
 
-def _drop(agent: Agent, name: str | None) -> None:
+def _drop(agent: Agent, name: str | None, warn: Out) -> None:
     if not name:
         return
     try:
         agent.call("restore.scratch_drop", name=name)
     except OpsError as exc:
-        print(f"warning: could not drop scratch database {name}: {exc.message}", file=sys.stderr)
+        warn(f"warning: could not drop scratch database {name}: {exc.message}")
 
 
-def drill(settings: Settings, *, file: str = "latest", progress: bool = False) -> dict:
+def drill(settings: Settings, *, file: str = "latest", progress: bool = False,
+          warn: Out = print_note) -> dict:
     """Standalone ``invoke drill``: its own agent and the "drill" lock (not the database's:
     a drill never blocks a backup or a migration)."""
     catalog.ensure_dir(Path(settings.backup_dir))
@@ -131,7 +133,7 @@ def drill(settings: Settings, *, file: str = "latest", progress: bool = False) -
         except AgentError as exc:
             raise OpsError(exc.message, state="unchanged",
                            next_command="wait for the running drill to finish") from None
-        return run_drill(settings, agent, file=file, progress=progress)
+        return run_drill(settings, agent, file=file, progress=progress, warn=warn)
 
 
 def last_drill(settings: Settings) -> dict | None:

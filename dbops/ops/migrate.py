@@ -13,18 +13,15 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops import steps
-from dbops.ops.output import Out, print_line
+from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.status import label
 
 
 def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: bool = True,
-            out: Out = print_line, accept_risk: str | None = None) -> dict:
+            out: Out = print_line, accept_risk: str | None = None, warn: Out = print_note) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
-        try:
-            pre = agent.call("migrate.preflight", to=to)
-        except AgentError as exc:
-            raise steps.refusal(exc) from None
+        pre = steps.planned(agent, "migrate.preflight", to=to)
         current, pending, target = pre["current"], pre["pending"], pre["target"]
         out(f"database {pre['database']} (PostgreSQL {pre['server_version']}): "
             f"at {label(current)}; target {target}")
@@ -61,7 +58,7 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
             backup_path = premigrate_backup(
                 settings, agent, out, current, target,
                 lambda: steps.backup_before(settings, agent, "pre-migrate", out, current,
-                                            "migrate"))
+                                            "migrate"), warn)
         else:
             out("backup: skipped (--no-backup)"
                 + ("  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"

@@ -32,9 +32,15 @@ from dbops.ops.backup import fmt_bytes
 from dbops.ops.backup import take_backup as backup_now
 from dbops.ops.output import Out, print_line
 from dbops.ops.rehearse_verdict import fmt_s, judge, over
-from dbops.ops.restore import checked_manifest, pg_restore_stream, resolve, restore_jobs
+from dbops.ops.restore import (
+    check_pg_restore,
+    checked_manifest,
+    pg_restore_stream,
+    resolve,
+    restore_jobs,
+)
 from dbops.ops.status import label
-from dbops.ops.steps import acquire_lock, refusal
+from dbops.ops.steps import acquire_lock, planned
 
 STRENGTH = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
             "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
@@ -98,7 +104,8 @@ def pick_source(settings: Settings, agent: Agent, source: str, current: list[str
                        state="unchanged", next_command="invoke rehearse --from=latest")
     if manifest.get("partial"):
         raise OpsError(f"{path.name} is a partial (touched) backup: it holds only some tables' rows, "
-                       f"so it cannot show what the revisions do on real data",
+                       f"so a rehearsal on it would measure the wrong sizes, rewrites and blocking "
+                       f"times; rehearse on a full backup",
                        state="unchanged", next_command="invoke rehearse --from=fresh")
     if sorted(manifest.get("revisions") or []) != at:
         raise OpsError(f"{path.name} is at {label(manifest.get('revisions') or [])}, the database at "
@@ -183,10 +190,7 @@ def rehearse(settings: Settings, to: str = "head", *, source: str = "latest", ke
              out: Out = print_line) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
-        try:
-            pre = agent.call("migrate.preflight", to=to)
-        except AgentError as exc:
-            raise refusal(exc, action="rehearse") from None
+        pre = planned(agent, "migrate.preflight", "rehearse", to=to)
         current, pending, target = pre["current"], pre["pending"], pre["target"]
         out(f"database {pre['database']}: at {label(current)}; target {target}; "
             f"{len(pending)} pending")
@@ -196,6 +200,7 @@ def rehearse(settings: Settings, to: str = "head", *, source: str = "latest", ke
         path, manifest = pick_source(settings, agent, source, current, out)
         out(f"data: {path.name} ({fmt_bytes(manifest['size'])}, taken {manifest['started_at']})")
         facts = agent.call("restore.facts")
+        check_pg_restore(settings, agent.target, path, manifest, facts)
         room = check_room(settings, agent.target, int(facts.get("database_size") or 0), out)
         made = agent.call("rehearse.scratch")
         name = made["name"]

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from dbops import audit, catalog, seam
+from dbops import audit, catalog, pgbin, seam
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm
@@ -93,6 +93,67 @@ def checked_manifest(path: Path) -> dict:
     return manifest
 
 
+# pg_restore 17 and newer send SET transaction_timeout, which servers before 17 reject (and with
+# --exit-on-error, or psql's ON_ERROR_STOP, that ends the restore): docs/postgres-majors.md.
+SENDS_TRANSACTION_TIMEOUT = 17
+UNTOUCHED = "unchanged (nothing was touched)"
+
+
+def pg_restore_refusal(settings: Settings, file: str, restore: tuple[int, str],
+                       dump: tuple[int, str] | None, server: tuple[int, str] | None) -> OpsError | None:
+    """Why pg_restore ``restore`` (major, version) cannot restore ``file``, written by pg_dump
+    ``dump``, into ``server`` (None: only read it), or None. An older pg_restore cannot read a
+    newer pg_dump's archive format (pg_dump 17 writes 1.16: pg_restore 15 stops with
+    "unsupported version (1.16) in file header"); pg_restore 17+ fails against a server before
+    17. One line naming both versions, and the fix: a pg_restore of the dump's major."""
+    how = ("set DBOPS_PG_BINDIR to its folder (python scripts/lib/pg_majors.py bindir {m} "
+           "installs one)" if settings.target == "local" else
+           f"use a db image whose pg_restore is {{m}} (DBOPS_TARGET={settings.target} runs the "
+           f"server's own tools), or DBOPS_TARGET=local with DBOPS_PG_BINDIR")
+    if server and dump and server[0] < SENDS_TRANSACTION_TIMEOUT <= dump[0] \
+            and (restore[0] < dump[0] or restore[0] >= SENDS_TRANSACTION_TIMEOUT):
+        return OpsError(
+            f"{file} was written by pg_dump {dump[1]}: only pg_restore {dump[0]} or newer reads it, "
+            f"and pg_restore 17+ cannot restore into PostgreSQL {server[1]} (it sends SET "
+            f"transaction_timeout, which servers before 17 reject); pg_restore here is {restore[1]}",
+            state=UNTOUCHED,
+            next_command=f"restore it into a PostgreSQL {dump[0]}+ server; or by hand: pg_restore "
+                         f"{dump[0]} -f plain.sql {file}, delete its 'SET transaction_timeout' "
+                         f"line, psql -f plain.sql; and back up this server with pg_dump "
+                         f"{server[0]} from now on")
+    if dump and restore[0] < dump[0]:
+        return OpsError(f"pg_restore {restore[1]} cannot read {file}: it was written by pg_dump "
+                        f"{dump[1]}, whose archive format only pg_restore {dump[0]} or newer reads",
+                        state=UNTOUCHED,
+                        next_command=f"restore with pg_restore {dump[0]} (the dump's pg_dump major): "
+                                     + how.format(m=dump[0]))
+    if server and server[0] < SENDS_TRANSACTION_TIMEOUT <= restore[0]:
+        want = dump[0] if dump else server[0]
+        return OpsError(f"pg_restore {restore[1]} cannot restore into PostgreSQL {server[1]}: "
+                        f"pg_restore 17 and newer send SET transaction_timeout, which servers "
+                        f"before 17 reject", state=UNTOUCHED,
+                        next_command=f"restore with pg_restore {want} (the major of the pg_dump "
+                                     f"{dump[1] if dump else '?'} that wrote {file}): "
+                                     + how.format(m=want))
+    return None
+
+
+def check_pg_restore(settings: Settings, target: seam.Target, path: Path, manifest: dict,
+                     facts: dict | None) -> None:
+    """Refuse, before anything is changed, a pg_restore that cannot restore this archive (into
+    this server: ``facts`` from restore.facts; None when the archive is only read)."""
+    done = seam.run(target.pg(["pg_restore", "--version"]), timeout=60)
+    restore = pgbin.parse_version(done.stdout.decode(errors="replace")) if done.returncode == 0 else None
+    if restore is None:  # no pg_restore, or one that does not say: the restore itself reports it
+        return
+    server = ((facts["server_version_num"] // 10000, str(facts["server_version"]).split()[0])
+              if facts and facts.get("server_version_num") else None)
+    refusal = pg_restore_refusal(settings, path.name, restore,
+                                 pgbin.parse_version(manifest.get("pg_dump_version")), server)
+    if refusal is not None:
+        raise refusal
+
+
 class RestoreJob:
     """pg_restore next to the server, fed the archive on stdin, running in the background."""
 
@@ -139,6 +200,8 @@ def verify(settings: Settings, file: str, *, restore_test: bool = False,
               f"{manifest['reason']}, taken {manifest['started_at']} by {manifest.get('operator')}",
               f"sha256 and size ({fmt_bytes(manifest['size'])}) match the manifest"]
     with Agent(settings) as agent:
+        check_pg_restore(settings, agent.target, path, manifest,
+                         agent.call("restore.facts") if restore_test else None)
         if not restore_test:
             rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="check")
             if rc != 0:
@@ -242,6 +305,7 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
                            f"newer than this server ({facts['server_version']}): it cannot be restored here",
                            state="unchanged (nothing was touched)",
                            next_command="restore it on a server of the same or a newer major version")
+        check_pg_restore(settings, agent.target, path, manifest, facts)
         if not facts["exists"]:
             raise OpsError(f"database {settings.database} does not exist: restore replaces an existing "
                            f"database", state="unchanged",

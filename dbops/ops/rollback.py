@@ -4,13 +4,14 @@ confirmation, backup, lock, downgrade one revision at a time, verify, audit."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_line
-from dbops.ops.restore import restore_command
+from dbops.ops.restore import check_pg_restore, restore_command
 from dbops.ops.status import label
 from dbops.ops.steps import (
     Run,
@@ -82,7 +83,9 @@ def rollback(settings: Settings, to: str, *, yes: bool = False, accept_data_loss
                 f"the data of that moment (later writes are lost): {restore_command(b['path'])}")
         from dbops.ops import touched
         touched_backup = touched.backup_for_rollback(settings, target, steps) if putback else None
-        if touched_backup:
+        if touched_backup:  # its pg_restore must be able to put it back: refused now, not after
+            check_pg_restore(settings, agent.target, Path(touched_backup["path"]),
+                             touched_backup.get("manifest") or {}, agent.call("restore.facts"))
             lost = touched.lossy(touched_backup)
             out(f"then: rows the migration lost are put back from {touched_backup['path']} (a partial "
                 f"pre-migrate backup at {tlabel}); rows written to these tables since are replaced "

@@ -12,7 +12,7 @@ from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_line
 from dbops.ops.status import label
-from dbops.ops.steps import acquire_lock, refusal
+from dbops.ops.steps import acquire_lock, planned
 
 WARNING = ("stamp changes NO schema: it only rewrites the alembic_version row. Use it when the "
            "schema already IS at that revision (invoke doctor tells); stamping after a failed "
@@ -22,10 +22,7 @@ WARNING = ("stamp changes NO schema: it only rewrites the alembic_version row. U
 def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = print_line) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
-        try:
-            res = agent.call("plan.resolve", to=to)
-        except AgentError as exc:
-            raise refusal(exc, action="stamp") from None
+        res = planned(agent, "plan.resolve", "stamp", to=to)
         current, target = res["current"], res["target"]
         tlabel = target or "base"
         msg = f"  {res['target_info']['message']}" if res.get("target_info") else ""

@@ -52,6 +52,14 @@ def refusal(exc: AgentError, current: list[str] | None = None, action: str = "mi
     return OpsError(exc.message, state=state, next_command=nxt, details=details)
 
 
+def planned(agent: Agent, op: str, action: str = "migrate", **args) -> dict:
+    """The agent's preflight/plan answer to ``op``, or its refusal (nothing was changed)."""
+    try:
+        return agent.call(op, **args)
+    except AgentError as exc:
+        raise refusal(exc, action=action) from None
+
+
 def acquire_lock(agent: Agent, purpose: str, current: list[str], action: str) -> None:
     try:
         agent.call("lock.acquire", purpose=purpose)

@@ -10,7 +10,6 @@ next to the server (both targets), so it costs seconds whatever the data size.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 
 from dbops import catalog, seam
@@ -18,6 +17,7 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.backup import _drain, _stop, fmt_bytes
+from dbops.ops.output import Out, print_note
 
 # Args: $1 scratch database. The live database's schema (no data, no owners, no grants) into it.
 SCHEMA_COPY_SCRIPT = r"""
@@ -80,12 +80,13 @@ def _run_pg(settings: Settings, launch: seam.Launch, stdin=subprocess.DEVNULL) -
     return rc, markers, [seam.mask(m, settings.secrets()) for m in messages]
 
 
-def touched_set(settings: Settings, agent: Agent, target: str, current: list[str]) -> dict:
+def touched_set(settings: Settings, agent: Agent, target: str, current: list[str],
+                warn: Out = print_note) -> dict:
     """The agent's touched-set answer (see dbops/agent/touched.py), the scratch copy always dropped."""
     made = agent.call("touched.scratch")
     name = made["name"]
     for old in made["swept"]:
-        print(f"dropped {old}, left behind by an interrupted touched-set run", file=sys.stderr)
+        warn(f"dropped {old}, left behind by an interrupted touched-set run")
     try:
         rc, markers, messages = _run_pg(settings, agent.target.pg(
             ["sh", "-c", SCHEMA_COPY_SCRIPT, "dbops-schema-copy", name]))
@@ -97,11 +98,11 @@ def touched_set(settings: Settings, agent: Agent, target: str, current: list[str
         try:
             agent.call("touched.drop", name=name)
         except OpsError as exc:
-            print(f"warning: could not drop the scratch database {name}: {exc.message}", file=sys.stderr)
+            warn(f"warning: could not drop the scratch database {name}: {exc.message}")
 
 
-def premigrate_backup(settings: Settings, agent: Agent, out, current: list[str], target: str,
-                      take_full) -> str | None:
+def premigrate_backup(settings: Settings, agent: Agent, out: Out, current: list[str], target: str,
+                      take_full, warn: Out = print_note) -> str | None:
     """The pre-migrate backup as DBOPS_PREMIGRATE_BACKUP says. ``take_full(reason)`` takes a
     full one (migrate's own helper: its failure message and next command). Returns the path."""
     from dbops.ops import backup as backup_op
@@ -130,7 +131,7 @@ def premigrate_backup(settings: Settings, agent: Agent, out, current: list[str],
     if how == "full":
         return take_full()
     try:
-        ts = touched_set(settings, agent, target, current)
+        ts = touched_set(settings, agent, target, current, warn)
     except AgentError as exc:  # in doubt: full, and say why
         ts = {"full": f"the touched set could not be computed: {exc.message}"}
     if ts.get("full"):

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
-from invoke import Collection, Exit
+from invoke import Collection, Exit, task
 
 from dbops.config import Settings, load_settings
 from dbops.errors import OpsError
@@ -61,6 +61,19 @@ def guarded(fn):
     return wrapper
 
 
+LOG_FORMAT_HELP = "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"
+
+
+def observed_task(flags: dict[str, str], *, notify: bool = False):
+    """``@task(help=flags)`` over ``guarded`` over ``events.observed(notify)``: a task whose run
+    is observed (events, pings, metrics) and that has the --log-format flag, documented here once."""
+    from dbops import events
+
+    def deco(fn):
+        return task(help={**flags, "log-format": LOG_FORMAT_HELP})(guarded(events.observed(notify)(fn)))
+    return deco
+
+
 def namespace() -> Collection:
     """Every task of every module in this package, at the top level (``invoke migrate``, not
     ``invoke schema.migrate``): each module's tasks are found by ``Collection.from_module``,
@@ -68,8 +81,8 @@ def namespace() -> Collection:
     ns = Collection()
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        for name, task in Collection.from_module(module).tasks.items():
+        for name, declared in Collection.from_module(module).tasks.items():
             if name in ns.tasks:
                 raise RuntimeError(f"invoke task {name!r} is defined twice ({info.name})")
-            ns.add_task(task, name=name)
+            ns.add_task(declared, name=name)
     return ns

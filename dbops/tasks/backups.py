@@ -11,7 +11,7 @@ from dbops.ops import backup as backup_op
 from dbops.ops import restore as restore_op
 from dbops.ops.output import print_note
 from dbops.ops.status import label
-from dbops.tasks import guarded, render, settings
+from dbops.tasks import guarded, observed_task, render, settings
 
 
 def _partial_note(e: dict) -> list[str]:
@@ -22,12 +22,9 @@ def _partial_note(e: dict) -> list[str]:
             + (" …" if len(tables) > 6 else "")]
 
 
-@task(help={"jobs": "parallel dump with N workers (directory format, stored as a .dir.tar)",
-            "reason": "recorded in the manifest (default: manual)",
-            "no-retention": "do not apply the retention policy after this backup",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"jobs": "parallel dump with N workers (directory format, stored as a .dir.tar)",
+                "reason": "recorded in the manifest (default: manual)",
+                "no-retention": "do not apply the retention policy after this backup"}, notify=True)
 def backup(c, jobs=None, reason="manual", no_retention=False):
     """Take a verified backup of the database (pg_dump next to the server, read back in full)."""
     s = settings(c)
@@ -83,10 +80,7 @@ def backups(c, json_=False, check=False, all_=False):
             print(f"{'':24}NOT A BACKUP: {p}")
 
 
-@task(help={"restore-test": "also restore into a scratch database and compare row counts, then drop it",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed()
+@observed_task({"restore-test": "also restore into a scratch database and compare row counts, then drop it"})
 def verify_backup(c, file, restore_test=False):
     """Check a backup (FILE, or 'latest'): sha256 against its manifest and a full read."""
     res = restore_op.verify(settings(c), file, restore_test=restore_test, warn=print_note)
@@ -95,14 +89,11 @@ def verify_backup(c, file, restore_test=False):
         print(f"  {line}")
 
 
-@task(help={"yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
-            "other-database": "allow restoring a backup taken of a differently named database",
-            "jobs": "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a temporary copy next to the server)",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)",
-            "pre-backup": "also dump the live database first (the kept old database is already the undo)",
-            "drop-old": "drop the previous database after the swap (needs --pre-backup)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
+                "other-database": "allow restoring a backup taken of a differently named database",
+                "jobs": "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a temporary copy next to the server)",
+                "pre-backup": "also dump the live database first (the kept old database is already the undo)",
+                "drop-old": "drop the previous database after the swap (needs --pre-backup)"}, notify=True)
 def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=False, drop_old=False):
     """Restore a backup (FILE, or 'latest'): into a new database, checked, swapped by rename."""
     res = restore_op.restore(settings(c), file, yes=yes, other_database=other_database,
@@ -135,11 +126,8 @@ def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=Fals
         print(f"  also still kept from earlier restores: {', '.join(res['kept_before'])}")
 
 
-@task(help={"name": "the kept database to swap back in (default: the newest <db>_dbops_old_<time>)",
-            "yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"name": "the kept database to swap back in (default: the newest <db>_dbops_old_<time>)",
+                "yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)"}, notify=True)
 def restore_undo(c, name=None, yes=False):
     """Undo a restore: swap the kept <db>_dbops_old_<time> (NAME, default the newest) back in by rename."""
     res = restore_op.undo(settings(c), name, yes=yes)

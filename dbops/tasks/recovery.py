@@ -6,12 +6,12 @@ import json
 
 from invoke import Exit, task
 
-from dbops import events, metrics
+from dbops import metrics
 from dbops.ops import doctor as doctor_op
 from dbops.ops import recover as recover_op
 from dbops.ops.output import print_note
 from dbops.ops.status import label
-from dbops.tasks import guarded, render, settings
+from dbops.tasks import guarded, observed_task, render, settings
 
 
 @task(help={
@@ -44,11 +44,8 @@ def recover(c, apply=False, yes=False, to=None, no_cache=False, json_=False):
         raise Exit(code=1)
 
 
-@task(help={"json": "print every check as JSON (for scripts)",
-            "no_schema": "skip the live-schema check (no scratch database if not cached)",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed()
+@observed_task({"json": "print every check as JSON (for scripts)",
+                "no_schema": "skip the live-schema check (no scratch database if not cached)"})
 def doctor(c, json_=False, no_schema=False):
     """Read-only health check of the target: one screen, ending with the next command."""
     s = settings(c)

@@ -14,7 +14,7 @@ from dbops.ops import rollback as rollback_op
 from dbops.ops import stamp as stamp_op
 from dbops.ops import status as status_op
 from dbops.ops.output import print_line, print_note
-from dbops.tasks import guarded, render, settings
+from dbops.tasks import guarded, observed_task, render, settings
 
 
 @task(help={"json": "print the full status as JSON (for scripts)"})
@@ -51,14 +51,11 @@ def heads(c):
     print(status_op.format_heads(status_op.read_status(settings(c))))
 
 
-@task(help={"to": "target revision: head (default), full id, unique prefix or branch label",
-            "sql": "print the offline SQL of the pending revisions and stop (changes nothing)",
-            "no_backup": "skip the pre-migrate backup (you have one, or the data is disposable)",
-            "accept_risk": "production: run although the rehearsal's verdict is over the limits; "
-                           "the reason is audited",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"to": "target revision: head (default), full id, unique prefix or branch label",
+                "sql": "print the offline SQL of the pending revisions and stop (changes nothing)",
+                "no_backup": "skip the pre-migrate backup (you have one, or the data is disposable)",
+                "accept_risk": "production: run although the rehearsal's verdict is over the limits; "
+                               "the reason is audited"}, notify=True)
 def migrate(c, to="head", sql=False, no_backup=False, accept_risk=None):
     """Upgrade (default: to head) safely: preflight, backup, lock, verify.
 
@@ -67,7 +64,7 @@ def migrate(c, to="head", sql=False, no_backup=False, accept_risk=None):
     # With --sql, stdout is the SQL alone (pipe it to a file); the preflight goes to stderr.
     out = print_note if sql else print_line
     res = migrate_op.migrate(settings(c), to=to, sql=sql, backup=not no_backup, out=out,
-                             accept_risk=accept_risk)
+                             accept_risk=accept_risk, warn=print_note)
     events.note(backup=res.get("backup"), revisions=res.get("after"))
     if sql:
         print(res["sql"], end="" if res["sql"].endswith("\n") else "\n")
@@ -108,14 +105,11 @@ def rehearse(c, to="head", from_="latest", keep=False, json_=False):
         print(f"stored: {report['stored']}")
 
 
-@task(help={"to": "target: full id, unique prefix, -1/-2 (relative), base, or a branch label",
-            "yes": "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)",
-            "accept_data_loss": "accept a plan whose downgrades drop tables or columns",
-            "no_backup": "skip the pre-rollback backup",
-            "no_putback": "do not put back the touched tables' rows from a partial pre-migrate backup at REV",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"to": "target: full id, unique prefix, -1/-2 (relative), base, or a branch label",
+                "yes": "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)",
+                "accept_data_loss": "accept a plan whose downgrades drop tables or columns",
+                "no_backup": "skip the pre-rollback backup",
+                "no_putback": "do not put back the touched tables' rows from a partial pre-migrate backup at REV"}, notify=True)
 def rollback(c, to=None, yes=False, accept_data_loss=False, no_backup=False, no_putback=False):
     """Downgrade to an earlier revision (plan, data-loss check, backup, lock, verify).
 
@@ -133,11 +127,8 @@ def rollback(c, to=None, yes=False, accept_data_loss=False, no_backup=False, no_
     print(f"verified: database is at {status_op.label(res['after'])}")
 
 
-@task(help={"to": "the revision the version row should name (full id, prefix, base, head)",
-            "yes": "do not ask for confirmation",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"to": "the revision the version row should name (full id, prefix, base, head)",
+                "yes": "do not ask for confirmation"}, notify=True)
 def stamp(c, to=None, yes=False):
     """Rewrite the version row WITHOUT changing the schema (recovery only; audited)."""
     if not to:

@@ -9,7 +9,7 @@ from invoke import task
 
 from dbops import events
 from dbops.progress import wanted
-from dbops.tasks import guarded, settings
+from dbops.tasks import guarded, observed_task, settings
 
 
 @task(help={"dry_run": "print the schedule (next and last tick of each job) and exit",
@@ -31,19 +31,17 @@ def serve(c, dry_run=False, log_format=None):
     service.serve(s, log_format)
 
 
-@task(help={"file": "the backup to drill (default: the newest verified one)",
-            "json": "print the drill record as JSON",
-            "log-format": "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"})
-@guarded
-@events.observed(notify=True)
+@observed_task({"file": "the backup to drill (default: the newest verified one)",
+                "json": "print the drill record as JSON"}, notify=True)
 def drill(c, file="latest", json_=False):
     """Restore the newest verified backup into a scratch database, check it, time it, drop it.
 
     Checks: tables, row counts and alembic revision against the manifest, then every *.sql
     in DBOPS_DRILL_CHECKS (each must return true). The result goes to the audit record."""
     from dbops.ops import drill as drill_op
+    from dbops.ops.output import print_note
 
-    res = drill_op.drill(settings(c), file=file, progress=wanted() and not json_)
+    res = drill_op.drill(settings(c), file=file, progress=wanted() and not json_, warn=print_note)
     events.note(backup=res["backup"], revisions=res["revisions"], restore_s=res["restore_s"])
     if json_:
         print(json.dumps(res, indent=2, default=str))
