@@ -46,10 +46,15 @@ def build(cluster: localpg.Cluster, gb: float) -> int:
 
     def one(i: int) -> None:
         with cluster.connect(DB) as conn:
-            conn.execute(f"CREATE TABLE t{i} (id bigint PRIMARY KEY, a text, b text, n int, at timestamptz)")
-            conn.execute(f"INSERT INTO t{i} SELECT g, md5(g::text) || md5((g + {i})::text), "
-                         f"md5(random()::text), (random() * 1e6)::int, now() - g * interval '1 s' "
-                         f"FROM generate_series(1, %s) g", [rows])
+            conn.execute(
+                f"CREATE TABLE t{i} (id bigint PRIMARY KEY, a text, b text, n int, at timestamptz)"
+            )
+            conn.execute(
+                f"INSERT INTO t{i} SELECT g, md5(g::text) || md5((g + {i})::text), "
+                f"md5(random()::text), (random() * 1e6)::int, now() - g * interval '1 s' "
+                f"FROM generate_series(1, %s) g",
+                [rows],
+            )
             conn.execute(f"VACUUM ANALYZE t{i}")
 
     with ThreadPoolExecutor(2) as pool:
@@ -60,10 +65,19 @@ def build(cluster: localpg.Cluster, gb: float) -> int:
 
 def build_pgbench(cluster: localpg.Cluster, scale: int) -> int:
     cluster.create_database(DB)
-    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(cluster.port), "PGUSER": cluster.user,
-           "PGPASSWORD": cluster.password}
-    subprocess.run([str(Path(cluster.bindir) / "pgbench"), "-i", "-q", "-s", str(scale), DB],
-                   env=env, check=True, capture_output=True)
+    env = {
+        **os.environ,
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(cluster.port),
+        "PGUSER": cluster.user,
+        "PGPASSWORD": cluster.password,
+    }
+    subprocess.run(
+        [str(Path(cluster.bindir) / "pgbench"), "-i", "-q", "-s", str(scale), DB],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     with cluster.connect(DB) as conn:
         conn.execute("VACUUM ANALYZE")
         conn.execute("CHECKPOINT")  # not during the first timed run
@@ -74,21 +88,42 @@ class Bench:
     def __init__(self, cluster: localpg.Cluster, out: Path):
         self.cluster, self.out = cluster, out
         self.backups = out / "backups"
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))
+        }
         self.env.update(cluster.env(DB))
-        self.env.update({"DBOPS_TARGET": "local", "DBOPS_ENV_FILE": str(out / "no.env"),
-                         "DBOPS_BACKUP_DIR": str(self.backups), "DBOPS_BACKUP_RETENTION": "off",
-                         "DBOPS_ALEMBIC_INI": str(ROOT / "backend" / "alembic.ini"),
-                         "DBOPS_QUIET": "1"})
-        self.pgenv = {**self.env, "PGHOST": "127.0.0.1", "PGPORT": str(cluster.port),
-                      "PGUSER": cluster.user, "PGPASSWORD": cluster.password, "PGDATABASE": DB,
-                      "PATH": f"{cluster.bindir}:{os.environ['PATH']}"}
+        self.env.update(
+            {
+                "DBOPS_TARGET": "local",
+                "DBOPS_ENV_FILE": str(out / "no.env"),
+                "DBOPS_BACKUP_DIR": str(self.backups),
+                "DBOPS_BACKUP_RETENTION": "off",
+                "DBOPS_ALEMBIC_INI": str(ROOT / "backend" / "alembic.ini"),
+                "DBOPS_QUIET": "1",
+            }
+        )
+        self.pgenv = {
+            **self.env,
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(cluster.port),
+            "PGUSER": cluster.user,
+            "PGPASSWORD": cluster.password,
+            "PGDATABASE": DB,
+            "PATH": f"{cluster.bindir}:{os.environ['PATH']}",
+        }
 
     def run(self, argv: list[str], env: dict | None = None) -> float:
         t = time.monotonic()
-        done = subprocess.run(argv, env=env or self.pgenv, cwd=ROOT, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            argv,
+            env=env or self.pgenv,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         took = time.monotonic() - t
         if done.returncode != 0:
             raise SystemExit(f"failed: {argv[:4]}…\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -106,8 +141,9 @@ class Bench:
 
     def drop(self, like: str) -> None:
         with self.cluster.connect() as conn:
-            for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                        [like]).fetchall():
+            for (name,) in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", [like]
+            ).fetchall():
                 conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
     # --- the variants: each returns (seconds, bytes) ----------------------------------
@@ -144,12 +180,16 @@ class Bench:
 
     def empty_backup(self) -> tuple[float, int]:
         self.clear_backups()
-        took = self.run([sys.executable, "-m", "invoke", "backup", "--no-retention"],
-                        env={**self.env, "POSTGRES_DB": "bench_empty"})
+        took = self.run(
+            [sys.executable, "-m", "invoke", "backup", "--no-retention"],
+            env={**self.env, "POSTGRES_DB": "bench_empty"},
+        )
         return took, 0
 
     def empty_raw(self) -> tuple[float, int]:
-        return self.run(["pg_dump", "-Fc", "-Z", "1", "-d", "bench_empty", "-f", str(self.out / "e.dump")]), 0
+        return self.run(
+            ["pg_dump", "-Fc", "-Z", "1", "-d", "bench_empty", "-f", str(self.out / "e.dump")]
+        ), 0
 
 
 def median(xs: list[float]) -> float:
@@ -181,7 +221,9 @@ def main() -> int:
 def compare(cluster: localpg.Cluster, a: argparse.Namespace, out: Path) -> None:
     if a.empty:
         with cluster.connect() as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench_empty'").fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = 'bench_empty'"
+            ).fetchone():
                 conn.execute("CREATE DATABASE bench_empty")
     b = Bench(cluster, out)
     only = set((a.only or "1,2,3,4,5").split(","))
@@ -211,14 +253,16 @@ def compare(cluster: localpg.Cluster, a: argparse.Namespace, out: Path) -> None:
         variants["pg_restore"] = lambda: b.raw_restore(restore_src)
         variants["invoke restore"] = lambda: b.inv_restore(restore_src)
         if "5" in only:
-            variants["invoke restore --pre-backup"] = lambda: b.inv_restore(restore_src, "--pre-backup")
+            variants["invoke restore --pre-backup"] = lambda: b.inv_restore(
+                restore_src, "--pre-backup"
+            )
     if a.empty:
         variants["empty: invoke backup"] = b.empty_backup
         variants["empty: pg_dump -Fc -Z1"] = b.empty_raw
     results: dict[str, list[tuple[float, int]]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(a.runs):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         if r % 2:
             order.reverse()
         for name in order:
@@ -231,25 +275,37 @@ def compare(cluster: localpg.Cluster, a: argparse.Namespace, out: Path) -> None:
         print(f"  {k:24} {t:6.1f} s  {s / 1e6:7.0f} MB")
     print("\nratios:")
     if a.empty:
-        print(f"  empty database: invoke backup {med['empty: invoke backup'][0]:.2f} s, raw pg_dump "
-              f"{med['empty: pg_dump -Fc -Z1'][0]:.2f} s (fixed cost "
-              f"{med['empty: invoke backup'][0] - med['empty: pg_dump -Fc -Z1'][0]:.2f} s)")
+        print(
+            f"  empty database: invoke backup {med['empty: invoke backup'][0]:.2f} s, raw pg_dump "
+            f"{med['empty: pg_dump -Fc -Z1'][0]:.2f} s (fixed cost "
+            f"{med['empty: invoke backup'][0] - med['empty: pg_dump -Fc -Z1'][0]:.2f} s)"
+        )
     if "1" in only:
-        print(f"  1. (P1a) invoke backup / pg_dump -Fc -Z1 (same format+compression): "
-              f"{med['invoke backup'][0] / med['pg_dump -Fc -Z1'][0]:.2f}   (target <= 1.05)")
+        print(
+            f"  1. (P1a) invoke backup / pg_dump -Fc -Z1 (same format+compression): "
+            f"{med['invoke backup'][0] / med['pg_dump -Fc -Z1'][0]:.2f}   (target <= 1.05)"
+        )
     if "2" in only:
-        print(f"  2. pg_dump -Fc / invoke backup: {med['pg_dump -Fc'][0] / med['invoke backup'][0]:.2f}x faster, "
-              f"bytes {med['invoke backup'][1] / med['pg_dump -Fc'][1]:.2f}x   (target >= 1.8x at <= 1.10x bytes)")
+        print(
+            f"  2. pg_dump -Fc / invoke backup: {med['pg_dump -Fc'][0] / med['invoke backup'][0]:.2f}x faster, "
+            f"bytes {med['invoke backup'][1] / med['pg_dump -Fc'][1]:.2f}x   (target >= 1.8x at <= 1.10x bytes)"
+        )
     if "3" in only:
-        print(f"  3. pg_dump -Fc / invoke backup --jobs 2: "
-              f"{med['pg_dump -Fc'][0] / med['invoke backup --jobs 2'][0]:.2f}x faster   (target >= 1.7x)")
+        print(
+            f"  3. pg_dump -Fc / invoke backup --jobs 2: "
+            f"{med['pg_dump -Fc'][0] / med['invoke backup --jobs 2'][0]:.2f}x faster   (target >= 1.7x)"
+        )
     if "4" in only:
-        print(f"  4. (P3) invoke restore / pg_restore: "
-              f"{med['invoke restore'][0] / med['pg_restore'][0]:.2f}   (target <= 1.15; includes "
-              f"the checks and the swap; no pre-restore dump)")
+        print(
+            f"  4. (P3) invoke restore / pg_restore: "
+            f"{med['invoke restore'][0] / med['pg_restore'][0]:.2f}   (target <= 1.15; includes "
+            f"the checks and the swap; no pre-restore dump)"
+        )
     if "5" in only and "4" in only:
-        print(f"  5. invoke restore --pre-backup / pg_restore: "
-              f"{med['invoke restore --pre-backup'][0] / med['pg_restore'][0]:.2f}")
+        print(
+            f"  5. invoke restore --pre-backup / pg_restore: "
+            f"{med['invoke restore --pre-backup'][0] / med['pg_restore'][0]:.2f}"
+        )
 
 
 if __name__ == "__main__":

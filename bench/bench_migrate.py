@@ -45,8 +45,13 @@ def fake_compose(args: list[str]) -> None:
     if args[:1] == ["ps"]:
         sys.exit(0)
     env = dict(os.environ)
-    env.update({"PGHOST": env["POSTGRES_HOST"], "PGPORT": env["POSTGRES_PORT"],
-                "PGPASSWORD": env.get("POSTGRES_PASSWORD", "")})
+    env.update(
+        {
+            "PGHOST": env["POSTGRES_HOST"],
+            "PGPORT": env["POSTGRES_PORT"],
+            "PGPASSWORD": env.get("POSTGRES_PASSWORD", ""),
+        }
+    )
     env["PATH"] = f"{env['FAKE_PG_BINDIR']}:{env['PATH']}"
     rest = args[1:]
     cwd = None
@@ -67,15 +72,39 @@ def fake_compose(args: list[str]) -> None:
 
 
 # --- helpers ------------------------------------------------------------------------------
-def pgbench(cluster, db: str, seconds: int, clients: int, rows: int, logdir: Path) -> subprocess.Popen:
+def pgbench(
+    cluster, db: str, seconds: int, clients: int, rows: int, logdir: Path
+) -> subprocess.Popen:
     script = logdir / "load.sql"
     script.write_text(PGBENCH_SCRIPT.format(rows=rows))
     env = {**os.environ, "PGPASSWORD": cluster.password}
     return subprocess.Popen(
-        [os.path.join(cluster.bindir, "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(cluster.port),
-         "-U", cluster.user, "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
-         "-f", str(script), "-l", f"--log-prefix={logdir}/tx", db],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            os.path.join(cluster.bindir, "pgbench"),
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(cluster.port),
+            "-U",
+            cluster.user,
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(seconds),
+            "-f",
+            str(script),
+            "-l",
+            f"--log-prefix={logdir}/tx",
+            db,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def read_latencies(logdir: Path) -> tuple[list[tuple[float, float]], int]:
@@ -93,8 +122,9 @@ def read_latencies(logdir: Path) -> tuple[list[tuple[float, float]], int]:
     return out, failed
 
 
-def run_scenario(cluster, name: str, db: str, migrate_cmd: list[str], env: dict, args,
-                 workdir: Path) -> dict:
+def run_scenario(
+    cluster, name: str, db: str, migrate_cmd: list[str], env: dict, args, workdir: Path
+) -> dict:
     logdir = workdir / f"pgbench-{name.replace(' ', '_')}"
     logdir.mkdir()
     total = 4 + args.long + 8
@@ -129,19 +159,31 @@ def run_scenario(cluster, name: str, db: str, migrate_cmd: list[str], env: dict,
         long_conn.close()
     lat, failed_logged = read_latencies(logdir)
     during = [lt for end, lt in lat if m0 <= end <= m1 + 1]
-    failed = next((int(ln.split(":")[1].split()[0]) for ln in out.splitlines()
-                   if ln.startswith("number of failed transactions")), None)
+    failed = next(
+        (
+            int(ln.split(":")[1].split()[0])
+            for ln in out.splitlines()
+            if ln.startswith("number of failed transactions")
+        ),
+        None,
+    )
     aborted = err.count("aborted in command")
-    return {"scenario": name, "migrate_exit": mig.returncode,
-            "migrate_seconds": round(m1 - m0, 2),
-            "worst_latency_s": round(max(lt for _, lt in lat), 3) if lat else None,
-            "worst_latency_during_migrate_s": round(max(during), 3) if during else None,
-            "transactions": len(lat), "failed_transactions": (failed or 0) + failed_logged,
-            "aborted_clients": aborted, "long_tx_open_s": [held.get("opened"), held.get("closed")],
-            "lock_timeout_retries": mig.stdout.count("lock_timeout ("),
-            "migrate_started_s": round(m0 - t0, 2),
-            "migrate_output": [ln for ln in (mig.stdout + mig.stderr).splitlines()
-                               if not ln.startswith(("INFO", "$ "))][-12:]}
+    return {
+        "scenario": name,
+        "migrate_exit": mig.returncode,
+        "migrate_seconds": round(m1 - m0, 2),
+        "worst_latency_s": round(max(lt for _, lt in lat), 3) if lat else None,
+        "worst_latency_during_migrate_s": round(max(during), 3) if during else None,
+        "transactions": len(lat),
+        "failed_transactions": (failed or 0) + failed_logged,
+        "aborted_clients": aborted,
+        "long_tx_open_s": [held.get("opened"), held.get("closed")],
+        "lock_timeout_retries": mig.stdout.count("lock_timeout ("),
+        "migrate_started_s": round(m0 - t0, 2),
+        "migrate_output": [
+            ln for ln in (mig.stdout + mig.stderr).splitlines() if not ln.startswith(("INFO", "$ "))
+        ][-12:],
+    }
 
 
 def prepare(cluster, db: str, ini: Path, rows: int) -> dict:
@@ -149,14 +191,26 @@ def prepare(cluster, db: str, ini: Path, rows: int) -> dict:
 
     cluster.create_database(db)
     env = {**os.environ, **cluster.env(db)}
-    subprocess.run([str(ROOT / ".venv/bin/alembic") if (ROOT / ".venv/bin/alembic").exists() else "alembic",
-                    "-c", str(ini), "upgrade", SAMPLE_HEAD], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(ROOT / ".venv/bin/alembic") if (ROOT / ".venv/bin/alembic").exists() else "alembic",
+            "-c",
+            str(ini),
+            "upgrade",
+            SAMPLE_HEAD,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     with cluster.connect(db) as conn:
         conn.execute("INSERT INTO users (username, email) VALUES ('u', 'u@x')")
         conn.execute("INSERT INTO posts (title, content, author_id) SELECT 't', 'c', id FROM users")
-        conn.execute(f"INSERT INTO comments (content, author_name, author_email, post_id) "
-                     f"SELECT 'comment ' || g, 'n' || g, 'e' || g || '@x', (SELECT id FROM posts) "
-                     f"FROM generate_series(1, {rows}) g")
+        conn.execute(
+            f"INSERT INTO comments (content, author_name, author_email, post_id) "
+            f"SELECT 'comment ' || g, 'n' || g, 'e' || g || '@x', (SELECT id FROM posts) "
+            f"FROM generate_series(1, {rows}) g"
+        )
         conn.execute("VACUUM ANALYZE comments")
     return env
 
@@ -168,22 +222,36 @@ def count_compose_launches(cluster, ini: Path, workdir: Path) -> dict:
     env = prepare(cluster, db, ini, 1000)
     del SAMPLE_HEAD
     log = workdir / "compose-launches.jsonl"
-    env.update({
-        "DBOPS_TARGET": "compose", "DBOPS_ENV_FILE": str(workdir / "none.env"),
-        "DBOPS_COMPOSE": f"{sys.executable} {Path(__file__).resolve()} fake-compose",
-        "DBOPS_BACKUP_DIR": str(workdir / "backups-compose"), "DBOPS_ALEMBIC_INI": str(ini),
-        "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini", "FAKE_COMPOSE_LOG": str(log),
-        "FAKE_BACKEND_DIR": str(ini.parent), "FAKE_PG_BINDIR": cluster.bindir,
-    })
-    done = subprocess.run([sys.executable, "-m", "invoke", "migrate"], env=env, cwd=ROOT,
-                          capture_output=True, text=True)
+    env.update(
+        {
+            "DBOPS_TARGET": "compose",
+            "DBOPS_ENV_FILE": str(workdir / "none.env"),
+            "DBOPS_COMPOSE": f"{sys.executable} {Path(__file__).resolve()} fake-compose",
+            "DBOPS_BACKUP_DIR": str(workdir / "backups-compose"),
+            "DBOPS_ALEMBIC_INI": str(ini),
+            "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
+            "FAKE_COMPOSE_LOG": str(log),
+            "FAKE_BACKEND_DIR": str(ini.parent),
+            "FAKE_PG_BINDIR": cluster.bindir,
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     launches = [json.loads(ln) for ln in log.read_text().splitlines()] if log.exists() else []
     containers = [x for x in launches if x[0] in ("exec", "run")]
-    return {"migrate_exit": done.returncode, "compose_invocations": len(launches),
-            "container_starts": len(containers),
-            "container_launches": [" ".join(x[:1]) for x in containers],
-            "other": [" ".join(x[:2]) for x in launches if x[0] not in ("exec", "run")],
-            "tail": (done.stdout + done.stderr).strip().splitlines()[-2:]}
+    return {
+        "migrate_exit": done.returncode,
+        "compose_invocations": len(launches),
+        "container_starts": len(containers),
+        "container_launches": [" ".join(x[:1]) for x in containers],
+        "other": [" ".join(x[:2]) for x in launches if x[0] not in ("exec", "run")],
+        "tail": (done.stdout + done.stderr).strip().splitlines()[-2:],
+    }
 
 
 def main() -> int:
@@ -207,40 +275,88 @@ def main() -> int:
         ini = make_project(workdir, "flag")
         results = []
         env = prepare(cluster, "bench_dbops", ini, args.rows)
-        env.update({"DBOPS_TARGET": "local", "DBOPS_ENV_FILE": str(workdir / "none.env"),
-                    "DBOPS_BACKUP_DIR": str(workdir / "backups"), "DBOPS_ALEMBIC_INI": str(ini),
-                    "DBOPS_LOCK_TIMEOUT": args.lock_timeout, "DBOPS_QUIET": "1"})
-        results.append(run_scenario(cluster, "invoke migrate", "bench_dbops",
-                                    [sys.executable, "-m", "invoke", "migrate"], env, args, workdir))
+        env.update(
+            {
+                "DBOPS_TARGET": "local",
+                "DBOPS_ENV_FILE": str(workdir / "none.env"),
+                "DBOPS_BACKUP_DIR": str(workdir / "backups"),
+                "DBOPS_ALEMBIC_INI": str(ini),
+                "DBOPS_LOCK_TIMEOUT": args.lock_timeout,
+                "DBOPS_QUIET": "1",
+            }
+        )
+        results.append(
+            run_scenario(
+                cluster,
+                "invoke migrate",
+                "bench_dbops",
+                [sys.executable, "-m", "invoke", "migrate"],
+                env,
+                args,
+                workdir,
+            )
+        )
         env = prepare(cluster, "bench_dbops_nb", ini, args.rows)
-        env.update({"DBOPS_TARGET": "local", "DBOPS_ENV_FILE": str(workdir / "none.env"),
-                    "DBOPS_BACKUP_DIR": str(workdir / "backups"), "DBOPS_ALEMBIC_INI": str(ini),
-                    "DBOPS_LOCK_TIMEOUT": args.lock_timeout, "DBOPS_QUIET": "1"})
-        results.append(run_scenario(cluster, "invoke migrate --no-backup", "bench_dbops_nb",
-                                    [sys.executable, "-m", "invoke", "migrate", "--no-backup"],
-                                    env, args, workdir))
+        env.update(
+            {
+                "DBOPS_TARGET": "local",
+                "DBOPS_ENV_FILE": str(workdir / "none.env"),
+                "DBOPS_BACKUP_DIR": str(workdir / "backups"),
+                "DBOPS_ALEMBIC_INI": str(ini),
+                "DBOPS_LOCK_TIMEOUT": args.lock_timeout,
+                "DBOPS_QUIET": "1",
+            }
+        )
+        results.append(
+            run_scenario(
+                cluster,
+                "invoke migrate --no-backup",
+                "bench_dbops_nb",
+                [sys.executable, "-m", "invoke", "migrate", "--no-backup"],
+                env,
+                args,
+                workdir,
+            )
+        )
         env = prepare(cluster, "bench_bare", ini, args.rows)
         alembic = str(ROOT / ".venv/bin/alembic")
-        results.append(run_scenario(cluster, "alembic upgrade head", "bench_bare",
-                                    [alembic, "-c", str(ini), "upgrade", "head"], env, args, workdir))
+        results.append(
+            run_scenario(
+                cluster,
+                "alembic upgrade head",
+                "bench_bare",
+                [alembic, "-c", str(ini), "upgrade", "head"],
+                env,
+                args,
+                workdir,
+            )
+        )
         compose = count_compose_launches(cluster, ini, workdir)
     finally:
         cluster.destroy()
     if args.json:
         print(json.dumps({"runs": results, "compose": compose}, indent=2))
         return 0
-    print(f"rows {args.rows}, {args.clients} pgbench clients (UPDATE+SELECT on comments), long "
-          f"transaction open t=2..{2 + args.long} s, migration started t=4 s, "
-          f"dbops lock_timeout {args.lock_timeout}")
-    print(f"{'':28}{'worst stall':>12}{'(during)':>10}{'failed tx':>11}{'aborted':>9}{'migrate s':>11}{'retries':>9}{'exit':>6}")
+    print(
+        f"rows {args.rows}, {args.clients} pgbench clients (UPDATE+SELECT on comments), long "
+        f"transaction open t=2..{2 + args.long} s, migration started t=4 s, "
+        f"dbops lock_timeout {args.lock_timeout}"
+    )
+    print(
+        f"{'':28}{'worst stall':>12}{'(during)':>10}{'failed tx':>11}{'aborted':>9}{'migrate s':>11}{'retries':>9}{'exit':>6}"
+    )
     for r in results:
-        print(f"{r['scenario']:28}{r['worst_latency_s']:>11.3f}s{r['worst_latency_during_migrate_s'] or 0:>9.3f}s"
-              f"{r['failed_transactions']:>11}{r['aborted_clients']:>9}{r['migrate_seconds']:>11.2f}"
-              f"{r['lock_timeout_retries']:>9}{r['migrate_exit']:>6}")
-    print(f"compose path, one `invoke migrate` (with its pre-migrate backup): "
-          f"{compose['container_starts']} container starts ({', '.join(compose['container_launches'])}), "
-          f"{compose['compose_invocations']} compose invocations in all "
-          f"(+{', '.join(compose['other']) or 'none'}); exit {compose['migrate_exit']}")
+        print(
+            f"{r['scenario']:28}{r['worst_latency_s']:>11.3f}s{r['worst_latency_during_migrate_s'] or 0:>9.3f}s"
+            f"{r['failed_transactions']:>11}{r['aborted_clients']:>9}{r['migrate_seconds']:>11.2f}"
+            f"{r['lock_timeout_retries']:>9}{r['migrate_exit']:>6}"
+        )
+    print(
+        f"compose path, one `invoke migrate` (with its pre-migrate backup): "
+        f"{compose['container_starts']} container starts ({', '.join(compose['container_launches'])}), "
+        f"{compose['compose_invocations']} compose invocations in all "
+        f"(+{', '.join(compose['other']) or 'none'}); exit {compose['migrate_exit']}"
+    )
     return 0
 
 

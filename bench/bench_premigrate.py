@@ -32,14 +32,14 @@ from tests.fixtures.projects import SAMPLE_HEAD  # noqa: E402
 
 DB = "p7"
 REV = "7d7d7d000001"
-BODY = '''
+BODY = """
 def upgrade():
     op.execute("UPDATE tags SET name = lower(name)")
 
 
 def downgrade():
     pass
-'''
+"""
 
 
 def main() -> int:
@@ -47,15 +47,18 @@ def main() -> int:
     p.add_argument("--small-mb", type=float, default=10.0)
     a = p.parse_args()
     out = ROOT / "bench" / "out" / "p7"
-    ini = sample_data.project(out, rev=REV, message="lower-case tag names", body=BODY,
-                              patch_models=False)
+    ini = sample_data.project(
+        out, rev=REV, message="lower-case tag names", body=BODY, patch_models=False
+    )
     with harness.cluster(a.keep) as (cluster, reused):
         env = harness.invoke_env(cluster, DB, out, DBOPS_ALEMBIC_INI=str(ini))
         if reused:
             size = harness.database_size(cluster, DB)
         else:
             t = time.monotonic()
-            size = sample_data.build(cluster, env, DB, a.gb, ini, tags=int(a.small_mb * 1e6 / 100) + 1)
+            size = sample_data.build(
+                cluster, env, DB, a.gb, ini, tags=int(a.small_mb * 1e6 / 100) + 1
+            )
             print(f"built {size / 1e9:.2f} GB in {time.monotonic() - t:.0f} s")
         with cluster.connect(DB) as conn:
             tags = conn.execute("SELECT pg_total_relation_size('tags')").fetchone()[0]
@@ -76,11 +79,15 @@ def main() -> int:
             "migrate (touched)": timed(invoke, {"DBOPS_PREMIGRATE_BACKUP": "touched"}),
             "migrate (full)": timed(invoke, {"DBOPS_PREMIGRATE_BACKUP": "full"}),
         }
-        med = harness.alternate({k: (lambda f=f: (f(), undo())[0]) for k, f in variants.items()}, a.runs)
+        med = harness.alternate(
+            {k: (lambda f=f: (f(), undo())[0]) for k, f in variants.items()}, a.runs
+        )
         gap = med["migrate (touched)"] - med["bare alembic upgrade"]
-        print(f"\nP7 ({size / 1e9:.2f} GB database, touched table {tags / 1e6:.1f} MB): migrate with a "
-              f"touched backup = bare upgrade + {gap:.2f} s (goal <= + 2 s); with a full backup: "
-              f"{med['migrate (full)']:.2f} s")
+        print(
+            f"\nP7 ({size / 1e9:.2f} GB database, touched table {tags / 1e6:.1f} MB): migrate with a "
+            f"touched backup = bare upgrade + {gap:.2f} s (goal <= + 2 s); with a full backup: "
+            f"{med['migrate (full)']:.2f} s"
+        )
     return 0
 
 

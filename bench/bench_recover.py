@@ -34,19 +34,35 @@ from dbops import localpg  # noqa: E402
 
 
 def invoke_env(cluster, database: str, ini: Path, cache: Path, tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))
+    }
     env.update(cluster.env(database))
-    env.update({"DBOPS_TARGET": "local", "DBOPS_ENV_FILE": str(tmp / "no.env"),
-                "DBOPS_BACKUP_DIR": str(tmp / "backups"), "DBOPS_ALEMBIC_INI": str(ini),
-                "DBOPS_CACHE_DIR": str(cache), "DBOPS_QUIET": "1"})
+    env.update(
+        {
+            "DBOPS_TARGET": "local",
+            "DBOPS_ENV_FILE": str(tmp / "no.env"),
+            "DBOPS_BACKUP_DIR": str(tmp / "backups"),
+            "DBOPS_ALEMBIC_INI": str(ini),
+            "DBOPS_CACHE_DIR": str(cache),
+            "DBOPS_QUIET": "1",
+        }
+    )
     return env
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t0, done
 
 
@@ -56,8 +72,13 @@ def bench_size(cluster, n: int, runs: int, tmp: Path) -> dict:
     database = f"bench{n}"
     cluster.create_database(database)
     env = invoke_env(cluster, database, ini, tmp / f"cache{n}", tmp)
-    done = subprocess.run([sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
-                          env=env, text=True, capture_output=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+        env=env,
+        text=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     if done.returncode != 0:
         raise SystemExit(f"alembic upgrade failed at {n}: {done.stderr[-2000:]}")
     with cluster.connect(database) as conn:
@@ -76,11 +97,14 @@ def bench_size(cluster, n: int, runs: int, tmp: Path) -> dict:
         if "from cache" not in done.stdout:
             raise SystemExit(f"second run did not use the cache at {n}:\n{done.stdout}")
         cached.append(t)
-    return {"revisions": n, "cold_s": round(statistics.median(cold), 2),
-            "cached_s": round(statistics.median(cached), 2),
-            "scratch_build_s": round(statistics.median(built), 2),
-            "per_revision_ms": round(1000 * statistics.median(built) / n, 1),
-            "runs": runs}
+    return {
+        "revisions": n,
+        "cold_s": round(statistics.median(cold), 2),
+        "cached_s": round(statistics.median(cached), 2),
+        "scratch_build_s": round(statistics.median(built), 2),
+        "per_revision_ms": round(1000 * statistics.median(built) / n, 1),
+        "runs": runs,
+    }
 
 
 def main() -> int:
@@ -95,11 +119,15 @@ def main() -> int:
     finally:
         cluster.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{'revisions':>9}  {'cold (s)':>9}  {'cached (s)':>10}  {'scratch build (s)':>17}  "
-          f"{'ms/revision':>11}")
+    print(
+        f"{'revisions':>9}  {'cold (s)':>9}  {'cached (s)':>10}  {'scratch build (s)':>17}  "
+        f"{'ms/revision':>11}"
+    )
     for r in rows:
-        print(f"{r['revisions']:>9}  {r['cold_s']:>9.2f}  {r['cached_s']:>10.2f}  "
-              f"{r['scratch_build_s']:>17.2f}  {r['per_revision_ms']:>11.1f}")
+        print(
+            f"{r['revisions']:>9}  {r['cold_s']:>9.2f}  {r['cached_s']:>10.2f}  "
+            f"{r['scratch_build_s']:>17.2f}  {r['per_revision_ms']:>11.1f}"
+        )
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "recover.json").write_text(json.dumps(rows, indent=2))

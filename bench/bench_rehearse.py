@@ -33,7 +33,7 @@ from tests.fixtures.projects import SAMPLE_HEAD  # noqa: E402
 
 DB = "rh"
 RETYPE = "7e7e7e000002"
-RETYPE_BODY = '''
+RETYPE_BODY = """
 def upgrade():
     # the same type with USING: a full rewrite under ACCESS EXCLUSIVE, the models still match
     op.execute("ALTER TABLE comments ALTER COLUMN author_name TYPE varchar(100) USING author_name || ''")
@@ -41,19 +41,21 @@ def upgrade():
 
 def downgrade():
     pass
-'''
+"""
 
 
 def main() -> int:
     p = harness.parser(__doc__, gb=1.0)
     a = p.parse_args()
     out = ROOT / "bench" / "out" / "rehearse"
-    ini = sample_data.project(out, "flag", rev=RETYPE, message="retype author_name", body=RETYPE_BODY,
-                              patch_models=True)
+    ini = sample_data.project(
+        out, "flag", rev=RETYPE, message="retype author_name", body=RETYPE_BODY, patch_models=True
+    )
     backups = out / "backups"
     with harness.cluster(a.keep) as (cluster, reused):
-        env = harness.invoke_env(cluster, DB, out, DBOPS_ALEMBIC_INI=str(ini),
-                                 DBOPS_CACHE_DIR=str(out / "cache"))
+        env = harness.invoke_env(
+            cluster, DB, out, DBOPS_ALEMBIC_INI=str(ini), DBOPS_CACHE_DIR=str(out / "cache")
+        )
         alembic = str(Path(sys.executable).parent / "alembic")
         bindir = Path(cluster.bindir)
 
@@ -81,8 +83,12 @@ def main() -> int:
                 predicted.setdefault(rev["revision"], []).append(rev["seconds"])
             return took
 
-        pgenv = {"PGHOST": env["POSTGRES_HOST"], "PGPORT": env["POSTGRES_PORT"],
-                 "PGUSER": env["POSTGRES_USER"], "PGPASSWORD": env["POSTGRES_PASSWORD"]}
+        pgenv = {
+            "PGHOST": env["POSTGRES_HOST"],
+            "PGPORT": env["POSTGRES_PORT"],
+            "PGUSER": env["POSTGRES_USER"],
+            "PGPASSWORD": env["POSTGRES_PASSWORD"],
+        }
 
         def raw() -> float:
             t = time.monotonic()
@@ -95,21 +101,29 @@ def main() -> int:
 
         def migrate() -> float:
             took, _ = run([sys.executable, "-m", "invoke", "migrate", "--no-backup"])
-            record = [json.loads(x) for x in (backups / "audit.jsonl").read_text().splitlines()
-                      if '"migrate"' in x][-1]
+            record = [
+                json.loads(x)
+                for x in (backups / "audit.jsonl").read_text().splitlines()
+                if '"migrate"' in x
+            ][-1]
             for step in record["steps"]:
                 real.setdefault(step["revision"], []).append(step["seconds"])
             run([alembic, "-c", str(ini), "downgrade", SAMPLE_HEAD])
             return took
 
-        med = harness.alternate({"rehearse": rehearse, "raw restore + upgrade": raw, "migrate": migrate},
-                                a.runs)
-        print(f"\n{size / 1e9:.2f} GB database: rehearse / raw = "
-              f"{med['rehearse'] / med['raw restore + upgrade']:.2f}x (goal <= 1.1x)")
+        med = harness.alternate(
+            {"rehearse": rehearse, "raw restore + upgrade": raw, "migrate": migrate}, a.runs
+        )
+        print(
+            f"\n{size / 1e9:.2f} GB database: rehearse / raw = "
+            f"{med['rehearse'] / med['raw restore + upgrade']:.2f}x (goal <= 1.1x)"
+        )
         for rev in predicted:
             pm, rm = statistics.median(predicted[rev]), statistics.median(real.get(rev, [0]))
             err = abs(pm - rm) / rm * 100 if rm else float("nan")
-            print(f"  {rev}: predicted {pm:.2f} s, real migrate {rm:.2f} s ({err:.0f}% off; goal <= 25%)")
+            print(
+                f"  {rev}: predicted {pm:.2f} s, real migrate {rm:.2f} s ({err:.0f}% off; goal <= 25%)"
+            )
         for rev in reports[-1]["revisions"]:
             print(f"  verdict {rev['revision']}: {rev['verdict']}")
     return 0

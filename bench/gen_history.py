@@ -40,7 +40,7 @@ formatter = generic
 format = %(levelname)-5.5s [%(name)s] %(message)s
 """
 
-ENV = '''import os
+ENV = """import os
 from logging.config import fileConfig
 
 from alembic import context
@@ -72,7 +72,7 @@ else:
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
-'''
+"""
 
 REV = '''"""{message}
 
@@ -106,20 +106,26 @@ def step(i: int) -> tuple[str, str, str]:
     t = f"t{(i - 1) // 3 + 1:03d}"
     kind = (i - 1) % 3
     if kind == 0:
-        return (f"create table {t}",
-                f"    op.create_table(\"{t}\",\n"
-                f"        sa.Column(\"id\", sa.Integer(), primary_key=True),\n"
-                f"        sa.Column(\"name\", sa.String(length=50), nullable=False),\n"
-                f"        sa.Column(\"created_at\", sa.DateTime(timezone=True), "
-                f"server_default=sa.text(\"now()\"), nullable=False))",
-                f"    op.drop_table(\"{t}\")")
+        return (
+            f"create table {t}",
+            f'    op.create_table("{t}",\n'
+            f'        sa.Column("id", sa.Integer(), primary_key=True),\n'
+            f'        sa.Column("name", sa.String(length=50), nullable=False),\n'
+            f'        sa.Column("created_at", sa.DateTime(timezone=True), '
+            f'server_default=sa.text("now()"), nullable=False))',
+            f'    op.drop_table("{t}")',
+        )
     if kind == 1:
-        return (f"add {t}.note",
-                f"    op.add_column(\"{t}\", sa.Column(\"note\", sa.Text(), nullable=True))",
-                f"    op.drop_column(\"{t}\", \"note\")")
-    return (f"index {t}.name",
-            f"    op.create_index(\"ix_{t}_name\", \"{t}\", [\"name\"])",
-            f"    op.drop_index(\"ix_{t}_name\", table_name=\"{t}\")")
+        return (
+            f"add {t}.note",
+            f'    op.add_column("{t}", sa.Column("note", sa.Text(), nullable=True))',
+            f'    op.drop_column("{t}", "note")',
+        )
+    return (
+        f"index {t}.name",
+        f'    op.create_index("ix_{t}_name", "{t}", ["name"])',
+        f'    op.drop_index("ix_{t}_name", table_name="{t}")',
+    )
 
 
 def generate(root: Path, n: int) -> Path:
@@ -132,9 +138,16 @@ def generate(root: Path, n: int) -> Path:
     for i in range(1, n + 1):
         rev = rev_id(i)
         message, up, dn = step(i)
-        (versions / f"{i:03d}_{rev}.py").write_text(REV.format(
-            message=message, rev=rev, down=down or "", down_repr=repr(down), upgrade=up,
-            downgrade=dn))
+        (versions / f"{i:03d}_{rev}.py").write_text(
+            REV.format(
+                message=message,
+                rev=rev,
+                down=down or "",
+                down_repr=repr(down),
+                upgrade=up,
+                downgrade=dn,
+            )
+        )
         down = rev
     return root / "alembic.ini"
 

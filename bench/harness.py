@@ -35,34 +35,49 @@ def cluster(keep: str | None) -> Iterator[tuple[localpg.Cluster, bool]]:
 def invoke_env(c: localpg.Cluster, db: str, out: Path, **extra: str) -> dict[str, str]:
     """The caller's environment without any database or DBOPS_ setting, pointed at ``db`` on
     ``c`` on the local target; backups in out/backups, retention off, quiet."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))
+    }
     env.update(c.env(db))
-    env.update({"DBOPS_TARGET": "local", "DBOPS_ENV_FILE": str(out / "no.env"),
-                "DBOPS_BACKUP_DIR": str(out / "backups"), "DBOPS_BACKUP_RETENTION": "off",
-                "DBOPS_QUIET": "1", **extra})
+    env.update(
+        {
+            "DBOPS_TARGET": "local",
+            "DBOPS_ENV_FILE": str(out / "no.env"),
+            "DBOPS_BACKUP_DIR": str(out / "backups"),
+            "DBOPS_BACKUP_RETENTION": "off",
+            "DBOPS_QUIET": "1",
+            **extra,
+        }
+    )
     return env
 
 
 def run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
     """Run ``argv``; (wall seconds, stdout). A failure ends the benchmark with its output."""
     t = time.monotonic()
-    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
     took = time.monotonic() - t
     if done.returncode != 0:
         raise SystemExit(f"failed: {argv}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return took, done.stdout
 
 
-def alternate(variants: dict[str, Callable[[], float]], runs: int, *,
-              after_round: Callable[[], None] | None = None) -> dict[str, float]:
+def alternate(
+    variants: dict[str, Callable[[], float]],
+    runs: int,
+    *,
+    after_round: Callable[[], None] | None = None,
+) -> dict[str, float]:
     """Run every variant once per round, rotating (and every other round reversing) the order;
     print each timing; return the medians."""
     results: dict[str, list[float]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(runs):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         if r % 2:
             order.reverse()
         for name in order:

@@ -32,7 +32,9 @@ class Agent:
     def __enter__(self) -> Agent:
         self.target.ensure_available()
         self.proc = start(self.target.agent(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.hello = self.call("hello", operator=operator(), maintenance_db=self.settings.maintenance_db)
+        self.hello = self.call(
+            "hello", operator=operator(), maintenance_db=self.settings.maintenance_db
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -63,16 +65,23 @@ class Agent:
         line = self.proc.stdout.readline()
         if not line:
             code = self.proc.wait()
-            raise OpsError(f"the dbops agent exited (status {code}) before answering '{op}'; "
-                           f"its error output is above")
+            raise OpsError(
+                f"the dbops agent exited (status {code}) before answering '{op}'; "
+                f"its error output is above"
+            )
         try:
             resp = json.loads(line)
         except json.JSONDecodeError:
-            raise OpsError(f"the dbops agent answered '{op}' with something that is not JSON: "
-                           f"{mask(line.decode(errors='replace')[:200], self.settings.secrets())}") from None
+            raise OpsError(
+                f"the dbops agent answered '{op}' with something that is not JSON: "
+                f"{mask(line.decode(errors='replace')[:200], self.settings.secrets())}"
+            ) from None
         if not resp.get("ok"):
-            raise AgentError(mask(resp.get("error", "unknown error"), self.settings.secrets()),
-                             resp.get("kind", "failed"), resp.get("details") or {})
+            raise AgentError(
+                mask(resp.get("error", "unknown error"), self.settings.secrets()),
+                resp.get("kind", "failed"),
+                resp.get("details") or {},
+            )
         return resp["result"]
 
 

@@ -18,8 +18,14 @@ def utcnow() -> str:
 
 
 def append(settings: Settings, action: str, **fields) -> dict:
-    record = {"ts": utcnow(), "action": action, "operator": operator(),
-              "target": settings.target, "database": settings.database, **fields}
+    record = {
+        "ts": utcnow(),
+        "action": action,
+        "operator": operator(),
+        "target": settings.target,
+        "database": settings.database,
+        **fields,
+    }
     path = settings.audit_log
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -21,9 +21,22 @@ from pathlib import Path
 MANIFEST_SUFFIX = ".manifest.json"
 DUMP_SUFFIXES = (".dump", ".dir.tar")
 MANIFEST_VERSION = 1
-REQUIRED_KEYS = ("format_version", "file", "format", "sha256", "size", "database", "revisions",
-                 "server_version", "pg_dump_version", "started_at", "finished_at", "reason",
-                 "tables", "verification")
+REQUIRED_KEYS = (
+    "format_version",
+    "file",
+    "format",
+    "sha256",
+    "size",
+    "database",
+    "revisions",
+    "server_version",
+    "pg_dump_version",
+    "started_at",
+    "finished_at",
+    "reason",
+    "tables",
+    "verification",
+)
 
 
 class ManifestError(ValueError):
@@ -114,8 +127,10 @@ def read_manifest(path: Path) -> dict:
     if missing:
         raise ManifestError(f"manifest {path.name} lacks {', '.join(missing)}")
     if data["format_version"] != MANIFEST_VERSION:
-        raise ManifestError(f"manifest {path.name} has format_version {data['format_version']!r}, "
-                            f"this dbops reads {MANIFEST_VERSION}")
+        raise ManifestError(
+            f"manifest {path.name} has format_version {data['format_version']!r}, "
+            f"this dbops reads {MANIFEST_VERSION}"
+        )
     if not re.fullmatch(r"[0-9a-f]{64}", str(data["sha256"])):
         raise ManifestError(f"manifest {path.name} has no valid sha256")
     if not (data["verification"] or {}).get("ok"):
@@ -143,13 +158,17 @@ def check_backup(dump: Path, *, full: bool = False) -> tuple[dict | None, list[s
     except FileNotFoundError:
         return manifest, [f"{dump.name} is missing"]
     if size != manifest["size"]:
-        problems.append(f"size {size} bytes differs from the manifest's {manifest['size']} "
-                        f"({'truncated' if size < manifest['size'] else 'grown'})")
+        problems.append(
+            f"size {size} bytes differs from the manifest's {manifest['size']} "
+            f"({'truncated' if size < manifest['size'] else 'grown'})"
+        )
     elif full:
         digest = sha256_file(dump)
         if digest != manifest["sha256"]:
-            problems.append(f"sha256 {digest[:16]}… differs from the manifest's "
-                            f"{manifest['sha256'][:16]}… (the file changed after it was written)")
+            problems.append(
+                f"sha256 {digest[:16]}… differs from the manifest's "
+                f"{manifest['sha256'][:16]}… (the file changed after it was written)"
+            )
     return manifest, problems
 
 
@@ -161,15 +180,26 @@ def _entry(path: Path, manifest: dict | None, problems: list[str]) -> dict:
         size, mtime = 0, 0.0
     m = manifest or {}
     created = m.get("started_at") or datetime.fromtimestamp(mtime, UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ")
-    return {"path": str(path), "manifest": manifest, "verified": manifest is not None and not problems,
-            "problems": problems, "created_at": created, "database": m.get("database"),
-            "revisions": list(m.get("revisions") or []), "reason": m.get("reason"), "size": size,
-            "format": m.get("format"), "partial": bool(m.get("partial"))}
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    return {
+        "path": str(path),
+        "manifest": manifest,
+        "verified": manifest is not None and not problems,
+        "problems": problems,
+        "created_at": created,
+        "database": m.get("database"),
+        "revisions": list(m.get("revisions") or []),
+        "reason": m.get("reason"),
+        "size": size,
+        "format": m.get("format"),
+        "partial": bool(m.get("partial")),
+    }
 
 
-def list_backups(settings, *, database: str | None = None, full: bool = False,
-                 include_invalid: bool = True) -> list[dict]:
+def list_backups(
+    settings, *, database: str | None = None, full: bool = False, include_invalid: bool = True
+) -> list[dict]:
     """Every backup in DBOPS_BACKUP_DIR, newest first: path, manifest, verified, created_at
     (ISO UTC), database, revisions, reason, size, problems. ``verified`` means: a well-formed
     manifest recording a passed full read, and the file's size (``full``: sha256) matching it.
@@ -187,7 +217,11 @@ def list_backups(settings, *, database: str | None = None, full: bool = False,
         entry = _entry(path, manifest, problems)
         if database and entry["database"] not in (database, None):
             continue
-        if database and entry["database"] is None and not path.name.startswith(slug(database) + "."):
+        if (
+            database
+            and entry["database"] is None
+            and not path.name.startswith(slug(database) + ".")
+        ):
             continue
         if not include_invalid and not entry["verified"]:
             continue
@@ -198,9 +232,14 @@ def list_backups(settings, *, database: str | None = None, full: bool = False,
             dump = mpath.with_name(Path(m["file"]).name)
         except Exception:
             continue
-        if not dump.exists() and include_invalid and (not database or m.get("database") == database):
-            entries.append({**_entry(mpath, m, [f"{dump.name} is missing"]), "path": str(dump),
-                            "size": 0})
+        if (
+            not dump.exists()
+            and include_invalid
+            and (not database or m.get("database") == database)
+        ):
+            entries.append(
+                {**_entry(mpath, m, [f"{dump.name} is missing"]), "path": str(dump), "size": 0}
+            )
     entries.sort(key=lambda e: e["created_at"], reverse=True)
     return entries
 

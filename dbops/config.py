@@ -43,9 +43,13 @@ def _whole(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]
         except ValueError:
             raise ValueError("is not a whole number") from None
         if n < minimum or (maximum is not None and n > maximum):
-            raise ValueError(f"must be between {minimum} and {maximum}" if maximum is not None
-                             else f"must be {minimum} or more")
+            raise ValueError(
+                f"must be between {minimum} and {maximum}"
+                if maximum is not None
+                else f"must be {minimum} or more"
+            )
         return n
+
     parse.__doc__ = "a whole number"
     return parse
 
@@ -102,7 +106,9 @@ def _fast_or_compression(raw: str) -> str:
     try:
         return _compression(v)
     except ValueError:
-        raise ValueError("is not fast, auto, 0-9, none, or a pg_dump -Z spec such as zstd:3") from None
+        raise ValueError(
+            "is not fast, auto, 0-9, none, or a pg_dump -Z spec such as zstd:3"
+        ) from None
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -111,6 +117,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         if v not in allowed:
             raise ValueError(f"is not one of: {', '.join(allowed)}")
         return v
+
     return parse
 
 
@@ -120,7 +127,9 @@ def _argv(raw: str) -> tuple[str, ...]:
     except ValueError as exc:
         raise ValueError(f"is not a command line ({exc})") from None
     if not argv:
-        raise ValueError("is empty: set it to 'docker compose', 'docker-compose' or 'podman-compose'")
+        raise ValueError(
+            "is empty: set it to 'docker compose', 'docker-compose' or 'podman-compose'"
+        )
     return argv
 
 
@@ -131,6 +140,7 @@ def _cron(raw: str) -> str:
     if v.lower() in ("off", "none", "never"):
         return "off"
     from dbops.ops.schedule import cron_trigger  # APScheduler parses it (host side only)
+
     try:
         cron_trigger(v)
     except ValueError as exc:
@@ -166,94 +176,296 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("POSTGRES_PASSWORD", _text, "", "the role's password (never printed)"),
     Setting("POSTGRES_HOST", _text, "127.0.0.1", "server host as seen from where the tools run"),
     Setting("POSTGRES_PORT", _whole(1, 65535), "5432", "server port"),
-    Setting("ENVIRONMENT", _text, "development", "production: destructive tasks need --yes without a terminal"),
+    Setting(
+        "ENVIRONMENT",
+        _text,
+        "development",
+        "production: destructive tasks need --yes without a terminal",
+    ),
     # --- where commands run ---
-    Setting("DBOPS_TARGET", _choice(*TARGETS), "compose",
-            "compose (containers), local (this machine) or kubernetes (kubectl exec into pods)"),
+    Setting(
+        "DBOPS_TARGET",
+        _choice(*TARGETS),
+        "compose",
+        "compose (containers), local (this machine) or kubernetes (kubectl exec into pods)",
+    ),
     Setting("DBOPS_COMPOSE", _argv, "docker compose", "the compose command"),
     Setting("DBOPS_DB_SERVICE", _required, "db", "compose service running PostgreSQL"),
     Setting("DBOPS_BACKEND_SERVICE", _required, "backend", "compose service where alembic runs"),
     Setting("DBOPS_ALEMBIC_INI", _path, "backend/alembic.ini", "alembic.ini on this machine"),
-    Setting("DBOPS_BACKEND_ALEMBIC_INI", _required, "alembic.ini", "alembic.ini inside the backend container"),
-    Setting("DBOPS_PG_BINDIR", _text, "", "PostgreSQL binaries for the local target (default: pg_config --bindir)"),
-    Setting("DBOPS_MAINTENANCE_DB", _required, "postgres", "database for the advisory lock and scratch databases"),
-    Setting("DBOPS_DIRECT_HOST", _text, "", "the server itself when POSTGRES_HOST is a transaction/statement "
-            "pooler (PgBouncer): every dbops connection goes there"),
+    Setting(
+        "DBOPS_BACKEND_ALEMBIC_INI",
+        _required,
+        "alembic.ini",
+        "alembic.ini inside the backend container",
+    ),
+    Setting(
+        "DBOPS_PG_BINDIR",
+        _text,
+        "",
+        "PostgreSQL binaries for the local target (default: pg_config --bindir)",
+    ),
+    Setting(
+        "DBOPS_MAINTENANCE_DB",
+        _required,
+        "postgres",
+        "database for the advisory lock and scratch databases",
+    ),
+    Setting(
+        "DBOPS_DIRECT_HOST",
+        _text,
+        "",
+        "the server itself when POSTGRES_HOST is a transaction/statement "
+        "pooler (PgBouncer): every dbops connection goes there",
+    ),
     Setting("DBOPS_DIRECT_PORT", _whole(1, 65535), "5432", "port of DBOPS_DIRECT_HOST"),
-    Setting("DBOPS_PG_CACHE", _text, "", "test matrix: PostgreSQL majors from registries (default "
-            "/var/cache/dbops/pg as root, else ~/.cache/dbops/pg)"),
+    Setting(
+        "DBOPS_PG_CACHE",
+        _text,
+        "",
+        "test matrix: PostgreSQL majors from registries (default "
+        "/var/cache/dbops/pg as root, else ~/.cache/dbops/pg)",
+    ),
     Setting("DBOPS_ENV_FILE", _path, ".env", "the .env file read (set in the environment)"),
     Setting("DBOPS_QUIET", _flag, "0", "do not print the commands run"),
     Setting("DBOPS_VERBOSE", _flag, "0", "keep alembic's own log lines in the output"),
     # --- backups ---
     Setting("DBOPS_BACKUP_DIR", _path, "backups", "backup folder (created 0700)"),
-    Setting("DBOPS_AUDIT_LOG", _path, None, "audit record, one JSON line per change (default: BACKUP_DIR/audit.jsonl)"),
-    Setting("DBOPS_BACKUP_COMPRESSION", _compression, "auto", "pg_dump -Z (auto: gzip 1, zstd:1 on pg_dump 16+)"),
-    Setting("DBOPS_BACKUP_RESERVE_MB", _number, "64", "free space kept beyond the expected dump size (MB)"),
+    Setting(
+        "DBOPS_AUDIT_LOG",
+        _path,
+        None,
+        "audit record, one JSON line per change (default: BACKUP_DIR/audit.jsonl)",
+    ),
+    Setting(
+        "DBOPS_BACKUP_COMPRESSION",
+        _compression,
+        "auto",
+        "pg_dump -Z (auto: gzip 1, zstd:1 on pg_dump 16+)",
+    ),
+    Setting(
+        "DBOPS_BACKUP_RESERVE_MB",
+        _number,
+        "64",
+        "free space kept beyond the expected dump size (MB)",
+    ),
     Setting("DBOPS_BACKUP_LOCK_WAIT", _duration, "60s", "how long pg_dump waits for a table lock"),
     Setting("DBOPS_BACKUP_RETENTION", _flag, "on", "apply retention after each successful backup"),
     Setting("DBOPS_BACKUP_KEEP_LAST", _whole(0), "10", "retention: newest backups kept"),
     Setting("DBOPS_BACKUP_KEEP_DAILY", _whole(0), "7", "retention: one per day for this many days"),
-    Setting("DBOPS_BACKUP_KEEP_WEEKLY", _whole(0), "4", "retention: one per week for this many weeks"),
+    Setting(
+        "DBOPS_BACKUP_KEEP_WEEKLY", _whole(0), "4", "retention: one per week for this many weeks"
+    ),
     Setting("DBOPS_RESTORE_JOBS", _whole(1), "1", "pg_restore workers"),
-    Setting("DBOPS_RESTORE_PRE_BACKUP_COMPRESSION", _fast_or_compression, "fast",
-            "compression of restore --pre-backup's dump (fast: uncompressed when there is room)"),
-    Setting("DBOPS_PREMIGRATE_BACKUP", _choice("auto", "full", "touched", "none"), "auto",
-            "pre-migrate backup: full, touched (schema + the tables the revisions write), none; "
-            "auto: full up to DBOPS_PREMIGRATE_FULL_MAX_MB, else touched"),
-    Setting("DBOPS_PREMIGRATE_FULL_MAX_MB", _number, "100",
-            "auto: the largest expected full dump (MB; last full backup's size, else half the "
-            "database) still taken in full before a migrate (~2 s of pg_dump here)"),
+    Setting(
+        "DBOPS_RESTORE_PRE_BACKUP_COMPRESSION",
+        _fast_or_compression,
+        "fast",
+        "compression of restore --pre-backup's dump (fast: uncompressed when there is room)",
+    ),
+    Setting(
+        "DBOPS_PREMIGRATE_BACKUP",
+        _choice("auto", "full", "touched", "none"),
+        "auto",
+        "pre-migrate backup: full, touched (schema + the tables the revisions write), none; "
+        "auto: full up to DBOPS_PREMIGRATE_FULL_MAX_MB, else touched",
+    ),
+    Setting(
+        "DBOPS_PREMIGRATE_FULL_MAX_MB",
+        _number,
+        "100",
+        "auto: the largest expected full dump (MB; last full backup's size, else half the "
+        "database) still taken in full before a migrate (~2 s of pg_dump here)",
+    ),
     # --- migrations ---
     Setting("DBOPS_LOCK_TIMEOUT", _duration, "2s", "lock_timeout on every migration connection"),
-    Setting("DBOPS_STATEMENT_TIMEOUT", _duration, "0", "statement_timeout on every migration connection"),
+    Setting(
+        "DBOPS_STATEMENT_TIMEOUT", _duration, "0", "statement_timeout on every migration connection"
+    ),
     Setting("DBOPS_LOCK_RETRIES", _whole(0), "5", "retries of a migration that hit lock_timeout"),
-    Setting("DBOPS_LOCK_RETRY_WAIT", _number, "1", "first backoff between lock-timeout retries (seconds)"),
-    Setting("DBOPS_REHEARSE", _choice("never", "always"), "never",
-            "always: migrate rehearses the pending revisions on a restored copy first (invoke rehearse)"),
-    Setting("DBOPS_MAX_BLOCK_READS", _duration, "1s",
-            "production: migrate refuses a rehearsed revision that blocks reads longer (--accept-risk)"),
-    Setting("DBOPS_MAX_BLOCK_WRITES", _duration, "5s",
-            "production: migrate refuses a rehearsed revision that blocks writes longer (--accept-risk)"),
-    Setting("DBOPS_MAX_REWRITE_MB", _number, "1024",
-            "production: migrate refuses a rehearsed revision that rewrites more (MB; --accept-risk)"),
-    Setting("DBOPS_SQUAWK", _text, "", "squawk binary for invoke check (default: beside python, then PATH)"),
-    Setting("DBOPS_SQUAWK_ACCEPT", _path, "squawk-accept.toml", "accepted squawk findings, each with a reason"),
-    Setting("DBOPS_SQUAWK_EXCLUDE", _text,
-            "prefer-bigint-over-int,prefer-bigint-over-smallint,prefer-identity,prefer-text-field",
-            "squawk rules not run (style rules, not locking or safety)"),
-    Setting("DBOPS_SQUAWK_CONFIG", _path, None, "squawk's own config (default: beside alembic.ini, .squawk.toml)"),
+    Setting(
+        "DBOPS_LOCK_RETRY_WAIT",
+        _number,
+        "1",
+        "first backoff between lock-timeout retries (seconds)",
+    ),
+    Setting(
+        "DBOPS_REHEARSE",
+        _choice("never", "always"),
+        "never",
+        "always: migrate rehearses the pending revisions on a restored copy first (invoke rehearse)",
+    ),
+    Setting(
+        "DBOPS_MAX_BLOCK_READS",
+        _duration,
+        "1s",
+        "production: migrate refuses a rehearsed revision that blocks reads longer (--accept-risk)",
+    ),
+    Setting(
+        "DBOPS_MAX_BLOCK_WRITES",
+        _duration,
+        "5s",
+        "production: migrate refuses a rehearsed revision that blocks writes longer (--accept-risk)",
+    ),
+    Setting(
+        "DBOPS_MAX_REWRITE_MB",
+        _number,
+        "1024",
+        "production: migrate refuses a rehearsed revision that rewrites more (MB; --accept-risk)",
+    ),
+    Setting(
+        "DBOPS_SQUAWK",
+        _text,
+        "",
+        "squawk binary for invoke check (default: beside python, then PATH)",
+    ),
+    Setting(
+        "DBOPS_SQUAWK_ACCEPT",
+        _path,
+        "squawk-accept.toml",
+        "accepted squawk findings, each with a reason",
+    ),
+    Setting(
+        "DBOPS_SQUAWK_EXCLUDE",
+        _text,
+        "prefer-bigint-over-int,prefer-bigint-over-smallint,prefer-identity,prefer-text-field",
+        "squawk rules not run (style rules, not locking or safety)",
+    ),
+    Setting(
+        "DBOPS_SQUAWK_CONFIG",
+        _path,
+        None,
+        "squawk's own config (default: beside alembic.ini, .squawk.toml)",
+    ),
     # --- recovery ---
     Setting("DBOPS_CACHE_DIR", _path, ".dbops/cache", "cache of expected schema fingerprints"),
-    Setting("DBOPS_RECOVER_SCHEMAS", _names, "", "schemas compared by recover/doctor (default: every user schema)"),
+    Setting(
+        "DBOPS_RECOVER_SCHEMAS",
+        _names,
+        "",
+        "schemas compared by recover/doctor (default: every user schema)",
+    ),
     # --- the service: schedules, drills, metrics, events ---
-    Setting("DBOPS_BACKUP_SCHEDULE", _cron, "0 3 * * *", "when invoke serve backs up (cron; off: never)"),
-    Setting("DBOPS_DRILL_SCHEDULE", _cron, "30 4 * * 0", "when invoke serve runs a restore drill (cron; off: never)"),
+    Setting(
+        "DBOPS_BACKUP_SCHEDULE", _cron, "0 3 * * *", "when invoke serve backs up (cron; off: never)"
+    ),
+    Setting(
+        "DBOPS_DRILL_SCHEDULE",
+        _cron,
+        "30 4 * * 0",
+        "when invoke serve runs a restore drill (cron; off: never)",
+    ),
     Setting("DBOPS_SCHEDULE_TIMEZONE", _text, "UTC", "time zone of the cron schedules (IANA name)"),
-    Setting("DBOPS_DRILL_CHECKS", _path, None, "folder of *.sql checks a drill runs on the restored copy; each returns true"),
-    Setting("DBOPS_DRILL_MAX_AGE_DAYS", _number, "8", "doctor warns when the last passed drill is older"),
-    Setting("DBOPS_METRICS_FILE", _path, None, "Prometheus textfile written after each operation (unset: none)"),
-    Setting("DBOPS_LOG_FORMAT", _choice("text", "json"), "text", "json: one JSON event per step and a summary per command on stderr"),
-    Setting("DBOPS_NOTIFY_URL", _text, None, "pinged on start (URL/start), success (URL) and failure (URL/fail)"),
-    Setting("DBOPS_NOTIFY_TIMEOUT", _number, "5", "seconds a notify ping may take (it never fails the operation)"),
+    Setting(
+        "DBOPS_DRILL_CHECKS",
+        _path,
+        None,
+        "folder of *.sql checks a drill runs on the restored copy; each returns true",
+    ),
+    Setting(
+        "DBOPS_DRILL_MAX_AGE_DAYS", _number, "8", "doctor warns when the last passed drill is older"
+    ),
+    Setting(
+        "DBOPS_METRICS_FILE",
+        _path,
+        None,
+        "Prometheus textfile written after each operation (unset: none)",
+    ),
+    Setting(
+        "DBOPS_LOG_FORMAT",
+        _choice("text", "json"),
+        "text",
+        "json: one JSON event per step and a summary per command on stderr",
+    ),
+    Setting(
+        "DBOPS_NOTIFY_URL",
+        _text,
+        None,
+        "pinged on start (URL/start), success (URL) and failure (URL/fail)",
+    ),
+    Setting(
+        "DBOPS_NOTIFY_TIMEOUT",
+        _number,
+        "5",
+        "seconds a notify ping may take (it never fails the operation)",
+    ),
     # --- fleet (docs/scaling.md) ---
-    Setting("DBOPS_FLEET_FILE", _path, "fleet.toml", "invoke fleet: the databases, their connections and waves"),
-    Setting("DBOPS_FLEET_DIR", _path, ".dbops/fleet", "invoke fleet: run state (for --resume) and one log per database"),
-    Setting("DBOPS_RESULT_FILE", _path, None, "a task writes its result here as JSON (invoke fleet sets it per database)"),
+    Setting(
+        "DBOPS_FLEET_FILE",
+        _path,
+        "fleet.toml",
+        "invoke fleet: the databases, their connections and waves",
+    ),
+    Setting(
+        "DBOPS_FLEET_DIR",
+        _path,
+        ".dbops/fleet",
+        "invoke fleet: run state (for --resume) and one log per database",
+    ),
+    Setting(
+        "DBOPS_RESULT_FILE",
+        _path,
+        None,
+        "a task writes its result here as JSON (invoke fleet sets it per database)",
+    ),
     # --- kubernetes target (docs/scaling.md) ---
     Setting("DBOPS_KUBECTL", _argv, "kubectl", "the kubectl command"),
-    Setting("DBOPS_K8S_CONTEXT", _text, "", "kubeconfig context (default: kubectl's current context)"),
+    Setting(
+        "DBOPS_K8S_CONTEXT", _text, "", "kubeconfig context (default: kubectl's current context)"
+    ),
     Setting("DBOPS_K8S_NAMESPACE", _required, "default", "namespace of the db and backend pods"),
     Setting("DBOPS_K8S_DB_SELECTOR", _required, "app=db", "label selector of the PostgreSQL pod"),
-    Setting("DBOPS_K8S_DB_CONTAINER", _text, "", "container in the db pod (default: the pod's default)"),
-    Setting("DBOPS_K8S_BACKEND_SELECTOR", _required, "app=backend", "label selector of the pod where alembic runs"),
-    Setting("DBOPS_K8S_BACKEND_CONTAINER", _text, "", "container in the backend pod (default: the pod's default)"),
-    Setting("DBOPS_K8S_AGENT_PATH", _required, "/opt/dbops", "folder holding dbops/ in the backend pod (its PYTHONPATH)"),
-    Setting("DBOPS_K8S_IMAGE", _text, "", "k8s-job: image with dbops, alembic project and pg client tools"),
-    Setting("DBOPS_K8S_APP_DIR", _required, "/app", "k8s-job: the Alembic project's folder in the image (ops.Dockerfile: /app)"),
-    Setting("DBOPS_K8S_SECRET", _required, "dbops-db", "k8s-job: Secret holding POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB"),
-    Setting("DBOPS_K8S_BACKUP_CLAIM", _required, "dbops-backups", "k8s-job: PersistentVolumeClaim the backups are written to"),
-    Setting("DBOPS_K8S_JOB_DEADLINE", _whole(60), "1800", "k8s-job: activeDeadlineSeconds of the migrate Job"),
+    Setting(
+        "DBOPS_K8S_DB_CONTAINER", _text, "", "container in the db pod (default: the pod's default)"
+    ),
+    Setting(
+        "DBOPS_K8S_BACKEND_SELECTOR",
+        _required,
+        "app=backend",
+        "label selector of the pod where alembic runs",
+    ),
+    Setting(
+        "DBOPS_K8S_BACKEND_CONTAINER",
+        _text,
+        "",
+        "container in the backend pod (default: the pod's default)",
+    ),
+    Setting(
+        "DBOPS_K8S_AGENT_PATH",
+        _required,
+        "/opt/dbops",
+        "folder holding dbops/ in the backend pod (its PYTHONPATH)",
+    ),
+    Setting(
+        "DBOPS_K8S_IMAGE",
+        _text,
+        "",
+        "k8s-job: image with dbops, alembic project and pg client tools",
+    ),
+    Setting(
+        "DBOPS_K8S_APP_DIR",
+        _required,
+        "/app",
+        "k8s-job: the Alembic project's folder in the image (ops.Dockerfile: /app)",
+    ),
+    Setting(
+        "DBOPS_K8S_SECRET",
+        _required,
+        "dbops-db",
+        "k8s-job: Secret holding POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB",
+    ),
+    Setting(
+        "DBOPS_K8S_BACKUP_CLAIM",
+        _required,
+        "dbops-backups",
+        "k8s-job: PersistentVolumeClaim the backups are written to",
+    ),
+    Setting(
+        "DBOPS_K8S_JOB_DEADLINE",
+        _whole(60),
+        "1800",
+        "k8s-job: activeDeadlineSeconds of the migrate Job",
+    ),
 )
 DECLARED: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -309,16 +521,21 @@ def parse_setting(setting: Setting, raw: str | None) -> Any:
         raw = setting.default
     if raw is None:
         if setting.parse is _required:
-            raise ConfigError(f"{setting.name} is not set: add it to .env (see .env.example) or the environment")
+            raise ConfigError(
+                f"{setting.name} is not set: add it to .env (see .env.example) or the environment"
+            )
         return None
     try:
         return setting.parse(raw)
     except ValueError as exc:
         shown = "****" if setting.name == "POSTGRES_PASSWORD" else repr(raw)
         if str(exc) == "is not set":
-            raise ConfigError(f"{setting.name} is not set: add it to .env (see .env.example) or the environment") from None
-        raise ConfigError(f"{setting.name}={shown} {exc} ({setting.meaning}): fix it in .env "
-                          f"or the environment") from None
+            raise ConfigError(
+                f"{setting.name} is not set: add it to .env (see .env.example) or the environment"
+            ) from None
+        raise ConfigError(
+            f"{setting.name}={shown} {exc} ({setting.meaning}): fix it in .env or the environment"
+        ) from None
 
 
 def operator() -> str:
@@ -329,8 +546,11 @@ def operator() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def load_settings(project_dir: Path | str, invoke_config: dict | None = None,
-                  environ: dict[str, str] | None = None) -> Settings:
+def load_settings(
+    project_dir: Path | str,
+    invoke_config: dict | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
     """Layer the sources, then parse every declared setting: a bad value is refused here,
     before any task has touched anything."""
     project_dir = Path(project_dir).resolve()
@@ -348,8 +568,14 @@ def load_settings(project_dir: Path | str, invoke_config: dict | None = None,
     layer("invoke config", ((k.upper(), v) for k, v in (invoke_config or {}).items()))
     if env_file.is_file():
         layer(str(env_file), dotenv_values(env_file).items())
-    layer("environment", ((k, v) for k, v in environ.items()
-                          if k in DECLARED or k.startswith(("DBOPS_", "POSTGRES_"))))
+    layer(
+        "environment",
+        (
+            (k, v)
+            for k, v in environ.items()
+            if k in DECLARED or k.startswith(("DBOPS_", "POSTGRES_"))
+        ),
+    )
     typed = {s.name: parse_setting(s, values.get(s.name)) for s in SETTINGS}
 
     def path(key: str) -> Path:
@@ -393,6 +619,12 @@ def describe(settings: Settings) -> list[dict]:
             value = " ".join(value) if s.name == "DBOPS_COMPOSE" else ",".join(value)
         elif value is None:
             value = ""
-        rows.append({"name": s.name, "value": str(value),
-                     "source": settings.sources.get(s.name, "default"), "meaning": s.meaning})
+        rows.append(
+            {
+                "name": s.name,
+                "value": str(value),
+                "source": settings.sources.get(s.name, "default"),
+                "meaning": s.meaning,
+            }
+        )
     return rows

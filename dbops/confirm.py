@@ -22,15 +22,30 @@ def interactive() -> bool:
         return False
 
 
-def confirm(settings: Settings, question: str, *, yes: bool, state: str, next_command: str,
-            expect: str = "yes", flag: str = "--yes", ask: Callable[[str], bool] | None = None) -> None:
+def confirm(
+    settings: Settings,
+    question: str,
+    *,
+    yes: bool,
+    state: str,
+    next_command: str,
+    expect: str = "yes",
+    flag: str = "--yes",
+    ask: Callable[[str], bool] | None = None,
+) -> None:
     if yes:
         return
     if not interactive():
-        where = ("ENVIRONMENT=production and no terminal to confirm on" if settings.is_production
-                 else "no terminal to confirm on")
-        raise OpsError(f"{where}: add {flag} to proceed without a prompt", state=state,
-                       next_command=next_command)
+        where = (
+            "ENVIRONMENT=production and no terminal to confirm on"
+            if settings.is_production
+            else "no terminal to confirm on"
+        )
+        raise OpsError(
+            f"{where}: add {flag} to proceed without a prompt",
+            state=state,
+            next_command=next_command,
+        )
     prompt = f"{question}\nType '{expect}' to continue: "
     ok = ask(prompt) if ask else _typed(prompt) == expect
     if not ok:

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 
 class OpsError(Exception):
-    def __init__(self, message: str, *, state: str | None = None, next_command: str | None = None,
-                 details: list[str] | None = None, exit_code: int = 1):
+    def __init__(
+        self,
+        message: str,
+        *,
+        state: str | None = None,
+        next_command: str | None = None,
+        details: list[str] | None = None,
+        exit_code: int = 1,
+    ):
         super().__init__(message)
         self.message = message
         self.state = state

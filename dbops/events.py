@@ -71,9 +71,14 @@ class Command:
         if not self.json:
             return
         s = self.settings
-        rec = {"ts": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "event": event,
-               "task": self.task, "database": s.database if s else None,
-               "target": s.target if s else None, **fields}
+        rec = {
+            "ts": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "event": event,
+            "task": self.task,
+            "database": s.database if s else None,
+            "target": s.target if s else None,
+            **fields,
+        }
         line = json.dumps(rec, default=str, sort_keys=True)
         for secret in self._secrets():
             line = line.replace(json.dumps(secret)[1:-1], "****")
@@ -96,17 +101,26 @@ class Command:
         for secret in self.settings.secrets():
             text = text.replace(json.dumps(secret)[1:-1], "****")
         data = text.encode()
-        req = urllib.request.Request(full, data=data, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "dbops"})
+        req = urllib.request.Request(
+            full,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "dbops"},
+        )
         try:
-            with urllib.request.urlopen(req, timeout=self.settings.get("DBOPS_NOTIFY_TIMEOUT")) as r:
+            with urllib.request.urlopen(
+                req, timeout=self.settings.get("DBOPS_NOTIFY_TIMEOUT")
+            ) as r:
                 r.read(1024)
             return True
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            print(f"warning: notify ping ({suffix or 'success'}) failed: {reason} "
-                  f"(DBOPS_NOTIFY_URL; the operation is not affected)", file=sys.stderr, flush=True)
+            print(
+                f"warning: notify ping ({suffix or 'success'}) failed: {reason} "
+                f"(DBOPS_NOTIFY_URL; the operation is not affected)",
+                file=sys.stderr,
+                flush=True,
+            )
             return False
 
     # --- lifecycle ---------------------------------------------------------------
@@ -118,17 +132,24 @@ class Command:
 
     def finish(self, result: str, error: OpsError | None = None) -> dict:
         s = self.settings
-        summary = {"task": self.task, "result": result,
-                   "duration_s": round(time.monotonic() - self.started, 3),
-                   "database": s.database if s else None, "target": s.target if s else None,
-                   **self.summary}
+        summary = {
+            "task": self.task,
+            "result": result,
+            "duration_s": round(time.monotonic() - self.started, 3),
+            "database": s.database if s else None,
+            "target": s.target if s else None,
+            **self.summary,
+        }
         if error is not None:
             summary.update(error=error.message, state=error.state, next_command=error.next_command)
-        self.emit("summary", **{k: v for k, v in summary.items()
-                                if k not in ("task", "database", "target")})
+        self.emit(
+            "summary",
+            **{k: v for k, v in summary.items() if k not in ("task", "database", "target")},
+        )
         self.ping("" if result == "ok" else "/fail", summary)
         if s is not None:
             from dbops import metrics
+
             metrics.write_quietly(s)
         return summary
 
@@ -178,8 +199,10 @@ def run_command(task: str, settings, fn, *, log_format: str | None = None, notif
         raise
     except Exception as exc:  # an invoke Exit(1) from the task (e.g. doctor found a failure)
         code = getattr(exc, "code", None)
-        cmd.finish("ok" if code == 0 else "failed",
-                   None if code == 0 else OpsError(f"{type(exc).__name__} {code or ''}".strip()))
+        cmd.finish(
+            "ok" if code == 0 else "failed",
+            None if code == 0 else OpsError(f"{type(exc).__name__} {code or ''}".strip()),
+        )
         raise
     else:
         cmd.finish("ok")
@@ -191,23 +214,32 @@ def run_command(task: str, settings, fn, *, log_format: str | None = None, notif
 
 def observed(notify: bool = False):
     """Decorate a task (under @guarded): events, pings, metrics, and a --log-format flag."""
+
     def deco(fn):
         name = fn.__name__.replace("_", "-")
 
         @functools.wraps(fn)
         def wrapper(c, *args, log_format=None, **kwargs):
             from dbops.tasks import settings as load
+
             try:
                 s = load(c)
             except OpsError as exc:
                 Command(name, None, log_format or "text").finish("failed", exc)
                 raise
-            return run_command(name, s, lambda: fn(c, *args, **kwargs), log_format=log_format,
-                               notify=notify)
+            return run_command(
+                name, s, lambda: fn(c, *args, **kwargs), log_format=log_format, notify=notify
+            )
 
         sig = inspect.signature(fn)
-        wrapper.__signature__ = sig.replace(parameters=[
-            *sig.parameters.values(),
-            inspect.Parameter("log_format", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+        wrapper.__signature__ = sig.replace(
+            parameters=[
+                *sig.parameters.values(),
+                inspect.Parameter(
+                    "log_format", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None
+                ),
+            ]
+        )
         return wrapper
+
     return deco

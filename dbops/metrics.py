@@ -36,9 +36,14 @@ def doctor_state_path(settings: Settings) -> Path:
 def save_doctor(settings: Settings, report: dict) -> None:
     """Keep doctor's check statuses (names and statuses only) for the metrics file."""
     catalog.ensure_dir(Path(settings.backup_dir))
-    catalog.write_json_atomic(doctor_state_path(settings), {
-        "at": schedule.iso(datetime.now(UTC)), "database": settings.database,
-        "checks": {c["name"]: c["status"] for c in report.get("checks", [])}})
+    catalog.write_json_atomic(
+        doctor_state_path(settings),
+        {
+            "at": schedule.iso(datetime.now(UTC)),
+            "database": settings.database,
+            "checks": {c["name"]: c["status"] for c in report.get("checks", [])},
+        },
+    )
 
 
 def registry(settings: Settings, now: datetime | None = None) -> CollectorRegistry:
@@ -53,25 +58,38 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
     # --- backups: the folder is the truth --------------------------------------------
     entries = catalog.list_backups(settings, database=db)
     verified = [e for e in entries if e["verified"]]
-    gauge("dbops_backups_verified", "verified backups of the database in the folder").labels(db).set(len(verified))
-    gauge("dbops_backups_invalid", "files in the folder that are not restorable backups").labels(db).set(
-        len(entries) - len(verified))
-    gauge("dbops_backup_newest_verified", "1 if the newest backup file is a verified backup").labels(db).set(
-        1 if entries and entries[0]["verified"] else 0)
-    gauge("dbops_backup_schedule_interval_seconds",
-          "interval of DBOPS_BACKUP_SCHEDULE (24 h when off)").labels(db).set(
-        schedule.backup_interval_s(settings))
+    gauge("dbops_backups_verified", "verified backups of the database in the folder").labels(
+        db
+    ).set(len(verified))
+    gauge("dbops_backups_invalid", "files in the folder that are not restorable backups").labels(
+        db
+    ).set(len(entries) - len(verified))
+    gauge(
+        "dbops_backup_newest_verified", "1 if the newest backup file is a verified backup"
+    ).labels(db).set(1 if entries and entries[0]["verified"] else 0)
+    gauge(
+        "dbops_backup_schedule_interval_seconds",
+        "interval of DBOPS_BACKUP_SCHEDULE (24 h when off)",
+    ).labels(db).set(schedule.backup_interval_s(settings))
     if verified:
         m = verified[0]["manifest"]
         finished = _ts(m.get("finished_at")) or _ts(m.get("started_at"))
-        gauge("dbops_backup_last_success_timestamp_seconds",
-              "when the newest verified backup finished").labels(db).set(finished)
-        gauge("dbops_backup_last_age_seconds", "age of the newest verified backup when written").labels(db).set(
-            max(0.0, now.timestamp() - finished))
-        gauge("dbops_backup_last_size_bytes", "size of the newest verified backup").labels(db).set(m["size"])
-        gauge("dbops_backup_last_duration_seconds", "how long the newest verified backup took").labels(db).set(
-            m.get("duration_s") or 0)
-        gauge("dbops_backup_last_verified", "1: the newest backup was read back in full").labels(db).set(1)
+        gauge(
+            "dbops_backup_last_success_timestamp_seconds",
+            "when the newest verified backup finished",
+        ).labels(db).set(finished)
+        gauge(
+            "dbops_backup_last_age_seconds", "age of the newest verified backup when written"
+        ).labels(db).set(max(0.0, now.timestamp() - finished))
+        gauge("dbops_backup_last_size_bytes", "size of the newest verified backup").labels(db).set(
+            m["size"]
+        )
+        gauge(
+            "dbops_backup_last_duration_seconds", "how long the newest verified backup took"
+        ).labels(db).set(m.get("duration_s") or 0)
+        gauge("dbops_backup_last_verified", "1: the newest backup was read back in full").labels(
+            db
+        ).set(1)
 
     # --- operations and drills: the audit record ------------------------------------
     last: dict[str, dict] = {}
@@ -83,9 +101,14 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
         last[action] = rec
         if rec.get("result") == "ok":
             last_ok[action] = rec
-    res = gauge("dbops_operation_last_success", "1 if the last run of the operation succeeded",
-                ("operation",))
-    when = gauge("dbops_operation_last_timestamp_seconds", "when the operation last ran", ("operation",))
+    res = gauge(
+        "dbops_operation_last_success",
+        "1 if the last run of the operation succeeded",
+        ("operation",),
+    )
+    when = gauge(
+        "dbops_operation_last_timestamp_seconds", "when the operation last ran", ("operation",)
+    )
     for op in OPERATIONS:
         if op in last:
             res.labels(db, op).set(1 if last[op].get("result") == "ok" else 0)
@@ -93,15 +116,19 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
     if "drill" in last:
         d = last["drill"]
         gauge("dbops_drill_last_success", "1 if the last restore drill passed").labels(db).set(
-            1 if d.get("result") == "ok" else 0)
-        gauge("dbops_drill_last_timestamp_seconds", "when the last restore drill ran").labels(db).set(
-            _ts(d.get("ts")) or 0)
+            1 if d.get("result") == "ok" else 0
+        )
+        gauge("dbops_drill_last_timestamp_seconds", "when the last restore drill ran").labels(
+            db
+        ).set(_ts(d.get("ts")) or 0)
     if "drill" in last_ok:
         d = last_ok["drill"]
-        gauge("dbops_drill_last_success_timestamp_seconds", "when a restore drill last passed").labels(db).set(
-            _ts(d.get("ts")) or 0)
-        gauge("dbops_drill_restore_seconds", "pg_restore time of the last passed drill (RTO)").labels(db).set(
-            d.get("restore_s") or 0)
+        gauge(
+            "dbops_drill_last_success_timestamp_seconds", "when a restore drill last passed"
+        ).labels(db).set(_ts(d.get("ts")) or 0)
+        gauge(
+            "dbops_drill_restore_seconds", "pg_restore time of the last passed drill (RTO)"
+        ).labels(db).set(d.get("restore_s") or 0)
 
     # --- doctor's last report ---------------------------------------------------------
     try:
@@ -109,13 +136,17 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
     except (OSError, ValueError):
         doc = None
     if doc and doc.get("database") == db:
-        g = gauge("dbops_doctor_check_status", "doctor check: 0 ok, 1 warn, 2 fail, 3 unknown", ("check",))
+        g = gauge(
+            "dbops_doctor_check_status", "doctor check: 0 ok, 1 warn, 2 fail, 3 unknown", ("check",)
+        )
         for name, status in doc.get("checks", {}).items():
             g.labels(db, name).set(DOCTOR_STATUS.get(status, 3))
         gauge("dbops_doctor_last_run_timestamp_seconds", "when doctor last ran").labels(db).set(
-            _ts(doc.get("at")) or 0)
+            _ts(doc.get("at")) or 0
+        )
     gauge("dbops_metrics_written_timestamp_seconds", "when this file was written").labels(db).set(
-        now.timestamp())
+        now.timestamp()
+    )
     return reg
 
 
@@ -133,6 +164,7 @@ def write(settings: Settings) -> Path | None:
 def write_quietly(settings: Settings) -> None:
     """After an operation: metrics never fail it."""
     import sys
+
     try:
         write(settings)
     except Exception as exc:  # noqa: BLE001

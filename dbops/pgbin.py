@@ -48,8 +48,9 @@ def cache_root() -> Path:
 def version(folder: str | Path, tool: str = "postgres") -> tuple[int, str] | None:
     """(major, "17.10") of ``folder/tool --version``; None when it does not run."""
     try:
-        out = subprocess.run([os.path.join(folder, tool), "--version"], capture_output=True,
-                             text=True, timeout=30).stdout
+        out = subprocess.run(
+            [os.path.join(folder, tool), "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     return parse_version(out)
@@ -69,6 +70,11 @@ def installed_majors() -> dict[int, str]:
     candidates = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob(str(cache_root() / "*" / "bin"))
     for folder in candidates:
         server, dump = version(folder), version(folder, "pg_dump")
-        if server and dump and dump[0] >= server[0] and os.path.exists(os.path.join(folder, "initdb")):
+        if (
+            server
+            and dump
+            and dump[0] >= server[0]
+            and os.path.exists(os.path.join(folder, "initdb"))
+        ):
             found.setdefault(server[0], folder)
     return dict(sorted(found.items()))

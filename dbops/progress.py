@@ -12,6 +12,7 @@ import time
 def wanted() -> bool:
     """Bars only for a person watching: stderr is a terminal and events are not JSON."""
     from dbops import events
+
     return sys.stderr.isatty() and not events.json_mode()
 
 
@@ -33,9 +34,16 @@ class ByteProgress:
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self.bar.start()
         self.task = self.bar.add_task(label, total=total or None)
 
@@ -55,8 +63,9 @@ class ByteProgress:
             self.bar = None
 
 
-def follow_file(proc, src, label: str, total: int, enabled: bool | None = None,
-                every: float = 0.2) -> None:
+def follow_file(
+    proc, src, label: str, total: int, enabled: bool | None = None, every: float = 0.2
+) -> None:
     """Until ``proc`` ends: a bar fed by how far it has read ``src`` (a file object whose
     descriptor it shares with us as its stdin: the offset is shared)."""
     bar = ByteProgress(label, total, enabled)

@@ -50,7 +50,11 @@ class Launch:
 
 def _script_label(script: str) -> str:
     first = next((ln.strip() for ln in script.splitlines() if ln.strip()), "")
-    return f"<script: {first.lstrip('# ')[:60]}…>" if first.startswith("#") else f"<{len(script.splitlines())}-line script>"
+    return (
+        f"<script: {first.lstrip('# ')[:60]}…>"
+        if first.startswith("#")
+        else f"<{len(script.splitlines())}-line script>"
+    )
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
@@ -62,6 +66,7 @@ def mask(text: str, secrets: Sequence[str]) -> str:
 
 def announce(launch: Launch) -> None:
     from dbops import events
+
     if events.json_mode():  # a JSON step event instead of the "$ …" line
         events.step("run", command=launch.display)
         return
@@ -69,14 +74,25 @@ def announce(launch: Launch) -> None:
         print(f"$ {launch.display}", file=sys.stderr, flush=True)
 
 
-def run(launch: Launch, *, input: bytes | None = None, capture: bool = True,
-        timeout: float | None = None) -> subprocess.CompletedProcess:
+def run(
+    launch: Launch,
+    *,
+    input: bytes | None = None,
+    capture: bool = True,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
     """Run to completion; the caller reads returncode (nothing is assumed)."""
     announce(launch)
     try:
-        return subprocess.run(launch.argv, env=launch.env, cwd=launch.cwd, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL,
-                              capture_output=capture, timeout=timeout)
+        return subprocess.run(
+            launch.argv,
+            env=launch.env,
+            cwd=launch.cwd,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=capture,
+            timeout=timeout,
+        )
     except FileNotFoundError as exc:
         raise OpsError(f"cannot run {launch.argv[0]!r}: {exc.strerror}") from None
 
@@ -135,8 +151,10 @@ class Target:
         deadline = time.monotonic() + timeout
         while run(launch).returncode != 0:
             if time.monotonic() > deadline:
-                raise OpsError(f"the database did not answer pg_isready within {timeout:.0f} s",
-                               next_command=self.not_ready_hint())
+                raise OpsError(
+                    f"the database did not answer pg_isready within {timeout:.0f} s",
+                    next_command=self.not_ready_hint(),
+                )
             time.sleep(1)
 
 
@@ -158,7 +176,9 @@ class LocalTarget(Target):
     def agent(self) -> Launch:
         s = self.settings
         env = self._env()
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")])
+        )
         argv = [sys.executable, "-m", "dbops.agent", "--ini", str(s.alembic_ini)]
         if not s.alembic_ini.is_file():
             raise ConfigError(f"DBOPS_ALEMBIC_INI: {s.alembic_ini} does not exist")
@@ -189,22 +209,46 @@ class ComposeTarget(Target):
         s = self.settings
         env = dict(os.environ)
         # What compose interpolates into docker-compose.yml (.env values included).
-        env.update({"POSTGRES_USER": s.user, "POSTGRES_PASSWORD": s.password,
-                    "POSTGRES_DB": s.database})
+        env.update(
+            {"POSTGRES_USER": s.user, "POSTGRES_PASSWORD": s.password, "POSTGRES_DB": s.database}
+        )
         return env
 
     def pg(self, argv: Sequence[str]) -> Launch:
         s = self.settings
-        full = [*s.compose, "exec", "-T", "-e", f"PGUSER={s.user}", "-e", f"PGDATABASE={s.database}",
-                s.db_service, *argv]
+        full = [
+            *s.compose,
+            "exec",
+            "-T",
+            "-e",
+            f"PGUSER={s.user}",
+            "-e",
+            f"PGDATABASE={s.database}",
+            s.db_service,
+            *argv,
+        ]
         return Launch(full, self._env(), s.project_dir, tuple(s.secrets()))
 
     def agent(self) -> Launch:
         s = self.settings
         direct = [a for k, v in direct_address(s).items() for a in ("-e", f"{k}={v}")]
-        full = [*s.compose, "run", "--rm", "-T",
-                "-v", f"{PACKAGE_DIR}:{AGENT_MOUNT}/dbops:ro", "-e", f"PYTHONPATH={AGENT_MOUNT}",
-                *direct, s.backend_service, "python", "-m", "dbops.agent", "--ini", s.backend_alembic_ini]
+        full = [
+            *s.compose,
+            "run",
+            "--rm",
+            "-T",
+            "-v",
+            f"{PACKAGE_DIR}:{AGENT_MOUNT}/dbops:ro",
+            "-e",
+            f"PYTHONPATH={AGENT_MOUNT}",
+            *direct,
+            s.backend_service,
+            "python",
+            "-m",
+            "dbops.agent",
+            "--ini",
+            s.backend_alembic_ini,
+        ]
         return Launch(full, self._env(), s.project_dir, tuple(s.secrets()))
 
     def compose(self, *args: str) -> Launch:
@@ -220,14 +264,17 @@ class ComposeTarget(Target):
             raise ConfigError(
                 f"DBOPS_TARGET=compose but no container engine answers to "
                 f"'{' '.join(self.settings.compose)}' ({why}); start the engine, set DBOPS_COMPOSE, "
-                f"or use DBOPS_TARGET=local")
+                f"or use DBOPS_TARGET=local"
+            )
         ComposeTarget._checked = True
 
     def up(self, build: bool = False) -> None:
         s = self.settings
         self.ensure_available()
         if build and run(self.compose("build", s.backend_service), capture=False).returncode != 0:
-            raise OpsError(f"compose could not build the {s.backend_service} image (its output is above)")
+            raise OpsError(
+                f"compose could not build the {s.backend_service} image (its output is above)"
+            )
         if run(self.compose("up", "-d", s.db_service), capture=False).returncode != 0:
             raise OpsError("compose could not start the db service (its output is above)")
         self.wait_ready()
@@ -256,47 +303,72 @@ class KubernetesTarget(Target):
     Secret. No password is handed to kubectl: not on argv, not in its environment."""
 
     name = "kubernetes"
-    ROLES = {"db": ("DBOPS_K8S_DB_SELECTOR", "DBOPS_K8S_DB_CONTAINER"),
-             "backend": ("DBOPS_K8S_BACKEND_SELECTOR", "DBOPS_K8S_BACKEND_CONTAINER")}
+    ROLES = {
+        "db": ("DBOPS_K8S_DB_SELECTOR", "DBOPS_K8S_DB_CONTAINER"),
+        "backend": ("DBOPS_K8S_BACKEND_SELECTOR", "DBOPS_K8S_BACKEND_CONTAINER"),
+    }
 
     def __init__(self, settings: Settings, pods: dict[str, str] | None = None):
         super().__init__(settings)
         self._pods = dict(pods or {})
 
     def _env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items()
-                if k not in ("PGPASSWORD", "POSTGRES_PASSWORD", "DATABASE_URL")}
+        return {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("PGPASSWORD", "POSTGRES_PASSWORD", "DATABASE_URL")
+        }
 
     def kubectl(self, *args: str) -> list[str]:
         s = self.settings
         context = s.get("DBOPS_K8S_CONTEXT")
-        return [*s.get("DBOPS_KUBECTL"), *(["--context", context] if context else []),
-                "--namespace", s.get("DBOPS_K8S_NAMESPACE"), *args]
+        return [
+            *s.get("DBOPS_KUBECTL"),
+            *(["--context", context] if context else []),
+            "--namespace",
+            s.get("DBOPS_K8S_NAMESPACE"),
+            *args,
+        ]
 
     def pod(self, role: str) -> str:
         """The first running pod (by name) matching the role's selector; looked up once."""
         if role not in self._pods:
             selector_key = self.ROLES[role][0]
             selector = self.settings.get(selector_key)
-            done = run(Launch(self.kubectl("get", "pods", "--selector", selector,
-                                           "--field-selector=status.phase=Running",
-                                           "--output=jsonpath={.items[*].metadata.name}"),
-                              self._env(), None), timeout=60)
-            names = sorted(done.stdout.decode(errors="replace").split()) if done.returncode == 0 else []
+            done = run(
+                Launch(
+                    self.kubectl(
+                        "get",
+                        "pods",
+                        "--selector",
+                        selector,
+                        "--field-selector=status.phase=Running",
+                        "--output=jsonpath={.items[*].metadata.name}",
+                    ),
+                    self._env(),
+                    None,
+                ),
+                timeout=60,
+            )
+            names = (
+                sorted(done.stdout.decode(errors="replace").split()) if done.returncode == 0 else []
+            )
             if not names:
                 why = _first_line(done.stderr) if done.returncode else "none is Running"
                 raise ConfigError(
                     f"DBOPS_TARGET=kubernetes: no running pod matches {selector_key}={selector} in "
                     f"namespace {self.settings.get('DBOPS_K8S_NAMESPACE')} ({why}); check "
                     f"{selector_key}, DBOPS_K8S_NAMESPACE and DBOPS_K8S_CONTEXT "
-                    f"(kubectl get pods --show-labels)")
+                    f"(kubectl get pods --show-labels)"
+                )
             self._pods[role] = names[0]
         return self._pods[role]
 
     def exec(self, role: str, argv: Sequence[str]) -> Launch:
         container = self.settings.get(self.ROLES[role][1])
-        full = self.kubectl("exec", "-i", self.pod(role), *(["-c", container] if container else []),
-                            "--", *argv)
+        full = self.kubectl(
+            "exec", "-i", self.pod(role), *(["-c", container] if container else []), "--", *argv
+        )
         return Launch(full, self._env(), None, tuple(self.settings.secrets()))
 
     def pg(self, argv: Sequence[str]) -> Launch:
@@ -308,44 +380,71 @@ class KubernetesTarget(Target):
         # DBOPS_DIRECT_HOST/_PORT (a pooler in front of the server) as compose's `-e`: the host
         # and port override the pod's POSTGRES_HOST/_PORT for the agent alone; no secret here.
         direct = [f"{k}={v}" for k, v in direct_address(s).items()]
-        return self.exec("backend", ["env", f"PYTHONPATH={s.get('DBOPS_K8S_AGENT_PATH')}",
-                                     f"POSTGRES_DB={s.database}", f"PGDATABASE={s.database}",
-                                     *direct, "python", "-m", "dbops.agent", "--ini",
-                                     s.backend_alembic_ini])
+        return self.exec(
+            "backend",
+            [
+                "env",
+                f"PYTHONPATH={s.get('DBOPS_K8S_AGENT_PATH')}",
+                f"POSTGRES_DB={s.database}",
+                f"PGDATABASE={s.database}",
+                *direct,
+                "python",
+                "-m",
+                "dbops.agent",
+                "--ini",
+                s.backend_alembic_ini,
+            ],
+        )
 
     def ensure_available(self) -> None:
         why = _fails([*self.settings.get("DBOPS_KUBECTL"), "version", "--client"], self._env())
         if why is not None:
-            raise ConfigError(f"DBOPS_TARGET=kubernetes but kubectl does not run ({why}); install "
-                              f"it or set DBOPS_KUBECTL")
+            raise ConfigError(
+                f"DBOPS_TARGET=kubernetes but kubectl does not run ({why}); install "
+                f"it or set DBOPS_KUBECTL"
+            )
 
     def up(self, build: bool = False) -> None:
         """The pods are the cluster's: nothing to start, only wait until the server answers."""
         if build:
-            raise OpsError("DBOPS_TARGET=kubernetes: images are built and rolled out by your "
-                           "pipeline, not by invoke up --build", next_command="invoke up")
+            raise OpsError(
+                "DBOPS_TARGET=kubernetes: images are built and rolled out by your "
+                "pipeline, not by invoke up --build",
+                next_command="invoke up",
+            )
         self.ensure_available()
         self.wait_ready(timeout=60)
 
     def down(self, volumes: bool = False) -> None:
-        raise OpsError("DBOPS_TARGET=kubernetes: the pods are the cluster's to stop, not ours",
-                       next_command=shlex.join(self.kubectl("get", "pods", "--selector",
-                                                            self.settings.get("DBOPS_K8S_DB_SELECTOR"))))
+        raise OpsError(
+            "DBOPS_TARGET=kubernetes: the pods are the cluster's to stop, not ours",
+            next_command=shlex.join(
+                self.kubectl(
+                    "get", "pods", "--selector", self.settings.get("DBOPS_K8S_DB_SELECTOR")
+                )
+            ),
+        )
 
     def reach_hint(self) -> str:
-        return shlex.join(self.kubectl("get", "pods", "--selector",
-                                       self.settings.get("DBOPS_K8S_DB_SELECTOR")))
+        return shlex.join(
+            self.kubectl("get", "pods", "--selector", self.settings.get("DBOPS_K8S_DB_SELECTOR"))
+        )
 
     def not_ready_hint(self) -> str:
-        return shlex.join(self.kubectl("logs", "--selector", self.settings.get("DBOPS_K8S_DB_SELECTOR"),
-                                       "--tail=50"))
+        return shlex.join(
+            self.kubectl(
+                "logs", "--selector", self.settings.get("DBOPS_K8S_DB_SELECTOR"), "--tail=50"
+            )
+        )
 
     def describe(self) -> str:
         s = self.settings
         ctx = s.get("DBOPS_K8S_CONTEXT") or "current context"
-        return (f"kubernetes ({ctx}, namespace {s.get('DBOPS_K8S_NAMESPACE')}; db pod "
-                f"{s.get('DBOPS_K8S_DB_SELECTOR')}, backend pod {s.get('DBOPS_K8S_BACKEND_SELECTOR')}, "
-                f"database {s.database})")
+        return (
+            f"kubernetes ({ctx}, namespace {s.get('DBOPS_K8S_NAMESPACE')}; db pod "
+            f"{s.get('DBOPS_K8S_DB_SELECTOR')}, backend pod {s.get('DBOPS_K8S_BACKEND_SELECTOR')}, "
+            f"database {s.database})"
+        )
 
 
 def direct_address(s: Settings) -> dict[str, str]:
@@ -355,8 +454,12 @@ def direct_address(s: Settings) -> dict[str, str]:
     if not host:
         return {}
     port = str(s.get("DBOPS_DIRECT_PORT"))
-    return {"POSTGRES_HOST": host, "POSTGRES_PORT": port, "DBOPS_DIRECT_HOST": host,
-            "DBOPS_DIRECT_PORT": port}
+    return {
+        "POSTGRES_HOST": host,
+        "POSTGRES_PORT": port,
+        "DBOPS_DIRECT_HOST": host,
+        "DBOPS_DIRECT_PORT": port,
+    }
 
 
 def connection_env(s: Settings) -> dict[str, str]:
@@ -375,10 +478,16 @@ def connection_env(s: Settings) -> dict[str, str]:
         bracketed = f"[{host}]" if ":" in host else host
         url = f"postgresql+psycopg://{auth}@{bracketed}:{port}/{db}"
     env = {
-        "PGHOST": host, "PGPORT": str(port), "PGUSER": s.user, "PGDATABASE": s.database,
+        "PGHOST": host,
+        "PGPORT": str(port),
+        "PGUSER": s.user,
+        "PGDATABASE": s.database,
         "PGCONNECT_TIMEOUT": os.environ.get("PGCONNECT_TIMEOUT", "5"),
-        "POSTGRES_HOST": host, "POSTGRES_PORT": str(port), "POSTGRES_USER": s.user,
-        "POSTGRES_DB": s.database, "DATABASE_URL": url,
+        "POSTGRES_HOST": host,
+        "POSTGRES_PORT": str(port),
+        "POSTGRES_USER": s.user,
+        "POSTGRES_DB": s.database,
+        "DATABASE_URL": url,
         **{k: v for k, v in direct.items() if k.startswith("DBOPS_")},
     }
     if s.password:
@@ -387,13 +496,20 @@ def connection_env(s: Settings) -> dict[str, str]:
     return env
 
 
-def _fails(argv: Sequence[str], env: dict[str, str], cwd: Path | str | None = None,
-           timeout: int = 30) -> str | None:
+def _fails(
+    argv: Sequence[str], env: dict[str, str], cwd: Path | str | None = None, timeout: int = 30
+) -> str | None:
     """None when ``argv`` runs and exits 0 within ``timeout`` seconds (a quiet probe: nothing
     printed); else why not, in a few words."""
     try:
-        done = subprocess.run(list(argv), env=env, cwd=cwd, capture_output=True,
-                              stdin=subprocess.DEVNULL, timeout=timeout)
+        done = subprocess.run(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )
     except FileNotFoundError:
         return f"{argv[0]}: command not found"
     except subprocess.TimeoutExpired:
@@ -409,5 +525,6 @@ def _first_line(data: bytes | str | None) -> str:
 
 
 def target_for(settings: Settings) -> Target:
-    return {"local": LocalTarget, "compose": ComposeTarget,
-            "kubernetes": KubernetesTarget}[settings.target](settings)
+    return {"local": LocalTarget, "compose": ComposeTarget, "kubernetes": KubernetesTarget}[
+        settings.target
+    ](settings)

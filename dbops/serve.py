@@ -56,23 +56,45 @@ class Service:
         self.run(job, tick)
 
     def run(self, job: str, tick: datetime) -> int | None:
-        argv = [sys.executable, "-m", "dbops.serve", "job", job, "--tick", schedule.iso(tick),
-                "--project-dir", str(self.settings.project_dir), "--log-format", self.log_format]
+        argv = [
+            sys.executable,
+            "-m",
+            "dbops.serve",
+            "job",
+            job,
+            "--tick",
+            schedule.iso(tick),
+            "--project-dir",
+            str(self.settings.project_dir),
+            "--log-format",
+            self.log_format,
+        ]
         with self.guard:
             if self.stopping:
                 return None
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                    env=schedule.env_for_child(self.settings))
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, env=schedule.env_for_child(self.settings)
+            )
             self.children.add(proc)
-        self.say("job", f"{job} for tick {schedule.iso(tick)} started (pid {proc.pid})",
-                 job=job, tick=schedule.iso(tick), pid=proc.pid)
+        self.say(
+            "job",
+            f"{job} for tick {schedule.iso(tick)} started (pid {proc.pid})",
+            job=job,
+            tick=schedule.iso(tick),
+            pid=proc.pid,
+        )
         try:
             rc = proc.wait()
         finally:
             with self.guard:
                 self.children.discard(proc)
-        self.say("job", f"{job} for tick {schedule.iso(tick)} ended with status {rc}",
-                 job=job, tick=schedule.iso(tick), status=rc)
+        self.say(
+            "job",
+            f"{job} for tick {schedule.iso(tick)} ended with status {rc}",
+            job=job,
+            tick=schedule.iso(tick),
+            status=rc,
+        )
         metrics.write_quietly(self.settings)
         return rc
 
@@ -107,24 +129,48 @@ class Service:
                 continue
             jobs += 1
             # one run of a job at a time in this instance; a late firing still runs once
-            self.scheduler.add_job(self.fire, trig, args=[job], id=job, max_instances=1,
-                                   coalesce=True, misfire_grace_time=None)
+            self.scheduler.add_job(
+                self.fire,
+                trig,
+                args=[job],
+                id=job,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
             missed = schedule.missed_tick(s, job)
             if missed is not None:
-                self.say("missed", f"{job}: the tick at {schedule.iso(missed)} was missed while "
-                         f"the service was down; running it now", job=job, tick=schedule.iso(missed))
-                self.scheduler.add_job(self.run, args=[job, missed], id=f"{job}-missed",
-                                       misfire_grace_time=None)
+                self.say(
+                    "missed",
+                    f"{job}: the tick at {schedule.iso(missed)} was missed while "
+                    f"the service was down; running it now",
+                    job=job,
+                    tick=schedule.iso(missed),
+                )
+                self.scheduler.add_job(
+                    self.run, args=[job, missed], id=f"{job}-missed", misfire_grace_time=None
+                )
             nxt = trig.get_next_fire_time(None, datetime.now(UTC))
-            self.say("schedule", f"{job}: '{s.get(schedule.JOBS[job])}' "
-                     f"({s.get('DBOPS_SCHEDULE_TIMEZONE')}), next at {schedule.iso(nxt)}",
-                     job=job, next=schedule.iso(nxt))
+            self.say(
+                "schedule",
+                f"{job}: '{s.get(schedule.JOBS[job])}' "
+                f"({s.get('DBOPS_SCHEDULE_TIMEZONE')}), next at {schedule.iso(nxt)}",
+                job=job,
+                next=schedule.iso(nxt),
+            )
         if not jobs:
-            raise OpsError("nothing to schedule: DBOPS_BACKUP_SCHEDULE and DBOPS_DRILL_SCHEDULE "
-                           "are both off", state="unchanged",
-                           next_command="set DBOPS_BACKUP_SCHEDULE (e.g. '0 3 * * *') in .env")
-        self.scheduler.add_job(metrics.write_quietly, IntervalTrigger(seconds=METRICS_REFRESH_S),
-                               args=[s], id="metrics", coalesce=True)
+            raise OpsError(
+                "nothing to schedule: DBOPS_BACKUP_SCHEDULE and DBOPS_DRILL_SCHEDULE are both off",
+                state="unchanged",
+                next_command="set DBOPS_BACKUP_SCHEDULE (e.g. '0 3 * * *') in .env",
+            )
+        self.scheduler.add_job(
+            metrics.write_quietly,
+            IntervalTrigger(seconds=METRICS_REFRESH_S),
+            args=[s],
+            id="metrics",
+            coalesce=True,
+        )
         metrics.write_quietly(s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
@@ -177,8 +223,11 @@ def run_job(settings: Settings, job: str, tick: datetime, log_format: str | None
 
     def body():
         res = schedule.run_tick(settings, job, tick)
-        events.note(**{k: v for k, v in res.items() if k in ("backup", "revisions", "restore_s")},
-                    outcome=res["result"], tick=schedule.iso(tick))
+        events.note(
+            **{k: v for k, v in res.items() if k in ("backup", "revisions", "restore_s")},
+            outcome=res["result"],
+            tick=schedule.iso(tick),
+        )
         if res["result"] == "skipped":
             print(f"{job}: skipped: {res['why']}", file=sys.stderr, flush=True)
         return res

@@ -24,8 +24,10 @@ def pytest_report_header():
     b = pgbin.bindir()
     server, dump = (pgbin.version(b), pgbin.version(b, "pg_dump")) if b else (None, None)
     other = ", ".join(str(m) for m in pgbin.installed_majors())
-    return (f"PostgreSQL server {server[1] if server else '?'}, pg_dump {dump[1] if dump else '?'} "
-            f"({b}); majors installed for cross-major tests: {other or 'none'}")
+    return (
+        f"PostgreSQL server {server[1] if server else '?'}, pg_dump {dump[1] if dump else '?'} "
+        f"({b}); majors installed for cross-major tests: {other or 'none'}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +53,13 @@ def cluster_of():
         if major not in made:
             folder = pgbin.installed_majors().get(major)
             if folder is None:
-                pytest.skip(f"PostgreSQL {major} is not installed here "
-                            f"(python scripts/lib/pg_majors.py bindir {major})")
+                pytest.skip(
+                    f"PostgreSQL {major} is not installed here "
+                    f"(python scripts/lib/pg_majors.py bindir {major})"
+                )
             made[major] = localpg.new_cluster(bindir=folder)
         return made[major]
+
     yield get
     for cluster in made.values():
         cluster.destroy()
@@ -66,12 +71,17 @@ def database(pg_cluster):
     pg_cluster.create_database(name)
     yield name
     with pg_cluster.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
         # a scratch database a test left (a killed run's, on purpose): doctor names every one
         # on the server, so it must not reach the next test's report
-        for (left,) in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, "
-                                    "'dbops_scratch_')").fetchall():
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(left)))
+        for (left,) in conn.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, 'dbops_scratch_')"
+        ).fetchall():
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(left))
+            )
 
 
 @pytest.fixture(scope="session")
@@ -84,15 +94,20 @@ def recover_cache(tmp_path_factory):
 @pytest.fixture
 def ops_env(pg_cluster, database, tmp_path):
     """The environment of an operator using the local target against `database`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))
+    }
     env.update(pg_cluster.env(database))
-    env.update({
-        "DBOPS_TARGET": "local",
-        "DBOPS_ENV_FILE": str(tmp_path / "no.env"),
-        "DBOPS_BACKUP_DIR": str(tmp_path / "backups"),
-        "DBOPS_ALEMBIC_INI": str(ALEMBIC_INI),
-    })
+    env.update(
+        {
+            "DBOPS_TARGET": "local",
+            "DBOPS_ENV_FILE": str(tmp_path / "no.env"),
+            "DBOPS_BACKUP_DIR": str(tmp_path / "backups"),
+            "DBOPS_ALEMBIC_INI": str(ALEMBIC_INI),
+        }
+    )
     return env
 
 
@@ -111,12 +126,19 @@ class InvokeRunner:
     def __init__(self, env: dict[str, str]):
         self.env = env
 
-    def __call__(self, *args: str, env: dict | None = None, input: str | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT,
-                              env={**self.env, **(env or {})}, input=input, text=True,
-                              capture_output=True, timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+    def __call__(
+        self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
 
 
 @pytest.fixture
@@ -140,8 +162,10 @@ def alembic_engine(pg_cluster, database, ops_env, monkeypatch):
         if k.startswith("POSTGRES_"):
             monkeypatch.setenv(k, v)
     monkeypatch.chdir(ALEMBIC_INI.parent)
-    url = (f"postgresql+psycopg://{pg_cluster.user}:{pg_cluster.password}"
-           f"@127.0.0.1:{pg_cluster.port}/{database}")
+    url = (
+        f"postgresql+psycopg://{pg_cluster.user}:{pg_cluster.password}"
+        f"@127.0.0.1:{pg_cluster.port}/{database}"
+    )
     engine = create_engine(url, poolclass=NullPool)
     yield engine
     engine.dispose()
@@ -159,6 +183,7 @@ def alembic_at(ops_env, monkeypatch):
 
     def at(rev, how="upgrade", ini=ALEMBIC_INI):
         getattr(command, how)(Config(str(ini)), rev)
+
     return at
 
 
@@ -166,6 +191,7 @@ def alembic_at(ops_env, monkeypatch):
 def create_all(pg_cluster, monkeypatch):
     """Give a database the models' schema the other way: SQLModel.metadata.create_all, never
     alembic (other OIDs, other column order; no alembic_version)."""
+
     def build(dbname: str) -> None:
         monkeypatch.syspath_prepend(str(ROOT / "backend"))
         for k, v in pg_cluster.env(dbname).items():
@@ -175,7 +201,9 @@ def create_all(pg_cluster, monkeypatch):
 
         import app.models  # noqa: F401
         from app.core.config import database_url
+
         eng = create_engine(database_url())
         SQLModel.metadata.create_all(eng)
         eng.dispose()
+
     return build

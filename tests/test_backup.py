@@ -25,8 +25,9 @@ def only_backup(settings) -> dict:
     return entries[0]
 
 
-def test_backup_is_verified_private_and_described_by_its_manifest(invoke, settings, db_conn,
-                                                                  pg_major):
+def test_backup_is_verified_private_and_described_by_its_manifest(
+    invoke, settings, db_conn, pg_major
+):
     assert invoke("migrate").returncode == 0
     fill(db_conn)
     done = invoke("backup", "--no-retention")
@@ -43,8 +44,12 @@ def test_backup_is_verified_private_and_described_by_its_manifest(invoke, settin
     assert not [p for p in backup_files(folder) if p.endswith(".partial")]
     m = newest["manifest"]
     assert m["sha256"] == catalog.sha256_file(path) and m["size"] == path.stat().st_size
-    assert m["revisions"] == [SAMPLE_HEAD] and m["reason"] == "manual" and m["database"] == settings.database
-    assert m["tables"]["public.items"] == 1000 and m["tables"]['public.Odd Name'] == 2
+    assert (
+        m["revisions"] == [SAMPLE_HEAD]
+        and m["reason"] == "manual"
+        and m["database"] == settings.database
+    )
+    assert m["tables"]["public.items"] == 1000 and m["tables"]["public.Odd Name"] == 2
     assert m["tables"]["public.alembic_version"] == 1
     assert m["verification"]["ok"] and m["server_version"].startswith(f"{pg_major}.")
     assert m["pg_dump_version"].startswith("pg_dump (PostgreSQL)")
@@ -97,7 +102,9 @@ def test_verify_backup_full_read_and_restore_test(invoke, settings, db_conn, pg_
     done = invoke("verify-backup", Path(path).name, "--restore-test")  # a bare name works too
     assert done.returncode == 0, done.stderr
     with pg_cluster.connect() as conn:
-        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'dbops_scratch_%'").fetchall()
+        assert not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname LIKE 'dbops_scratch_%'"
+        ).fetchall()
 
 
 def test_a_second_operation_is_refused_naming_the_lock_holder(invoke, settings):
@@ -125,10 +132,12 @@ def test_password_is_on_no_argv_and_in_no_output(settings, db_conn, monkeypatch,
     monkeypatch.setattr(seam, "start", spy_start)
     monkeypatch.setattr(seam, "run", spy_run)
     import dbops.agent_client
+
     monkeypatch.setattr(dbops.agent_client, "start", spy_start)
     assert settings.password
     backup_op.backup(settings, prune=False)
     from dbops.ops import restore as restore_op
+
     path = only_backup(settings)["path"]
     restore_op.verify(settings, path, restore_test=True)
     assert len(seen) >= 4
@@ -156,7 +165,9 @@ def test_not_enough_free_space_is_refused_before_dumping(invoke, settings):
 
 def test_stale_partials_of_this_database_are_swept(invoke, settings):
     settings.backup_dir.mkdir(mode=0o700)
-    stale = settings.backup_dir / f".{settings.database}.2026-01-01T000000Z.base.manual.dump.partial"
+    stale = (
+        settings.backup_dir / f".{settings.database}.2026-01-01T000000Z.base.manual.dump.partial"
+    )
     other = settings.backup_dir / ".otherdb.2026-01-01T000000Z.base.manual.dump.partial"
     stale.write_bytes(b"x" * 100)
     other.write_bytes(b"x")
@@ -184,14 +195,18 @@ def test_retention_plan_keeps_last_daily_weekly_and_protected():
     entries.sort(key=lambda e: e["created_at"], reverse=True)
     keep, delete = retention.plan(entries, {"last": 2, "daily": 3, "weekly": 2})
     kept = {e["path"] for e in keep}
-    assert {"b0", "b1", "b2", "premig"} <= kept          # last 2, 3 days, newest pre-migrate
+    assert {"b0", "b1", "b2", "premig"} <= kept  # last 2, 3 days, newest pre-migrate
     assert len(kept) < len(entries) and delete
     keep, _ = retention.plan(entries, {"last": 0, "daily": 0, "weekly": 0})
     assert {e["path"] for e in keep} == {"b0", "premig"}  # never the newest nor the pre-migrate
 
 
 def test_retention_runs_after_a_backup_and_spares_the_newest_pre_migrate(invoke, settings):
-    env = {"DBOPS_BACKUP_KEEP_LAST": "1", "DBOPS_BACKUP_KEEP_DAILY": "0", "DBOPS_BACKUP_KEEP_WEEKLY": "0"}
+    env = {
+        "DBOPS_BACKUP_KEEP_LAST": "1",
+        "DBOPS_BACKUP_KEEP_DAILY": "0",
+        "DBOPS_BACKUP_KEEP_WEEKLY": "0",
+    }
     assert invoke("backup", "--reason", "pre-migrate", env=env).returncode == 0
     for _ in range(2):
         assert invoke("backup", env=env).returncode == 0
@@ -218,7 +233,9 @@ def test_compression_override_is_used_and_recorded(invoke, settings):
 def test_dump_command_runs_pg_tools_through_the_seam(settings):
     """Command construction: the dump is one `sh -c` next to the server, with the snapshot."""
     target = seam.target_for(settings)
-    launch = target.pg(["sh", "-c", backup_op.DUMP_SCRIPT, "dbops-backup", "SNAP", "15", "custom", "1", "1"])
+    launch = target.pg(
+        ["sh", "-c", backup_op.DUMP_SCRIPT, "dbops-backup", "SNAP", "15", "custom", "1", "1"]
+    )
     assert launch.argv[:2] == ["sh", "-c"] and "SNAP" in launch.argv
     assert "dbops backup" in launch.display and "pg_dump --snapshot" not in launch.display
 
@@ -232,15 +249,22 @@ def test_compose_commands_run_next_to_the_server_without_a_tty_or_password(setti
 
     s = replace(settings, target="compose", compose=("docker", "compose"))
     target = seam.target_for(s)
-    for launch in (target.pg(["sh", "-c", backup_op.DUMP_SCRIPT, "dbops-backup", "S", "15", "custom", "1", "1"]),
-                   target.pg(["sh", "-c", restore_op.RESTORE_SCRIPT, "dbops-restore", "restore", "custom", "x", "1"])):
+    for launch in (
+        target.pg(
+            ["sh", "-c", backup_op.DUMP_SCRIPT, "dbops-backup", "S", "15", "custom", "1", "1"]
+        ),
+        target.pg(
+            ["sh", "-c", restore_op.RESTORE_SCRIPT, "dbops-restore", "restore", "custom", "x", "1"]
+        ),
+    ):
         assert launch.argv[:5] == ["docker", "compose", "exec", "-T", "-e"]
         assert s.db_service in launch.argv and "sh" in launch.argv
         assert s.password not in " ".join(launch.argv) and s.password not in launch.display
 
 
-def test_a_table_locked_by_someone_else_fails_the_backup_instead_of_queueing(invoke, settings,
-                                                                             pg_cluster, database):
+def test_a_table_locked_by_someone_else_fails_the_backup_instead_of_queueing(
+    invoke, settings, pg_cluster, database
+):
     with pg_cluster.connect(database) as setup:
         fill(setup, 10)
     with pg_cluster.connect(database) as other:

@@ -24,8 +24,11 @@ SLOW = {"DBOPS_BACKUP_COMPRESSION": "6"}  # a slower dump: a wider window to int
 
 def _fill_big(conn) -> None:
     conn.execute("CREATE TABLE big (id int PRIMARY KEY, a text, b text)")
-    conn.execute("INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text), md5(random()::text) "
-                 "FROM generate_series(1, %s) g", [ROWS])
+    conn.execute(
+        "INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text), md5(random()::text) "
+        "FROM generate_series(1, %s) g",
+        [ROWS],
+    )
     conn.execute("CREATE TABLE small (x int)")
     conn.execute("INSERT INTO small SELECT generate_series(1, 10)")
 
@@ -38,7 +41,9 @@ def big_template(pg_cluster):
         _fill_big(conn)
     yield name
     with pg_cluster.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
@@ -46,27 +51,43 @@ def database(pg_cluster, big_template):
     """Overrides conftest's: a fresh copy of the big database per test."""
     name = f"t_{uuid.uuid4().hex[:10]}"
     with pg_cluster.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                      sql.Identifier(big_template)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(big_template)
+            )
+        )
     yield name
     with pg_cluster.connect() as conn:
-        for (db,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                  [name + "%"]).fetchall():
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+        for (db,) in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", [name + "%"]
+        ).fetchall():
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
 
 
 def fingerprint(cluster, dbname: str) -> tuple:
     with cluster.connect(dbname) as conn:
-        return conn.execute("SELECT count(*), sum(hashtext(a || b)::bigint) FROM big").fetchone() + \
-            conn.execute("SELECT count(*) FROM small").fetchone()
+        return (
+            conn.execute("SELECT count(*), sum(hashtext(a || b)::bigint) FROM big").fetchone()
+            + conn.execute("SELECT count(*) FROM small").fetchone()
+        )
 
 
 def start_invoke(env: dict, *args: str, prefix: list[str] | None = None) -> subprocess.Popen:
     argv = [sys.executable, "-m", "invoke", *args]
     if prefix:
         argv = [*prefix, *argv]
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(pred, timeout: float = 30.0, what: str = "condition"):
@@ -91,6 +112,7 @@ def partial_bigger_than(folder: Path, size: int):
                 except FileNotFoundError:
                     pass
         return None
+
     return pred
 
 
@@ -101,7 +123,9 @@ def pids(pattern: str) -> list[int]:
 
 def assert_no_backup_left(settings) -> None:
     folder = settings.backup_dir
-    leftovers = [p.name for p in folder.iterdir() if p.name != "audit.jsonl"] if folder.exists() else []
+    leftovers = (
+        [p.name for p in folder.iterdir() if p.name != "audit.jsonl"] if folder.exists() else []
+    )
     assert catalog.list_backups(settings) == [], leftovers
     assert leftovers == [], leftovers
 
@@ -116,8 +140,10 @@ def assert_no_temp_left(tmpdir: Path) -> None:
 
 def assert_no_restore_target(cluster, database: str) -> None:
     with cluster.connect() as conn:
-        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                            [database + "_dbops_restoring_%"]).fetchall()
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            [database + "_dbops_restoring_%"],
+        ).fetchall()
     assert left == []
 
 
@@ -143,8 +169,11 @@ def test_write_error_mid_dump(ops_env, settings, pg_cluster, database, tmp_path)
     """ulimit -f: the file cannot grow past ~1 MB (EFBIG), as on a full disk."""
     before = fingerprint(pg_cluster, database)
     (tmp_path / "t").mkdir()
-    proc = start_invoke({**ops_env, "TMPDIR": str(tmp_path / "t")}, "backup",
-                        prefix=["sh", "-c", 'ulimit -f 2048; exec "$@"', "sh"])
+    proc = start_invoke(
+        {**ops_env, "TMPDIR": str(tmp_path / "t")},
+        "backup",
+        prefix=["sh", "-c", 'ulimit -f 2048; exec "$@"', "sh"],
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert "writing the backup" in err and "too large" in err.lower()
@@ -182,9 +211,16 @@ def test_truncated_archive_fails_the_full_read_even_where_list_passes(invoke, se
     cut = tmp_path / "cut.dump"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size * 4 // 10])
     env = {**os.environ, "PATH": f"{settings.pg_bindir}:{os.environ['PATH']}"}
-    assert subprocess.run(["pg_restore", "--list", str(cut)], env=env, capture_output=True).returncode == 0
-    assert subprocess.run(["pg_restore", "-f", "/dev/null", str(cut)], env=env,
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run(["pg_restore", "--list", str(cut)], env=env, capture_output=True).returncode
+        == 0
+    )
+    assert (
+        subprocess.run(
+            ["pg_restore", "-f", "/dev/null", str(cut)], env=env, capture_output=True
+        ).returncode
+        != 0
+    )
 
 
 # --- restore -------------------------------------------------------------------------
@@ -206,7 +242,9 @@ def restore_until_pg_restore_runs(invoke, ops_env, settings, pg_cluster, databas
 
 
 def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, database, db_conn):
-    proc, before, path = restore_until_pg_restore_runs(invoke, ops_env, settings, pg_cluster, database, db_conn)
+    proc, before, path = restore_until_pg_restore_runs(
+        invoke, ops_env, settings, pg_cluster, database, db_conn
+    )
     running = pids(RESTORING.format(database))
     assert running, "pg_restore finished before it could be killed"
     for pid in running:
@@ -217,21 +255,26 @@ def test_pg_restore_killed_mid_way(invoke, ops_env, settings, pg_cluster, databa
     assert fingerprint(pg_cluster, database) == before
     assert_no_restore_target(pg_cluster, database)
     from dbops import audit
+
     assert audit.read(settings)[-1]["result"] == "failed"
 
 
-def test_restore_killed_as_a_whole_then_the_next_restore_sweeps(invoke, ops_env, settings,
-                                                                pg_cluster, database, db_conn,
-                                                                tmp_path):
+def test_restore_killed_as_a_whole_then_the_next_restore_sweeps(
+    invoke, ops_env, settings, pg_cluster, database, db_conn, tmp_path
+):
     (tmp_path / "t").mkdir()
     ops_env = {**ops_env, "TMPDIR": str(tmp_path / "t")}
-    proc, before, path = restore_until_pg_restore_runs(invoke, ops_env, settings, pg_cluster, database, db_conn)
+    proc, before, path = restore_until_pg_restore_runs(
+        invoke, ops_env, settings, pg_cluster, database, db_conn
+    )
     os.killpg(proc.pid, signal.SIGKILL)  # the operator's shell dies: host and agent gone
     proc.communicate(timeout=30)
     for pid in pids(RESTORING.format(database)):
         os.kill(pid, signal.SIGKILL)
     assert fingerprint(pg_cluster, database) == before
-    assert_no_temp_left(tmp_path / "t")  # the pre-restore dump's script cleaned up after the host died
+    assert_no_temp_left(
+        tmp_path / "t"
+    )  # the pre-restore dump's script cleaned up after the host died
     # what is left (a restore target, maybe a pre-restore .partial) is named as unfinished,
     # and nothing unverified is listed as a backup
     assert all(e["verified"] for e in catalog.list_backups(settings))

@@ -6,8 +6,9 @@ from __future__ import annotations
 from tests.fixtures.projects import REVS, SAMPLE_HEAD, make_project, version_rows
 
 
-def test_check_fails_on_the_sample_index_revision_until_it_is_accepted(invoke, tmp_path, db_conn,
-                                                                        pg_cluster):
+def test_check_fails_on_the_sample_index_revision_until_it_is_accepted(
+    invoke, tmp_path, db_conn, pg_cluster
+):
     done = invoke("check", env={"DBOPS_SQUAWK_ACCEPT": str(tmp_path / "nothing-accepted.toml")})
     assert done.returncode != 0
     assert "ok    stairway: 6 revisions" in done.stdout
@@ -15,8 +16,10 @@ def test_check_fails_on_the_sample_index_revision_until_it_is_accepted(invoke, t
     assert "squawk 23cd436768a8: require-concurrent-index-creation" in done.stdout
     assert "CREATE INDEX idx_comments_post_created" in done.stdout
     accept = tmp_path / "accept.toml"
-    accept.write_text('[[accept]]\nrevision = "23cd4367"\nrule = "require-concurrent-index-creation"\n'
-                      'reason = "comments was empty when this shipped"\n')
+    accept.write_text(
+        '[[accept]]\nrevision = "23cd4367"\nrule = "require-concurrent-index-creation"\n'
+        'reason = "comments was empty when this shipped"\n'
+    )
     done = invoke("check", env={"DBOPS_SQUAWK_ACCEPT": str(accept), "DBOPS_QUIET": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "squawk" not in done.stderr  # DBOPS_QUIET: the command is not printed
@@ -29,14 +32,18 @@ def test_check_fails_on_the_sample_index_revision_until_it_is_accepted(invoke, t
     assert "$ " in done.stderr and "squawk --reporter json" in done.stderr  # through the seam
     assert version_rows(db_conn) == []  # the live database is never touched
     with pg_cluster.connect() as conn:
-        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname LIKE 'dbops_scratch%'").fetchall()
+        assert not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname LIKE 'dbops_scratch%'"
+        ).fetchall()
 
 
 def test_a_marker_in_the_revision_file_accepts_its_finding(invoke, tmp_path):
     ini = make_project(tmp_path, "accepted")
     accept = tmp_path / "accept.toml"
-    accept.write_text('[[accept]]\nrevision = "23cd436768a8"\nrule = "require-concurrent-index-creation"\n'
-                      'reason = "known"\n')
+    accept.write_text(
+        '[[accept]]\nrevision = "23cd436768a8"\nrule = "require-concurrent-index-creation"\n'
+        'reason = "known"\n'
+    )
     done = invoke("check", env={"DBOPS_ALEMBIC_INI": str(ini), "DBOPS_SQUAWK_ACCEPT": str(accept)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"squawk {REVS['accepted'].rev}: require-concurrent-index-creation" in done.stdout
@@ -44,8 +51,13 @@ def test_a_marker_in_the_revision_file_accepts_its_finding(invoke, tmp_path):
 
 
 def test_check_fails_on_two_heads_and_on_models_that_do_not_match(invoke, tmp_path):
-    ini = make_project(tmp_path, "flag", "irreversible", patch_models=False,
-                       branch_from={"irreversible": SAMPLE_HEAD})
+    ini = make_project(
+        tmp_path,
+        "flag",
+        "irreversible",
+        patch_models=False,
+        branch_from={"irreversible": SAMPLE_HEAD},
+    )
     done = invoke("check", "--no-squawk", env={"DBOPS_ALEMBIC_INI": str(ini)})
     assert done.returncode != 0
     assert "FAIL  2 heads" in done.stdout and "alembic merge" in done.stdout

@@ -18,14 +18,22 @@ def config(env: dict[str, str], *files: str) -> subprocess.CompletedProcess:
     args = [COMPOSE_V1]
     for f in files or ("docker-compose.yml",):
         args += ["-f", f]
-    return subprocess.run([*args, "config", "-q"], cwd=ROOT, capture_output=True, text=True,
-                          env={"PATH": os.environ["PATH"], **env}, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*args, "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], **env},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 CREDS = {"POSTGRES_USER": "app", "POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "app"}
 
 
-@pytest.mark.skipif(not COMPOSE_V1, reason="docker-compose (v1) not installed: scripts/test installs it as root")
+@pytest.mark.skipif(
+    not COMPOSE_V1, reason="docker-compose (v1) not installed: scripts/test installs it as root"
+)
 def test_docker_compose_accepts_the_file():
     done = config(CREDS)
     assert done.returncode == 0, done.stderr
@@ -52,13 +60,20 @@ def test_stack_shape():
     assert backend["depends_on"]["db"]["condition"] == "service_healthy"
     assert backend["build"]["context"] == "./backend"
     env = backend["environment"]
-    assert {"POSTGRES_HOST", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "DATABASE_URL"} <= set(env)
+    assert {
+        "POSTGRES_HOST",
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "POSTGRES_DB",
+        "DATABASE_URL",
+    } <= set(env)
     for key in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
         assert ":?" in db["environment"][key]  # required, with a message
 
 
 def test_env_example_documents_every_setting():
     from dbops.config import SETTINGS
+
     text = (ROOT / ".env.example").read_text()
     missing = [s.name for s in SETTINGS if f"{s.name}=" not in text]
     assert not missing, f"declared in dbops/config.py, not documented in .env.example: {missing}"

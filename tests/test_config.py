@@ -19,25 +19,46 @@ def test_process_environment_overrides_env_file(tmp_path):
 
 
 def test_invoke_config_is_the_lowest_layer(tmp_path):
-    s = load_settings(ROOT, {"dbops_db_service": "postgres-main", "dbops_target": "local"},
-                      environ={"DBOPS_ENV_FILE": str(tmp_path / "none"), "POSTGRES_USER": "u",
-                               "POSTGRES_DB": "d", "DBOPS_TARGET": "compose"})
+    s = load_settings(
+        ROOT,
+        {"dbops_db_service": "postgres-main", "dbops_target": "local"},
+        environ={
+            "DBOPS_ENV_FILE": str(tmp_path / "none"),
+            "POSTGRES_USER": "u",
+            "POSTGRES_DB": "d",
+            "DBOPS_TARGET": "compose",
+        },
+    )
     assert s.db_service == "postgres-main" and s.target == "compose"
 
 
-@pytest.mark.parametrize("environ, needle", [
-    ({"POSTGRES_DB": "d"}, "POSTGRES_USER is not set"),
-    ({"POSTGRES_USER": "u"}, "POSTGRES_DB is not set"),
-    ({"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_TARGET": "nomad"}, "DBOPS_TARGET='nomad' is not one of"),
-    ({"POSTGRES_USER": "u", "POSTGRES_DB": "d", "POSTGRES_PORT": "fivefour"},
-     "POSTGRES_PORT='fivefour' is not a whole number"),
-    ({"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_LOCK_TIMEOUT": "soon"},
-     "DBOPS_LOCK_TIMEOUT='soon' is not a duration"),
-    ({"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_RESTORE_JOBS": "0"},
-     "DBOPS_RESTORE_JOBS='0' must be 1 or more"),
-    ({"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_BACKUP_RETENTION": "maybe"},
-     "DBOPS_BACKUP_RETENTION='maybe' is not on/off"),
-])
+@pytest.mark.parametrize(
+    "environ, needle",
+    [
+        ({"POSTGRES_DB": "d"}, "POSTGRES_USER is not set"),
+        ({"POSTGRES_USER": "u"}, "POSTGRES_DB is not set"),
+        (
+            {"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_TARGET": "nomad"},
+            "DBOPS_TARGET='nomad' is not one of",
+        ),
+        (
+            {"POSTGRES_USER": "u", "POSTGRES_DB": "d", "POSTGRES_PORT": "fivefour"},
+            "POSTGRES_PORT='fivefour' is not a whole number",
+        ),
+        (
+            {"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_LOCK_TIMEOUT": "soon"},
+            "DBOPS_LOCK_TIMEOUT='soon' is not a duration",
+        ),
+        (
+            {"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_RESTORE_JOBS": "0"},
+            "DBOPS_RESTORE_JOBS='0' must be 1 or more",
+        ),
+        (
+            {"POSTGRES_USER": "u", "POSTGRES_DB": "d", "DBOPS_BACKUP_RETENTION": "maybe"},
+            "DBOPS_BACKUP_RETENTION='maybe' is not on/off",
+        ),
+    ],
+)
 def test_bad_configuration_is_refused(tmp_path, environ, needle):
     with pytest.raises(ConfigError, match=needle):
         load_settings(ROOT, environ={"DBOPS_ENV_FILE": str(tmp_path / "none"), **environ})
@@ -45,8 +66,15 @@ def test_bad_configuration_is_refused(tmp_path, environ, needle):
 
 def test_every_declared_default_parses(tmp_path):
     from dbops.config import SETTINGS
-    s = load_settings(ROOT, environ={"DBOPS_ENV_FILE": str(tmp_path / "none"),
-                                     "POSTGRES_USER": "u", "POSTGRES_DB": "d"})
+
+    s = load_settings(
+        ROOT,
+        environ={
+            "DBOPS_ENV_FILE": str(tmp_path / "none"),
+            "POSTGRES_USER": "u",
+            "POSTGRES_DB": "d",
+        },
+    )
     for setting in SETTINGS:
         s.get(setting.name)  # raises ConfigError if a default does not parse
     assert s.get("DBOPS_BACKUP_RESERVE_MB") == 64.0 and s.get("DBOPS_BACKUP_RETENTION") is True
@@ -54,8 +82,15 @@ def test_every_declared_default_parses(tmp_path):
 
 
 def test_empty_value_means_the_default(tmp_path):
-    s = load_settings(ROOT, environ={"DBOPS_ENV_FILE": str(tmp_path / "none"), "POSTGRES_USER": "u",
-                                     "POSTGRES_DB": "d", "DBOPS_LOCK_RETRIES": ""})
+    s = load_settings(
+        ROOT,
+        environ={
+            "DBOPS_ENV_FILE": str(tmp_path / "none"),
+            "POSTGRES_USER": "u",
+            "POSTGRES_DB": "d",
+            "DBOPS_LOCK_RETRIES": "",
+        },
+    )
     assert s.lock_retries == 5
 
 
@@ -81,6 +116,7 @@ def test_missing_required_variable_through_invoke(invoke, ops_env):
 
 def test_unreachable_database(invoke):
     from dbops.localpg import free_port
+
     done = invoke("current", env={"POSTGRES_PORT": str(free_port())})
     line = _one_error_line(done)
     assert "cannot connect to database" in line and "refused" in line.lower()
@@ -94,7 +130,9 @@ def test_wrong_password_is_not_echoed(invoke):
 
 
 def test_compose_without_engine_is_one_clear_line(invoke):
-    done = invoke("current", env={"DBOPS_TARGET": "compose", "DBOPS_COMPOSE": "no-such-compose-xyz"})
+    done = invoke(
+        "current", env={"DBOPS_TARGET": "compose", "DBOPS_COMPOSE": "no-such-compose-xyz"}
+    )
     line = _one_error_line(done)
     assert "no container engine answers" in line and "DBOPS_TARGET=local" in line
 
@@ -114,7 +152,9 @@ def test_bad_setting_is_refused_before_anything_is_touched(invoke, settings):
 def test_settings_task_shows_values_and_sources_never_the_password(invoke, tmp_path):
     env_file = tmp_path / "ops.env"
     env_file.write_text("DBOPS_LOCK_TIMEOUT=7s\n")
-    done = invoke("settings", env={"DBOPS_ENV_FILE": str(env_file), "POSTGRES_PASSWORD": "Sup3r-secret"})
+    done = invoke(
+        "settings", env={"DBOPS_ENV_FILE": str(env_file), "POSTGRES_PASSWORD": "Sup3r-secret"}
+    )
     assert done.returncode == 0, done.stderr
     lines = {ln.split()[0]: ln for ln in done.stdout.splitlines()}
     assert lines["DBOPS_LOCK_TIMEOUT"].split()[1:] == ["7s", f"[{env_file}]"]
@@ -123,4 +163,5 @@ def test_settings_task_shows_values_and_sources_never_the_password(invoke, tmp_p
     assert "Sup3r-secret" not in done.stdout + done.stderr
     rows = json.loads(invoke("settings", "--json").stdout)
     from dbops.config import SETTINGS
+
     assert [r["name"] for r in rows] == [s.name for s in SETTINGS]

@@ -20,10 +20,13 @@ def test_yes_answers_without_asking(settings, monkeypatch):
     ask(settings, yes=True)
 
 
-@pytest.mark.parametrize("environment, needle", [
-    ("development", "no terminal to confirm on: add --yes"),
-    ("production", "ENVIRONMENT=production and no terminal to confirm on: add --yes"),
-])
+@pytest.mark.parametrize(
+    "environment, needle",
+    [
+        ("development", "no terminal to confirm on: add --yes"),
+        ("production", "ENVIRONMENT=production and no terminal to confirm on: add --yes"),
+    ],
+)
 def test_no_terminal_and_no_yes_is_refused(settings, monkeypatch, environment, needle):
     monkeypatch.setattr(confirm_mod, "interactive", lambda: False)
     with pytest.raises(OpsError, match=needle) as err:

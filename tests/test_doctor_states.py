@@ -81,21 +81,40 @@ def test_a_roles_connection_limit_used_up(doc, invoke, pg_cluster, database, db_
     db_conn.execute("CREATE ROLE app_limited LOGIN PASSWORD 'pw-limited' CONNECTION LIMIT 3")
     db_conn.execute(sql.SQL("GRANT pg_read_all_data TO app_limited"))
     env = {"POSTGRES_USER": "app_limited", "POSTGRES_PASSWORD": "pw-limited"}
-    idle = [psycopg.connect(host="127.0.0.1", port=pg_cluster.port, user="app_limited",
-                            password="pw-limited", dbname=database) for _ in range(3)]
+    idle = [
+        psycopg.connect(
+            host="127.0.0.1",
+            port=pg_cluster.port,
+            user="app_limited",
+            password="pw-limited",
+            dbname=database,
+        )
+        for _ in range(3)
+    ]
     try:
         rep = doc(env=env)
         c = rep["by"]["connectivity"]
-        assert c["cause"] == "too_many" and "role app_limited has used up its connection limit" \
-            in c["summary"]
+        assert (
+            c["cause"] == "too_many"
+            and "role app_limited has used up its connection limit" in c["summary"]
+        )
         assert rep["next"].startswith(
-            "POSTGRES_USER=<superuser> invoke psql -c \"SELECT pg_terminate_backend(pid) FROM "
-            "pg_stat_activity WHERE usename = 'app_limited' AND state = 'idle'")
-        done = run_next(invoke, rep, env={**env, "POSTGRES_PASSWORD": pg_cluster.password},
-                        superuser=pg_cluster.user)
+            'POSTGRES_USER=<superuser> invoke psql -c "SELECT pg_terminate_backend(pid) FROM '
+            "pg_stat_activity WHERE usename = 'app_limited' AND state = 'idle'"
+        )
+        done = run_next(
+            invoke,
+            rep,
+            env={**env, "POSTGRES_PASSWORD": pg_cluster.password},
+            superuser=pg_cluster.user,
+        )
         assert done.returncode == 0, done.stderr
-        assert db_conn.execute("SELECT count(*) FROM pg_stat_activity "
-                               "WHERE usename = 'app_limited'").fetchone()[0] == 0
+        assert (
+            db_conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_limited'"
+            ).fetchone()[0]
+            == 0
+        )
         rep = doc(env=env)
         assert rep["by"]["connectivity"]["status"] == "ok" and rep["next_check"] != "connectivity"
     finally:
@@ -112,7 +131,8 @@ def test_database_missing(doc, invoke, pg_cluster, ops_env):
     c = rep["by"]["connectivity"]
     assert c["cause"] == "database_missing" and f"database {name} does not exist" in c["summary"]
     assert rep["next"].startswith(
-        f"POSTGRES_DB=postgres invoke psql -c 'CREATE DATABASE {name}'   (if the name is right")
+        f"POSTGRES_DB=postgres invoke psql -c 'CREATE DATABASE {name}'   (if the name is right"
+    )
     try:
         assert run_next(invoke, rep).returncode == 0
         rep = doc(env={"POSTGRES_DB": name})
@@ -131,9 +151,11 @@ def test_read_only_database(doc, invoke, db_conn, database):
     rep = doc()
     c = rep["by"]["connectivity"]
     assert c["cause"] == "read_only" and "set on database" in c["summary"]
-    assert rep["next"] == (f"invoke psql -c 'BEGIN READ WRITE; ALTER DATABASE {database} RESET "
-                           f"default_transaction_read_only; COMMIT'   (if nobody made it read-only "
-                           f"on purpose)")
+    assert rep["next"] == (
+        f"invoke psql -c 'BEGIN READ WRITE; ALTER DATABASE {database} RESET "
+        f"default_transaction_read_only; COMMIT'   (if nobody made it read-only "
+        f"on purpose)"
+    )
     assert run_next(invoke, rep).returncode == 0
     healthy(doc())
     assert users(db_conn) == 1
@@ -151,7 +173,9 @@ def test_a_read_only_standby_as_the_target(doc, invoke):
         try:
             rep = doc(env={**env, "POSTGRES_PORT": str(standby.port)})
             c = rep["by"]["connectivity"]
-            assert c["cause"] == "standby" and "is a read-only standby (in recovery)" in c["summary"]
+            assert (
+                c["cause"] == "standby" and "is a read-only standby (in recovery)" in c["summary"]
+            )
             assert f"its primary: 127.0.0.1:{primary.port}" in c["summary"]
             assign, argv = split_next(rep["next"])
             assert assign == {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(primary.port)}
@@ -176,8 +200,10 @@ def test_lock_held_by_another_deploy(doc, invoke, alembic_at, pg_cluster, databa
         lk = rep["by"]["dbops lock"]
         assert lk["status"] == "warn" and rep["next_check"] == "dbops lock"
         pid = holder.info.backend_pid
-        assert f"a dbops migrate is running: pid {pid} 'dbops:migrate alice@deploy-2' " \
-               f"(migrate by alice@deploy-2" in lk["summary"]
+        assert (
+            f"a dbops migrate is running: pid {pid} 'dbops:migrate alice@deploy-2' "
+            f"(migrate by alice@deploy-2" in lk["summary"]
+        )
         assert rep["next"] == f"invoke doctor   (after the dbops migrate pid {pid} finishes)"
     finally:
         holder.close()  # the other deploy ends
@@ -203,17 +229,26 @@ def test_a_killed_touched_set_runs_scratch_database(doc, invoke, pg_cluster, db_
             [line] = c["details"]
             assert line.startswith(f"{name} (") and line.endswith(
                 "): in use by the touched-set run of a migrate (DBOPS_PREMIGRATE_BACKUP touched): "
-                "1 session(s) connected (still-loading); leave it"), line
+                "1 session(s) connected (still-loading); leave it"
+            ), line
         rep = doc()
         c = rep["by"]["scratch"]
         assert c["status"] == "warn" and rep["next_check"] == "scratch"
         assert c["summary"] == "1 scratch database(s) left on the server by killed dbops runs"
-        assert c["details"][0].startswith(f"{name} (") and "left by the touched-set run of a migrate " \
-            "(DBOPS_PREMIGRATE_BACKUP touched) that was killed" in c["details"][0], c["details"]
-        assert rep["next"] == (f"invoke psql -c 'DROP DATABASE \"{name}\"'   (or: the next "
-                               f"touched-set run of its database sweeps it)")
+        assert (
+            c["details"][0].startswith(f"{name} (")
+            and "left by the touched-set run of a migrate "
+            "(DBOPS_PREMIGRATE_BACKUP touched) that was killed"
+            in c["details"][0]
+        ), c["details"]
+        assert rep["next"] == (
+            f"invoke psql -c 'DROP DATABASE \"{name}\"'   (or: the next "
+            f"touched-set run of its database sweeps it)"
+        )
         assert run_next(invoke, rep).returncode == 0
-        assert not db_conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchall()
+        assert not db_conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+        ).fetchall()
         rep = doc()
         assert "scratch" not in rep["by"]
         healthy(rep)
@@ -223,10 +258,12 @@ def test_a_killed_touched_set_runs_scratch_database(doc, invoke, pg_cluster, db_
 
 
 def test_a_scratch_database_held_by_a_running_operation_is_not_offered_for_dropping(
-        doc, invoke, settings, db_conn):
+    doc, invoke, settings, db_conn
+):
     """A restore test's scratch database while its agent runs: in use (its maker holds the lock
     on its name), never a DROP; once that agent is gone without dropping it: a leftover."""
     from dbops.agent_client import Agent
+
     assert invoke("migrate").returncode == 0
     agent = Agent(settings).__enter__()
     try:
@@ -239,7 +276,10 @@ def test_a_scratch_database_held_by_a_running_operation_is_not_offered_for_dropp
         agent.__exit__(None, None, None)  # gone without dropping it, as a killed drill would be
     rep = doc()
     c = rep["by"]["scratch"]
-    assert c["status"] == "warn" and "invoke verify-backup --restore-test or invoke drill" in c["details"][0]
+    assert (
+        c["status"] == "warn"
+        and "invoke verify-backup --restore-test or invoke drill" in c["details"][0]
+    )
     assert rep["next"] == f"invoke psql -c 'DROP DATABASE \"{name}\"'"
     assert run_next(invoke, rep).returncode == 0
     healthy(doc())
@@ -277,8 +317,10 @@ def test_unparsable_revision_file(doc, invoke, backend_copy, db_conn, cache):
     rf = rep["by"]["revision files"]
     assert rf["status"] == "fail" and rep["rc"] == 1
     assert f"{path.name}: merge-conflict markers at line(s)" in rf["summary"]
-    assert rep["next"] == f"${{EDITOR:-vi}} {path}   (resolve the merge-conflict markers; then: " \
-                          f"invoke doctor)"
+    assert (
+        rep["next"] == f"${{EDITOR:-vi}} {path}   (resolve the merge-conflict markers; then: "
+        f"invoke doctor)"
+    )
     done = invoke("recover", env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"error: the revision scripts cannot be read: {path}" in done.stderr
@@ -324,18 +366,26 @@ def test_models_differ_from_the_migrations(doc, invoke, backend_copy, db_conn):
     assert invoke("migrate", env=env).returncode == 0
     seed_user(db_conn)
     model = backend_copy / "app" / "models" / "tag.py"
-    model.write_text(model.read_text().replace(
-        "    name: str = Field(max_length=50, unique=True)\n",
-        "    name: str = Field(max_length=50, unique=True)\n"
-        "    colour: str | None = Field(default=None, max_length=7)\n"))
+    model.write_text(
+        model.read_text().replace(
+            "    name: str = Field(max_length=50, unique=True)\n",
+            "    name: str = Field(max_length=50, unique=True)\n"
+            "    colour: str | None = Field(default=None, max_length=7)\n",
+        )
+    )
     rep = doc(env=env)
     m = rep["by"]["models"]
     assert m["status"] == "fail" and any("add_column" in d and "colour" in d for d in m["details"])
     assert rep["next_check"] == "models"
     assign, argv = split_next(rep["next"], **{"describe the change": "add tags.colour"})
     assert argv[:4] == ["alembic", "-c", str(ini), "revision"]
-    done = subprocess.run([ALEMBIC, *argv[1:]], capture_output=True, text=True, cwd=backend_copy,
-                          env={**invoke.env, **env})
+    done = subprocess.run(
+        [ALEMBIC, *argv[1:]],
+        capture_output=True,
+        text=True,
+        cwd=backend_copy,
+        env={**invoke.env, **env},
+    )
     assert done.returncode == 0, done.stderr
     assert invoke("migrate", env=env).returncode == 0
     healthy(doc(env=env))
@@ -388,8 +438,13 @@ def test_backup_truncated_after_its_manifest(doc, invoke, ops_env, db_conn):
     rep = doc()
     b = rep["by"]["backups"]
     assert b["summary"].startswith(f"no verified backup of {ops_env['POSTGRES_DB']}")
-    assert any(d.startswith(f"{dump.name}: DAMAGED, cannot be restored: size {size // 2} bytes "
-                            f"differs from the manifest's {size} (truncated)") for d in b["details"])
+    assert any(
+        d.startswith(
+            f"{dump.name}: DAMAGED, cannot be restored: size {size // 2} bytes "
+            f"differs from the manifest's {size} (truncated)"
+        )
+        for d in b["details"]
+    )
     assert rep["next"] == "invoke backup"
     assert run_next(invoke, rep).returncode == 0
     rep = doc()
@@ -398,4 +453,3 @@ def test_backup_truncated_after_its_manifest(doc, invoke, ops_env, db_conn):
     subprocess.run(argv, check=True)
     healthy(doc())
     assert users(db_conn) == 1
-

@@ -29,11 +29,14 @@ def second_db(pg_cluster):
     pg_cluster.create_database(name)
     yield name
     with pg_cluster.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def test_migrations_and_models_give_the_same_fingerprint_in_another_database(
-        pg_cluster, database, second_db, ops_env, monkeypatch, db_conn, create_all):
+    pg_cluster, database, second_db, ops_env, monkeypatch, db_conn, create_all
+):
     upgrade(monkeypatch, ops_env, database)
     # The same schema made another way (create_all: other OIDs, other column order) elsewhere.
     create_all(second_db)
@@ -42,11 +45,23 @@ def test_migrations_and_models_give_the_same_fingerprint_in_another_database(
     assert F.diff(a, b) == []
     assert F.digest(a) == F.digest(b)
     assert "alembic_version" not in a["tables"]
-    assert set(a["tables"]) == {"users", "posts", "tags", "post_tags", "comments", "tag_stats",
-                                "user_sessions"}
+    assert set(a["tables"]) == {
+        "users",
+        "posts",
+        "tags",
+        "post_tags",
+        "comments",
+        "tag_stats",
+        "user_sessions",
+    }
     assert a["tables"]["users"]["columns"]["bio"] == {
-        "type": "text", "nullable": True, "default": None, "identity": None, "generated": None,
-        "collation": None}
+        "type": "text",
+        "nullable": True,
+        "default": None,
+        "identity": None,
+        "generated": None,
+        "collation": None,
+    }
     assert a["indexes"]["idx_comments_approved"]["valid"] is True
     assert a["constraints"]["comments.fk_comments_post_id_posts"]["type"] == "foreign key"
     assert a["sequences"]["users_id_seq"]["owned_by"] == "users.id"
@@ -120,8 +135,10 @@ def test_the_diff_reads_as_sentences(db_conn, ops_env, monkeypatch, database):
     upgrade(monkeypatch, ops_env, database)
     expected = F.collect(db_conn)
     db_conn.execute("ALTER TABLE users DROP COLUMN bio")
-    db_conn.execute("UPDATE pg_index SET indisvalid = false "
-                    "WHERE indexrelid = 'idx_comments_approved'::regclass")
+    db_conn.execute(
+        "UPDATE pg_index SET indisvalid = false "
+        "WHERE indexrelid = 'idx_comments_approved'::regclass"
+    )
     db_conn.execute("ALTER TABLE posts ALTER COLUMN title TYPE text")
     db_conn.execute("ALTER TABLE tags ADD COLUMN color varchar(7)")
     db_conn.execute("DROP TABLE user_sessions")
@@ -138,9 +155,12 @@ def test_the_diff_reads_as_sentences(db_conn, ops_env, monkeypatch, database):
 
 
 def test_host_side_import_needs_only_the_standard_library():
-    code = ("import sys; import dbops.agent.fingerprint as f; "
-            "bad = [m for m in ('psycopg', 'alembic', 'sqlalchemy') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys; import dbops.agent.fingerprint as f; "
+        "bad = [m for m in ('psycopg', 'alembic', 'sqlalchemy') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     import subprocess
+
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -44,15 +44,24 @@ class Fleet:
         self.dir, self.a, self.b = tmp_path, a, b
         self.prefix = f"f{uuid.uuid4().hex[:6]}"
         self.created: list[tuple[localpg.Cluster, str]] = []
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))}
-        self.env.update({
-            "DBOPS_TARGET": "local", "DBOPS_ENV_FILE": str(tmp_path / "no.env"),
-            "DBOPS_ALEMBIC_INI": str(ALEMBIC_INI), "DBOPS_PG_BINDIR": a.bindir,
-            "DBOPS_BACKUP_DIR": str(tmp_path / "backups"), "DBOPS_FLEET_DIR": str(tmp_path / "fleet"),
-            "DBOPS_FLEET_FILE": str(tmp_path / "fleet.toml"),
-            "FLEET_A_PASSWORD": a.password, "FLEET_B_PASSWORD": b.password,
-        })
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))
+        }
+        self.env.update(
+            {
+                "DBOPS_TARGET": "local",
+                "DBOPS_ENV_FILE": str(tmp_path / "no.env"),
+                "DBOPS_ALEMBIC_INI": str(ALEMBIC_INI),
+                "DBOPS_PG_BINDIR": a.bindir,
+                "DBOPS_BACKUP_DIR": str(tmp_path / "backups"),
+                "DBOPS_FLEET_DIR": str(tmp_path / "fleet"),
+                "DBOPS_FLEET_FILE": str(tmp_path / "fleet.toml"),
+                "FLEET_A_PASSWORD": a.password,
+                "FLEET_B_PASSWORD": b.password,
+            }
+        )
 
     def create(self, cluster: localpg.Cluster, name: str) -> str:
         cluster.create_database(name)
@@ -64,18 +73,32 @@ class Fleet:
 
     def server(self, cluster: localpg.Cluster) -> str:
         var = "FLEET_A_PASSWORD" if cluster is self.a else "FLEET_B_PASSWORD"
-        return (f'host = "127.0.0.1"\nport = {cluster.port}\nuser = "{cluster.user}"\n'
-                f'password_env = "{var}"\n')
+        return (
+            f'host = "127.0.0.1"\nport = {cluster.port}\nuser = "{cluster.user}"\n'
+            f'password_env = "{var}"\n'
+        )
 
     def invoke(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "invoke", "fleet", *args], cwd=ROOT,
-                              env=self.env, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", "fleet", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def start(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "invoke", "fleet", *args], cwd=ROOT,
-                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "invoke", "fleet", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def audit(self, name: str) -> list[dict]:
         path = self.dir / "backups" / name / "audit.jsonl"
@@ -91,7 +114,9 @@ class Fleet:
     def drop(self) -> None:
         for cluster, name in self.created:
             with cluster.connect() as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
 
 
 @pytest.fixture
@@ -103,6 +128,7 @@ def fleet(tmp_path, pg_cluster, second_cluster):
 
 def interval(rec: dict) -> tuple[float, float]:
     from datetime import datetime
+
     end = datetime.fromisoformat(rec["ts"].replace("Z", "+00:00")).timestamp()
     return end - rec["duration_s"], end
 
@@ -119,10 +145,16 @@ class AdvisoryLockWatch(Sampler):
         self.most_per_server = [0] * len(self.conns)
 
     def sample(self) -> None:
-        counts = [c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                            "AND granted").fetchone()[0] for c in self.conns]
+        counts = [
+            c.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).fetchone()[0]
+            for c in self.conns
+        ]
         self.most = max(self.most, sum(counts))
-        self.most_per_server = [max(a, b) for a, b in zip(self.most_per_server, counts, strict=True)]
+        self.most_per_server = [
+            max(a, b) for a, b in zip(self.most_per_server, counts, strict=True)
+        ]
 
     def __exit__(self, *exc):
         super().__exit__(*exc)
@@ -139,10 +171,14 @@ def test_canary_then_waves_max_failures_stops_new_work_then_resume(fleet):
     drift = wave2[1]
     with f.b.connect(drift) as conn:  # planted drift: a table the history creates later
         conn.execute("CREATE TABLE tag_stats (id int)")
-    lines = [f"[[database]]\nname = \"{db}\"\ndb = \"{db}\"\nwave = 1\n{f.server(f.a)}" for db in wave1]
-    lines.append(f"[[discover]]\nname = \"b\"\nwhere = \"datname LIKE '{p}\\\\_t%'\"\nwave = 2\n{f.server(f.b)}")
-    lines.append(f"[[database]]\nname = \"gone\"\ndb = \"app\"\nwave = 3\nhost = \"127.0.0.1\"\n"
-                 f"port = {localpg.free_port()}\nuser = \"x\"\n")
+    lines = [f'[[database]]\nname = "{db}"\ndb = "{db}"\nwave = 1\n{f.server(f.a)}' for db in wave1]
+    lines.append(
+        f'[[discover]]\nname = "b"\nwhere = "datname LIKE \'{p}\\\\_t%\'"\nwave = 2\n{f.server(f.b)}'
+    )
+    lines.append(
+        f'[[database]]\nname = "gone"\ndb = "app"\nwave = 3\nhost = "127.0.0.1"\n'
+        f'port = {localpg.free_port()}\nuser = "x"\n'
+    )
     f.write("\n".join(lines))
 
     done = f.invoke("migrate", "--canary", "1", "--parallel", "1", "--max-failures", "1")
@@ -169,14 +205,14 @@ def test_canary_then_waves_max_failures_stops_new_work_then_resume(fleet):
     # the failure: what happened, the database state, the exact commands; no password anywhere
     assert f"b/{drift} (local:127.0.0.1:{f.b.port}/{drift}): failed" in out, out
     assert f"rerun: invoke fleet migrate --only b/{drift}" in out
-    assert f'POSTGRES_DB={drift} ' in out and 'POSTGRES_PASSWORD="$FLEET_B_PASSWORD"' in out
+    assert f"POSTGRES_DB={drift} " in out and 'POSTGRES_PASSWORD="$FLEET_B_PASSWORD"' in out
     assert "then the rest: invoke fleet migrate --resume" in out
     for secret in (f.a.password, f.b.password):
         assert secret not in out + done.stderr
         assert secret not in (f.dir / "fleet" / "migrate.state.json").read_text()
     [failed] = f.audit(f"b/{drift}")
     assert failed["result"] == "failed" and failed["backup"]  # its own verified backup first
-    table = out[out.index("database "):]
+    table = out[out.index("database ") :]
     assert f"b/{drift}" in table and "not started" in table and "gone" in table
 
     # the printed rerun of the failed one keeps the run's state: --resume after it still knows
@@ -209,15 +245,20 @@ def test_canary_then_waves_max_failures_stops_new_work_then_resume(fleet):
 def test_killed_run_resumes_applying_each_remaining_database_once(fleet):
     f, p = fleet, fleet.prefix
     dbs = [f.create(f.a if i % 2 else f.b, f"{p}_k{i:02d}") for i in range(max(5, SIZE - 3))]
-    f.write("\n".join(f"[[database]]\nname = \"{db}\"\ndb = \"{db}\"\n"
-                      f"{f.server(f.a if i % 2 else f.b)}" for i, db in enumerate(dbs)))
+    f.write(
+        "\n".join(
+            f'[[database]]\nname = "{db}"\ndb = "{db}"\n{f.server(f.a if i % 2 else f.b)}'
+            for i, db in enumerate(dbs)
+        )
+    )
     proc = f.start("migrate", "--parallel", "2")
     state_file = f.dir / "fleet" / "migrate.state.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill once some are done and others are running
         st = json.loads(state_file.read_text())["databases"] if state_file.exists() else {}
-        if sum(1 for d in st.values() if d["status"] == "ok") >= 2 and \
-                any(d["status"] == "running" for d in st.values()):
+        if sum(1 for d in st.values() if d["status"] == "ok") >= 2 and any(
+            d["status"] == "running" for d in st.values()
+        ):
             break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -280,7 +321,9 @@ def test_bad_fleet_files_are_refused_before_anything_runs(fleet):
 def test_current_backup_and_doctor_run_per_database(fleet):
     f = fleet
     one, two = f.create(f.a, f"{f.prefix}_c1"), f.create(f.b, f"{f.prefix}_c2")
-    f.write(f'[[database]]\ndb = "{one}"\n{f.server(f.a)}\n[[database]]\ndb = "{two}"\n{f.server(f.b)}')
+    f.write(
+        f'[[database]]\ndb = "{one}"\n{f.server(f.a)}\n[[database]]\ndb = "{two}"\n{f.server(f.b)}'
+    )
     done = f.invoke("current", "--json", "--parallel", "2")
     assert done.returncode == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)["databases"]}
@@ -303,13 +346,21 @@ def test_the_example_fleet_file_is_valid(monkeypatch, tmp_path):
 
     monkeypatch.setenv("FLEET_PG_PASSWORD", "x")
     monkeypatch.setenv("US_EAST_PG_PASSWORD", "y")
-    s = load_settings(ROOT, environ={"DBOPS_ENV_FILE": str(tmp_path / "none"),
-                                     "POSTGRES_USER": "u", "POSTGRES_DB": "d"})
+    s = load_settings(
+        ROOT,
+        environ={
+            "DBOPS_ENV_FILE": str(tmp_path / "none"),
+            "POSTGRES_USER": "u",
+            "POSTGRES_DB": "d",
+        },
+    )
     members = plan.load(s, ROOT / "fleet.example.toml", discover=False)
     assert [(m.name, m.wave) for m in members] == [("staging", 0), ("eu-west", 1), ("us-east", 2)]
     staging = members[0]
     assert staging.env["DBOPS_COMPOSE"] == "docker --context staging compose"
-    assert "y" not in staging.command("migrate", []) and "$US_EAST_PG_PASSWORD" in members[2].command("migrate", [])
+    assert "y" not in staging.command("migrate", []) and "$US_EAST_PG_PASSWORD" in members[
+        2
+    ].command("migrate", [])
 
 
 def test_sigterm_stops_new_starts_records_the_running_ones_and_resume_finishes(fleet):
@@ -340,7 +391,11 @@ def test_sigterm_stops_new_starts_records_the_running_ones_and_resume_finishes(f
 
 def test_per_server_bounds_each_server_apart_from_parallel(fleet):
     f = fleet
-    dbs = [(c, f.create(c, f"{f.prefix}_p{i}{x}")) for i in range(2) for c, x in ((f.a, "a"), (f.b, "b"))]
+    dbs = [
+        (c, f.create(c, f"{f.prefix}_p{i}{x}"))
+        for i in range(2)
+        for c, x in ((f.a, "a"), (f.b, "b"))
+    ]
     f.write("\n".join(f'[[database]]\ndb = "{db}"\n{f.server(c)}' for c, db in dbs))
     with AdvisoryLockWatch(f.a, f.b) as watch:
         done = f.invoke("migrate", "--parallel", "4", "--per-server", "1", "--json")

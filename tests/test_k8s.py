@@ -27,8 +27,13 @@ K8S_VERSION = "1.30.0"
 
 
 def make(tmp_path, **env):
-    base = {"DBOPS_ENV_FILE": str(tmp_path / "none"), "POSTGRES_USER": "app",
-            "POSTGRES_DB": "shop", "POSTGRES_PASSWORD": SECRET, "DBOPS_TARGET": "kubernetes"}
+    base = {
+        "DBOPS_ENV_FILE": str(tmp_path / "none"),
+        "POSTGRES_USER": "app",
+        "POSTGRES_DB": "shop",
+        "POSTGRES_PASSWORD": SECRET,
+        "DBOPS_TARGET": "kubernetes",
+    }
     return load_settings(ROOT, environ={**base, **env})
 
 
@@ -36,29 +41,64 @@ def make(tmp_path, **env):
 def fake_kubectl(tmp_path, monkeypatch):
     """The stand-in, with a db pod and a backend pod; returns the recorded calls."""
     log, pods = tmp_path / "kubectl.log", tmp_path / "pods.json"
-    pods.write_text(json.dumps({"pods": {"pg-0": {"labels": "app=db", "env": {}},
-                                         "api-7f9c": {"labels": "app=backend", "env": {}}}}))
+    pods.write_text(
+        json.dumps(
+            {
+                "pods": {
+                    "pg-0": {"labels": "app=db", "env": {}},
+                    "api-7f9c": {"labels": "app=backend", "env": {}},
+                }
+            }
+        )
+    )
     monkeypatch.setenv("FAKE_K8S_LOG", str(log))
     monkeypatch.setenv("FAKE_K8S_PODS", str(pods))
 
     def calls():
         return [json.loads(ln) for ln in log.read_text().splitlines()] if log.exists() else []
+
     calls.kubectl = f"{sys.executable} {FAKE}"
     calls.pods = pods
     return calls
 
 
 def test_pg_tools_exec_into_the_db_pod_found_by_label(tmp_path, fake_kubectl):
-    s = make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_CONTEXT="prod-eu",
-             DBOPS_K8S_NAMESPACE="shop", DBOPS_K8S_DB_CONTAINER="postgres")
+    s = make(
+        tmp_path,
+        DBOPS_KUBECTL=fake_kubectl.kubectl,
+        DBOPS_K8S_CONTEXT="prod-eu",
+        DBOPS_K8S_NAMESPACE="shop",
+        DBOPS_K8S_DB_CONTAINER="postgres",
+    )
     launch = target_for(s).pg(["pg_dump", "--format=custom"])
     kubectl = [sys.executable, str(FAKE), "--context", "prod-eu", "--namespace", "shop"]
-    assert launch.argv == [*kubectl, "exec", "-i", "pg-0", "-c", "postgres", "--",
-                           "env", "PGUSER=app", "PGDATABASE=shop", "pg_dump", "--format=custom"]
+    assert launch.argv == [
+        *kubectl,
+        "exec",
+        "-i",
+        "pg-0",
+        "-c",
+        "postgres",
+        "--",
+        "env",
+        "PGUSER=app",
+        "PGDATABASE=shop",
+        "pg_dump",
+        "--format=custom",
+    ]
     [lookup] = fake_kubectl()
-    assert lookup["argv"] == ["--context", "prod-eu", "--namespace", "shop", "get", "pods",
-                              "--selector", "app=db", "--field-selector=status.phase=Running",
-                              "--output=jsonpath={.items[*].metadata.name}"]
+    assert lookup["argv"] == [
+        "--context",
+        "prod-eu",
+        "--namespace",
+        "shop",
+        "get",
+        "pods",
+        "--selector",
+        "app=db",
+        "--field-selector=status.phase=Running",
+        "--output=jsonpath={.items[*].metadata.name}",
+    ]
     for argv in (launch.argv, lookup["argv"]):
         assert not any(SECRET in a for a in argv)
     assert not lookup["env_has_password"]
@@ -67,12 +107,31 @@ def test_pg_tools_exec_into_the_db_pod_found_by_label(tmp_path, fake_kubectl):
 
 
 def test_agent_execs_into_the_backend_pod_with_its_own_secret(tmp_path, fake_kubectl):
-    s = make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_BACKEND_SELECTOR="app=backend",
-             DBOPS_K8S_AGENT_PATH="/srv/dbops", DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini")
+    s = make(
+        tmp_path,
+        DBOPS_KUBECTL=fake_kubectl.kubectl,
+        DBOPS_K8S_BACKEND_SELECTOR="app=backend",
+        DBOPS_K8S_AGENT_PATH="/srv/dbops",
+        DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini",
+    )
     launch = target_for(s).agent()
-    assert launch.argv[2:] == ["--namespace", "default", "exec", "-i", "api-7f9c", "--",
-                               "env", "PYTHONPATH=/srv/dbops", "POSTGRES_DB=shop", "PGDATABASE=shop",
-                               "python", "-m", "dbops.agent", "--ini", "/app/alembic.ini"]
+    assert launch.argv[2:] == [
+        "--namespace",
+        "default",
+        "exec",
+        "-i",
+        "api-7f9c",
+        "--",
+        "env",
+        "PYTHONPATH=/srv/dbops",
+        "POSTGRES_DB=shop",
+        "PGDATABASE=shop",
+        "python",
+        "-m",
+        "dbops.agent",
+        "--ini",
+        "/app/alembic.ini",
+    ]
     assert SECRET not in " ".join(launch.argv) and SECRET not in json.dumps(launch.env)
     assert "backend pod app=backend" in target_for(s).describe()
 
@@ -80,21 +139,41 @@ def test_agent_execs_into_the_backend_pod_with_its_own_secret(tmp_path, fake_kub
 def test_agent_gets_the_direct_address_as_compose_passes_it(tmp_path, fake_kubectl):
     """DBOPS_DIRECT_HOST/_PORT (PgBouncer in front, docs/pgbouncer.md) reach the agent in the
     backend pod on `env`'s argv, overriding the pod's POSTGRES_HOST/_PORT, as compose's `-e`."""
-    s = make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_BACKEND_SELECTOR="app=backend",
-             DBOPS_K8S_AGENT_PATH="/srv/dbops", DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini",
-             DBOPS_DIRECT_HOST="pg-direct.shop.svc", DBOPS_DIRECT_PORT="5433")
+    s = make(
+        tmp_path,
+        DBOPS_KUBECTL=fake_kubectl.kubectl,
+        DBOPS_K8S_BACKEND_SELECTOR="app=backend",
+        DBOPS_K8S_AGENT_PATH="/srv/dbops",
+        DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini",
+        DBOPS_DIRECT_HOST="pg-direct.shop.svc",
+        DBOPS_DIRECT_PORT="5433",
+    )
     launch = target_for(s).agent()
-    assert launch.argv[launch.argv.index("--") + 1:] == [
-        "env", "PYTHONPATH=/srv/dbops", "POSTGRES_DB=shop", "PGDATABASE=shop",
-        "POSTGRES_HOST=pg-direct.shop.svc", "POSTGRES_PORT=5433",
-        "DBOPS_DIRECT_HOST=pg-direct.shop.svc", "DBOPS_DIRECT_PORT=5433",
-        "python", "-m", "dbops.agent", "--ini", "/app/alembic.ini"]
+    assert launch.argv[launch.argv.index("--") + 1 :] == [
+        "env",
+        "PYTHONPATH=/srv/dbops",
+        "POSTGRES_DB=shop",
+        "PGDATABASE=shop",
+        "POSTGRES_HOST=pg-direct.shop.svc",
+        "POSTGRES_PORT=5433",
+        "DBOPS_DIRECT_HOST=pg-direct.shop.svc",
+        "DBOPS_DIRECT_PORT=5433",
+        "python",
+        "-m",
+        "dbops.agent",
+        "--ini",
+        "/app/alembic.ini",
+    ]
     assert SECRET not in " ".join(launch.argv) and SECRET not in json.dumps(launch.env)
     # The db pod's tools use its local socket, as compose's exec: no direct address there.
-    assert not any(a.startswith(("POSTGRES_HOST=", "DBOPS_DIRECT")) for a in target_for(s).pg(["psql"]).argv)
+    assert not any(
+        a.startswith(("POSTGRES_HOST=", "DBOPS_DIRECT")) for a in target_for(s).pg(["psql"]).argv
+    )
 
 
-def test_the_agent_in_the_pod_connects_to_the_direct_address(tmp_path, fake_kubectl, pg_cluster, invoke):
+def test_the_agent_in_the_pod_connects_to_the_direct_address(
+    tmp_path, fake_kubectl, pg_cluster, invoke
+):
     """Through the stand-in kubectl against real PostgreSQL: the backend pod's POSTGRES_PORT is
     a port nothing listens on (the "pooler" the application would use); with DBOPS_DIRECT_*
     the agent reaches the server, without them it cannot."""
@@ -104,23 +183,47 @@ def test_the_agent_in_the_pod_connects_to_the_direct_address(tmp_path, fake_kube
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
     path = f"{pg_cluster.bindir}:{Path(sys.executable).parent}:/usr/bin:/bin"
-    fake_kubectl.pods.write_text(json.dumps({"pods": {
-        "pg-0": {"labels": "app=db", "env": {"PATH": path}},
-        "api-7f9c": {"labels": "app=backend", "cwd": str(ALEMBIC_INI.parent), "env": {
-            "PATH": path, "POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(dead_port),
-            "POSTGRES_USER": pg_cluster.user, "POSTGRES_PASSWORD": pg_cluster.password}}}}))
-    env = {"DBOPS_TARGET": "kubernetes", "DBOPS_KUBECTL": fake_kubectl.kubectl,
-           "DBOPS_K8S_AGENT_PATH": str(ROOT), "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
-           "POSTGRES_PASSWORD": ""}
+    fake_kubectl.pods.write_text(
+        json.dumps(
+            {
+                "pods": {
+                    "pg-0": {"labels": "app=db", "env": {"PATH": path}},
+                    "api-7f9c": {
+                        "labels": "app=backend",
+                        "cwd": str(ALEMBIC_INI.parent),
+                        "env": {
+                            "PATH": path,
+                            "POSTGRES_HOST": "127.0.0.1",
+                            "POSTGRES_PORT": str(dead_port),
+                            "POSTGRES_USER": pg_cluster.user,
+                            "POSTGRES_PASSWORD": pg_cluster.password,
+                        },
+                    },
+                }
+            }
+        )
+    )
+    env = {
+        "DBOPS_TARGET": "kubernetes",
+        "DBOPS_KUBECTL": fake_kubectl.kubectl,
+        "DBOPS_K8S_AGENT_PATH": str(ROOT),
+        "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
+        "POSTGRES_PASSWORD": "",
+    }
     done = invoke("current", env=env)
     assert done.returncode == 1, done.stdout + done.stderr  # the pod's own address: nothing there
-    done = invoke("current", env={**env, "DBOPS_DIRECT_HOST": "127.0.0.1",
-                                  "DBOPS_DIRECT_PORT": str(pg_cluster.port)})
+    done = invoke(
+        "current",
+        env={**env, "DBOPS_DIRECT_HOST": "127.0.0.1", "DBOPS_DIRECT_PORT": str(pg_cluster.port)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "current: base" in done.stdout
     [agent_exec] = [c for c in fake_kubectl() if "api-7f9c" in c["argv"]][-1:]
     assert f"DBOPS_DIRECT_PORT={pg_cluster.port}" in agent_exec["argv"]
-    assert pg_cluster.password not in " ".join(agent_exec["argv"]) and not agent_exec["env_has_password"]
+    assert (
+        pg_cluster.password not in " ".join(agent_exec["argv"])
+        and not agent_exec["env_has_password"]
+    )
 
 
 def test_pods_are_looked_up_once_per_target(tmp_path, fake_kubectl):
@@ -130,11 +233,20 @@ def test_pods_are_looked_up_once_per_target(tmp_path, fake_kubectl):
 
 
 def test_no_running_pod_is_one_clear_error(tmp_path, fake_kubectl):
-    t = target_for(make(tmp_path, DBOPS_KUBECTL=fake_kubectl.kubectl, DBOPS_K8S_DB_SELECTOR="app=nope",
-                        DBOPS_K8S_NAMESPACE="shop"))
+    t = target_for(
+        make(
+            tmp_path,
+            DBOPS_KUBECTL=fake_kubectl.kubectl,
+            DBOPS_K8S_DB_SELECTOR="app=nope",
+            DBOPS_K8S_NAMESPACE="shop",
+        )
+    )
     with pytest.raises(ConfigError) as err:
         t.pg(["psql"])
-    assert "no running pod matches DBOPS_K8S_DB_SELECTOR=app=nope in namespace shop" in err.value.message
+    assert (
+        "no running pod matches DBOPS_K8S_DB_SELECTOR=app=nope in namespace shop"
+        in err.value.message
+    )
 
 
 def test_missing_kubectl_is_one_clear_error(tmp_path):
@@ -145,21 +257,46 @@ def test_missing_kubectl_is_one_clear_error(tmp_path):
 
 
 def test_migrate_through_the_kubernetes_target_against_real_postgresql(
-        tmp_path, fake_kubectl, pg_cluster, db_conn, invoke):
+    tmp_path, fake_kubectl, pg_cluster, db_conn, invoke
+):
     """The whole migrate (agent in the 'backend pod', pg_dump streamed out of the 'db pod' over
     exec -i): backed up, at head, verified; the password only ever in the pods' environment."""
     bindir_path = f"{pg_cluster.bindir}:{Path(sys.executable).parent}:/usr/bin:/bin"
-    secret_env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(pg_cluster.port),
-                  "POSTGRES_USER": pg_cluster.user, "POSTGRES_PASSWORD": pg_cluster.password}
-    fake_kubectl.pods.write_text(json.dumps({"pods": {
-        "pg-0": {"labels": "app=db", "env": {"PATH": bindir_path, "PGHOST": "127.0.0.1",
-                                             "PGPORT": str(pg_cluster.port),
-                                             "PGPASSWORD": pg_cluster.password}},
-        "api-7f9c": {"labels": "app=backend", "cwd": str(ALEMBIC_INI.parent),
-                     "env": {**secret_env, "PATH": bindir_path}}}}))
-    env = {"DBOPS_TARGET": "kubernetes", "DBOPS_KUBECTL": fake_kubectl.kubectl,
-           "DBOPS_K8S_AGENT_PATH": str(ROOT), "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
-           "POSTGRES_PASSWORD": ""}
+    secret_env = {
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(pg_cluster.port),
+        "POSTGRES_USER": pg_cluster.user,
+        "POSTGRES_PASSWORD": pg_cluster.password,
+    }
+    fake_kubectl.pods.write_text(
+        json.dumps(
+            {
+                "pods": {
+                    "pg-0": {
+                        "labels": "app=db",
+                        "env": {
+                            "PATH": bindir_path,
+                            "PGHOST": "127.0.0.1",
+                            "PGPORT": str(pg_cluster.port),
+                            "PGPASSWORD": pg_cluster.password,
+                        },
+                    },
+                    "api-7f9c": {
+                        "labels": "app=backend",
+                        "cwd": str(ALEMBIC_INI.parent),
+                        "env": {**secret_env, "PATH": bindir_path},
+                    },
+                }
+            }
+        )
+    )
+    env = {
+        "DBOPS_TARGET": "kubernetes",
+        "DBOPS_KUBECTL": fake_kubectl.kubectl,
+        "DBOPS_K8S_AGENT_PATH": str(ROOT),
+        "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
+        "POSTGRES_PASSWORD": "",
+    }
     done = invoke("migrate", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert version_rows(db_conn) == [SAMPLE_HEAD]
@@ -175,13 +312,36 @@ def test_migrate_through_the_kubernetes_target_against_real_postgresql(
 
 
 def test_hints_up_and_down_on_kubernetes(tmp_path, fake_kubectl, pg_cluster, invoke):
-    t = target_for(make(tmp_path, DBOPS_KUBECTL="kubectl", DBOPS_K8S_CONTEXT="prod",
-                        DBOPS_K8S_NAMESPACE="shop", DBOPS_K8S_DB_SELECTOR="app=pg"))
+    t = target_for(
+        make(
+            tmp_path,
+            DBOPS_KUBECTL="kubectl",
+            DBOPS_K8S_CONTEXT="prod",
+            DBOPS_K8S_NAMESPACE="shop",
+            DBOPS_K8S_DB_SELECTOR="app=pg",
+        )
+    )
     assert t.reach_hint() == "kubectl --context prod --namespace shop get pods --selector app=pg"
-    assert t.not_ready_hint() == "kubectl --context prod --namespace shop logs --selector app=pg --tail=50"
-    fake_kubectl.pods.write_text(json.dumps({"pods": {"pg-0": {"labels": "app=db", "env": {
-        "PATH": f"{pg_cluster.bindir}:/usr/bin:/bin", "PGHOST": "127.0.0.1",
-        "PGPORT": str(pg_cluster.port)}}}}))
+    assert (
+        t.not_ready_hint()
+        == "kubectl --context prod --namespace shop logs --selector app=pg --tail=50"
+    )
+    fake_kubectl.pods.write_text(
+        json.dumps(
+            {
+                "pods": {
+                    "pg-0": {
+                        "labels": "app=db",
+                        "env": {
+                            "PATH": f"{pg_cluster.bindir}:/usr/bin:/bin",
+                            "PGHOST": "127.0.0.1",
+                            "PGPORT": str(pg_cluster.port),
+                        },
+                    }
+                }
+            }
+        )
+    )
     env = {"DBOPS_TARGET": "kubernetes", "DBOPS_KUBECTL": fake_kubectl.kubectl}
     done = invoke("up", env=env)  # nothing to start: pg_isready in the db pod answers
     assert done.returncode == 0, done.stderr
@@ -194,8 +354,13 @@ def test_hints_up_and_down_on_kubernetes(tmp_path, fake_kubectl, pg_cluster, inv
 
 # --- the Job ------------------------------------------------------------------------------
 def render(tmp_path, **env) -> tuple[str, dict]:
-    s = make(tmp_path, DBOPS_K8S_IMAGE="registry.example/shop-dbops:1.4.2",
-             DBOPS_K8S_NAMESPACE="shop", DBOPS_K8S_JOB_DEADLINE="900", **env)
+    s = make(
+        tmp_path,
+        DBOPS_K8S_IMAGE="registry.example/shop-dbops:1.4.2",
+        DBOPS_K8S_NAMESPACE="shop",
+        DBOPS_K8S_JOB_DEADLINE="900",
+        **env,
+    )
     text = k8s_job.render(s)
     return text, yaml.safe_load(text)
 
@@ -229,8 +394,9 @@ def test_a_broken_job_fails_the_schema_check(tmp_path):
 
 
 def test_k8s_job_task_prints_the_manifest_and_refuses_without_image(invoke):
-    done = invoke("k8s-job", "--render", "--task", "migrate",
-                  env={"DBOPS_K8S_IMAGE": "registry.example/x:1"})
+    done = invoke(
+        "k8s-job", "--render", "--task", "migrate", env={"DBOPS_K8S_IMAGE": "registry.example/x:1"}
+    )
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["kind"] == "Job"
     done = invoke("k8s-job", "--render")

@@ -24,9 +24,20 @@ def zstd_capable(folder: str) -> bool:
     if not v or v[0] < 16:
         return False
     for z in ("zstd:1", "lz4"):
-        probe = subprocess.run([f"{folder}/pg_dump", "-Z", z, "-s", "-f", "/dev/null", "-d",
-                                "host=/nonexistent-dbops-probe connect_timeout=1"],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [
+                f"{folder}/pg_dump",
+                "-Z",
+                z,
+                "-s",
+                "-f",
+                "/dev/null",
+                "-d",
+                "host=/nonexistent-dbops-probe connect_timeout=1",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if "does not support" in probe.stderr or "not supported" in probe.stderr:
             return False
     return True
@@ -45,6 +56,7 @@ def fill(conn) -> list:
 
 def load(env: dict):
     from tests.conftest import ROOT
+
     return load_settings(ROOT, environ={**os.environ, **env})
 
 
@@ -52,8 +64,9 @@ def newest_backup(settings) -> Path:
     return Path(catalog.list_backups(settings)[0]["path"])
 
 
-def test_pg_dump_older_than_the_server_is_refused_before_dumping(invoke, settings, cluster_of,
-                                                                database):
+def test_pg_dump_older_than_the_server_is_refused_before_dumping(
+    invoke, settings, cluster_of, database
+):
     majors = pgbin.installed_majors()
     dumps = {pgbin.version(b, "pg_dump"): b for b in majors.values()}  # (major, version) -> folder
     (old, old_version), new = min(dumps), max(majors)
@@ -68,21 +81,27 @@ def test_pg_dump_older_than_the_server_is_refused_before_dumping(invoke, setting
     assert f"install pg_dump {new} or newer" in err and "DBOPS_PG_BINDIR" in err
     assert "DBOPS_TARGET=compose" in err
     assert "nothing was dumped" in err
-    left = [p.name for p in settings.backup_dir.iterdir() if p.name != "audit.jsonl"] \
-        if settings.backup_dir.exists() else []
+    left = (
+        [p.name for p in settings.backup_dir.iterdir() if p.name != "audit.jsonl"]
+        if settings.backup_dir.exists()
+        else []
+    )
     assert left == []
 
 
 @pytest.mark.parametrize("z", ["zstd:3", "lz4"])
-def test_zstd_and_lz4_backups_round_trip_on_16_plus(invoke, pg_cluster, pg_major, cluster_of,
-                                                   database, tmp_path, z):
+def test_zstd_and_lz4_backups_round_trip_on_16_plus(
+    invoke, pg_cluster, pg_major, cluster_of, database, tmp_path, z
+):
     """On a 16+ server with its own pg tools (built with zstd and lz4): dump, verify, restore.
     (pg_dump 17 against a 15 server dumps fine, but pg_restore 17 into 15 fails on
     SET transaction_timeout: docs/postgres-majors.md.)"""
     capable = [m for m, b in pgbin.installed_majors().items() if m >= 16 and zstd_capable(b)]
     if not capable:
-        pytest.skip("no PostgreSQL 16+ whose pg_dump has zstd and lz4 is installed "
-                    "(python scripts/lib/pg_majors.py bindir 17)")
+        pytest.skip(
+            "no PostgreSQL 16+ whose pg_dump has zstd and lz4 is installed "
+            "(python scripts/lib/pg_majors.py bindir 17)"
+        )
     server = pg_cluster if pg_major in capable else cluster_of(capable[-1])
     if server is not pg_cluster:
         server.create_database(database)
@@ -114,11 +133,14 @@ def test_auto_compression_is_zstd_when_pg_dump_has_it_else_gzip(invoke, settings
 
 
 def test_schema_restored_on_a_newer_major_is_recognised_at_the_same_revision(
-        invoke, settings, db_conn, database, pg_major, cluster_of, tmp_path):
+    invoke, settings, db_conn, database, pg_major, cluster_of, tmp_path
+):
     newer = [m for m in pgbin.installed_majors() if m > pg_major]
     if not newer:
-        pytest.skip(f"no major newer than this server's {pg_major} is installed "
-                    f"(python scripts/lib/pg_majors.py bindir 18)")
+        pytest.skip(
+            f"no major newer than this server's {pg_major} is installed "
+            f"(python scripts/lib/pg_majors.py bindir 18)"
+        )
     assert invoke("migrate").returncode == 0
     data = fill(db_conn)
     assert invoke("backup", "--no-retention").returncode == 0
@@ -146,36 +168,52 @@ def test_schema_restored_on_a_newer_major_is_recognised_at_the_same_revision(
     db_conn.execute("DROP TABLE alembic_version")
     done = invoke("recover", env={"DBOPS_CACHE_DIR": env["DBOPS_CACHE_DIR"]})
     assert match_lines(done.stdout) == [HEAD], done.stdout + done.stderr
-    cached = sorted(json.loads(p.read_text())["server_major"]
-                    for p in (tmp_path / "cache" / "recover").glob("*.json"))
+    cached = sorted(
+        json.loads(p.read_text())["server_major"]
+        for p in (tmp_path / "cache" / "recover").glob("*.json")
+    )
     assert cached == [pg_major, newer[-1]]
 
 
 def test_pg_restore_refusals_name_both_versions_and_the_fix(settings):
     """Which pg_restore can restore which archive into which server (no server needed)."""
     from dbops.ops.restore import pg_restore_refusal
+
     r = pg_restore_refusal(settings, "a.dump", (17, "17.10"), (15, "15.18"), (15, "15.18"))
-    assert r.message == ("pg_restore 17.10 cannot restore into PostgreSQL 15.18: pg_restore 17 and "
-                         "newer send SET transaction_timeout, which servers before 17 reject")
-    assert r.next_command.startswith("restore with pg_restore 15 (the major of the pg_dump 15.18 "
-                                     "that wrote a.dump): set DBOPS_PG_BINDIR to its folder")
+    assert r.message == (
+        "pg_restore 17.10 cannot restore into PostgreSQL 15.18: pg_restore 17 and "
+        "newer send SET transaction_timeout, which servers before 17 reject"
+    )
+    assert r.next_command.startswith(
+        "restore with pg_restore 15 (the major of the pg_dump 15.18 "
+        "that wrote a.dump): set DBOPS_PG_BINDIR to its folder"
+    )
     r = pg_restore_refusal(settings, "a.dump", (15, "15.18"), (17, "17.10"), None)  # a full read
-    assert r.message == ("pg_restore 15.18 cannot read a.dump: it was written by pg_dump 17.10, whose "
-                         "archive format only pg_restore 17 or newer reads")
+    assert r.message == (
+        "pg_restore 15.18 cannot read a.dump: it was written by pg_dump 17.10, whose "
+        "archive format only pg_restore 17 or newer reads"
+    )
     assert "restore with pg_restore 17 (the dump's pg_dump major)" in r.next_command
     for tool in ((15, "15.18"), (17, "17.10")):  # no pg_restore can put a 17 archive into 15
         r = pg_restore_refusal(settings, "a.dump", tool, (17, "17.10"), (15, "15.18"))
-        assert r.message.startswith("a.dump was written by pg_dump 17.10: only pg_restore 17 or newer "
-                                    "reads it, and pg_restore 17+ cannot restore into PostgreSQL 15.18")
+        assert r.message.startswith(
+            "a.dump was written by pg_dump 17.10: only pg_restore 17 or newer "
+            "reads it, and pg_restore 17+ cannot restore into PostgreSQL 15.18"
+        )
         assert r.next_command.startswith("restore it into a PostgreSQL 17+ server")
-    assert pg_restore_refusal(settings, "a.dump", (17, "17.10"), (15, "15.18"), (17, "17.2")) is None
-    assert pg_restore_refusal(settings, "a.dump", (16, "16.2"), (15, "15.18"), (15, "15.18")) is None
+    assert (
+        pg_restore_refusal(settings, "a.dump", (17, "17.10"), (15, "15.18"), (17, "17.2")) is None
+    )
+    assert (
+        pg_restore_refusal(settings, "a.dump", (16, "16.2"), (15, "15.18"), (15, "15.18")) is None
+    )
     assert pg_restore_refusal(settings, "a.dump", (18, "18.6"), (17, "17.10"), None) is None
     assert pg_restore_refusal(settings, "a.dump", (15, "15.18"), None, (15, "15.18")) is None
 
 
 def test_pg_restore_17_and_a_15_server_are_refused_before_anything_changes(
-        invoke, settings, pg_cluster, database, pg_major):
+    invoke, settings, pg_cluster, database, pg_major
+):
     """On real servers: pg_restore 17+ into this (pre-17) server is refused with both versions
     and the fix, before anything is changed, and the fix works; an archive written by pg_dump 17
     is refused by this server's pg_restore (it cannot read it) and, for a restore into this
@@ -183,11 +221,14 @@ def test_pg_restore_17_and_a_15_server_are_refused_before_anything_changes(
     majors = pgbin.installed_majors()
     newer = [m for m in majors if m >= 17]
     if pg_major >= 17 or not newer:
-        pytest.skip(f"needs a server before 17 (this one is {pg_major}) and PostgreSQL 17+ tools "
-                    f"(python scripts/lib/pg_majors.py bindir 17)")
+        pytest.skip(
+            f"needs a server before 17 (this one is {pg_major}) and PostgreSQL 17+ tools "
+            f"(python scripts/lib/pg_majors.py bindir 17)"
+        )
     new_bin = majors[newer[0]]
     new_version = pgbin.version(new_bin, "pg_restore")[1]
     own_version = pgbin.version(settings.get("DBOPS_PG_BINDIR"), "pg_restore")[1]
+
     def sql(query: str, *args):  # a new session each time: a restore ends the ones it replaces
         with pg_cluster.connect(database) as conn:
             return conn.execute(query, *args).fetchall()
@@ -203,13 +244,18 @@ def test_pg_restore_17_and_a_15_server_are_refused_before_anything_changes(
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and errors[0].startswith(
-        f"error: pg_restore {new_version} cannot restore into PostgreSQL {pg_major}."), done.stderr
+        f"error: pg_restore {new_version} cannot restore into PostgreSQL {pg_major}."
+    ), done.stderr
     assert "SET transaction_timeout" in errors[0]
-    assert f"next: restore with pg_restore {pg_major} (the major of the pg_dump {pg_major}." in done.stderr
+    assert (
+        f"next: restore with pg_restore {pg_major} (the major of the pg_dump {pg_major}."
+        in done.stderr
+    )
     assert "DBOPS_PG_BINDIR" in done.stderr and "database state: unchanged" in done.stderr
     assert sql("SELECT count(*) FROM items") == [(0,)]  # nothing changed
-    assert sql("SELECT count(*) FROM pg_database WHERE starts_with(datname, %s)",
-               [database + "_dbops_"]) == [(0,)]
+    assert sql(
+        "SELECT count(*) FROM pg_database WHERE starts_with(datname, %s)", [database + "_dbops_"]
+    ) == [(0,)]
     done = invoke("restore", str(path), "--yes")  # the fix: the dump's own major
     assert done.returncode == 0, done.stderr
     assert sql("SELECT * FROM items ORDER BY id") == data
@@ -218,8 +264,10 @@ def test_pg_restore_17_and_a_15_server_are_refused_before_anything_changes(
     path17 = newest_backup(settings)
     done = invoke("verify-backup", str(path17))
     assert done.returncode == 1
-    assert (f"error: pg_restore {own_version} cannot read {path17.name}: it was written by pg_dump "
-            f"{pgbin.version(new_bin, 'pg_dump')[1]}") in done.stderr, done.stderr
+    assert (
+        f"error: pg_restore {own_version} cannot read {path17.name}: it was written by pg_dump "
+        f"{pgbin.version(new_bin, 'pg_dump')[1]}"
+    ) in done.stderr, done.stderr
     assert invoke("verify-backup", str(path17), env={"DBOPS_PG_BINDIR": new_bin}).returncode == 0
     done = invoke("restore", str(path17), "--yes", env={"DBOPS_PG_BINDIR": new_bin})
     assert done.returncode == 1 and "next: restore it into a PostgreSQL 17+ server" in done.stderr

@@ -31,7 +31,9 @@ def test_migrate_backs_up_upgrades_verifies_and_audits(invoke, db_conn, ops_env)
     script = ScriptDirectory.from_config(Config(str(ALEMBIC_INI)))
     assert len(rec["revision_hashes"]) == 6
     for rev, digest in rec["revision_hashes"].items():
-        assert digest == hashlib.sha256(Path(script.get_revision(rev).path).read_bytes()).hexdigest()
+        assert (
+            digest == hashlib.sha256(Path(script.get_revision(rev).path).read_bytes()).hexdigest()
+        )
     assert sorted(s["revision"] for s in rec["steps"]) == sorted(rec["revision_hashes"])
 
 
@@ -81,8 +83,9 @@ def test_migrate_down_is_refused_pointing_to_rollback(invoke, db_conn):
     assert version_rows(db_conn) == [SAMPLE_HEAD]
 
 
-def test_a_revision_failing_half_way_leaves_the_prior_revision_and_schema(invoke, tmp_path, db_conn,
-                                                                         ops_env):
+def test_a_revision_failing_half_way_leaves_the_prior_revision_and_schema(
+    invoke, tmp_path, db_conn, ops_env
+):
     ini = make_project(tmp_path, "fails")
     env = {"DBOPS_ALEMBIC_INI": str(ini)}
     assert invoke("migrate", "--to", SAMPLE_HEAD, NB, env=env).returncode == 0
@@ -99,7 +102,9 @@ def test_a_revision_failing_half_way_leaves_the_prior_revision_and_schema(invoke
     assert Path(rec["backup"]).is_file() and rec["backup"] in err
 
 
-def test_failure_in_an_autocommit_block_is_reported_as_outside_a_transaction(invoke, tmp_path, db_conn):
+def test_failure_in_an_autocommit_block_is_reported_as_outside_a_transaction(
+    invoke, tmp_path, db_conn
+):
     ini = make_project(tmp_path, "fails_concurrent")
     env = {"DBOPS_ALEMBIC_INI": str(ini)}
     assert invoke("migrate", "--to", SAMPLE_HEAD, NB, env=env).returncode == 0
@@ -112,8 +117,9 @@ def test_failure_in_an_autocommit_block_is_reported_as_outside_a_transaction(inv
     assert not db_conn.execute("SELECT 1 FROM pg_index WHERE NOT indisvalid").fetchall()
 
 
-def test_schema_that_does_not_match_the_models_fails_verification_with_the_diff(invoke, tmp_path,
-                                                                                db_conn):
+def test_schema_that_does_not_match_the_models_fails_verification_with_the_diff(
+    invoke, tmp_path, db_conn
+):
     ini = make_project(tmp_path, "flag", patch_models=False)
     done = invoke("migrate", NB, env={"DBOPS_ALEMBIC_INI": str(ini)})
     assert done.returncode != 0
@@ -132,8 +138,6 @@ def test_revision_hashes_agent_op(settings):
     assert set(hashes) == {r.revision for r in script.walk_revisions()}
     rev = script.get_revision(SAMPLE_HEAD)
     assert hashes[SAMPLE_HEAD] == hashlib.sha256(Path(rev.path).read_bytes()).hexdigest()
-
-
 
 
 def test_statement_timeout_fails_cleanly_without_retrying(invoke, tmp_path, db_conn):
@@ -157,8 +161,13 @@ def test_an_unreachable_database_is_reported_as_not_reached(invoke):
 
 def test_migrate_through_a_merge_revision(invoke, tmp_path, db_conn):
     flag, other = REVS["flag"].rev, REVS["irreversible"].rev
-    ini = make_project(tmp_path, "flag", "irreversible", "merge",
-                       branch_from={"irreversible": SAMPLE_HEAD, "merge": (flag, other)})
+    ini = make_project(
+        tmp_path,
+        "flag",
+        "irreversible",
+        "merge",
+        branch_from={"irreversible": SAMPLE_HEAD, "merge": (flag, other)},
+    )
     done = invoke("migrate", NB, env={"DBOPS_ALEMBIC_INI": str(ini)})
     assert done.returncode == 0, done.stderr
     assert "applied 9 revision(s)" in done.stdout

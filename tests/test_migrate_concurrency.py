@@ -14,13 +14,23 @@ from tests.fixtures.records import audit_records
 
 
 def test_ten_concurrent_migrates_from_base_one_applies_the_others_name_the_holder(
-        tmp_path, ops_env, db_conn):
+    tmp_path, ops_env, db_conn
+):
     ini = make_project(tmp_path, "concurrent")
     gate = tmp_path / "gate"
     env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_FIXTURE_GATE": str(gate)}
-    procs = [subprocess.Popen([sys.executable, "-m", "invoke", "migrate"], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(10)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "invoke", "migrate"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(10)
+    ]
     # The winner waits at the gate AFTER its CREATE INDEX CONCURRENTLY committed: the lock must
     # survive that commit while the nine others try.
     deadline = time.monotonic() + 120
@@ -40,6 +50,7 @@ def test_ten_concurrent_migrates_from_base_one_applies_the_others_name_the_holde
     recs = audit_records(ops_env, "migrate")
     assert [r["result"] for r in recs] == ["ok"]
     from pathlib import Path
+
     assert len(list(Path(ops_env["DBOPS_BACKUP_DIR"]).glob("*pre-migrate*.dump"))) == 1
 
 
@@ -54,8 +65,11 @@ def _prober(conn_factory, stop: threading.Event, worst: list[float]):
 
 def _setup_locked(pg_cluster, database, invoke, tmp_path, db_conn):
     ini = make_project(tmp_path, "flag")
-    env = {"DBOPS_ALEMBIC_INI": str(ini), "DBOPS_LOCK_TIMEOUT": "500ms",
-           "DBOPS_LOCK_RETRY_WAIT": "0.2"}
+    env = {
+        "DBOPS_ALEMBIC_INI": str(ini),
+        "DBOPS_LOCK_TIMEOUT": "500ms",
+        "DBOPS_LOCK_RETRY_WAIT": "0.2",
+    }
     assert invoke("migrate", "--to", SAMPLE_HEAD, "--no-backup", env=env).returncode == 0
     seed(db_conn)
     holder = pg_cluster.connect(database, application_name="app-worker")
@@ -64,11 +78,14 @@ def _setup_locked(pg_cluster, database, invoke, tmp_path, db_conn):
     return env, holder
 
 
-def test_migrate_waits_out_a_lock_holder_without_blocking_selects(pg_cluster, database, invoke,
-                                                                  tmp_path, db_conn):
+def test_migrate_waits_out_a_lock_holder_without_blocking_selects(
+    pg_cluster, database, invoke, tmp_path, db_conn
+):
     env, holder = _setup_locked(pg_cluster, database, invoke, tmp_path, db_conn)
     stop, worst = threading.Event(), [0.0]
-    probe = threading.Thread(target=_prober, args=(lambda: pg_cluster.connect(database), stop, worst))
+    probe = threading.Thread(
+        target=_prober, args=(lambda: pg_cluster.connect(database), stop, worst)
+    )
     probe.start()
     release = threading.Timer(3.0, holder.commit)
     release.start()
@@ -86,11 +103,15 @@ def test_migrate_waits_out_a_lock_holder_without_blocking_selects(pg_cluster, da
     assert worst[0] < 0.5 + 0.35, f"a SELECT waited {worst[0]:.2f} s behind the migration"
 
 
-def test_migrate_gives_up_cleanly_after_its_retries(pg_cluster, database, invoke, tmp_path, db_conn):
+def test_migrate_gives_up_cleanly_after_its_retries(
+    pg_cluster, database, invoke, tmp_path, db_conn
+):
     env, holder = _setup_locked(pg_cluster, database, invoke, tmp_path, db_conn)
     pid = holder.info.backend_pid
     stop, worst = threading.Event(), [0.0]
-    probe = threading.Thread(target=_prober, args=(lambda: pg_cluster.connect(database), stop, worst))
+    probe = threading.Thread(
+        target=_prober, args=(lambda: pg_cluster.connect(database), stop, worst)
+    )
     probe.start()
     try:
         before = catalog(db_conn)
@@ -111,6 +132,7 @@ def test_migrate_gives_up_cleanly_after_its_retries(pg_cluster, database, invoke
 
 def _children(pid: int) -> list[int]:
     import os
+
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -123,25 +145,37 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_agent_killed_mid_run_is_reported_audited_and_releases_the_lock(tmp_path, ops_env, db_conn,
-                                                                        invoke):
+def test_agent_killed_mid_run_is_reported_audited_and_releases_the_lock(
+    tmp_path, ops_env, db_conn, invoke
+):
     import os
     import signal
 
     ini = make_project(tmp_path, "concurrent")
     gate = tmp_path / "gate"
     env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_FIXTURE_GATE": str(gate)}
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "migrate", "--no-backup"], cwd=ROOT,
-                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "migrate", "--no-backup"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     rev = REVS["concurrent"].rev
     deadline = time.monotonic() + 60
     # Kill only once the revision's CREATE INDEX CONCURRENTLY has committed (a valid index) and
     # the revision is waiting at the gate: killing earlier tests a different case.
-    while time.monotonic() < deadline and not (db_conn.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (f"dbops:migrate {rev}",)).fetchall()
-            and db_conn.execute("SELECT 1 FROM pg_index WHERE indexrelid = "
-                                "to_regclass('idx_comments_author_email') AND indisvalid").fetchall()):
+    while time.monotonic() < deadline and not (
+        db_conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (f"dbops:migrate {rev}",)
+        ).fetchall()
+        and db_conn.execute(
+            "SELECT 1 FROM pg_index WHERE indexrelid = "
+            "to_regclass('idx_comments_author_email') AND indisvalid"
+        ).fetchall()
+    ):
         time.sleep(0.1)
     agents = _children(proc.pid)
     assert agents, "the agent process was not found"

@@ -15,8 +15,9 @@ from dbops.ops.touched import touched_set
 from tests.fixtures.projects import SAMPLE_HEAD
 
 
-def test_restore_reports_and_warns_through_the_given_channels(settings, pg_cluster, database,
-                                                              db_conn, capfd):
+def test_restore_reports_and_warns_through_the_given_channels(
+    settings, pg_cluster, database, db_conn, capfd
+):
     db_conn.execute("CREATE TABLE items (id int PRIMARY KEY)")
     backup_op.backup(settings, prune=False, warn=lambda line: None)
     [entry] = catalog.list_backups(settings)
@@ -24,8 +25,9 @@ def test_restore_reports_and_warns_through_the_given_channels(settings, pg_clust
     warns: list[str] = []
     session = pg_cluster.connect(database)  # restore terminates the sessions, with a warning
     try:
-        res = restore_op.restore(settings, entry["path"], yes=True, pre_backup=True, out=outs.append,
-                                 warn=warns.append)
+        res = restore_op.restore(
+            settings, entry["path"], yes=True, pre_backup=True, out=outs.append, warn=warns.append
+        )
     finally:
         session.close()
     assert res["database"] == database
@@ -44,11 +46,13 @@ def test_recover_cache_problem_is_a_warning_on_the_given_channel(tmp_path):
     assert len(warns) == 1 and warns[0].startswith("note: could not write the recover cache")
 
 
-def test_touched_set_and_drill_notes_go_to_the_given_channel(settings, invoke, pg_cluster, ops_env,
-                                                             monkeypatch, capfd):
+def test_touched_set_and_drill_notes_go_to_the_given_channel(
+    settings, invoke, pg_cluster, ops_env, monkeypatch, capfd
+):
     """The sweep of a killed touched-set run's copy is said on ``warn``; so is a drill's scratch
     database that could not be dropped."""
     from dbops.agent.touched import _scratch_purpose
+
     assert invoke("migrate", "--no-backup").returncode == 0
     for k in ("POSTGRES_USER", "POSTGRES_DB"):
         monkeypatch.setenv(k, ops_env[k])
@@ -59,10 +63,16 @@ def test_touched_set_and_drill_notes_go_to_the_given_channel(settings, invoke, p
     with Agent(settings) as agent:
         agent.call("lock.acquire", purpose="migrate")
         touched_set(settings, agent, "head", [SAMPLE_HEAD], warn=warns.append)
-        drill_op._drop(agent, "not_a_scratch_database", warns.append)  # the agent refuses: a warning
+        drill_op._drop(
+            agent, "not_a_scratch_database", warns.append
+        )  # the agent refuses: a warning
     assert warns[0] == f"dropped {leftover}, left behind by an interrupted touched-set run", warns
-    assert warns[1].startswith("warning: could not drop scratch database not_a_scratch_database: "), warns
+    assert warns[1].startswith(
+        "warning: could not drop scratch database not_a_scratch_database: "
+    ), warns
     with pg_cluster.connect() as conn:
-        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [leftover]).fetchall()
+        assert not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [leftover]
+        ).fetchall()
     err = capfd.readouterr().err
     assert "left behind by an interrupted" not in err and "could not drop scratch" not in err

@@ -77,8 +77,10 @@ pidfile = {self.dir}/pgbouncer.pid
 @pytest.fixture(scope="module")
 def bouncers(pg_cluster):
     if not os.path.exists(PGBOUNCER):
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; scripts/test installs "
-                    "it when root)")
+        pytest.skip(
+            "pgbouncer is not installed (apt-get install pgbouncer; scripts/test installs "
+            "it when root)"
+        )
     made: dict[tuple[str, bool], Bouncer] = {}
 
     def get(mode: str, stats: bool = True) -> Bouncer:
@@ -86,6 +88,7 @@ def bouncers(pg_cluster):
         if (mode, stats) not in made:
             made[mode, stats] = Bouncer(pg_cluster, mode, stats)
         return made[mode, stats]
+
     yield get
     for b in made.values():
         b.stop()
@@ -97,7 +100,8 @@ def stranded(pg_cluster) -> list:
         return conn.execute(
             "SELECT 'lock', pid::text FROM pg_locks WHERE locktype = 'advisory' "
             "UNION ALL SELECT state, application_name FROM pg_stat_activity "
-            "WHERE state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()").fetchall()
+            "WHERE state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
+        ).fetchall()
 
 
 def agent_env(monkeypatch, cluster, database, port):
@@ -110,8 +114,9 @@ def via(cluster, port: int) -> localpg.Cluster:
 
 
 @pytest.mark.parametrize("mode", ["transaction", "statement"])
-def test_the_probe_sees_a_pooler_and_never_a_direct_server(bouncers, pg_cluster, database,
-                                                           monkeypatch, mode):
+def test_the_probe_sees_a_pooler_and_never_a_direct_server(
+    bouncers, pg_cluster, database, monkeypatch, mode
+):
     agent_env(monkeypatch, pg_cluster, database, pg_cluster.port)
     with pg_cluster.connect() as conn:
         assert lock._server_sees_this_socket(conn)
@@ -137,7 +142,8 @@ def test_the_probe_sees_a_pooler_and_never_a_direct_server(bouncers, pg_cluster,
 
 
 def test_through_a_transaction_pooler_dbops_refuses_in_one_line_naming_the_setting(
-        bouncers, invoke, pg_cluster, db_conn):
+    bouncers, invoke, pg_cluster, db_conn
+):
     b = bouncers("transaction")
     before = catalog(db_conn)
     for task in (("migrate",), ("backup",)):
@@ -152,24 +158,41 @@ def test_through_a_transaction_pooler_dbops_refuses_in_one_line_naming_the_setti
 
 def test_direct_settings_that_lead_to_a_pooler_are_refused(bouncers, invoke):
     b = bouncers("transaction")
-    done = invoke("migrate", env={"DBOPS_DIRECT_HOST": "127.0.0.1", "DBOPS_DIRECT_PORT": str(b.port)})
+    done = invoke(
+        "migrate", env={"DBOPS_DIRECT_HOST": "127.0.0.1", "DBOPS_DIRECT_PORT": str(b.port)}
+    )
     assert done.returncode == 1
     assert "DBOPS_DIRECT_HOST/DBOPS_DIRECT_PORT (127.0.0.1:" in done.stderr
     assert "not to the PostgreSQL server" in done.stderr
 
 
 def test_six_concurrent_migrates_through_pgbouncer_one_applies_nothing_is_stranded(
-        bouncers, pg_cluster, ops_env, db_conn, tmp_path):
+    bouncers, pg_cluster, ops_env, db_conn, tmp_path
+):
     """POSTGRES_PORT is the pooler (as the application uses it); DBOPS_DIRECT_* the server."""
     b = bouncers("transaction")
     ini = make_project(tmp_path, "concurrent")
     gate = tmp_path / "gate"
-    env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_FIXTURE_GATE": str(gate),
-           "POSTGRES_PORT": str(b.port), "DBOPS_DIRECT_HOST": "127.0.0.1",
-           "DBOPS_DIRECT_PORT": str(pg_cluster.port)}
-    procs = [subprocess.Popen([sys.executable, "-m", "invoke", "migrate"], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    env = {
+        **ops_env,
+        "DBOPS_ALEMBIC_INI": str(ini),
+        "DBOPS_FIXTURE_GATE": str(gate),
+        "POSTGRES_PORT": str(b.port),
+        "DBOPS_DIRECT_HOST": "127.0.0.1",
+        "DBOPS_DIRECT_PORT": str(pg_cluster.port),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "invoke", "migrate"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
     deadline = time.monotonic() + 120  # the winner waits at the gate, holding the lock
     while sum(p.poll() is not None for p in procs) < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -186,8 +209,10 @@ def test_six_concurrent_migrates_through_pgbouncer_one_applies_nothing_is_strand
     assert stranded(pg_cluster) == []
     # the application's path still works
     with via(pg_cluster, b.port).connect(ops_env["POSTGRES_DB"]) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == \
-            REVS["concurrent"].rev
+        assert (
+            conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+            == REVS["concurrent"].rev
+        )
 
 
 def test_direct_settings_reach_the_agent_and_the_pg_tools_on_both_targets(tmp_path):
@@ -195,10 +220,17 @@ def test_direct_settings_reach_the_agent_and_the_pg_tools_on_both_targets(tmp_pa
     from dbops.config import load_settings
     from dbops.seam import ComposeTarget, LocalTarget
 
-    base = {"DBOPS_ENV_FILE": str(tmp_path / "none"), "POSTGRES_USER": "u", "POSTGRES_DB": "d",
-            "POSTGRES_HOST": "pgbouncer", "POSTGRES_PORT": "6432"}
+    base = {
+        "DBOPS_ENV_FILE": str(tmp_path / "none"),
+        "POSTGRES_USER": "u",
+        "POSTGRES_DB": "d",
+        "POSTGRES_HOST": "pgbouncer",
+        "POSTGRES_PORT": "6432",
+    }
     plain = load_settings(ROOT, environ=base)
-    direct = load_settings(ROOT, environ={**base, "DBOPS_DIRECT_HOST": "db", "DBOPS_DIRECT_PORT": "5433"})
+    direct = load_settings(
+        ROOT, environ={**base, "DBOPS_DIRECT_HOST": "db", "DBOPS_DIRECT_PORT": "5433"}
+    )
     assert LocalTarget(plain).pg(["psql"]).env["PGHOST"] == "pgbouncer"
     local = LocalTarget(direct)
     for launch in (local.pg(["psql"]), local.agent()):
@@ -213,14 +245,24 @@ def test_direct_settings_reach_the_agent_and_the_pg_tools_on_both_targets(tmp_pa
 
 @pytest.mark.parametrize("stats", [True, False], ids=["mode readable", "mode unreadable"])
 def test_six_concurrent_migrates_through_pgbouncer_without_direct_settings_all_refuse(
-        bouncers, pg_cluster, ops_env, db_conn, stats):
+    bouncers, pg_cluster, ops_env, db_conn, stats
+):
     """Six at once: the pool is busy, so the two-clients proof may miss; the admin console
     (or its refusal) still tells."""
     b = bouncers("transaction", stats)
     env = {**ops_env, "POSTGRES_PORT": str(b.port)}
-    procs = [subprocess.Popen([sys.executable, "-m", "invoke", "migrate"], cwd=ROOT, env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "invoke", "migrate"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
     results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
     for code, _out, err in results:
         assert code == 1 and "set DBOPS_DIRECT_HOST" in err, err[-800:]

@@ -47,15 +47,18 @@ def test_modes_for_the_pending_sql():
     }  # tag_stats is created by the SQL itself: nobody else can hold it
 
 
-@pytest.mark.parametrize(("held", "wanted", "blocks"), [
-    ("AccessShareLock", "ShareLock", False),            # a SELECT beside CREATE INDEX
-    ("AccessShareLock", "AccessExclusiveLock", True),   # a SELECT beside ADD COLUMN
-    ("RowExclusiveLock", "ShareLock", True),            # an UPDATE beside CREATE INDEX
-    ("RowExclusiveLock", "ShareUpdateExclusiveLock", False),  # ... beside CONCURRENTLY
-    ("ShareUpdateExclusiveLock", "ShareUpdateExclusiveLock", True),
-    ("ShareLock", "ShareLock", False),
-    ("RowShareLock", "ExclusiveLock", True),
-])
+@pytest.mark.parametrize(
+    ("held", "wanted", "blocks"),
+    [
+        ("AccessShareLock", "ShareLock", False),  # a SELECT beside CREATE INDEX
+        ("AccessShareLock", "AccessExclusiveLock", True),  # a SELECT beside ADD COLUMN
+        ("RowExclusiveLock", "ShareLock", True),  # an UPDATE beside CREATE INDEX
+        ("RowExclusiveLock", "ShareUpdateExclusiveLock", False),  # ... beside CONCURRENTLY
+        ("ShareUpdateExclusiveLock", "ShareUpdateExclusiveLock", True),
+        ("ShareLock", "ShareLock", False),
+        ("RowShareLock", "ExclusiveLock", True),
+    ],
+)
 def test_conflicts(held, wanted, blocks):
     assert conflicts(held, wanted) is blocks
 

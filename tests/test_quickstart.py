@@ -30,13 +30,25 @@ def quickstart(tmp_path):
     fake.chmod(0o755)
 
     def run(**env):
-        base = {k: v for k, v in os.environ.items()
-                if not k.startswith(("POSTGRES_", "DBOPS_", "PG"))}
-        base.update(DBOPS_COMPOSE=str(fake), DBOPS_ENV_FILE=str(tmp_path / "no.env"),
-                    CALLS=str(tmp_path / "calls"), **env)
-        return subprocess.run([str(ROOT / "scripts" / "quickstart"), "--dry-run"], cwd=ROOT,
-                              env=base, capture_output=True, text=True, timeout=300,
-                              stdin=subprocess.DEVNULL)
+        base = {
+            k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "DBOPS_", "PG"))
+        }
+        base.update(
+            DBOPS_COMPOSE=str(fake),
+            DBOPS_ENV_FILE=str(tmp_path / "no.env"),
+            CALLS=str(tmp_path / "calls"),
+            **env,
+        )
+        return subprocess.run(
+            [str(ROOT / "scripts" / "quickstart"), "--dry-run"],
+            cwd=ROOT,
+            env=base,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+
     return run
 
 
@@ -44,8 +56,12 @@ def test_engine_that_answers_is_used_although_no_env_file_exists_yet(quickstart,
     done = quickstart()
     assert done.returncode == 0, done.stderr
     assert "path: the compose stack (DBOPS_TARGET=compose), because" in done.stderr
-    assert "ps -q' answers (probed with placeholders for POSTGRES_DB POSTGRES_PASSWORD " \
-           "POSTGRES_USER because" in done.stderr and "no.env does not exist yet" in done.stderr
+    assert (
+        "ps -q' answers (probed with placeholders for POSTGRES_DB POSTGRES_PASSWORD "
+        "POSTGRES_USER because"
+        in done.stderr
+        and "no.env does not exist yet" in done.stderr
+    )
     assert (tmp_path / "calls").read_text().split() == ["ps", "-q"]
     assert not (tmp_path / "no.env").exists()  # --dry-run changes nothing
 
@@ -59,4 +75,7 @@ def test_engine_that_does_not_answer_falls_back_and_says_why(quickstart):
 
 def test_target_local_is_obeyed(quickstart):
     done = quickstart(DBOPS_TARGET="local")
-    assert "path: a throwaway local PostgreSQL" in done.stderr and "because DBOPS_TARGET=local" in done.stderr
+    assert (
+        "path: a throwaway local PostgreSQL" in done.stderr
+        and "because DBOPS_TARGET=local" in done.stderr
+    )

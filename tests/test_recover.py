@@ -17,8 +17,10 @@ from tests.fixtures.records import match_lines
 @pytest.fixture
 def rec(invoke, recover_cache):
     """`invoke …` with a cache shared by the session (the expected schemas are built once)."""
+
     def run(*args, env=None, **kw):
         return invoke(*args, env={"DBOPS_CACHE_DIR": str(recover_cache), **(env or {})}, **kw)
+
     return run
 
 
@@ -35,7 +37,8 @@ def test_version_table_deleted_at_each_revision_recover_names_it(rec, alembic_at
 
 
 def test_baseline_made_without_alembic_is_stamped_head_with_an_audit_record(
-        rec, database, db_conn, settings, create_all):
+    rec, database, db_conn, settings, create_all
+):
     """A populated database created by the models (create_all), never by alembic."""
     create_all(database)
     db_conn.execute("INSERT INTO users (username, email) VALUES ('a', 'a@x')")
@@ -56,8 +59,9 @@ def test_baseline_made_without_alembic_is_stamped_head_with_an_audit_record(
     assert "nothing to stamp" in again.stdout
 
 
-def test_empty_version_table_and_live_database_is_never_written(rec, alembic_at, db_conn,
-                                                                database, pg_cluster):
+def test_empty_version_table_and_live_database_is_never_written(
+    rec, alembic_at, db_conn, database, pg_cluster
+):
     alembic_at(SAMPLE_REVS[2])
     db_conn.execute("DELETE FROM alembic_version")
     # Any write to the live database during a read-only recover would fail.
@@ -91,8 +95,10 @@ def test_unknown_version_id_from_a_reverted_branch(rec, alembic_at, db_conn, set
 
 def test_version_row_behind_the_schema_ddl_applied_by_hand(rec, alembic_at, db_conn):
     alembic_at(SAMPLE_REVS[1])  # comments table; the next revision adds three user columns
-    db_conn.execute("ALTER TABLE users ADD COLUMN profile_image varchar(255), "
-                    "ADD COLUMN last_login timestamptz, ADD COLUMN bio text")
+    db_conn.execute(
+        "ALTER TABLE users ADD COLUMN profile_image varchar(255), "
+        "ADD COLUMN last_login timestamptz, ADD COLUMN bio text"
+    )
     done = rec("recover")
     assert done.returncode == 0
     assert match_lines(done.stdout) == [SAMPLE_REVS[2]] and "[behind]" in done.stdout
@@ -118,8 +124,10 @@ def test_version_row_ahead_failed_upgrade_that_was_stamped(rec, alembic_at, db_c
 def test_drift_shows_the_diff_and_apply_refuses(rec, alembic_at, db_conn, settings):
     alembic_at("head")
     db_conn.execute("ALTER TABLE users DROP COLUMN bio")
-    db_conn.execute("UPDATE pg_index SET indisvalid = false "
-                    "WHERE indexrelid = 'idx_comments_approved'::regclass")
+    db_conn.execute(
+        "UPDATE pg_index SET indisvalid = false "
+        "WHERE indexrelid = 'idx_comments_approved'::regclass"
+    )
     done = rec("recover")
     assert done.returncode == 1
     assert "NO MATCH:  closest is " + SAMPLE_HEAD in done.stdout
@@ -162,8 +170,9 @@ def test_production_without_a_terminal_needs_yes(rec, alembic_at, db_conn):
     assert done.returncode == 0 and version_rows(db_conn) == [SAMPLE_REVS[0]]
 
 
-def test_apply_fails_fast_when_another_operation_holds_the_lock(rec, alembic_at, db_conn,
-                                                               pg_cluster, database):
+def test_apply_fails_fast_when_another_operation_holds_the_lock(
+    rec, alembic_at, db_conn, pg_cluster, database
+):
     alembic_at(SAMPLE_REVS[0])
     db_conn.execute("DELETE FROM alembic_version")
     with pg_cluster.connect("postgres", application_name="other-migrate") as holder:
@@ -176,6 +185,7 @@ def test_apply_fails_fast_when_another_operation_holds_the_lock(rec, alembic_at,
 
 def test_second_run_uses_the_cache_and_an_edited_revision_invalidates_it(rec, tmp_path):
     import shutil
+
     copy = tmp_path / "backend"
     shutil.copytree(ROOT / "backend", copy, ignore=shutil.ignore_patterns("__pycache__"))
     env = {"DBOPS_ALEMBIC_INI": str(copy / "alembic.ini")}
@@ -187,8 +197,11 @@ def test_second_run_uses_the_cache_and_an_edited_revision_invalidates_it(rec, tm
     third = rec("recover", env=env)
     assert "built on a scratch database" in third.stdout
     # the key: revision ids, parents, file hashes, env.py, server major version
-    insp = {"server_major": 15, "env_sha256": "e", "chain": [
-        {"revision": "a", "down_revisions": [], "sha256": "1"}]}
+    insp = {
+        "server_major": 15,
+        "env_sha256": "e",
+        "chain": [{"revision": "a", "down_revisions": [], "sha256": "1"}],
+    }
     k = recover_op.cache_key(insp)
     assert recover_op.cache_key({**insp, "server_major": 16}) != k
     assert recover_op.cache_key({**insp, "env_sha256": "f"}) != k
@@ -219,13 +232,14 @@ def downgrade():
 '''
 
 
-def test_revisions_with_the_same_schema_need_an_explicit_choice(rec, alembic_at, db_conn,
-                                                                tmp_path):
+def test_revisions_with_the_same_schema_need_an_explicit_choice(rec, alembic_at, db_conn, tmp_path):
     import shutil
+
     copy = tmp_path / "backend"
     shutil.copytree(ROOT / "backend", copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "alembic" / "versions" / "e0e0e0e0e0e0_backfill.py").write_text(
-        EMPTY_REV.format(head=SAMPLE_HEAD))
+        EMPTY_REV.format(head=SAMPLE_HEAD)
+    )
     env = {"DBOPS_ALEMBIC_INI": str(copy / "alembic.ini")}
     alembic_at(SAMPLE_HEAD)
     db_conn.execute("DROP TABLE alembic_version")
@@ -240,14 +254,22 @@ def test_revisions_with_the_same_schema_need_an_explicit_choice(rec, alembic_at,
 
 
 def test_a_role_that_cannot_create_the_scratch_database_is_told_what_to_do(
-        rec, alembic_at, db_conn, database, tmp_path):
+    rec, alembic_at, db_conn, database, tmp_path
+):
     alembic_at(SAMPLE_REVS[1])
     db_conn.execute("CREATE ROLE t_app LOGIN PASSWORD 'pw' NOCREATEDB")
     try:
         db_conn.execute(f'GRANT ALL ON DATABASE "{database}" TO t_app')
         db_conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO t_app")
-        done = rec("recover", "--no-cache", env={"POSTGRES_USER": "t_app", "POSTGRES_PASSWORD": "pw",
-                                                 "DBOPS_CACHE_DIR": str(tmp_path / "c")})
+        done = rec(
+            "recover",
+            "--no-cache",
+            env={
+                "POSTGRES_USER": "t_app",
+                "POSTGRES_PASSWORD": "pw",
+                "DBOPS_CACHE_DIR": str(tmp_path / "c"),
+            },
+        )
         assert done.returncode != 0
         assert "cannot create a scratch database" in done.stderr
         assert "next: ALTER ROLE t_app CREATEDB" in done.stderr
@@ -256,13 +278,16 @@ def test_a_role_that_cannot_create_the_scratch_database_is_told_what_to_do(
         db_conn.execute("DROP ROLE t_app")
 
 
-def test_at_a_terminal_the_operator_is_asked(settings, alembic_at, db_conn, monkeypatch,
-                                             recover_cache):
+def test_at_a_terminal_the_operator_is_asked(
+    settings, alembic_at, db_conn, monkeypatch, recover_cache
+):
     from dbops.errors import OpsError
+
     alembic_at(SAMPLE_REVS[0])
     db_conn.execute("DROP TABLE alembic_version")
     monkeypatch.setattr("dbops.confirm.interactive", lambda: True)
     from dataclasses import replace
+
     s = replace(settings, raw={**settings.raw, "DBOPS_CACHE_DIR": str(recover_cache)})
     asked = []
     with pytest.raises(OpsError, match="not confirmed"):

@@ -33,14 +33,21 @@ def env(ops_env, tmp_path):
 def at_initial(invoke, env, db_conn):
     r = invoke("migrate", f"--to={INITIAL}", "--no-backup")
     assert r.returncode == 0, r.stderr
-    db_conn.execute("INSERT INTO users (username, email) SELECT 'u' || g, 'u' || g || '@x.org' "
-                    "FROM generate_series(1, 500) g")
+    db_conn.execute(
+        "INSERT INTO users (username, email) SELECT 'u' || g, 'u' || g || '@x.org' "
+        "FROM generate_series(1, 500) g"
+    )
     return db_conn
 
 
 def conninfo(env) -> dict:
-    return {"host": env["POSTGRES_HOST"], "port": env["POSTGRES_PORT"], "user": env["POSTGRES_USER"],
-            "password": env["POSTGRES_PASSWORD"], "dbname": "postgres"}
+    return {
+        "host": env["POSTGRES_HOST"],
+        "port": env["POSTGRES_PORT"],
+        "user": env["POSTGRES_USER"],
+        "password": env["POSTGRES_PASSWORD"],
+        "dbname": "postgres",
+    }
 
 
 def live_state(env) -> str:
@@ -54,14 +61,18 @@ def live_state(env) -> str:
 def counts(conn) -> dict:
     rows = conn.execute("SELECT relname, n_live_tup FROM pg_stat_user_tables").fetchall()
     out = {}
-    for (name, _) in rows:
+    for name, _ in rows:
         out[name] = conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
     return out
 
 
 def copies(conn) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'dbops\\_scratch\\_rehearse\\_%'").fetchall()]
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'dbops\\_scratch\\_rehearse\\_%'"
+        ).fetchall()
+    ]
 
 
 def test_rehearse_sample_history_matches_migrate_and_leaves_live_alone(invoke, env, at_initial):
@@ -74,13 +85,17 @@ def test_rehearse_sample_history_matches_migrate_and_leaves_live_alone(invoke, e
     def watch_live_locks():  # any client's lock on the live database but a reader's, while it rehearses
         with psycopg.connect(**conninfo(env), autocommit=True) as conn:
             while not done.is_set():
-                seen.extend(conn.execute(
-                    "SELECT l.mode, l.locktype, a.application_name FROM pg_locks l "
-                    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.database = "
-                    "(SELECT oid FROM pg_database WHERE datname = %s) AND l.pid <> pg_backend_pid() "
-                    "AND l.mode NOT IN ('AccessShareLock') AND l.locktype = 'relation' "
-                    # autovacuum may analyze the freshly loaded tables; it is not the rehearsal
-                    "AND a.backend_type = 'client backend'", [database]).fetchall())
+                seen.extend(
+                    conn.execute(
+                        "SELECT l.mode, l.locktype, a.application_name FROM pg_locks l "
+                        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.database = "
+                        "(SELECT oid FROM pg_database WHERE datname = %s) AND l.pid <> pg_backend_pid() "
+                        "AND l.mode NOT IN ('AccessShareLock') AND l.locktype = 'relation' "
+                        # autovacuum may analyze the freshly loaded tables; it is not the rehearsal
+                        "AND a.backend_type = 'client backend'",
+                        [database],
+                    ).fetchall()
+                )
                 time.sleep(0.01)
 
     watcher = threading.Thread(target=watch_live_locks)
@@ -141,13 +156,19 @@ def test_killed_rehearsal_copy_is_listed_then_swept(invoke, env, at_initial):
     assert copies(at_initial) == [] and rehearse_op.list_leftovers(settings) == []
 
 
-def test_gate_refuses_over_the_limits_in_production_unless_risk_is_accepted(invoke, env, db_conn, tmp_path):
+def test_gate_refuses_over_the_limits_in_production_unless_risk_is_accepted(
+    invoke, env, db_conn, tmp_path
+):
     ini = make_project(tmp_path, "flag")  # ALTER TABLE comments + CREATE INDEX on it
     env["DBOPS_ALEMBIC_INI"] = str(ini)
     assert invoke("migrate", "--to=" + SAMPLE_HEAD, "--no-backup").returncode == 0
     db_conn.execute("INSERT INTO users (username, email) VALUES ('u', 'u@x.org')")
     assert invoke("backup").returncode == 0
-    strict = {"DBOPS_MAX_BLOCK_READS": "0", "DBOPS_MAX_BLOCK_WRITES": "0", "ENVIRONMENT": "production"}
+    strict = {
+        "DBOPS_MAX_BLOCK_READS": "0",
+        "DBOPS_MAX_BLOCK_WRITES": "0",
+        "ENVIRONMENT": "production",
+    }
     r = invoke("rehearse", env=strict)
     assert r.returncode == 0, r.stderr
     assert "over the limit" in r.stdout
@@ -160,7 +181,9 @@ def test_gate_refuses_over_the_limits_in_production_unless_risk_is_accepted(invo
     assert r.returncode == 0, r.stderr
     audit = [json.loads(x) for x in open(tmp_path / "backups" / "audit.jsonl")]
     accepted = [a for a in audit if a["action"] == "accept-risk"]
-    assert accepted and accepted[0]["reason"] == "index on 3 rows, quiet hour" and accepted[0]["over"]
+    assert (
+        accepted and accepted[0]["reason"] == "index on 3 rows, quiet hour" and accepted[0]["over"]
+    )
     # the same limits outside production: shown, not refused
     r = invoke("rehearse", env={**strict, "ENVIRONMENT": "development"})
     assert r.returncode == 0 and "nothing pending" in r.stdout
@@ -190,7 +213,9 @@ def test_keep_and_always(invoke, env, at_initial):
     r = invoke("migrate", "--no-backup", env={"DBOPS_REHEARSE": "always"})
     assert r.returncode == 0, r.stderr
     assert "rehearsing first (DBOPS_REHEARSE=always)" in r.stdout
-    assert f"swept a killed rehearsal's copy: {kept[0]}" in r.stdout  # a kept copy is swept next time
+    assert (
+        f"swept a killed rehearsal's copy: {kept[0]}" in r.stdout
+    )  # a kept copy is swept next time
     assert copies(at_initial) == []
 
 
@@ -207,17 +232,24 @@ def test_scratch_copies_take_the_live_databases_encoding_and_collation(pg_cluste
     cluster has only the C locale, so the encoding is what tells them apart)."""
     live = f"t_latin1_{uuid.uuid4().hex[:8]}"
     with pg_cluster.connect() as conn:
-        conn.execute(f"CREATE DATABASE {live} TEMPLATE template0 ENCODING 'LATIN1' "
-                     f"LC_COLLATE 'C' LC_CTYPE 'C'")
+        conn.execute(
+            f"CREATE DATABASE {live} TEMPLATE template0 ENCODING 'LATIN1' "
+            f"LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
     try:
         settings = load_settings(ROOT, environ={**ops_env, "POSTGRES_DB": live})
         with Agent(settings) as agent:
             made = [agent.call("rehearse.scratch")["name"], agent.call("restore.scratch")["name"]]
             with pg_cluster.connect() as conn:
-                got = conn.execute("SELECT pg_encoding_to_char(encoding), datcollate, datctype "
-                                   "FROM pg_database WHERE datname = ANY(%s)", [made]).fetchall()
-                default = conn.execute("SELECT pg_encoding_to_char(encoding) FROM pg_database "
-                                       "WHERE datname = 'postgres'").fetchone()[0]
+                got = conn.execute(
+                    "SELECT pg_encoding_to_char(encoding), datcollate, datctype "
+                    "FROM pg_database WHERE datname = ANY(%s)",
+                    [made],
+                ).fetchall()
+                default = conn.execute(
+                    "SELECT pg_encoding_to_char(encoding) FROM pg_database "
+                    "WHERE datname = 'postgres'"
+                ).fetchone()[0]
             assert default != "LATIN1"
             assert got == [("LATIN1", "C", "C")] * 2, got
             agent.call("rehearse.drop", name=made[0])

@@ -30,7 +30,7 @@ ALTER TABLE big ADD CONSTRAINT big_a_nonneg CHECK (a >= 0) NOT VALID;
 VACUUM ANALYZE big;
 """
 
-ENV_PY = '''
+ENV_PY = """
 import os
 from alembic import context
 from sqlalchemy import create_engine
@@ -41,9 +41,9 @@ with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=None)
     with context.begin_transaction():
         context.run_migrations()
-'''
+"""
 
-REVISION = '''
+REVISION = """
 from alembic import op
 import sqlalchemy as sa
 
@@ -59,7 +59,7 @@ def upgrade():
 
 def downgrade():
     pass
-'''
+"""
 
 
 def sql_body(*statements: str) -> str:
@@ -68,40 +68,108 @@ def sql_body(*statements: str) -> str:
 
 def autocommit_body(*statements: str) -> str:
     return "    with op.get_context().autocommit_block():\n" + "\n".join(
-        f"        op.execute({s!r})" for s in statements)
+        f"        op.execute({s!r})" for s in statements
+    )
 
 
-BATCHES = [f"UPDATE big SET b = b WHERE id > {i} AND id <= {i + 50_000}" for i in range(0, 200_000, 50_000)]
+BATCHES = [
+    f"UPDATE big SET b = b WHERE id > {i} AND id <= {i + 50_000}" for i in range(0, 200_000, 50_000)
+]
 
 # kind: (upgrade body, the lock mode on public.big, rewritten, the pattern flagged or None)
 CORPUS = {
-    "volatile_default": (sql_body("ALTER TABLE big ADD COLUMN r float8 DEFAULT random()"),
-                         "AccessExclusiveLock", True, "volatile_default"),
-    "alter_type": (sql_body("ALTER TABLE big ALTER COLUMN a TYPE bigint"),
-                   "AccessExclusiveLock", True, "alter_type"),
-    "set_not_null": (sql_body("ALTER TABLE big ALTER COLUMN b SET NOT NULL"),
-                     "AccessExclusiveLock", False, "set_not_null"),
-    "fk_validated": (sql_body("ALTER TABLE big ADD CONSTRAINT big_pid_fk FOREIGN KEY (pid) REFERENCES parent (id)"),
-                     "ShareRowExclusiveLock", False, "fk_validated"),
-    "check_validated": (sql_body("ALTER TABLE big ADD CONSTRAINT big_a_small CHECK (a < 5000)"),
-                        "AccessExclusiveLock", False, "check_validated"),
-    "index": (sql_body("CREATE INDEX big_a_idx ON big (a)"), "ShareLock", False, "index_not_concurrent"),
-    "add_unique": (sql_body("ALTER TABLE big ADD CONSTRAINT big_id_a_key UNIQUE (id, a)"),
-                   "AccessExclusiveLock", False, "add_unique"),
+    "volatile_default": (
+        sql_body("ALTER TABLE big ADD COLUMN r float8 DEFAULT random()"),
+        "AccessExclusiveLock",
+        True,
+        "volatile_default",
+    ),
+    "alter_type": (
+        sql_body("ALTER TABLE big ALTER COLUMN a TYPE bigint"),
+        "AccessExclusiveLock",
+        True,
+        "alter_type",
+    ),
+    "set_not_null": (
+        sql_body("ALTER TABLE big ALTER COLUMN b SET NOT NULL"),
+        "AccessExclusiveLock",
+        False,
+        "set_not_null",
+    ),
+    "fk_validated": (
+        sql_body(
+            "ALTER TABLE big ADD CONSTRAINT big_pid_fk FOREIGN KEY (pid) REFERENCES parent (id)"
+        ),
+        "ShareRowExclusiveLock",
+        False,
+        "fk_validated",
+    ),
+    "check_validated": (
+        sql_body("ALTER TABLE big ADD CONSTRAINT big_a_small CHECK (a < 5000)"),
+        "AccessExclusiveLock",
+        False,
+        "check_validated",
+    ),
+    "index": (
+        sql_body("CREATE INDEX big_a_idx ON big (a)"),
+        "ShareLock",
+        False,
+        "index_not_concurrent",
+    ),
+    "add_unique": (
+        sql_body("ALTER TABLE big ADD CONSTRAINT big_id_a_key UNIQUE (id, a)"),
+        "AccessExclusiveLock",
+        False,
+        "add_unique",
+    ),
     "backfill": (sql_body("UPDATE big SET b = b || '.'"), "RowExclusiveLock", False, "backfill"),
     "rewrite": (sql_body("CLUSTER big USING big_pkey"), "AccessExclusiveLock", True, "rewrite"),
-    "drop_column": (sql_body("ALTER TABLE big DROP COLUMN b"), "AccessExclusiveLock", False, "drop_column"),
-    "rename_column": (sql_body("ALTER TABLE big RENAME COLUMN b TO bb"),
-                      "AccessExclusiveLock", False, "rename_column"),
+    "drop_column": (
+        sql_body("ALTER TABLE big DROP COLUMN b"),
+        "AccessExclusiveLock",
+        False,
+        "drop_column",
+    ),
+    "rename_column": (
+        sql_body("ALTER TABLE big RENAME COLUMN b TO bb"),
+        "AccessExclusiveLock",
+        False,
+        "rename_column",
+    ),
     # safe
-    "nullable_column": (sql_body("ALTER TABLE big ADD COLUMN n int"), "AccessExclusiveLock", False, None),
-    "constant_default": (sql_body("ALTER TABLE big ADD COLUMN k int DEFAULT 7"),
-                         "AccessExclusiveLock", False, None),
-    "index_concurrently": (autocommit_body("CREATE INDEX CONCURRENTLY big_a_cidx ON big (a)"), None, False, None),
-    "fk_not_valid": (sql_body("ALTER TABLE big ADD CONSTRAINT big_pid_fk FOREIGN KEY (pid) "
-                              "REFERENCES parent (id) NOT VALID"), "ShareRowExclusiveLock", False, None),
-    "validate_constraint": (sql_body("ALTER TABLE big VALIDATE CONSTRAINT big_a_nonneg"),
-                            "ShareUpdateExclusiveLock", False, None),
+    "nullable_column": (
+        sql_body("ALTER TABLE big ADD COLUMN n int"),
+        "AccessExclusiveLock",
+        False,
+        None,
+    ),
+    "constant_default": (
+        sql_body("ALTER TABLE big ADD COLUMN k int DEFAULT 7"),
+        "AccessExclusiveLock",
+        False,
+        None,
+    ),
+    "index_concurrently": (
+        autocommit_body("CREATE INDEX CONCURRENTLY big_a_cidx ON big (a)"),
+        None,
+        False,
+        None,
+    ),
+    "fk_not_valid": (
+        sql_body(
+            "ALTER TABLE big ADD CONSTRAINT big_pid_fk FOREIGN KEY (pid) "
+            "REFERENCES parent (id) NOT VALID"
+        ),
+        "ShareRowExclusiveLock",
+        False,
+        None,
+    ),
+    "validate_constraint": (
+        sql_body("ALTER TABLE big VALIDATE CONSTRAINT big_a_nonneg"),
+        "ShareUpdateExclusiveLock",
+        False,
+        None,
+    ),
     "batched_backfill": (autocommit_body(*BATCHES), None, False, None),
 }
 RISKY = {k for k, v in CORPUS.items() if v[3]}
@@ -116,7 +184,9 @@ def big_template(pg_cluster):
             conn.execute(stmt)
     yield name
     with pg_cluster.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def project(tmp_path, body: str):
@@ -126,7 +196,8 @@ def project(tmp_path, body: str):
     (tmp_path / "proj" / "env.py").write_text(ENV_PY)
     (tmp_path / "proj" / "script.py.mako").write_text("")
     (tmp_path / "proj" / "versions" / "r0001.py").write_text(
-        textwrap.dedent(REVISION).replace("{body}", body))
+        textwrap.dedent(REVISION).replace("{body}", body)
+    )
     return ini
 
 
@@ -135,14 +206,19 @@ def rehearse_kind(pg_cluster, big_template, database, ops_env, tmp_path, body: s
     settings = load_settings(ROOT, environ={**ops_env, "DBOPS_ALEMBIC_INI": str(ini)})
     copy = f"{prefix_for(database)}{uuid.uuid4().hex[:8]}"
     with pg_cluster.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(copy), sql.Identifier(big_template)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(copy), sql.Identifier(big_template)
+            )
+        )
     try:
         with Agent(settings) as agent:
             res = agent.call("rehearse.run", name=copy, revisions=["r0001"], lock_timeout="5s")
     finally:
         with pg_cluster.connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy))
+            )
     assert len(res["revisions"]) == 1
     return judge(res["revisions"][0])
 
@@ -169,7 +245,11 @@ def test_corpus(kind, pg_cluster, big_template, database, ops_env, tmp_path):
         assert rev["rewrites"][0]["rows"] >= ROWS * 0.9
         assert rev["rewrite_bytes"] > 30_000_000
         assert "rewrites" in rev["verdict"]
-    if kind in ("alter_type", "rewrite", "volatile_default"):  # a rewrite of 1M rows: readers feel it
+    if kind in (
+        "alter_type",
+        "rewrite",
+        "volatile_default",
+    ):  # a rewrite of 1M rows: readers feel it
         assert rev["blocks_reads_s"] >= 0.2, rev
         assert rev["probe"]["public.big"]["read_blocked_s"] > 0.1, rev["probe"]
     if kind in ("index", "backfill"):  # writers wait, readers do not

@@ -23,13 +23,31 @@ def test_gate_refuses_an_incomplete_rehearsal_in_production(invoke, ops_env, tmp
         pre = agent.call("migrate.preflight", to="head")
     pending = pre["pending"]
     assert len(pending) >= 2
-    failed = judge({"revision": pending[0]["revision"], "seconds": 2.0, "error": "lock timeout",
-                    "locks": [], "statements": [], "rewrites": [], "probe": {}})
-    rehearse_op.save(settings, {
-        "key": "incomplete", "database": settings.database, "from": pre["current"],
-        "revision_hashes": {p["revision"]: p["sha256"] for p in pending},
-        "source": {"file": str(tmp_path / "x.dump")}, "revisions": [failed],
-        "predicted_seconds": 2.0, "complete": False, "finished_at": "2026-01-01T00:00:00+00:00"})
+    failed = judge(
+        {
+            "revision": pending[0]["revision"],
+            "seconds": 2.0,
+            "error": "lock timeout",
+            "locks": [],
+            "statements": [],
+            "rewrites": [],
+            "probe": {},
+        }
+    )
+    rehearse_op.save(
+        settings,
+        {
+            "key": "incomplete",
+            "database": settings.database,
+            "from": pre["current"],
+            "revision_hashes": {p["revision"]: p["sha256"] for p in pending},
+            "source": {"file": str(tmp_path / "x.dump")},
+            "revisions": [failed],
+            "predicted_seconds": 2.0,
+            "complete": False,
+            "finished_at": "2026-01-01T00:00:00+00:00",
+        },
+    )
     prod = {**env, "ENVIRONMENT": "production"}
     r = invoke("migrate", "--no-backup", env=prod)
     assert r.returncode == 1 and "over the production limits" in r.stderr, r.stdout + r.stderr

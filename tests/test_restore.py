@@ -19,8 +19,12 @@ def rows(conn) -> list:
 
 def databases(cluster, like: str) -> list[str]:
     with cluster.connect() as conn:
-        return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s "
-                                           "ORDER BY 1", [like]).fetchall()]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", [like]
+            ).fetchall()
+        ]
 
 
 @pytest.fixture
@@ -57,8 +61,12 @@ def test_round_trip_restores_the_backups_data(invoke, settings, pg_cluster, data
     with pg_cluster.connect(database) as conn:
         assert rows(conn) == data
         assert conn.execute("SELECT to_regclass('after_backup')").fetchone()[0] is None
-        assert [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")] == [SAMPLE_HEAD]
-        assert conn.execute("SHOW work_mem").fetchone()[0] == "7MB"  # database settings carried over
+        assert [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")] == [
+            SAMPLE_HEAD
+        ]
+        assert (
+            conn.execute("SHOW work_mem").fetchone()[0] == "7MB"
+        )  # database settings carried over
     old = databases(pg_cluster, f"{database}_dbops_old_%")
     assert len(old) == 1 and old[0] in done.stdout
     assert live_state(pg_cluster, old[0]) == changed
@@ -75,8 +83,9 @@ def test_round_trip_restores_the_backups_data(invoke, settings, pg_cluster, data
     assert databases(pg_cluster, f"{database}_dbops_restoring_%") == []
 
 
-def test_the_printed_undo_renames_the_old_database_back(invoke, settings, pg_cluster, database,
-                                                        backed_up):
+def test_the_printed_undo_renames_the_old_database_back(
+    invoke, settings, pg_cluster, database, backed_up
+):
     path, data = backed_up
     with pg_cluster.connect(database) as conn:
         conn.execute("DELETE FROM items WHERE id > 100")
@@ -113,13 +122,20 @@ def test_pre_backup_on_request(invoke, settings, pg_cluster, database, backed_up
     assert len(databases(pg_cluster, f"{database}_dbops_old_%")) == 1
 
 
-def test_drop_old_needs_a_pre_backup_and_then_drops_it(invoke, settings, pg_cluster, database,
-                                                       backed_up):
+def test_drop_old_needs_a_pre_backup_and_then_drops_it(
+    invoke, settings, pg_cluster, database, backed_up
+):
     path, data = backed_up
     with pg_cluster.connect(database) as conn:
         conn.execute("DELETE FROM items")
-    done = refused(invoke, settings, pg_cluster, database, [str(path), "--yes", "--drop-old"],
-                   "needs --pre-backup")
+    done = refused(
+        invoke,
+        settings,
+        pg_cluster,
+        database,
+        [str(path), "--yes", "--drop-old"],
+        "needs --pre-backup",
+    )
     assert "next: invoke restore" in done.stderr and "--pre-backup --drop-old" in done.stderr
     done = invoke("restore", str(path), "--yes", "--pre-backup", "--drop-old")
     assert done.returncode == 0, done.stderr
@@ -151,8 +167,13 @@ def test_restore_of_a_directory_dump(invoke, settings, pg_cluster, database, bac
     path = tar["path"]
     with pg_cluster.connect(database) as conn:
         conn.execute("DELETE FROM items")
-    done = invoke("restore", path, "--yes", "--pre-backup",
-                  env={"DBOPS_RESTORE_PRE_BACKUP_COMPRESSION": "auto"})
+    done = invoke(
+        "restore",
+        path,
+        "--yes",
+        "--pre-backup",
+        env={"DBOPS_RESTORE_PRE_BACKUP_COMPRESSION": "auto"},
+    )
     assert done.returncode == 0, done.stderr
     with pg_cluster.connect(database) as conn:
         assert rows(conn) == data
@@ -202,8 +223,7 @@ def test_missing_manifest_is_refused(invoke, settings, pg_cluster, database, bac
     assert invoke("verify-backup", str(path)).returncode == 1
 
 
-def test_backup_of_another_database_is_refused_unless_told(invoke, pg_cluster, database,
-                                                         backed_up):
+def test_backup_of_another_database_is_refused_unless_told(invoke, pg_cluster, database, backed_up):
     path, _ = backed_up
     other = f"{database}_other"[:60]
     pg_cluster.create_database(other)
@@ -219,7 +239,9 @@ def test_backup_of_another_database_is_refused_unless_told(invoke, pg_cluster, d
                 conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def test_dump_from_a_newer_major_version_is_refused(invoke, settings, pg_cluster, database, backed_up):
+def test_dump_from_a_newer_major_version_is_refused(
+    invoke, settings, pg_cluster, database, backed_up
+):
     path, _ = backed_up
     mpath = catalog.manifest_path(path)
     m = json.loads(mpath.read_text())
@@ -230,8 +252,15 @@ def test_dump_from_a_newer_major_version_is_refused(invoke, settings, pg_cluster
 
 def test_production_without_a_terminal_needs_yes(invoke, settings, pg_cluster, database, backed_up):
     path, _ = backed_up
-    refused(invoke, settings, pg_cluster, database, [str(path)], "ENVIRONMENT=production and no terminal",
-            env={"ENVIRONMENT": "production"})
+    refused(
+        invoke,
+        settings,
+        pg_cluster,
+        database,
+        [str(path)],
+        "ENVIRONMENT=production and no terminal",
+        env={"ENVIRONMENT": "production"},
+    )
 
 
 def test_missing_file(invoke):
@@ -249,8 +278,9 @@ def test_parallel_restore_of_a_custom_dump(invoke, pg_cluster, database, backed_
         assert rows(conn) == data
 
 
-def test_no_terminal_and_no_yes_is_refused_before_anything(invoke, settings, pg_cluster, database,
-                                                            backed_up):
+def test_no_terminal_and_no_yes_is_refused_before_anything(
+    invoke, settings, pg_cluster, database, backed_up
+):
     path, _ = backed_up
     done = refused(invoke, settings, pg_cluster, database, [str(path)], "no terminal to confirm on")
     assert f"next: invoke restore {path} --yes" in done.stderr

@@ -48,12 +48,15 @@ def test_relative_and_prefix_targets(invoke, db_conn):
     assert version_rows(db_conn) == [SAMPLE_REVS[1]]
 
 
-@pytest.mark.parametrize("spec,expect", [
-    ("garbage", "names no revision"),
-    ("d9", "ambiguous"),                 # d90082bb79a0 and d93ad7974446
-    ("d93ad7974446", "not an ancestor"),  # above the current revision
-    ("-9", "goes below base"),
-])
+@pytest.mark.parametrize(
+    "spec,expect",
+    [
+        ("garbage", "names no revision"),
+        ("d9", "ambiguous"),  # d90082bb79a0 and d93ad7974446
+        ("d93ad7974446", "not an ancestor"),  # above the current revision
+        ("-9", "goes below base"),
+    ],
+)
 def test_bad_targets_are_refused_and_change_nothing(invoke, db_conn, ops_env, spec, expect):
     assert invoke("migrate", "--to", "1be15b655bdb", NB).returncode == 0
     before = catalog(db_conn)
@@ -80,8 +83,10 @@ def test_rollback_from_an_unknown_current_is_refused(invoke, db_conn):
 def add_session(conn, bio: str | None = "hello") -> None:
     """One user (with a bio) and one session: rows a rollback past them would lose."""
     conn.execute("INSERT INTO users (id, username, email, bio) VALUES (1, 'ann', 'a@x', %s)", [bio])
-    conn.execute("INSERT INTO user_sessions (id, user_id, session_token, expires_at) "
-                 "VALUES (1, 1, 'tok', now())")
+    conn.execute(
+        "INSERT INTO user_sessions (id, user_id, session_token, expires_at) "
+        "VALUES (1, 1, 'tok', now())"
+    )
 
 
 def test_data_loss_needs_acceptance_and_the_plan_says_what_is_dropped(invoke, db_conn):
@@ -92,7 +97,10 @@ def test_data_loss_needs_acceptance_and_the_plan_says_what_is_dropped(invoke, db
     assert done.returncode != 0
     out = done.stdout
     assert "DATA LOSS: drops table user_sessions: 1 row" in out
-    assert "99e0e8546901  add tag_stats table\n      no data loss: drops table tag_stats: 0 rows" in out
+    assert (
+        "99e0e8546901  add tag_stats table\n      no data loss: drops table tag_stats: 0 rows"
+        in out
+    )
     assert "drops column users.bio: 1 non-NULL value" in out
     assert "drops column users.last_login: 0 non-NULL values" in out
     assert "23cd436768a8  add performance indexes\n      no data loss" in out
@@ -126,7 +134,9 @@ def test_rows_that_cannot_be_counted_still_need_acceptance(invoke, db_conn, pg_c
         holder.rollback()
         holder.close()
     assert done.returncode != 0
-    assert "DATA LOSS: drops table user_sessions (cannot count: assume it drops data)" in done.stdout
+    assert (
+        "DATA LOSS: drops table user_sessions (cannot count: assume it drops data)" in done.stdout
+    )
     assert "--accept-data-loss" in done.stderr
     assert version_rows(db_conn) == [SAMPLE_HEAD]
 
@@ -140,8 +150,9 @@ def test_no_data_loss_plan_needs_only_yes(invoke, db_conn):
     assert version_rows(db_conn) == ["1be15b655bdb"]
 
 
-def test_backup_first_audit_and_the_offer_to_restore_a_backup_taken_at_the_target(invoke, db_conn,
-                                                                                  ops_env):
+def test_backup_first_audit_and_the_offer_to_restore_a_backup_taken_at_the_target(
+    invoke, db_conn, ops_env
+):
     assert invoke("migrate", "--to", "1be15b655bdb", NB).returncode == 0
     assert invoke("migrate").returncode == 0  # its pre-migrate backup is AT 1be15b655bdb
     add_session(db_conn)
@@ -208,8 +219,10 @@ def test_rows_that_arrive_after_an_empty_plan_are_caught_under_the_lock(settings
     def out(line: str) -> None:
         seen.append(line)
         if "drops table user_sessions: 0 rows" in line:  # the plan is on screen: a user logs in
-            db_conn.execute("INSERT INTO user_sessions (id, user_id, session_token, expires_at) "
-                            "VALUES (1, 1, 'tok', now())")
+            db_conn.execute(
+                "INSERT INTO user_sessions (id, user_id, session_token, expires_at) "
+                "VALUES (1, 1, 'tok', now())"
+            )
 
     with pytest.raises(OpsError) as exc:
         rollback_op.rollback(settings, "-1", yes=True, backup=False, out=out)

@@ -44,6 +44,7 @@ def test_migrate_twice_is_a_verified_no_op(invoke, db_conn):
 
 def test_current_json_for_scripts(invoke):
     import json
+
     invoke("migrate", "--no-backup")
     st = json.loads(invoke("current", "--json").stdout)
     assert st["current"] == [SAMPLE_HEAD] and st["at_head"] is True and st["pending"] == []
@@ -66,4 +67,6 @@ def test_psql_runs_one_statement_on_the_target(invoke, db_conn):
 def test_up_on_the_local_target_waits_for_pg_isready(invoke, ops_env):
     done = invoke("up")
     assert done.returncode == 0, done.stderr
-    assert "$ pg_isready" in done.stderr and f"ready: {ops_env['POSTGRES_DB']} (local)" in done.stdout
+    assert (
+        "$ pg_isready" in done.stderr and f"ready: {ops_env['POSTGRES_DB']} (local)" in done.stdout
+    )

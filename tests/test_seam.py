@@ -16,25 +16,54 @@ SECRET = "s3cr3t-Pa55"
 
 
 def make(tmp_path, **env):
-    base = {"DBOPS_ENV_FILE": str(tmp_path / "none"), "POSTGRES_USER": "app", "POSTGRES_DB": "shop",
-            "POSTGRES_PASSWORD": SECRET, "POSTGRES_HOST": "db.internal", "POSTGRES_PORT": "6543"}
+    base = {
+        "DBOPS_ENV_FILE": str(tmp_path / "none"),
+        "POSTGRES_USER": "app",
+        "POSTGRES_DB": "shop",
+        "POSTGRES_PASSWORD": SECRET,
+        "POSTGRES_HOST": "db.internal",
+        "POSTGRES_PORT": "6543",
+    }
     return load_settings(ROOT, environ={**base, **env})
 
 
 def test_compose_pg_tool_runs_in_db_service_without_tty(tmp_path):
-    t = target_for(make(tmp_path, DBOPS_TARGET="compose", DBOPS_COMPOSE="docker-compose",
-                        DBOPS_DB_SERVICE="postgres"))
+    t = target_for(
+        make(
+            tmp_path,
+            DBOPS_TARGET="compose",
+            DBOPS_COMPOSE="docker-compose",
+            DBOPS_DB_SERVICE="postgres",
+        )
+    )
     launch = t.pg(["pg_dump", "--format=custom"])
-    assert launch.argv == ["docker-compose", "exec", "-T", "-e", "PGUSER=app", "-e",
-                           "PGDATABASE=shop", "postgres", "pg_dump", "--format=custom"]
+    assert launch.argv == [
+        "docker-compose",
+        "exec",
+        "-T",
+        "-e",
+        "PGUSER=app",
+        "-e",
+        "PGDATABASE=shop",
+        "postgres",
+        "pg_dump",
+        "--format=custom",
+    ]
     assert launch.cwd == ROOT
     assert SECRET not in " ".join(launch.argv)
     assert launch.env["POSTGRES_PASSWORD"] == SECRET  # for compose's interpolation only
 
 
 def test_compose_agent_runs_in_backend_service_with_the_agent_mounted(tmp_path):
-    t = target_for(make(tmp_path, DBOPS_TARGET="compose", DBOPS_COMPOSE="podman-compose",
-                        DBOPS_BACKEND_SERVICE="api", DBOPS_BACKEND_ALEMBIC_INI="db/alembic.ini"))
+    t = target_for(
+        make(
+            tmp_path,
+            DBOPS_TARGET="compose",
+            DBOPS_COMPOSE="podman-compose",
+            DBOPS_BACKEND_SERVICE="api",
+            DBOPS_BACKEND_ALEMBIC_INI="db/alembic.ini",
+        )
+    )
     launch = t.agent()
     assert launch.argv[:4] == ["podman-compose", "run", "--rm", "-T"]
     assert f"{PACKAGE_DIR}:/opt/dbops/dbops:ro" in launch.argv
@@ -53,7 +82,11 @@ def test_local_runs_the_same_argv_with_the_password_in_the_environment(tmp_path)
     launch = t.pg(["pg_dump", "--format=custom"])
     assert launch.argv == ["pg_dump", "--format=custom"]
     assert launch.env["PGPASSWORD"] == SECRET
-    assert (launch.env["PGHOST"], launch.env["PGPORT"], launch.env["PGDATABASE"]) == ("db.internal", "6543", "shop")
+    assert (launch.env["PGHOST"], launch.env["PGPORT"], launch.env["PGDATABASE"]) == (
+        "db.internal",
+        "6543",
+        "shop",
+    )
     agent = t.agent()
     assert agent.argv[:3] == [sys.executable, "-m", "dbops.agent"]
     assert SECRET not in " ".join(agent.argv)
@@ -69,13 +102,20 @@ def test_display_masks_secrets(tmp_path):
 def test_password_with_url_special_characters_survives(tmp_path):
     t = target_for(make(tmp_path, DBOPS_TARGET="local", POSTGRES_PASSWORD="p@ss:w/rd#1"))
     from sqlalchemy.engine import make_url
+
     assert make_url(t.pg(["true"]).env["DATABASE_URL"]).password == "p@ss:w/rd#1"
 
 
 def test_how_to_reach_the_database_is_the_targets_answer(tmp_path):
-    assert target_for(make(tmp_path, DBOPS_TARGET="local")).reach_hint() == "pg_isready -h db.internal -p 6543"
-    compose = target_for(make(tmp_path, DBOPS_TARGET="compose", DBOPS_COMPOSE="podman-compose",
-                              DBOPS_DB_SERVICE="pg"))
+    assert (
+        target_for(make(tmp_path, DBOPS_TARGET="local")).reach_hint()
+        == "pg_isready -h db.internal -p 6543"
+    )
+    compose = target_for(
+        make(
+            tmp_path, DBOPS_TARGET="compose", DBOPS_COMPOSE="podman-compose", DBOPS_DB_SERVICE="pg"
+        )
+    )
     assert compose.reach_hint() == "invoke up"
     assert compose.not_ready_hint() == "podman-compose logs pg"
 
@@ -105,11 +145,25 @@ def test_host_commands_are_announced_unless_quiet(tmp_path, capfd, monkeypatch):
 def test_database_url_round_trips_through_sqlalchemy(tmp_path, host):
     """DATABASE_URL is built without importing sqlalchemy; sqlalchemy must read it back exactly."""
     from sqlalchemy.engine import make_url
-    t = target_for(make(tmp_path, DBOPS_TARGET="local", POSTGRES_USER="u s@r", POSTGRES_PASSWORD="p w%d?",
-                        POSTGRES_DB="d b/1", POSTGRES_HOST=host, POSTGRES_PORT="6543"))
+
+    t = target_for(
+        make(
+            tmp_path,
+            DBOPS_TARGET="local",
+            POSTGRES_USER="u s@r",
+            POSTGRES_PASSWORD="p w%d?",
+            POSTGRES_DB="d b/1",
+            POSTGRES_HOST=host,
+            POSTGRES_PORT="6543",
+        )
+    )
     u = make_url(t.pg(["true"]).env["DATABASE_URL"])
     assert (u.username, u.password, u.database) == ("u s@r", "p w%d?", "d b/1")
-    assert (u.host, u.port) == (host, 6543) if not host.startswith("/") else u.query == {"host": host, "port": "6543"}
+    assert (
+        (u.host, u.port) == (host, 6543)
+        if not host.startswith("/")
+        else u.query == {"host": host, "port": "6543"}
+    )
 
 
 def test_compose_up_builds_starts_the_db_service_and_waits_with_pg_isready(tmp_path, monkeypatch):
@@ -119,8 +173,15 @@ def test_compose_up_builds_starts_the_db_service_and_waits_with_pg_isready(tmp_p
     fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     fake.chmod(0o755)
     monkeypatch.setattr(ComposeTarget, "_checked", False)
-    t = target_for(make(tmp_path, DBOPS_TARGET="compose", DBOPS_COMPOSE=str(fake),
-                        DBOPS_DB_SERVICE="pg", DBOPS_BACKEND_SERVICE="api"))
+    t = target_for(
+        make(
+            tmp_path,
+            DBOPS_TARGET="compose",
+            DBOPS_COMPOSE=str(fake),
+            DBOPS_DB_SERVICE="pg",
+            DBOPS_BACKEND_SERVICE="api",
+        )
+    )
     t.up(build=True)
     t.down(volumes=True)
     calls = log.read_text().splitlines()

@@ -30,7 +30,9 @@ def samples(path: Path) -> dict[tuple[str, tuple], float]:
     out = {}
     for fam in text_string_to_metric_families(path.read_text()):
         for s in fam.samples:
-            out[(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "database")))] = s.value
+            out[(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "database")))] = (
+                s.value
+            )
     return out
 
 
@@ -39,8 +41,12 @@ def json_events(stderr: str) -> list[dict]:
 
 
 def scratch_databases(db_conn) -> list[str]:
-    return [r[0] for r in db_conn.execute(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'dbops\\_scratch\\_%'").fetchall()]
+    return [
+        r[0]
+        for r in db_conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'dbops\\_scratch\\_%'"
+        ).fetchall()
+    ]
 
 
 @pytest.fixture
@@ -48,8 +54,12 @@ def watched(ops_env, tmp_path):
     """The operator's environment plus a metrics file and a drill-check folder."""
     checks = tmp_path / "checks"
     checks.mkdir()
-    ops_env.update({"DBOPS_METRICS_FILE": str(tmp_path / "metrics" / "dbops.prom"),
-                    "DBOPS_DRILL_CHECKS": str(checks)})
+    ops_env.update(
+        {
+            "DBOPS_METRICS_FILE": str(tmp_path / "metrics" / "dbops.prom"),
+            "DBOPS_DRILL_CHECKS": str(checks),
+        }
+    )
     return ops_env
 
 
@@ -57,14 +67,17 @@ def settings_of(env) -> object:
     return load_settings(ROOT, environ=env)
 
 
-def test_drill_restores_checks_times_and_drops_the_scratch_database(invoke, watched, db_conn, pg_cluster):
+def test_drill_restores_checks_times_and_drops_the_scratch_database(
+    invoke, watched, db_conn, pg_cluster
+):
     assert invoke("migrate", env=watched).returncode == 0
     fill(db_conn)
     assert invoke("backup", env=watched).returncode == 0
     checks = Path(watched["DBOPS_DRILL_CHECKS"])
     (checks / "10-items.sql").write_text("SELECT count(*) = 1000 FROM items;\n")
-    (checks / "20-odd.sql").write_text("-- two statements: the last one answers\n"
-                                       "SELECT 1;\nSELECT max(x) = 2 FROM \"Odd Name\";\n")
+    (checks / "20-odd.sql").write_text(
+        '-- two statements: the last one answers\nSELECT 1;\nSELECT max(x) = 2 FROM "Odd Name";\n'
+    )
     done = invoke("drill", "--log-format", "json", env=watched)
     assert done.returncode == 0, done.stderr
     assert "drill passed" in done.stdout and "RTO" in done.stdout
@@ -96,10 +109,14 @@ def test_a_failing_drill_check_fails_the_drill_metrics_and_freshness(invoke, wat
     assert invoke("migrate", "--no-backup", env=watched).returncode == 0
     fill(db_conn)
     assert invoke("backup", env=watched).returncode == 0
-    (Path(watched["DBOPS_DRILL_CHECKS"]) / "items.sql").write_text("SELECT count(*) > 5000 FROM items;")
+    (Path(watched["DBOPS_DRILL_CHECKS"]) / "items.sql").write_text(
+        "SELECT count(*) > 5000 FROM items;"
+    )
     done = invoke("drill", env=watched)
     assert done.returncode == 1
-    assert "error: 1 drill check(s) failed" in done.stderr and "items.sql: returned f" in done.stderr
+    assert (
+        "error: 1 drill check(s) failed" in done.stderr and "items.sql: returned f" in done.stderr
+    )
     assert "next: " in done.stderr
     assert scratch_databases(db_conn) == []
     m = samples(Path(watched["DBOPS_METRICS_FILE"]))
@@ -130,7 +147,9 @@ def test_freshness_of_backups_follows_the_schedule(settings, invoke, ops_env):
     ok, message, _ = freshness.backup_freshness(settings, now=later)
     assert not ok and "1.5" in message
     hourly = load_settings(ROOT, environ={**ops_env, "DBOPS_BACKUP_SCHEDULE": "0 * * * *"})
-    assert freshness.backup_freshness(hourly, now=datetime.now(UTC) + timedelta(hours=2))[0] is False
+    assert (
+        freshness.backup_freshness(hourly, now=datetime.now(UTC) + timedelta(hours=2))[0] is False
+    )
     assert freshness.backup_freshness(hourly, now=datetime.now(UTC) + timedelta(hours=1))[0] is True
 
 
@@ -182,8 +201,13 @@ def test_a_dead_notify_url_does_not_fail_the_backup(invoke, settings):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = invoke("backup", env={"DBOPS_NOTIFY_URL": f"http://127.0.0.1:{port}/hc/secret-token",
-                                 "DBOPS_NOTIFY_TIMEOUT": "2"})
+    done = invoke(
+        "backup",
+        env={
+            "DBOPS_NOTIFY_URL": f"http://127.0.0.1:{port}/hc/secret-token",
+            "DBOPS_NOTIFY_TIMEOUT": "2",
+        },
+    )
     assert done.returncode == 0, done.stderr
     assert "warning: notify ping" in done.stderr and "secret-token" not in done.stderr
     assert catalog.newest_verified(settings, settings.database) is not None
@@ -191,9 +215,14 @@ def test_a_dead_notify_url_does_not_fail_the_backup(invoke, settings):
 
 # --- the service ---------------------------------------------------------------------
 def serve_proc(env: dict, *args: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dbops.serve", "--project-dir", str(ROOT), *args],
-                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dbops.serve", "--project-dir", str(ROOT), *args],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log=None):
@@ -212,17 +241,28 @@ def stop(proc: subprocess.Popen, timeout: float = 90) -> int:
     return proc.wait(timeout=timeout)
 
 
-def test_the_service_backs_up_and_drills_on_schedule(watched, invoke, db_conn, tmp_path, pg_cluster):
+def test_the_service_backs_up_and_drills_on_schedule(
+    watched, invoke, db_conn, tmp_path, pg_cluster
+):
     assert invoke("migrate", "--no-backup", env=watched).returncode == 0
     fill(db_conn)
-    env = {**watched, "DBOPS_BACKUP_SCHEDULE": "*/4 * * * * *", "DBOPS_DRILL_SCHEDULE": "*/7 * * * * *",
-           "DBOPS_LOG_FORMAT": "json"}
+    env = {
+        **watched,
+        "DBOPS_BACKUP_SCHEDULE": "*/4 * * * * *",
+        "DBOPS_DRILL_SCHEDULE": "*/7 * * * * *",
+        "DBOPS_LOG_FORMAT": "json",
+    }
     metrics_file = Path(env["DBOPS_METRICS_FILE"])
     log = tmp_path / "serve.log"
     proc = serve_proc(env, log=log)
     try:
+
         def drilled():
-            return metrics_file.exists() and samples(metrics_file).get(("dbops_drill_last_success", ())) == 1
+            return (
+                metrics_file.exists()
+                and samples(metrics_file).get(("dbops_drill_last_success", ())) == 1
+            )
+
         wait_for(drilled, 90, "a backup and a passed drill in the metrics", proc, log)
     finally:
         rc = stop(proc)
@@ -244,9 +284,29 @@ def test_the_service_backs_up_and_drills_on_schedule(watched, invoke, db_conn, t
 
 def test_two_jobs_for_the_same_tick_make_one_backup(ops_env, settings):
     tick = schedule.iso(datetime.now(UTC).replace(microsecond=0))
-    argv = [sys.executable, "-m", "dbops.serve", "job", "backup", "--tick", tick, "--project-dir", str(ROOT)]
-    procs = [subprocess.Popen(argv, cwd=ROOT, env=ops_env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    argv = [
+        sys.executable,
+        "-m",
+        "dbops.serve",
+        "job",
+        "backup",
+        "--tick",
+        tick,
+        "--project-dir",
+        str(ROOT),
+    ]
+    procs = [
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=ops_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert len(catalog.list_backups(settings)) == 1
@@ -261,7 +321,9 @@ def test_two_services_make_one_backup_per_tick(ops_env, settings, tmp_path):
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [serve_proc(env, log=lg) for lg in logs]
     try:
-        wait_for(lambda: len(catalog.list_backups(settings)) >= 3, 60, "three ticks", procs[0], logs[0])
+        wait_for(
+            lambda: len(catalog.list_backups(settings)) >= 3, 60, "three ticks", procs[0], logs[0]
+        )
     finally:
         codes = [stop(p) for p in procs]
     assert codes == [0, 0], [lg.read_text() for lg in logs]
@@ -271,8 +333,9 @@ def test_two_services_make_one_backup_per_tick(ops_env, settings, tmp_path):
     assert "another instance" in logs[0].read_text() + logs[1].read_text()
 
 
-def test_sigterm_mid_backup_leaves_nothing_partial_and_exits_cleanly(ops_env, settings, db_conn,
-                                                                     pg_cluster, tmp_path):
+def test_sigterm_mid_backup_leaves_nothing_partial_and_exits_cleanly(
+    ops_env, settings, db_conn, pg_cluster, tmp_path
+):
     fill(db_conn)
     env = {**ops_env, "DBOPS_BACKUP_SCHEDULE": "*/3 * * * * *", "DBOPS_DRILL_SCHEDULE": "off"}
     # an open transaction holding ACCESS EXCLUSIVE on items: pg_dump waits for it (a long dump)
@@ -283,8 +346,15 @@ def test_sigterm_mid_backup_leaves_nothing_partial_and_exits_cleanly(ops_env, se
         proc = serve_proc(env, log=log)
         try:
             folder = settings.backup_dir
-            wait_for(lambda: folder.is_dir() and any(p.name.endswith(".partial") for p in folder.iterdir()),
-                     60, "a backup in progress", proc, log)
+            wait_for(
+                lambda: (
+                    folder.is_dir() and any(p.name.endswith(".partial") for p in folder.iterdir())
+                ),
+                60,
+                "a backup in progress",
+                proc,
+                log,
+            )
             time.sleep(1)
         finally:
             rc = stop(proc)
@@ -295,8 +365,10 @@ def test_sigterm_mid_backup_leaves_nothing_partial_and_exits_cleanly(ops_env, se
     assert "interrupted" in log.read_text()
     # the interrupted tick is not recorded as done: a restart catches it up
     assert schedule.last_tick(settings, "backup") is None
-    busy = db_conn.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%%' "
-                           "AND datname = current_database()").fetchone()[0]
+    busy = db_conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%%' "
+        "AND datname = current_database()"
+    ).fetchone()[0]
     assert busy == 0
 
 
@@ -311,7 +383,9 @@ def test_a_tick_missed_while_down_runs_at_start(ops_env, settings, tmp_path):
     proc = serve_proc(env, log=log)
     try:
         wait_for(lambda: catalog.list_backups(settings), 60, "the missed backup", proc, log)
-        wait_for(lambda: schedule.last_tick(s, "backup") == this_year, 30, "the tick recorded", proc, log)
+        wait_for(
+            lambda: schedule.last_tick(s, "backup") == this_year, 30, "the tick recorded", proc, log
+        )
     finally:
         assert stop(proc) == 0
     assert "was missed while the service was down" in log.read_text()
@@ -326,9 +400,13 @@ def run_on_tty(env: dict, *args: str, stream: str = "stdout") -> tuple[int, str,
 
     master, slave = pty.openpty()
     other = "stderr" if stream == "stdout" else "stdout"
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=ROOT,
-                            env={**env, "TERM": "xterm", "COLUMNS": "160"},
-                            stdin=subprocess.DEVNULL, **{stream: slave, other: subprocess.PIPE})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=ROOT,
+        env={**env, "TERM": "xterm", "COLUMNS": "160"},
+        stdin=subprocess.DEVNULL,
+        **{stream: slave, other: subprocess.PIPE},
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -358,8 +436,15 @@ def test_backups_is_a_table_at_a_terminal_and_stable_text_otherwise(invoke, ops_
     code, tty, _ = run_on_tty(ops_env, "backups")
     assert code == 0 and "━" in tty and "created (UTC)" in tty and "scheduled" not in tty
     text = invoke("backups").stdout
-    assert text.splitlines()[0].split() == ["created", "(UTC)", "size", "revision", "reason",
-                                            "verified", "file"]
+    assert text.splitlines()[0].split() == [
+        "created",
+        "(UTC)",
+        "size",
+        "revision",
+        "reason",
+        "verified",
+        "file",
+    ]
     assert "━" not in text and len(text.splitlines()) == 3
     assert len(json.loads(invoke("backups", "--json").stdout)) == 2
     code, tty, _ = run_on_tty(ops_env, "history")
@@ -397,14 +482,20 @@ def test_alert_rules_use_metrics_that_exist(invoke, watched):
     rules = yaml.safe_load((ROOT / "docs" / "dbops-alerts.yml").read_text())["groups"][0]["rules"]
     used = {m for r in rules for m in re.findall(r"\bdbops_[a-z_]+", r["expr"])}
     assert used and used <= written, used - written
-    assert {"DbopsBackupTooOld", "DbopsDrillTooOld", "DbopsMigrateFailed"} <= {r["alert"] for r in rules}
-    assert ("dbops_doctor_check_status", (("check", "backups"),)) in samples(Path(watched["DBOPS_METRICS_FILE"]))
+    assert {"DbopsBackupTooOld", "DbopsDrillTooOld", "DbopsMigrateFailed"} <= {
+        r["alert"] for r in rules
+    }
+    assert ("dbops_doctor_check_status", (("check", "backups"),)) in samples(
+        Path(watched["DBOPS_METRICS_FILE"])
+    )
 
 
 def test_never_drilled_warns_only_once_backups_are_older_than_the_drill_limit(invoke, settings):
     assert freshness.drill_freshness(settings)[0] is True  # a new install: not an incident
     assert invoke("backup").returncode == 0
-    ok, message, nxt = freshness.drill_freshness(settings, now=datetime.now(UTC) + timedelta(days=9))
+    ok, message, nxt = freshness.drill_freshness(
+        settings, now=datetime.now(UTC) + timedelta(days=9)
+    )
     assert not ok and "no restore drill recorded" in message and nxt == "invoke drill"
     assert invoke("drill").returncode == 0
     assert freshness.drill_freshness(settings, now=datetime.now(UTC) + timedelta(days=7))[0] is True
@@ -419,5 +510,7 @@ def test_metrics_task_and_a_bad_log_format(invoke, ops_env):
     assert "dbops_backups_verified" in names and "dbops_metrics_written_timestamp_seconds" in names
     bad = invoke("backup", "--log-format", "yaml")
     assert bad.returncode == 1 and "error: --log-format='yaml' is not text or json" in bad.stderr
-    assert not (Path(ops_env["DBOPS_BACKUP_DIR"]).exists()
-                and list(Path(ops_env["DBOPS_BACKUP_DIR"]).glob("*.dump")))
+    assert not (
+        Path(ops_env["DBOPS_BACKUP_DIR"]).exists()
+        and list(Path(ops_env["DBOPS_BACKUP_DIR"]).glob("*.dump"))
+    )

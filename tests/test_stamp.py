@@ -18,8 +18,9 @@ def test_stamp_needs_confirmation_and_changes_only_the_version_row(invoke, db_co
     assert done.returncode == 0, done.stderr
     assert version_rows(db_conn) == [SAMPLE_HEAD]
     after = catalog(db_conn)
-    assert {k: v for k, v in after.items() if k != "version"} == \
-        {k: v for k, v in before.items() if k != "version"}
+    assert {k: v for k, v in after.items() if k != "version"} == {
+        k: v for k, v in before.items() if k != "version"
+    }
     [rec] = audit_records(ops_env, "stamp")
     assert rec["previous_version_rows"] == ["1be15b655bdb"] and rec["to"] == [SAMPLE_HEAD]
     assert rec["result"] == "ok" and rec["schema_changed"] is False

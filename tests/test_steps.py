@@ -16,19 +16,28 @@ HASHES = {"aaa": "h-a", "bbb": "h-b"}
 
 
 def new_run(settings, **kw):
-    return Run(settings, "migrate", ["000"], "/b/pre.dump",
-               record={"from": ["000"], "requested": "head", "backup": "/b/pre.dump"},
-               hashes=HASHES, started=time.monotonic(), **kw)
+    return Run(
+        settings,
+        "migrate",
+        ["000"],
+        "/b/pre.dump",
+        record={"from": ["000"], "requested": "head", "backup": "/b/pre.dump"},
+        hashes=HASHES,
+        started=time.monotonic(),
+        **kw,
+    )
 
 
 def body(run, then):
     """Completes step aaa (and a skipped bbb), then ends as ``then`` says."""
+
     def go():
         run.done.append({"revision": "aaa", "seconds": 0.1})
         run.done.append({"revision": "bbb", "seconds": 0.0, "skipped": True})
         if isinstance(then, BaseException):
             raise then
         return then
+
     return go
 
 

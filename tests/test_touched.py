@@ -15,31 +15,44 @@ NEW_REV = "7a7a7a000001"
 
 # revision body -> (must be in the set, must NOT be in the set)
 CASES = {
-    "ddl_only_add_column": ('''
+    "ddl_only_add_column": (
+        """
 def upgrade():
     op.add_column("comments", sa.Column("flagged", sa.Boolean(), nullable=True))
 
 
 def downgrade():
     op.drop_column("comments", "flagged")
-''', {"public.comments"}, {"public.users", "public.tags", "public.user_sessions"}),
-    "ddl_only_new_table": ('''
+""",
+        {"public.comments"},
+        {"public.users", "public.tags", "public.user_sessions"},
+    ),
+    "ddl_only_new_table": (
+        """
 def upgrade():
     op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True))
 
 
 def downgrade():
     op.drop_table("notes")
-''', set(), {"public.users", "public.comments", "public.posts", "public.tags"}),
-    "op_execute_update": ('''
+""",
+        set(),
+        {"public.users", "public.comments", "public.posts", "public.tags"},
+    ),
+    "op_execute_update": (
+        """
 def upgrade():
     op.execute("UPDATE tags SET name = upper(name)")
 
 
 def downgrade():
     pass
-''', {"public.tags", "public.tag_stats", "public.post_tags"}, {"public.users", "public.user_sessions"}),
-    "orm_data_migration": ('''
+""",
+        {"public.tags", "public.tag_stats", "public.post_tags"},
+        {"public.users", "public.user_sessions"},
+    ),
+    "orm_data_migration": (
+        """
 from sqlalchemy import orm
 
 
@@ -62,31 +75,46 @@ def upgrade():
 
 def downgrade():
     pass
-''', {"public.users", "public.user_sessions"}, {"public.tags", "public.tag_stats", "public.posts"}),
-    "drop_table": ('''
+""",
+        {"public.users", "public.user_sessions"},
+        {"public.tags", "public.tag_stats", "public.posts"},
+    ),
+    "drop_table": (
+        """
 def upgrade():
     op.drop_table("tag_stats")
 
 
 def downgrade():
     raise NotImplementedError
-''', {"public.tag_stats"}, {"public.users", "public.comments"}),
-    "drop_column": ('''
+""",
+        {"public.tag_stats"},
+        {"public.users", "public.comments"},
+    ),
+    "drop_column": (
+        """
 def upgrade():
     op.drop_column("comments", "author_name")
 
 
 def downgrade():
     op.add_column("comments", sa.Column("author_name", sa.String(100), nullable=True))
-''', {"public.comments"}, {"public.users", "public.tags", "public.tag_stats"}),
-    "cascade_parent_to_child": ('''
+""",
+        {"public.comments"},
+        {"public.users", "public.tags", "public.tag_stats"},
+    ),
+    "cascade_parent_to_child": (
+        """
 def upgrade():
     op.execute("DELETE FROM posts WHERE title = 'spam'")
 
 
 def downgrade():
     pass
-''', {"public.posts", "public.comments", "public.post_tags"}, {"public.tags", "public.tag_stats"}),
+""",
+        {"public.posts", "public.comments", "public.post_tags"},
+        {"public.tags", "public.tag_stats"},
+    ),
 }
 
 TRIGGER_SQL = """
@@ -101,8 +129,15 @@ def project(tmp_path, body: str):
     ini = make_project(tmp_path, patch_models=False)
     versions = ini.parent / "alembic" / "versions"
     (versions / f"{NEW_REV}_case.py").write_text(
-        HEADER.format(message="case", rev=NEW_REV, down=SAMPLE_HEAD, down_repr=repr(SAMPLE_HEAD),
-                      labels="None") + body)
+        HEADER.format(
+            message="case",
+            rev=NEW_REV,
+            down=SAMPLE_HEAD,
+            down_repr=repr(SAMPLE_HEAD),
+            labels="None",
+        )
+        + body
+    )
     return ini
 
 
@@ -121,8 +156,9 @@ def at_head(invoke, db_conn):
 
 
 def scratch_left(db_conn) -> list:
-    return db_conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbops_scratch_touched_%'"
-                           ).fetchall()
+    return db_conn.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'dbops_scratch_touched_%'"
+    ).fetchall()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -167,21 +203,29 @@ def test_trigger_with_dynamic_sql_falls_back_to_full(at_head, tmp_path, ops_env)
 
 @pytest.mark.usefixtures("at_head")
 def test_a_migration_that_fails_on_the_empty_copy_falls_back_to_full(at_head, tmp_path, ops_env):
-    ts = compute(ops_env, project(tmp_path, '''
+    ts = compute(
+        ops_env,
+        project(
+            tmp_path,
+            """
 def upgrade():
     op.execute("DO $$ BEGIN IF (SELECT count(*) FROM users) = 0 THEN RAISE EXCEPTION 'no rows'; END IF; END $$")
 
 
 def downgrade():
     pass
-'''))
+""",
+        ),
+    )
     assert ts["full"] and "failed on the schema-only copy" in ts["full"]
     assert scratch_left(at_head) == []
 
 
-def test_a_killed_runs_scratch_copy_is_swept_by_the_next(tmp_path, ops_env, at_head, pg_cluster,
-                                                         monkeypatch):
+def test_a_killed_runs_scratch_copy_is_swept_by_the_next(
+    tmp_path, ops_env, at_head, pg_cluster, monkeypatch
+):
     from dbops.agent.touched import _scratch_purpose
+
     for k in ("POSTGRES_USER", "POSTGRES_DB"):
         monkeypatch.setenv(k, ops_env[k])
     leftover = f"dbops_scratch_{_scratch_purpose()}_deadbeef"
@@ -204,14 +248,20 @@ def test_partitions_of_a_touched_partitioned_table(at_head, tmp_path, ops_env):
         CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
     """)
-    ts = compute(ops_env, project(tmp_path, '''
+    ts = compute(
+        ops_env,
+        project(
+            tmp_path,
+            """
 def upgrade():
     op.execute("UPDATE events SET x = 1 WHERE at >= '2026-06-01'")
 
 
 def downgrade():
     pass
-'''))
+""",
+        ),
+    )
     assert ts["full"] is None
     # pruning leaves events_2025 unlocked on the empty copy: the closure adds every partition
     assert {"public.events", "public.events_2025", "public.events_2026"} <= set(ts["tables"])
@@ -222,11 +272,17 @@ def downgrade():
 LOSSY = {
     "ddl_only_add_column": (set(), {"public.comments"}),
     "ddl_only_new_table": (set(), {"public.users"}),
-    "op_execute_update": ({"public.tags", "public.tag_stats", "public.post_tags"}, {"public.users"}),
+    "op_execute_update": (
+        {"public.tags", "public.tag_stats", "public.post_tags"},
+        {"public.users"},
+    ),
     "orm_data_migration": ({"public.users", "public.user_sessions"}, {"public.tags"}),
     "drop_column": ({"public.comments"}, {"public.users"}),
     "drop_table": ({"public.tag_stats"}, {"public.users"}),
-    "cascade_parent_to_child": ({"public.posts", "public.comments", "public.post_tags"}, {"public.tags"}),
+    "cascade_parent_to_child": (
+        {"public.posts", "public.comments", "public.post_tags"},
+        {"public.tags"},
+    ),
 }
 
 

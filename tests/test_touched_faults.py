@@ -24,25 +24,36 @@ big_template = faults.big_template  # fixtures: a fresh copy of a big database p
 database = faults.database
 
 NEW_REV = "7c7c7c000001"
-TOUCH_BIG = '''
+TOUCH_BIG = """
 def upgrade():
     op.execute("UPDATE big SET b = upper(b) WHERE id % 2 = 0")
 
 
 def downgrade():
     pass
-'''
+"""
 
 
 def setup(tmp_path, ops_env, alembic_at) -> dict:
     alembic_at(SAMPLE_HEAD)
     ini = make_project(tmp_path, patch_models=False)
     (ini.parent / "alembic" / "versions" / f"{NEW_REV}_big.py").write_text(
-        HEADER.format(message="touch big", rev=NEW_REV, down=SAMPLE_HEAD, down_repr=repr(SAMPLE_HEAD),
-                      labels="None") + TOUCH_BIG)
+        HEADER.format(
+            message="touch big",
+            rev=NEW_REV,
+            down=SAMPLE_HEAD,
+            down_repr=repr(SAMPLE_HEAD),
+            labels="None",
+        )
+        + TOUCH_BIG
+    )
     (tmp_path / "t").mkdir()
-    return {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_PREMIGRATE_BACKUP": "touched",
-            "TMPDIR": str(tmp_path / "t")}
+    return {
+        **ops_env,
+        "DBOPS_ALEMBIC_INI": str(ini),
+        "DBOPS_PREMIGRATE_BACKUP": "touched",
+        "TMPDIR": str(tmp_path / "t"),
+    }
 
 
 def version(pg_cluster, database) -> str:
@@ -50,11 +61,17 @@ def version(pg_cluster, database) -> str:
         return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
 
 
-def test_touched_backup_killed_mid_stream(ops_env, settings, pg_cluster, database, tmp_path, alembic_at):
+def test_touched_backup_killed_mid_stream(
+    ops_env, settings, pg_cluster, database, tmp_path, alembic_at
+):
     env = setup(tmp_path, ops_env, alembic_at)
     before = fingerprint(pg_cluster, database)
     proc = start_invoke({**env, **SLOW}, "migrate")
-    wait_for(partial_bigger_than(settings.backup_dir, 256 * 1024), timeout=60, what="the touched dump to stream")
+    wait_for(
+        partial_bigger_than(settings.backup_dir, 256 * 1024),
+        timeout=60,
+        what="the touched dump to stream",
+    )
     victims = pids("^pg_dump --snapshot")
     assert victims
     for pid in victims:

@@ -32,12 +32,20 @@ def serve(ctx: AgentContext, requests, out) -> None:
                 raise AgentFailure(f"unknown agent op {req.get('op')!r}", kind="internal")
             resp = {"ok": True, "result": fn(ctx, **(req.get("args") or {}))}
         except AgentFailure as exc:
-            resp = {"ok": False, "kind": exc.kind, "error": _masked(exc.message),
-                    "details": exc.details}
+            resp = {
+                "ok": False,
+                "kind": exc.kind,
+                "error": _masked(exc.message),
+                "details": exc.details,
+            }
         except Exception as exc:  # a bug or an unforeseen failure: say what, keep serving
             traceback.print_exc(file=sys.stderr)
-            resp = {"ok": False, "kind": "internal",
-                    "error": _masked(f"{type(exc).__name__}: {exc}".splitlines()[0]), "details": {}}
+            resp = {
+                "ok": False,
+                "kind": "internal",
+                "error": _masked(f"{type(exc).__name__}: {exc}".splitlines()[0]),
+                "details": {},
+            }
         out.write(json.dumps(resp, default=str) + "\n")
         out.flush()
 

@@ -37,7 +37,9 @@ def table_names(conn) -> list[tuple[str, str]]:
 def count_rows(conn, tables: list[tuple[str, str]] | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
     for schema, name in tables if tables is not None else table_names(conn):
-        q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+        q = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(name)
+        )
         counts[f"{schema}.{name}"] = conn.execute(q).fetchone()[0]
     return counts
 
@@ -46,9 +48,14 @@ def server_facts(conn) -> dict:
     version, num, size, enc = conn.execute(
         "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
         "pg_database_size(current_database()), pg_encoding_to_char(encoding) "
-        "FROM pg_database WHERE datname = current_database()").fetchone()
-    return {"server_version": version, "server_version_num": num, "database_size": size,
-            "encoding": enc}
+        "FROM pg_database WHERE datname = current_database()"
+    ).fetchone()
+    return {
+        "server_version": version,
+        "server_version_num": num,
+        "database_size": size,
+        "encoding": enc,
+    }
 
 
 def _end(ctx) -> None:
@@ -66,15 +73,18 @@ def begin(ctx, lock_wait: str = "60s") -> dict:
     require_lock(ctx)
     _end(ctx)
     try:
-        conn = db.connect(application_name=f"dbops:backup snapshot {ctx.operator}", autocommit=False)
+        conn = db.connect(
+            application_name=f"dbops:backup snapshot {ctx.operator}", autocommit=False
+        )
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         conn.execute("SELECT set_config('lock_timeout', %s, true)", [lock_wait])
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         heads = db.version_rows(conn)  # in the dump's own snapshot
         facts = server_facts(conn)
     except Exception as exc:
-        raise AgentFailure(f"cannot start the backup of {db.database()}: {one_line(exc)}",
-                           kind="connect") from None
+        raise AgentFailure(
+            f"cannot start the backup of {db.database()}: {one_line(exc)}", kind="connect"
+        ) from None
     ctx.snapshot_conn = conn
     return {"database": db.database(), "snapshot": snapshot, "revisions": heads, **facts}
 
@@ -90,8 +100,9 @@ def counts(ctx, tables: list | None = None) -> dict:
             return {"tables": count_rows(conn, [tuple(q.split(".", 1)) for q in tables])}
         return {"tables": count_rows(conn)}
     except Exception as exc:
-        raise AgentFailure(f"counting rows in the backup's snapshot failed: {one_line(exc)}",
-                           kind="counts") from None
+        raise AgentFailure(
+            f"counting rows in the backup's snapshot failed: {one_line(exc)}", kind="counts"
+        ) from None
 
 
 @handler("backup.end")

@@ -19,18 +19,28 @@ if TYPE_CHECKING:  # sqlalchemy is imported where it is used: a backup never nee
 def params() -> dict[str, str | int | None]:
     env = os.environ
     if env.get("POSTGRES_USER") and env.get("POSTGRES_DB"):
-        return {"host": env.get("POSTGRES_HOST") or env.get("PGHOST"),
-                "port": int(env.get("POSTGRES_PORT") or env.get("PGPORT") or 5432),
-                "user": env["POSTGRES_USER"], "password": env.get("POSTGRES_PASSWORD") or None,
-                "dbname": env["POSTGRES_DB"]}
+        return {
+            "host": env.get("POSTGRES_HOST") or env.get("PGHOST"),
+            "port": int(env.get("POSTGRES_PORT") or env.get("PGPORT") or 5432),
+            "user": env["POSTGRES_USER"],
+            "password": env.get("POSTGRES_PASSWORD") or None,
+            "dbname": env["POSTGRES_DB"],
+        }
     if env.get("DATABASE_URL"):
         from sqlalchemy.engine import make_url
 
         u = make_url(env["DATABASE_URL"])
-        return {"host": u.host, "port": u.port or 5432, "user": u.username,
-                "password": u.password, "dbname": u.database}
-    raise RuntimeError("no database configured: set POSTGRES_USER/POSTGRES_DB (and host, port, "
-                       "password) or DATABASE_URL in the agent's environment")
+        return {
+            "host": u.host,
+            "port": u.port or 5432,
+            "user": u.username,
+            "password": u.password,
+            "dbname": u.database,
+        }
+    raise RuntimeError(
+        "no database configured: set POSTGRES_USER/POSTGRES_DB (and host, port, "
+        "password) or DATABASE_URL in the agent's environment"
+    )
 
 
 def database() -> str:
@@ -41,30 +51,41 @@ def password() -> str | None:
     return params().get("password")  # type: ignore[return-value]
 
 
-def connect(dbname: str | None = None, *, application_name: str = "dbops", autocommit: bool = True,
-            **kwargs) -> psycopg.Connection:
+def connect(
+    dbname: str | None = None, *, application_name: str = "dbops", autocommit: bool = True, **kwargs
+) -> psycopg.Connection:
     p = {k: v for k, v in params().items() if v is not None}
     if dbname:
         p["dbname"] = dbname
     p.setdefault("connect_timeout", int(os.environ.get("PGCONNECT_TIMEOUT", "5")))
-    return psycopg.connect(**p, application_name=application_name[:63], autocommit=autocommit,
-                           **kwargs)
+    return psycopg.connect(
+        **p, application_name=application_name[:63], autocommit=autocommit, **kwargs
+    )
 
 
 def sa_url(dbname: str | None = None) -> URL:
     from sqlalchemy.engine import URL
 
     p = params()
-    return URL.create("postgresql+psycopg", username=p["user"], password=p["password"],  # type: ignore[arg-type]
-                      host=p["host"], port=p["port"], database=dbname or p["dbname"])  # type: ignore[arg-type]
+    return URL.create(
+        "postgresql+psycopg",
+        username=p["user"],
+        password=p["password"],  # type: ignore[arg-type]
+        host=p["host"],
+        port=p["port"],
+        database=dbname or p["dbname"],
+    )  # type: ignore[arg-type]
 
 
 def engine(dbname: str | None = None) -> Engine:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    return create_engine(sa_url(dbname), poolclass=NullPool,
-                         connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
+    return create_engine(
+        sa_url(dbname),
+        poolclass=NullPool,
+        connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))},
+    )
 
 
 @contextlib.contextmanager
@@ -126,5 +147,7 @@ WHERE NOT i.indisvalid ORDER BY 1, 2
 
 def invalid_indexes(conn: psycopg.Connection) -> list[dict]:
     """INVALID indexes (a failed or unfinished CREATE INDEX CONCURRENTLY), every schema."""
-    return [{"schema": s, "name": n, "table": t, "definition": d, "ready": bool(r)}
-            for s, n, t, d, r in conn.execute(INVALID_INDEXES_SQL).fetchall()]
+    return [
+        {"schema": s, "name": n, "table": t, "definition": d, "ready": bool(r)}
+        for s, n, t, d, r in conn.execute(INVALID_INDEXES_SQL).fetchall()
+    ]

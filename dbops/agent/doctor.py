@@ -62,7 +62,9 @@ _TABLE_RE = re.compile(
         |DROP\s+TABLE(?:\s+IF\s+EXISTS)?|LOCK\s+TABLE|TRUNCATE(?:\s+TABLE)?|REFERENCES|UPDATE
         |INSERT\s+INTO|DELETE\s+FROM
         |CREATE\s+(?:UNIQUE\s+)?INDEX(?:\s+CONCURRENTLY)?(?:\s+IF\s+NOT\s+EXISTS)?\s+\S+\s+ON(?:\s+ONLY)?)
-        \s+((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)""", re.IGNORECASE | re.VERBOSE)
+        \s+((?:"[^"]+"|\w+)(?:\.(?:"[^"]+"|\w+))?)""",
+    re.IGNORECASE | re.VERBOSE,
+)
 
 
 def tables_in_sql(text: str) -> list[str]:
@@ -99,15 +101,38 @@ WHERE i.indexrelid = to_regclass(%s)
 # libpq / server messages by cause (the SQLSTATE is not always there on a failed connect).
 CONNECT_CAUSES = (
     ("database_missing", ("3D000",), (r'database ".*" does not exist',)),
-    ("auth", ("28P01", "28000"), (r"password authentication failed", r"no pg_hba\.conf entry",
-                                  r'role ".*" does not exist', r"no password supplied",
-                                  r"authentication failed", r"is not permitted to log in")),
-    ("too_many", ("53300",), (r"too many connections", r"too many clients",
-                              r"remaining connection slots are reserved")),
+    (
+        "auth",
+        ("28P01", "28000"),
+        (
+            r"password authentication failed",
+            r"no pg_hba\.conf entry",
+            r'role ".*" does not exist',
+            r"no password supplied",
+            r"authentication failed",
+            r"is not permitted to log in",
+        ),
+    ),
+    (
+        "too_many",
+        ("53300",),
+        (r"too many connections", r"too many clients", r"remaining connection slots are reserved"),
+    ),
     ("starting", ("57P03",), (r"the database system is (starting up|shutting down|in recovery)",)),
-    ("refused", (), (r"Connection refused", r"No such file or directory", r"could not translate host",
-                     r"timeout expired", r"Network is unreachable", r"No route to host",
-                     r"could not connect to server", r"server closed the connection")),
+    (
+        "refused",
+        (),
+        (
+            r"Connection refused",
+            r"No such file or directory",
+            r"could not translate host",
+            r"timeout expired",
+            r"Network is unreachable",
+            r"No route to host",
+            r"could not connect to server",
+            r"server closed the connection",
+        ),
+    ),
 )
 
 
@@ -128,17 +153,27 @@ def connection(ctx) -> dict:
     except Exception as exc:
         message = db.one_line(exc)
         full = str(exc)
-        return {"ok": False, "cause": connect_cause(exc), "error": message,
-                "too_many_for_role": bool(re.search(r"too many connections for role", full)),
-                "too_many_for_database": bool(re.search(r"too many connections for database", full)),
-                "user": db.params().get("user"), "database": db.database()}
+        return {
+            "ok": False,
+            "cause": connect_cause(exc),
+            "error": message,
+            "too_many_for_role": bool(re.search(r"too many connections for role", full)),
+            "too_many_for_database": bool(re.search(r"too many connections for database", full)),
+            "user": db.params().get("user"),
+            "database": db.database(),
+        }
     return {"ok": True}
 
 
 def server(ctx) -> dict:
     recovery, ro, ro_source, default_ro = ctx.conn.execute(SERVER_SQL).fetchone()
-    out = {"in_recovery": recovery, "read_only": ro == "on", "default_read_only": default_ro == "on",
-           "read_only_source": ro_source, "primary": None}
+    out = {
+        "in_recovery": recovery,
+        "read_only": ro == "on",
+        "default_read_only": default_ro == "on",
+        "read_only_source": ro_source,
+        "primary": None,
+    }
     if recovery:
         row = ctx.conn.execute(PRIMARY_SQL).fetchone()
         if row and row[0]:
@@ -225,17 +260,29 @@ def facts(ctx, long_query_seconds: int = 300) -> dict:
     part("pending_locks", lambda: needed_locks(ctx, sql["text"]) if sql.get("text") else {})
 
     def invalid_indexes():
-        return [{**i, "index": i["name"] if i["schema"] == "public" else f"{i['schema']}.{i['name']}"}
-                for i in db.invalid_indexes(ctx.conn)]
+        return [
+            {**i, "index": i["name"] if i["schema"] == "public" else f"{i['schema']}.{i['name']}"}
+            for i in db.invalid_indexes(ctx.conn)
+        ]
 
     part("invalid_indexes", invalid_indexes)
 
     def sessions():
         rows = ctx.conn.execute(SESSIONS_SQL, (long_query_seconds,)).fetchall()
-        return [{"pid": p, "application_name": app, "user": u, "client": cl, "state": stt,
-                 "xact_seconds": xs, "query_seconds": qs, "query": q,
-                 "waiting": f"{wt}:{we}" if wt else None}
-                for p, app, u, cl, stt, xs, qs, q, wt, we in rows]
+        return [
+            {
+                "pid": p,
+                "application_name": app,
+                "user": u,
+                "client": cl,
+                "state": stt,
+                "xact_seconds": xs,
+                "query_seconds": qs,
+                "query": q,
+                "waiting": f"{wt}:{we}" if wt else None,
+            }
+            for p, app, u, cl, stt, xs, qs, q, wt, we in rows
+        ]
 
     part("sessions", sessions)
 
@@ -244,17 +291,34 @@ def facts(ctx, long_query_seconds: int = 300) -> dict:
         if not tables:
             return []
         rows = ctx.conn.execute(LOCKS_SQL, (tables,)).fetchall()
-        return [{"pid": p, "table": t if s == "public" else f"{s}.{t}", "mode": m,
-                 "granted": g, "application_name": app, "state": stt, "xact_seconds": xs,
-                 "query": q}
-                for p, s, t, m, g, app, stt, xs, q in rows]
+        return [
+            {
+                "pid": p,
+                "table": t if s == "public" else f"{s}.{t}",
+                "mode": m,
+                "granted": g,
+                "application_name": app,
+                "state": stt,
+                "xact_seconds": xs,
+                "query": q,
+            }
+            for p, s, t, m, g, app, stt, xs, q in rows
+        ]
 
     part("locks", locks)
 
     def pg_dumps():
-        return [{"pid": p, "application_name": app, "database": d, "user": u, "since": since,
-                 "seconds": secs}
-                for p, app, d, u, since, secs in ctx.conn.execute(PG_DUMP_SQL).fetchall()]
+        return [
+            {
+                "pid": p,
+                "application_name": app,
+                "database": d,
+                "user": u,
+                "since": since,
+                "seconds": secs,
+            }
+            for p, app, d, u, since, secs in ctx.conn.execute(PG_DUMP_SQL).fetchall()
+        ]
 
     part("pg_dump", pg_dumps)
     return out

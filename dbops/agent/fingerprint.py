@@ -47,7 +47,7 @@ TABLES_SQL = f"""
 SELECT c.oid, n.nspname, c.relname, c.relkind
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'f') AND {_SCHEMAS} AND NOT c.relispartition
-  AND {_NOT_EXT.format(oid='c.oid')}
+  AND {_NOT_EXT.format(oid="c.oid")}
 """
 
 COLUMNS_SQL = """
@@ -89,21 +89,21 @@ SELECT n.nspname, c.relname, format_type(s.seqtypid, NULL), s.seqstart, s.seqinc
            AND d.deptype IN ('a', 'i') LIMIT 1)
 FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE {_SCHEMAS} AND {_NOT_EXT.format(oid='c.oid')}
+WHERE {_SCHEMAS} AND {_NOT_EXT.format(oid="c.oid")}
 """
 
 ENUMS_SQL = f"""
 SELECT n.nspname, t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)
 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
 JOIN pg_enum e ON e.enumtypid = t.oid
-WHERE {_SCHEMAS} AND {_NOT_EXT.format(oid='t.oid')}
+WHERE {_SCHEMAS} AND {_NOT_EXT.format(oid="t.oid")}
 GROUP BY n.nspname, t.typname
 """
 
 VIEWS_SQL = f"""
 SELECT n.nspname, c.relname, c.relkind, pg_get_viewdef(c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('v', 'm') AND {_SCHEMAS} AND {_NOT_EXT.format(oid='c.oid')}
+WHERE c.relkind IN ('v', 'm') AND {_SCHEMAS} AND {_NOT_EXT.format(oid="c.oid")}
 """
 
 TRIGGERS_SQL = """
@@ -134,41 +134,76 @@ def collect(conn, version_table: str = VERSION_TABLE) -> dict:
             tables[q] = {"kind": TABLE_KINDS[kind], "columns": {}}
         oids = list(names)
         for relid, col, typ, notnull, default, ident, gen, coll in conn.execute(
-                COLUMNS_SQL, (oids,)).fetchall():
+            COLUMNS_SQL, (oids,)
+        ).fetchall():
             tables[names[relid]]["columns"][col] = {
-                "type": typ, "nullable": not notnull, "default": _ws(default),
+                "type": typ,
+                "nullable": not notnull,
+                "default": _ws(default),
                 "identity": {"a": "always", "d": "by default"}.get(ident or ""),
-                "generated": "stored" if gen == "s" else None, "collation": coll}
+                "generated": "stored" if gen == "s" else None,
+                "collation": coll,
+            }
         constraints = {}
         for relid, name, ctype, definition, validated in conn.execute(
-                CONSTRAINTS_SQL, (oids,)).fetchall():
+            CONSTRAINTS_SQL, (oids,)
+        ).fetchall():
             constraints[f"{names[relid]}.{name}"] = {
-                "table": names[relid], "type": CONTYPES[ctype], "definition": _ws(definition),
-                "validated": bool(validated)}
+                "table": names[relid],
+                "type": CONTYPES[ctype],
+                "definition": _ws(definition),
+                "validated": bool(validated),
+            }
         indexes = {}
         for relid, schema, name, definition, unique, valid in conn.execute(
-                INDEXES_SQL, (oids,)).fetchall():
-            indexes[_q(schema, name)] = {"table": names[relid], "definition": _ws(definition),
-                                         "unique": bool(unique), "valid": bool(valid)}
+            INDEXES_SQL, (oids,)
+        ).fetchall():
+            indexes[_q(schema, name)] = {
+                "table": names[relid],
+                "definition": _ws(definition),
+                "unique": bool(unique),
+                "valid": bool(valid),
+            }
         sequences = {}
-        for (schema, name, typ, start, inc, smin, smax, cache, cycle,
-             owner) in conn.execute(SEQUENCES_SQL, ("pg_class",)).fetchall():
+        for schema, name, typ, start, inc, smin, smax, cache, cycle, owner in conn.execute(
+            SEQUENCES_SQL, ("pg_class",)
+        ).fetchall():
             owned = None
             if owner:
                 ts, tn, col = owner.split("|", 2)
                 owned = f"{_q(ts, tn)}.{col}"
             sequences[_q(schema, name)] = {
-                "type": typ, "start": int(start), "increment": int(inc), "min": int(smin),
-                "max": int(smax), "cache": int(cache), "cycle": bool(cycle), "owned_by": owned}
-        enums = {_q(s, n): list(labels)
-                 for s, n, labels in conn.execute(ENUMS_SQL, ("pg_type",)).fetchall()}
-        views = {_q(s, n): {"kind": "materialized view" if k == "m" else "view",
-                            "definition": _ws(d)}
-                 for s, n, k, d in conn.execute(VIEWS_SQL, ("pg_class",)).fetchall()}
-        triggers = {f"{names[relid]}.{name}": _ws(d)
-                    for relid, name, d in conn.execute(TRIGGERS_SQL, (oids,)).fetchall()}
-    return {"format": FORMAT, "tables": tables, "constraints": constraints, "indexes": indexes,
-            "sequences": sequences, "enums": enums, "views": views, "triggers": triggers}
+                "type": typ,
+                "start": int(start),
+                "increment": int(inc),
+                "min": int(smin),
+                "max": int(smax),
+                "cache": int(cache),
+                "cycle": bool(cycle),
+                "owned_by": owned,
+            }
+        enums = {
+            _q(s, n): list(labels)
+            for s, n, labels in conn.execute(ENUMS_SQL, ("pg_type",)).fetchall()
+        }
+        views = {
+            _q(s, n): {"kind": "materialized view" if k == "m" else "view", "definition": _ws(d)}
+            for s, n, k, d in conn.execute(VIEWS_SQL, ("pg_class",)).fetchall()
+        }
+        triggers = {
+            f"{names[relid]}.{name}": _ws(d)
+            for relid, name, d in conn.execute(TRIGGERS_SQL, (oids,)).fetchall()
+        }
+    return {
+        "format": FORMAT,
+        "tables": tables,
+        "constraints": constraints,
+        "indexes": indexes,
+        "sequences": sequences,
+        "enums": enums,
+        "views": views,
+        "triggers": triggers,
+    }
 
 
 def canonical(fp: dict) -> str:
@@ -182,8 +217,10 @@ def digest(fp: dict) -> str:
 def summary(fp: dict) -> str:
     t = fp.get("tables", {})
     cols = sum(len(v["columns"]) for v in t.values())
-    return (f"{len(t)} tables, {cols} columns, {len(fp.get('constraints', {}))} constraints, "
-            f"{len(fp.get('indexes', {}))} indexes")
+    return (
+        f"{len(t)} tables, {cols} columns, {len(fp.get('constraints', {}))} constraints, "
+        f"{len(fp.get('indexes', {}))} indexes"
+    )
 
 
 def schema_of(name: str) -> str:
@@ -196,8 +233,9 @@ def restrict(fp: dict, schemas: list[str]) -> dict:
     out = dict(fp)
     out["tables"] = {k: v for k, v in fp.get("tables", {}).items() if schema_of(k) in keep}
     for section in ("constraints", "triggers"):  # "table.name": the table decides
-        out[section] = {k: v for k, v in fp.get(section, {}).items()
-                        if schema_of(k.rsplit(".", 1)[0]) in keep}
+        out[section] = {
+            k: v for k, v in fp.get(section, {}).items() if schema_of(k.rsplit(".", 1)[0]) in keep
+        }
     for section in ("indexes", "sequences", "enums", "views"):
         out[section] = {k: v for k, v in fp.get(section, {}).items() if schema_of(k) in keep}
     return out
@@ -205,8 +243,14 @@ def restrict(fp: dict, schemas: list[str]) -> dict:
 
 # --- comparing -----------------------------------------------------------------
 SECTIONS = ("tables", "constraints", "indexes", "sequences", "enums", "views", "triggers")
-KIND = {"constraints": "constraint", "indexes": "index", "sequences": "sequence", "enums": "enum",
-        "views": "view", "triggers": "trigger"}
+KIND = {
+    "constraints": "constraint",
+    "indexes": "index",
+    "sequences": "sequence",
+    "enums": "enum",
+    "views": "view",
+    "triggers": "trigger",
+}
 
 
 def items(fp: dict) -> dict[tuple[str, ...], str]:
@@ -238,15 +282,21 @@ def _column_changes(name: str, exp: dict, live: dict) -> list[str]:
     if exp["type"] != live["type"]:
         out.append(f"column {name} is {live['type']}, expected {exp['type']}")
     if exp["nullable"] != live["nullable"]:
-        out.append(f"column {name} is {'nullable' if live['nullable'] else 'NOT NULL'}, "
-                   f"expected {'nullable' if exp['nullable'] else 'NOT NULL'}")
+        out.append(
+            f"column {name} is {'nullable' if live['nullable'] else 'NOT NULL'}, "
+            f"expected {'nullable' if exp['nullable'] else 'NOT NULL'}"
+        )
     if exp["default"] != live["default"]:
-        out.append(f"column {name} default is {live['default'] or 'none'}, "
-                   f"expected {exp['default'] or 'none'}")
+        out.append(
+            f"column {name} default is {live['default'] or 'none'}, "
+            f"expected {exp['default'] or 'none'}"
+        )
     for key in ("identity", "generated", "collation"):
         if exp.get(key) != live.get(key):
-            out.append(f"column {name} {key} is {live.get(key) or 'none'}, "
-                       f"expected {exp.get(key) or 'none'}")
+            out.append(
+                f"column {name} {key} is {live.get(key) or 'none'}, "
+                f"expected {exp.get(key) or 'none'}"
+            )
     return out
 
 
@@ -282,11 +332,16 @@ def diff(expected: dict, live: dict) -> list[str]:
             elif ev is None:
                 extra = " and INVALID" if kind == "index" and not lv.get("valid", True) else ""
                 out.append(f"{kind} {name} unexpected{extra}")
-            elif kind == "index" and ev["valid"] and not lv["valid"] and \
-                    {**ev, "valid": False} == lv:
+            elif (
+                kind == "index" and ev["valid"] and not lv["valid"] and {**ev, "valid": False} == lv
+            ):
                 out.append(f"index {name} is INVALID")
-            elif kind == "constraint" and ev["validated"] and not lv["validated"] and \
-                    {**ev, "validated": False} == lv:
+            elif (
+                kind == "constraint"
+                and ev["validated"]
+                and not lv["validated"]
+                and {**ev, "validated": False} == lv
+            ):
                 out.append(f"constraint {name} is NOT VALID")
             elif kind == "enum":
                 out.append(f"enum {name} has labels {lv}, expected {ev}")
@@ -297,4 +352,3 @@ def diff(expected: dict, live: dict) -> list[str]:
             else:
                 out.append(f"{kind} {name} differs: {lv!r}, expected {ev!r}")
     return out
-

@@ -55,8 +55,10 @@ def holder(conn, database: str, scope: str | None = None) -> dict | None:
 def describe_holder(h: dict | None) -> str:
     if not h:
         return "another dbops operation (it has just finished or is finishing)"
-    return (f"pid {h['pid']} '{h['application_name']}' (user {h['user']} from {h['client']}, "
-            f"since {h['since']})")
+    return (
+        f"pid {h['pid']} '{h['application_name']}' (user {h['user']} from {h['client']}, "
+        f"since {h['since']})"
+    )
 
 
 def _pid(conn) -> int:
@@ -67,13 +69,15 @@ def _server_sees_this_socket(conn) -> bool:
     """True when the server's view of the client (address, port) is this TCP socket: no
     proxy of any kind in between. (Unix sockets, NAT and proxies: False, then look further.)"""
     import socket
+
     try:
         with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
             if sock.family not in (socket.AF_INET, socket.AF_INET6):
                 return False
             mine = sock.getsockname()[:2]
-        addr, port = conn.execute("SELECT host(inet_client_addr()), inet_client_port()",
-                                  prepare=False).fetchone()
+        addr, port = conn.execute(
+            "SELECT host(inet_client_addr()), inet_client_port()", prepare=False
+        ).fetchone()
     except Exception:  # noqa: BLE001
         return False
     return (addr, port) == (mine[0], mine[1])
@@ -133,7 +137,7 @@ def pgbouncer_mode(dbname: str) -> str | None:
 
 
 def pooled(conn, dbname: str) -> str | None:
-    """"transaction", "statement" or "unknown" when ``conn`` may not own one server session
+    """ "transaction", "statement" or "unknown" when ``conn`` may not own one server session
     (a session advisory lock would not hold); None when it does. Never positive on a direct
     connection; through PgBouncer in transaction/statement mode never None."""
     if _server_sees_this_socket(conn):
@@ -149,16 +153,24 @@ def pooled(conn, dbname: str) -> str | None:
 def _pooler_refusal(mode: str) -> AgentFailure:
     p = db.params()
     where = f"{p.get('host') or 'localhost'}:{p.get('port')}"
-    what = (f"a connection pooler in {mode} pooling mode (PgBouncer?)" if mode != "unknown" else
-            "a PgBouncer whose pool mode this user cannot read (not in its stats_users)")
+    what = (
+        f"a connection pooler in {mode} pooling mode (PgBouncer?)"
+        if mode != "unknown"
+        else "a PgBouncer whose pool mode this user cannot read (not in its stats_users)"
+    )
     if os.environ.get("DBOPS_DIRECT_HOST"):
         return AgentFailure(
             f"DBOPS_DIRECT_HOST/DBOPS_DIRECT_PORT ({where}) lead to {what}, not to the PostgreSQL "
-            f"server: point them at the server itself", kind="pooler", mode=mode)
+            f"server: point them at the server itself",
+            kind="pooler",
+            mode=mode,
+        )
     return AgentFailure(
         f"{where} is {what}: the dbops lock and migrations need one server session; "
         f"set DBOPS_DIRECT_HOST (and DBOPS_DIRECT_PORT) to the PostgreSQL server itself",
-        kind="pooler", mode=mode)
+        kind="pooler",
+        mode=mode,
+    )
 
 
 @handler("lock.acquire")
@@ -172,12 +184,18 @@ def acquire(ctx, purpose: str = "dbops", scope: str | None = None) -> dict:
     if mode:
         conn.close()
         raise _pooler_refusal(mode)
-    got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", lock_key(database, scope)).fetchone()[0]
+    got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", lock_key(database, scope)).fetchone()[
+        0
+    ]
     if not got:
         h = holder(conn, database, scope)
         conn.close()
-        raise AgentFailure(f"database {database} is busy: another dbops operation holds its lock: "
-                           f"{describe_holder(h)}", kind="locked", holder=h)
+        raise AgentFailure(
+            f"database {database} is busy: another dbops operation holds its lock: "
+            f"{describe_holder(h)}",
+            kind="locked",
+            holder=h,
+        )
     ctx.lock_conn = conn
     ctx.lock_scope = scope
     return {"held": True, "database": database}
@@ -185,5 +203,6 @@ def acquire(ctx, purpose: str = "dbops", scope: str | None = None) -> dict:
 
 def require_lock(ctx) -> None:
     if ctx.lock_conn is None or ctx.lock_conn.closed or getattr(ctx, "lock_scope", None):
-        raise AgentFailure("internal: this step needs the dbops lock (call lock.acquire first)",
-                           kind="internal")
+        raise AgentFailure(
+            "internal: this step needs the dbops lock (call lock.acquire first)", kind="internal"
+        )

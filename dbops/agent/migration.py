@@ -57,7 +57,9 @@ def quietly(fn):
     def wrapper(*args, **kwargs):
         with quiet():
             return fn(*args, **kwargs)
+
     return wrapper
+
 
 QUERY_CANCELED = "57014"
 
@@ -66,7 +68,9 @@ def sqlstate(exc: BaseException) -> str | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
+        state = getattr(exc, "sqlstate", None) or getattr(
+            getattr(exc, "orig", None), "sqlstate", None
+        )
         if state:
             return state
         exc = exc.__cause__ or exc.__context__
@@ -82,13 +86,18 @@ def preflight(ctx, to: str = "head") -> dict:
         server = ctx.conn.execute("SHOW server_version").fetchone()[0]
         current = ctx.current_heads()
     except Exception as exc:
-        raise AgentFailure(f"cannot connect to database {db.database()}: {one_line(exc)}",
-                           kind="connect") from None
+        raise AgentFailure(
+            f"cannot connect to database {db.database()}: {one_line(exc)}", kind="connect"
+        ) from None
     heads = sorted(script.get_heads())
     if len(heads) > 1:
-        raise AgentFailure(f"the script directory has {len(heads)} heads: {', '.join(heads)}",
-                           kind="multiple_heads", heads=heads, current=current,
-                           head_info=[info(script.get_revision(h)) for h in heads])
+        raise AgentFailure(
+            f"the script directory has {len(heads)} heads: {', '.join(heads)}",
+            kind="multiple_heads",
+            heads=heads,
+            current=current,
+            head_info=[info(script.get_revision(h)) for h in heads],
+        )
     check_current_known(script, current)
     try:
         target = resolve(script, to, current)
@@ -96,24 +105,44 @@ def preflight(ctx, to: str = "head") -> dict:
         exc.details.setdefault("current", current)
         raise
     if target is None:
-        raise AgentFailure("migrate goes up; to go to base use: invoke rollback --to=base",
-                           kind="bad_target", reason="below_current", candidates=[])
+        raise AgentFailure(
+            "migrate goes up; to go to base use: invoke rollback --to=base",
+            kind="bad_target",
+            reason="below_current",
+            candidates=[],
+        )
     below = ancestors(script, current)
     if target.revision in below and target.revision not in current:
-        raise AgentFailure(f"{target.revision} is below the current revision {', '.join(current)}: "
-                           f"migrate only goes up", kind="bad_target", reason="below_current",
-                           candidates=[])
+        raise AgentFailure(
+            f"{target.revision} is below the current revision {', '.join(current)}: "
+            f"migrate only goes up",
+            kind="bad_target",
+            reason="below_current",
+            candidates=[],
+        )
     lower = tuple(current) if current else "base"
     if len(current) == 1:
         lower = current[0]
     try:
-        pending = [info(r) for r in reversed(list(script.iterate_revisions(target.revision, lower)))]
+        pending = [
+            info(r) for r in reversed(list(script.iterate_revisions(target.revision, lower)))
+        ]
     except CommandError as exc:
-        raise AgentFailure(f"{target.revision} is not above the current revision "
-                           f"{', '.join(current)}: {one_line(exc)}", kind="bad_target",
-                           reason="not_descendant", candidates=candidates(script)) from None
-    return {"database": db.database(), "server_version": server, "current": current,
-            "heads": heads, "target": target.revision, "pending": pending}
+        raise AgentFailure(
+            f"{target.revision} is not above the current revision "
+            f"{', '.join(current)}: {one_line(exc)}",
+            kind="bad_target",
+            reason="not_descendant",
+            candidates=candidates(script),
+        ) from None
+    return {
+        "database": db.database(),
+        "server_version": server,
+        "current": current,
+        "heads": heads,
+        "target": target.revision,
+        "pending": pending,
+    }
 
 
 @handler("migrate.sql")
@@ -124,9 +153,11 @@ def sql(ctx, start: list[str] | None = None, to: str = "head") -> dict:
         with quiet():
             return {"sql": offline_sql(ctx, rng)}
     except Exception as exc:
-        raise AgentFailure(f"cannot render the offline SQL for {rng}: {one_line(exc)} (a revision "
-                           f"that reads the database cannot be rendered offline)",
-                           kind="offline_sql") from None
+        raise AgentFailure(
+            f"cannot render the offline SQL for {rng}: {one_line(exc)} (a revision "
+            f"that reads the database cannot be rendered offline)",
+            kind="offline_sql",
+        ) from None
 
 
 BLOCKERS = """
@@ -151,7 +182,16 @@ def blockers(ctx) -> list[dict]:
         rows = ctx.conn.execute(BLOCKERS).fetchall()
     except Exception:
         return []
-    keys = ("pid", "application_name", "user", "state", "xact_start", "xact_seconds", "query", "locks")
+    keys = (
+        "pid",
+        "application_name",
+        "user",
+        "state",
+        "xact_start",
+        "xact_seconds",
+        "query",
+        "locks",
+    )
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
@@ -187,8 +227,14 @@ def step(ctx, **kw) -> dict:
         return _step(ctx, **kw)
 
 
-def _step(ctx, revision: str, direction: str = "up", lock_timeout: str = "2s",
-         statement_timeout: str = "0", attempt: int = 1) -> dict:
+def _step(
+    ctx,
+    revision: str,
+    direction: str = "up",
+    lock_timeout: str = "2s",
+    statement_timeout: str = "0",
+    attempt: int = 1,
+) -> dict:
     """Apply one revision (up) or undo it (down), under the dbops lock. Re-reads the current
     revision first: a step that an earlier attempt completed is reported as done."""
     require_lock(ctx)
@@ -202,16 +248,32 @@ def _step(ctx, revision: str, direction: str = "up", lock_timeout: str = "2s",
         return rev.revision in applied if direction == "up" else rev.revision not in applied
 
     if done(before):  # an earlier attempt (or another path through a merge) got there
-        return {"revision": revision, "before": before, "after": before, "skipped": True,
-                "seconds": 0.0}
-    downs = rev.down_revision if isinstance(rev.down_revision, (tuple, list)) else \
-        ([rev.down_revision] if rev.down_revision else [])
-    ready = (set(downs) <= applied_set(script, before)) if direction == "up" else \
-        (rev.revision in before)
+        return {
+            "revision": revision,
+            "before": before,
+            "after": before,
+            "skipped": True,
+            "seconds": 0.0,
+        }
+    downs = (
+        rev.down_revision
+        if isinstance(rev.down_revision, (tuple, list))
+        else ([rev.down_revision] if rev.down_revision else [])
+    )
+    ready = (
+        (set(downs) <= applied_set(script, before))
+        if direction == "up"
+        else (rev.revision in before)
+    )
     if not ready:
-        raise AgentFailure(f"the database is at {before or ['base']}, not where the "
-                           f"{direction} step for {revision} starts", kind="moved",
-                           before=before, after=before, revision=revision)
+        raise AgentFailure(
+            f"the database is at {before or ['base']}, not where the "
+            f"{direction} step for {revision} starts",
+            kind="moved",
+            before=before,
+            after=before,
+            revision=revision,
+        )
     transactional = not uses_autocommit_block(rev)
     invalid_before = invalid_indexes(ctx)
     t0 = time.monotonic()
@@ -229,19 +291,38 @@ def _step(ctx, revision: str, direction: str = "up", lock_timeout: str = "2s",
         after = ctx.current_heads()
         state = sqlstate(exc)
         dropped = drop_new_invalid(ctx, invalid_before, lock_timeout) if not transactional else []
-        details = dict(revision=revision, direction=direction, before=before, after=after,
-                       transactional=transactional, seconds=seconds, sqlstate=state,
-                       attempt=attempt, dropped_invalid_indexes=dropped,
-                       invalid_indexes=sorted(invalid_indexes(ctx)))
+        details = dict(
+            revision=revision,
+            direction=direction,
+            before=before,
+            after=after,
+            transactional=transactional,
+            seconds=seconds,
+            sqlstate=state,
+            attempt=attempt,
+            dropped_invalid_indexes=dropped,
+            invalid_indexes=sorted(invalid_indexes(ctx)),
+        )
         if state == LOCK_NOT_AVAILABLE:
-            raise AgentFailure(f"{revision}: lock_timeout ({lock_timeout}) reached waiting for a "
-                               f"table lock: {one_line(exc)}", kind="lock_timeout",
-                               blockers=blockers(ctx), **details) from None
+            raise AgentFailure(
+                f"{revision}: lock_timeout ({lock_timeout}) reached waiting for a "
+                f"table lock: {one_line(exc)}",
+                kind="lock_timeout",
+                blockers=blockers(ctx),
+                **details,
+            ) from None
         if state == QUERY_CANCELED:
-            raise AgentFailure(f"{revision}: statement_timeout ({statement_timeout}) reached: "
-                               f"{one_line(exc)}", kind="statement_timeout", **details) from None
-        raise AgentFailure(f"{revision} ({direction}grade) failed: {one_line(exc)}",
-                           kind="step_failed", error_type=type(exc).__name__, **details) from None
+            raise AgentFailure(
+                f"{revision}: statement_timeout ({statement_timeout}) reached: {one_line(exc)}",
+                kind="statement_timeout",
+                **details,
+            ) from None
+        raise AgentFailure(
+            f"{revision} ({direction}grade) failed: {one_line(exc)}",
+            kind="step_failed",
+            error_type=type(exc).__name__,
+            **details,
+        ) from None
     finally:
         if saved_app is None:
             os.environ.pop("PGAPPNAME", None)
@@ -249,12 +330,23 @@ def _step(ctx, revision: str, direction: str = "up", lock_timeout: str = "2s",
             os.environ["PGAPPNAME"] = saved_app
     after = ctx.current_heads()
     if not done(after):
-        raise AgentFailure(f"{revision}: the {direction} step finished but the version row says "
-                           f"{after or ['base']}", kind="verify",
-                           revision=revision, before=before, after=after,
-                           transactional=transactional)
-    return {"revision": revision, "before": before, "after": after, "skipped": False,
-            "transactional": transactional, "seconds": round(time.monotonic() - t0, 3)}
+        raise AgentFailure(
+            f"{revision}: the {direction} step finished but the version row says "
+            f"{after or ['base']}",
+            kind="verify",
+            revision=revision,
+            before=before,
+            after=after,
+            transactional=transactional,
+        )
+    return {
+        "revision": revision,
+        "before": before,
+        "after": after,
+        "skipped": False,
+        "transactional": transactional,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
 
 
 def format_diff(diff) -> str:
@@ -266,7 +358,9 @@ def format_diff(diff) -> str:
         name = getattr(r, "name", None)
         table = getattr(getattr(r, "table", None), "name", None)
         if name is not None:
-            parts.append(f"{table}.{name}" if table and kind.endswith(("column", "index")) else str(name))
+            parts.append(
+                f"{table}.{name}" if table and kind.endswith(("column", "index")) else str(name)
+            )
         elif r is not None and not isinstance(r, dict):
             parts.append(str(r))
     return f"{kind} {' '.join(parts)}".strip()
@@ -294,8 +388,12 @@ def verify(ctx, **kw) -> dict:
 def _verify(ctx, targets: list[str], models: bool = True) -> dict:
     current = ctx.current_heads()
     if sorted(current) != sorted(t for t in targets if t):
-        raise AgentFailure(f"the database is at {current or ['base']}, not {targets or ['base']}",
-                           kind="verify", current=current, diff=[])
+        raise AgentFailure(
+            f"the database is at {current or ['base']}, not {targets or ['base']}",
+            kind="verify",
+            current=current,
+            diff=[],
+        )
     diff: list[str] = []
     if models:
         try:
@@ -303,14 +401,26 @@ def _verify(ctx, targets: list[str], models: bool = True) -> dict:
         except CommandError as exc:
             if "MetaData" in str(exc):  # env.py gives autogenerate no target_metadata
                 print(f"dbops: models not compared: {one_line(exc)}", flush=True)
-                return {"current": current, "models_checked": False, "diff": [],
-                        "models_note": "env.py provides no target_metadata"}
-            raise AgentFailure(f"cannot compare the schema with the models: {one_line(exc)}",
-                               kind="verify", current=current, diff=[]) from None
+                return {
+                    "current": current,
+                    "models_checked": False,
+                    "diff": [],
+                    "models_note": "env.py provides no target_metadata",
+                }
+            raise AgentFailure(
+                f"cannot compare the schema with the models: {one_line(exc)}",
+                kind="verify",
+                current=current,
+                diff=[],
+            ) from None
         if diff:
-            raise AgentFailure(f"the database is at {', '.join(current)} but its schema does not "
-                               f"match the models ({len(diff)} difference(s))", kind="schema_diff",
-                               current=current, diff=diff)
+            raise AgentFailure(
+                f"the database is at {', '.join(current)} but its schema does not "
+                f"match the models ({len(diff)} difference(s))",
+                kind="schema_diff",
+                current=current,
+                diff=diff,
+            )
     return {"current": current, "models_checked": models, "diff": diff}
 
 
@@ -326,12 +436,20 @@ def stamp(ctx, to: str | None) -> dict:
     try:
         command.stamp(ctx.config(), to or "base", purge=purge)
     except Exception as exc:
-        raise AgentFailure(f"stamp {to or 'base'} failed: {one_line(exc)}", kind="stamp",
-                           before=before, after=ctx.current_heads()) from None
+        raise AgentFailure(
+            f"stamp {to or 'base'} failed: {one_line(exc)}",
+            kind="stamp",
+            before=before,
+            after=ctx.current_heads(),
+        ) from None
     after = ctx.current_heads()
     if after != ([to] if to else []):
-        raise AgentFailure(f"stamp finished but the version row says {after or ['base']}",
-                           kind="verify", before=before, after=after)
+        raise AgentFailure(
+            f"stamp finished but the version row says {after or ['base']}",
+            kind="verify",
+            before=before,
+            after=after,
+        )
     return {"before": before, "after": after, "purged": purge}
 
 
@@ -350,8 +468,11 @@ def _stairway(ctx) -> dict:
     script = ctx.script()
     heads = script.get_heads()
     if len(heads) != 1:
-        return {"failures": [f"{len(heads)} heads: {', '.join(sorted(heads))}"], "steps": 0,
-                "diff": []}
+        return {
+            "failures": [f"{len(heads)} heads: {', '.join(sorted(heads))}"],
+            "steps": 0,
+            "diff": [],
+        }
     order = list(reversed(list(script.walk_revisions())))
     parents = {r.revision: tuple(util.to_tuple(r.down_revision, default=())) for r in order}
 
@@ -371,8 +492,10 @@ def _stairway(ctx) -> dict:
             # Down one step and up again where that step is unambiguous: not a merge, and no
             # other branch applied above its parent (alembic's "rev-1" would take it down too).
             if len(parents[rev.revision]) <= 1 and heads_of(applied) == list(parents[rev.revision]):
-                plan += [("downgrade", f"{rev.revision}-1", heads_of(applied)),
-                         ("upgrade", rev.revision, up)]
+                plan += [
+                    ("downgrade", f"{rev.revision}-1", heads_of(applied)),
+                    ("upgrade", rev.revision, up),
+                ]
             for action, arg, want in plan:
                 try:
                     getattr(command, action)(ctx.config(), arg)
@@ -393,7 +516,9 @@ def _stairway(ctx) -> dict:
             except Exception as exc:
                 failures.append(f"models comparison at head failed: {one_line(exc)}")
             if diff:
-                failures.append(f"models do not match the migrations at head: {len(diff)} difference(s)")
+                failures.append(
+                    f"models do not match the migrations at head: {len(diff)} difference(s)"
+                )
             try:
                 command.downgrade(ctx.config(), "base")
                 if ctx.current_heads(name):
@@ -414,7 +539,11 @@ def _revision_sql(ctx) -> dict:
     alembic_version bookkeeping: what squawk reads."""
     out = []
     for rev in reversed(list(ctx.script().walk_revisions())):
-        rng = f"{rev.down_revision}:{rev.revision}" if isinstance(rev.down_revision, str) else rev.revision
+        rng = (
+            f"{rev.down_revision}:{rev.revision}"
+            if isinstance(rev.down_revision, str)
+            else rev.revision
+        )
         item = info(rev)
         try:
             text = offline_sql(ctx, rng)
@@ -429,10 +558,12 @@ def _revision_sql(ctx) -> dict:
 
 def _statements(text: str) -> list[str]:
     import re
+
     parts = re.split(r"(?<=;)\s*\n", text)
     return [p.strip() for p in parts if p.strip()]
 
 
 def _source_text(rev) -> str:
     from dbops.agent.plan import source
+
     return source(rev)

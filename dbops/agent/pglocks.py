@@ -10,21 +10,49 @@ from __future__ import annotations
 
 import re
 
-MODES = ("AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
-         "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock")
+MODES = (
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+)
 
 _ALL = set(MODES)
 CONFLICTS: dict[str, set[str]] = {
     "AccessShareLock": {"AccessExclusiveLock"},
     "RowShareLock": {"ExclusiveLock", "AccessExclusiveLock"},
-    "RowExclusiveLock": {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock",
-                         "AccessExclusiveLock"},
-    "ShareUpdateExclusiveLock": {"ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock",
-                                 "ExclusiveLock", "AccessExclusiveLock"},
-    "ShareLock": {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareRowExclusiveLock",
-                  "ExclusiveLock", "AccessExclusiveLock"},
-    "ShareRowExclusiveLock": {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
-                              "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"},
+    "RowExclusiveLock": {
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    },
+    "ShareUpdateExclusiveLock": {
+        "ShareUpdateExclusiveLock",
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    },
+    "ShareLock": {
+        "RowExclusiveLock",
+        "ShareUpdateExclusiveLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    },
+    "ShareRowExclusiveLock": {
+        "RowExclusiveLock",
+        "ShareUpdateExclusiveLock",
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    },
     "ExclusiveLock": _ALL - {"AccessShareLock"},
     "AccessExclusiveLock": _ALL,
 }
@@ -36,14 +64,21 @@ def conflicts(held: str, wanted: str) -> bool:
 
 
 _NAME = r'((?:"[^"]+"|[\w$]+)(?:\.(?:"[^"]+"|[\w$]+))?)'
-_LOCK_MODE = re.compile(r"\bIN\s+(ACCESS\s+SHARE|ROW\s+SHARE|ROW\s+EXCLUSIVE|SHARE\s+UPDATE\s+EXCLUSIVE"
-                        r"|SHARE\s+ROW\s+EXCLUSIVE|SHARE|EXCLUSIVE|ACCESS\s+EXCLUSIVE)\s+MODE",
-                        re.IGNORECASE)
+_LOCK_MODE = re.compile(
+    r"\bIN\s+(ACCESS\s+SHARE|ROW\s+SHARE|ROW\s+EXCLUSIVE|SHARE\s+UPDATE\s+EXCLUSIVE"
+    r"|SHARE\s+ROW\s+EXCLUSIVE|SHARE|EXCLUSIVE|ACCESS\s+EXCLUSIVE)\s+MODE",
+    re.IGNORECASE,
+)
 # (pattern, mode) for the table a statement names right after the pattern; first match wins.
 _STATEMENTS = [
-    (r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+ON\s+(?:ONLY\s+)?",
-     "ShareUpdateExclusiveLock"),
-    (r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+ON\s+(?:ONLY\s+)?", "ShareLock"),
+    (
+        r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+ON\s+(?:ONLY\s+)?",
+        "ShareUpdateExclusiveLock",
+    ),
+    (
+        r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?\S+\s+ON\s+(?:ONLY\s+)?",
+        "ShareLock",
+    ),
     (r"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?", "AccessExclusiveLock"),
     (r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?", "AccessExclusiveLock"),
     (r"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?", "AccessExclusiveLock"),
@@ -52,8 +87,9 @@ _STATEMENTS = [
     (r"DROP\s+INDEX\s+(?:CONCURRENTLY\s+)?(?:IF\s+EXISTS\s+)?", "index:AccessExclusiveLock"),
 ]
 _COMPILED = [(re.compile(r"^\s*" + p + _NAME, re.IGNORECASE), m) for p, m in _STATEMENTS]
-_CREATED = re.compile(r"^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME,
-                      re.IGNORECASE)
+_CREATED = re.compile(
+    r"^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?" + _NAME, re.IGNORECASE
+)
 _REFERENCES = re.compile(r"\bREFERENCES\s+" + _NAME, re.IGNORECASE)
 
 
@@ -62,7 +98,9 @@ def _bare(name: str) -> str:
 
 
 def statements(sql: str) -> list[str]:
-    return [s.strip() for s in re.split(r";\s*\n", sql) if s.strip() and not s.strip().startswith("--")]
+    return [
+        s.strip() for s in re.split(r";\s*\n", sql) if s.strip() and not s.strip().startswith("--")
+    ]
 
 
 def modes_for_sql(sql: str) -> dict[str, list[str]]:
@@ -83,8 +121,11 @@ def modes_for_sql(sql: str) -> dict[str, list[str]]:
                 name = _bare(m.group(1))
                 if mode is None:
                     lm = _LOCK_MODE.search(stmt)
-                    mode = ("".join(w.capitalize() for w in lm.group(1).split()) + "Lock"
-                            if lm else "AccessExclusiveLock")
+                    mode = (
+                        "".join(w.capitalize() for w in lm.group(1).split()) + "Lock"
+                        if lm
+                        else "AccessExclusiveLock"
+                    )
                 if mode.startswith("index:"):
                     need.setdefault(f"index:{name}", set()).add(mode.split(":", 1)[1])
                 else:
@@ -92,5 +133,8 @@ def modes_for_sql(sql: str) -> dict[str, list[str]]:
                 break
         for ref in _REFERENCES.findall(stmt):  # a foreign key locks the table it points at too
             need.setdefault(_bare(ref), set()).add("ShareRowExclusiveLock")
-    return {t: sorted(m, key=MODES.index) for t, m in sorted(need.items())
-            if t not in created and t.lower() != "alembic_version"}
+    return {
+        t: sorted(m, key=MODES.index)
+        for t, m in sorted(need.items())
+        if t not in created and t.lower() != "alembic_version"
+    }

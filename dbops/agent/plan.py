@@ -41,10 +41,14 @@ def uses_autocommit_block(rev) -> bool:
 
 
 def info(rev) -> dict:
-    return {"revision": rev.revision, "down_revision": rev.down_revision,
-            "message": (rev.doc or "").strip().splitlines()[0] if (rev.doc or "").strip() else "",
-            "path": rev.path, "sha256": file_hash(rev.path),
-            "transactional": not uses_autocommit_block(rev)}
+    return {
+        "revision": rev.revision,
+        "down_revision": rev.down_revision,
+        "message": (rev.doc or "").strip().splitlines()[0] if (rev.doc or "").strip() else "",
+        "path": rev.path,
+        "sha256": file_hash(rev.path),
+        "transactional": not uses_autocommit_block(rev),
+    }
 
 
 def candidates(script, limit: int = 12) -> list[dict]:
@@ -52,8 +56,15 @@ def candidates(script, limit: int = 12) -> list[dict]:
     out = []
     for rev in script.walk_revisions():
         labels = sorted(rev.branch_labels or [])
-        out.append({"revision": rev.revision, "message": (rev.doc or "").strip().splitlines()[0]
-                    if (rev.doc or "").strip() else "", "branch_labels": labels})
+        out.append(
+            {
+                "revision": rev.revision,
+                "message": (rev.doc or "").strip().splitlines()[0]
+                if (rev.doc or "").strip()
+                else "",
+                "branch_labels": labels,
+            }
+        )
     return out[:limit]
 
 
@@ -64,57 +75,86 @@ def resolve(script, spec: str, current: list[str]):
     Unknown or ambiguous specs raise AgentFailure(kind="bad_target") with candidates."""
     spec = (spec or "").strip()
     if not spec:
-        raise AgentFailure("no revision given (--to=REV)", kind="bad_target",
-                           candidates=candidates(script))
+        raise AgentFailure(
+            "no revision given (--to=REV)", kind="bad_target", candidates=candidates(script)
+        )
     if spec == "base":
         return None
     if spec in ("head", "heads"):
         heads = script.get_heads()
         if len(heads) != 1:
-            raise AgentFailure(f"'{spec}' is ambiguous: the script directory has {len(heads)} heads: "
-                               f"{', '.join(sorted(heads))}", kind="multiple_heads",
-                               heads=sorted(heads))
+            raise AgentFailure(
+                f"'{spec}' is ambiguous: the script directory has {len(heads)} heads: "
+                f"{', '.join(sorted(heads))}",
+                kind="multiple_heads",
+                heads=sorted(heads),
+            )
         return script.get_revision(heads[0])
     m = RELATIVE.match(spec)
     if m:
         steps = int(m.group(1))
         if len(current) != 1:
-            raise AgentFailure(f"'{spec}' is relative to the current revision, and the database has "
-                               f"{'none' if not current else len(current)}", kind="bad_target",
-                               candidates=candidates(script))
+            raise AgentFailure(
+                f"'{spec}' is relative to the current revision, and the database has "
+                f"{'none' if not current else len(current)}",
+                kind="bad_target",
+                candidates=candidates(script),
+            )
         rev = _known(script, current[0])
         for i in range(steps):
             down = rev.down_revision
             if down is None:
                 if i == steps - 1:
                     return None
-                raise AgentFailure(f"'{spec}' goes below base: {current[0]} is only {i + 1} "
-                                   f"revision(s) above base", kind="bad_target",
-                                   candidates=candidates(script))
+                raise AgentFailure(
+                    f"'{spec}' goes below base: {current[0]} is only {i + 1} "
+                    f"revision(s) above base",
+                    kind="bad_target",
+                    candidates=candidates(script),
+                )
             if isinstance(down, (tuple, list)):
-                raise AgentFailure(f"'{spec}' crosses the merge revision {rev.revision} "
-                                   f"(parents {', '.join(down)}): name the revision instead",
-                                   kind="bad_target", candidates=candidates(script))
+                raise AgentFailure(
+                    f"'{spec}' crosses the merge revision {rev.revision} "
+                    f"(parents {', '.join(down)}): name the revision instead",
+                    kind="bad_target",
+                    candidates=candidates(script),
+                )
             rev = script.get_revision(down)
         return rev
     matches = [r for r in script.walk_revisions() if r.revision.startswith(spec)]
     if len(matches) > 1:
-        raise AgentFailure(f"'{spec}' is ambiguous: {len(matches)} revisions start with it",
-                           kind="bad_target", reason="ambiguous",
-                           candidates=[{"revision": r.revision, "message": (r.doc or "").strip(),
-                                        "branch_labels": sorted(r.branch_labels or [])}
-                                       for r in matches])
+        raise AgentFailure(
+            f"'{spec}' is ambiguous: {len(matches)} revisions start with it",
+            kind="bad_target",
+            reason="ambiguous",
+            candidates=[
+                {
+                    "revision": r.revision,
+                    "message": (r.doc or "").strip(),
+                    "branch_labels": sorted(r.branch_labels or []),
+                }
+                for r in matches
+            ],
+        )
     if len(matches) == 1:
         return matches[0]
     try:  # branch labels, label@rev, anything else alembic itself understands
         revs = [r for r in script.get_revisions(spec) if r is not None]
     except (CommandError, ResolutionError, KeyError, ValueError) as exc:
-        raise AgentFailure(f"'{spec}' names no revision ({one_line(exc)})", kind="bad_target",
-                           reason="unknown", candidates=candidates(script)) from None
+        raise AgentFailure(
+            f"'{spec}' names no revision ({one_line(exc)})",
+            kind="bad_target",
+            reason="unknown",
+            candidates=candidates(script),
+        ) from None
     if len(revs) != 1:
-        raise AgentFailure(f"'{spec}' names {len(revs)} revisions: "
-                           f"{', '.join(r.revision for r in revs) or 'none'}",
-                           kind="bad_target", reason="ambiguous", candidates=candidates(script))
+        raise AgentFailure(
+            f"'{spec}' names {len(revs)} revisions: "
+            f"{', '.join(r.revision for r in revs) or 'none'}",
+            kind="bad_target",
+            reason="ambiguous",
+            candidates=candidates(script),
+        )
     return revs[0]
 
 
@@ -132,17 +172,22 @@ def unknown_current(script, current: list[str]) -> AgentFailure:
     return AgentFailure(
         f"the database's version row names {', '.join(current)}, which this script directory does "
         f"not have (a revision file deleted or renamed, or a database from another branch)",
-        kind="unknown_current", current=current, candidates=candidates(script))
+        kind="unknown_current",
+        current=current,
+        candidates=candidates(script),
+    )
 
 
 def read_current(ctx) -> list[str]:
     """The version rows; an unreachable database is an AgentFailure of kind "connect"."""
     from dbops.agent import db
+
     try:
         return ctx.current_heads()
     except Exception as exc:
-        raise AgentFailure(f"cannot connect to database {db.database()}: {one_line(exc)}",
-                           kind="connect") from None
+        raise AgentFailure(
+            f"cannot connect to database {db.database()}: {one_line(exc)}", kind="connect"
+        ) from None
 
 
 def check_current_known(script, current: list[str]) -> None:
@@ -165,16 +210,32 @@ def ancestors(script, current: list[str]) -> list[str]:
 # --- what a downgrade does ------------------------------------------------------------
 LOSS_SQL = [
     (re.compile(r"\bDROP\s+TABLE\b\s+(?:IF\s+EXISTS\s+)?([\w.\"]+)", re.I), "drops table"),
-    (re.compile(r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?([\w.\"]+)\s+DROP\s+(?:COLUMN\s+)?"
-                r"(?!CONSTRAINT\b)(?:IF\s+EXISTS\s+)?([\w\"]+)", re.I), "drops column"),
+    (
+        re.compile(
+            r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?([\w.\"]+)\s+DROP\s+(?:COLUMN\s+)?"
+            r"(?!CONSTRAINT\b)(?:IF\s+EXISTS\s+)?([\w\"]+)",
+            re.I,
+        ),
+        "drops column",
+    ),
     (re.compile(r"\bTRUNCATE\b\s+(?:TABLE\s+)?([\w.\"]+)", re.I), "truncates"),
     (re.compile(r"\bDELETE\s+FROM\s+([\w.\"]+)", re.I), "deletes rows from"),
-    (re.compile(r"\bDROP\s+(?:MATERIALIZED\s+VIEW|SCHEMA|TYPE|SEQUENCE)\b\s+(?:IF\s+EXISTS\s+)?"
-                r"([\w.\"]+)", re.I), "drops"),
+    (
+        re.compile(
+            r"\bDROP\s+(?:MATERIALIZED\s+VIEW|SCHEMA|TYPE|SEQUENCE)\b\s+(?:IF\s+EXISTS\s+)?"
+            r"([\w.\"]+)",
+            re.I,
+        ),
+        "drops",
+    ),
 ]
-LOSS_TEXT = {"drops table": "drops table {}", "drops column": "drops column {}.{}",
-             "truncates": "truncates {}", "deletes rows from": "deletes rows from {}",
-             "drops": "drops {}"}
+LOSS_TEXT = {
+    "drops table": "drops table {}",
+    "drops column": "drops column {}.{}",
+    "truncates": "truncates {}",
+    "deletes rows from": "deletes rows from {}",
+    "drops": "drops {}",
+}
 
 
 def _downgrade_body(rev) -> tuple[str, list[str]]:
@@ -183,10 +244,14 @@ def _downgrade_body(rev) -> tuple[str, list[str]]:
         tree = ast.parse(source(rev))
     except SyntaxError:
         return "code", []
-    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "downgrade"), None)
+    fn = next(
+        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "downgrade"), None
+    )
     if fn is None:
         return "not_implemented", []
-    body = [n for n in fn.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    body = [
+        n for n in fn.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+    ]
     if not body or all(isinstance(n, ast.Pass) for n in body):
         return "empty", []
     for n in body:
@@ -196,8 +261,12 @@ def _downgrade_body(rev) -> tuple[str, list[str]]:
                 return "not_implemented", []
     calls = []
     for n in ast.walk(fn):
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and \
-                isinstance(n.func.value, ast.Name) and n.func.value.id == "op":
+        if (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Attribute)
+            and isinstance(n.func.value, ast.Name)
+            and n.func.value.id == "op"
+        ):
             calls.append(n.func.attr)
     return "code", calls
 
@@ -220,6 +289,7 @@ COUNT_TIMEOUT = "5s"
 
 def _ident(name: str):
     from psycopg import sql
+
     return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
 
 
@@ -228,17 +298,22 @@ def count_loss(conn, what: str, names: tuple[str, ...]) -> int | None:
     ``what`` would lose in the live database; None when they cannot be counted (no such
     table yet, a lock held, too slow, or a kind of object whose data cannot be counted)."""
     from psycopg import sql
+
     if what == "drops column" and len(names) == 2:
         q = sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
-            _ident(names[0]), sql.Identifier(names[1]))
+            _ident(names[0]), sql.Identifier(names[1])
+        )
     elif what in ("drops table", "truncates", "deletes rows from") and len(names) == 1:
         q = sql.SQL("SELECT count(*) FROM {}").format(_ident(names[0]))
     else:
         return None
     try:
         with conn.transaction(force_rollback=True):
-            conn.execute("SELECT set_config('statement_timeout', %s, true), "
-                         "set_config('lock_timeout', '2s', true)", [COUNT_TIMEOUT])
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, true), "
+                "set_config('lock_timeout', '2s', true)",
+                [COUNT_TIMEOUT],
+            )
             return int(conn.execute(q).fetchone()[0])
     except Exception:  # noqa: BLE001 - "cannot count" is an answer: the plan keeps refusing
         return None
@@ -285,8 +360,9 @@ def downgrade_effects(ctx, rev, *, trusted: bool = True) -> dict:
         out["writes"] = True
         for call in calls:
             if call in ("drop_table", "drop_column", "execute"):
-                out["data_loss"].append(f"op.{call}(...) (could not render its SQL offline: "
-                                        f"assume it drops data)")
+                out["data_loss"].append(
+                    f"op.{call}(...) (could not render its SQL offline: assume it drops data)"
+                )
     return out
 
 
@@ -296,9 +372,12 @@ def downgrade_steps(ctx, script, current: str, target) -> list[dict]:
     trusted = True
     for rev in script.iterate_revisions(current, lower):
         if isinstance(rev.down_revision, (tuple, list)):
-            raise AgentFailure(f"rolling back across the merge revision {rev.revision} is not "
-                               f"supported here: use alembic downgrade directly",
-                               kind="unsupported", revision=rev.revision)
+            raise AgentFailure(
+                f"rolling back across the merge revision {rev.revision} is not "
+                f"supported here: use alembic downgrade directly",
+                kind="unsupported",
+                revision=rev.revision,
+            )
         step = info(rev)
         step.update(downgrade_effects(ctx, rev, trusted=trusted))
         trusted = trusted and not step["writes"]
@@ -325,24 +404,42 @@ def plan_downgrade(ctx, to: str) -> dict:
 
 def _plan_downgrade(ctx, script, current: list[str], to: str) -> dict:
     if not current:
-        raise AgentFailure("the database has no version row (it is at base): nothing to roll back",
-                           kind="bad_target", candidates=[])
+        raise AgentFailure(
+            "the database has no version row (it is at base): nothing to roll back",
+            kind="bad_target",
+            candidates=[],
+        )
     if len(current) > 1:
-        raise AgentFailure(f"the database has {len(current)} version rows ({', '.join(current)}): "
-                           f"roll back one branch with alembic directly", kind="unsupported")
+        raise AgentFailure(
+            f"the database has {len(current)} version rows ({', '.join(current)}): "
+            f"roll back one branch with alembic directly",
+            kind="unsupported",
+        )
     target = resolve(script, to, current)
     target_id = target.revision if target is not None else None
     anc = ancestors(script, current)
     if target_id is not None and target_id not in anc:
-        raise AgentFailure(f"{target_id} is not an ancestor of the current revision {current[0]}: "
-                           f"rollback only goes down", kind="bad_target", reason="not_ancestor",
-                           candidates=[{"revision": r, "message": (script.get_revision(r).doc or "").strip()}
-                                       for r in anc if r != current[0]] + [{"revision": "base", "message": "empty schema"}])
+        raise AgentFailure(
+            f"{target_id} is not an ancestor of the current revision {current[0]}: "
+            f"rollback only goes down",
+            kind="bad_target",
+            reason="not_ancestor",
+            candidates=[
+                {"revision": r, "message": (script.get_revision(r).doc or "").strip()}
+                for r in anc
+                if r != current[0]
+            ]
+            + [{"revision": "base", "message": "empty schema"}],
+        )
     steps = [] if target_id == current[0] else downgrade_steps(ctx, script, current[0], target)
-    return {"current": current, "target": target_id, "target_info": info(target) if target else None,
-            "steps": steps,
-            "data_loss": any(s["data_loss"] for s in steps),
-            "not_implemented": [s["revision"] for s in steps if s["body"] == "not_implemented"]}
+    return {
+        "current": current,
+        "target": target_id,
+        "target_info": info(target) if target else None,
+        "steps": steps,
+        "data_loss": any(s["data_loss"] for s in steps),
+        "not_implemented": [s["revision"] for s in steps if s["body"] == "not_implemented"],
+    }
 
 
 @handler("plan.resolve")
@@ -359,9 +456,12 @@ def plan_resolve(ctx, to: str) -> dict:
         exc.details.setdefault("current", current)
         raise
     known = {r.revision for r in script.walk_revisions()}
-    return {"current": current, "unknown_current": [c for c in current if c not in known],
-            "target": target.revision if target is not None else None,
-            "target_info": info(target) if target is not None else None}
+    return {
+        "current": current,
+        "unknown_current": [c for c in current if c not in known],
+        "target": target.revision if target is not None else None,
+        "target_info": info(target) if target is not None else None,
+    }
 
 
 @handler("revisions.hashes")

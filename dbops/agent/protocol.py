@@ -17,10 +17,21 @@ HANDLERS: dict[str, Callable[..., Any]] = {}
 # Which module registers the ops of each prefix ("backup.begin" -> dbops.agent.backup).
 # Modules are imported on first use, so a backup session never loads alembic.
 MODULES = {
-    "hello": "session", "lock": "lock", "status": "status", "backup": "backup",
-    "restore": "restore", "migrate": "migration", "stamp": "migration", "check": "migration",
-    "plan": "plan", "revisions": "plan", "recover": "recover",
-    "doctor": "doctor", "touched": "touched", "putback": "putback", "rehearse": "rehearse",
+    "hello": "session",
+    "lock": "lock",
+    "status": "status",
+    "backup": "backup",
+    "restore": "restore",
+    "migrate": "migration",
+    "stamp": "migration",
+    "check": "migration",
+    "plan": "plan",
+    "revisions": "plan",
+    "recover": "recover",
+    "doctor": "doctor",
+    "touched": "touched",
+    "putback": "putback",
+    "rehearse": "rehearse",
     "scratch": "scratch",
 }
 
@@ -49,4 +60,5 @@ def handler(name: str):
             raise RuntimeError(f"agent op {name!r} registered twice")
         HANDLERS[name] = fn
         return fn
+
     return register

@@ -44,10 +44,15 @@ def chain(script) -> list[dict]:
     for rev in reversed(list(script.walk_revisions())):
         down = rev.down_revision
         downs = [] if down is None else ([down] if isinstance(down, str) else sorted(down))
-        out.append({"revision": rev.revision, "down_revisions": downs,
-                    "message": (rev.doc or "").strip().splitlines()[0] if rev.doc else "",
-                    "file": Path(rev.path).name if rev.path else None,
-                    "sha256": file_sha256(rev.path)})
+        out.append(
+            {
+                "revision": rev.revision,
+                "down_revisions": downs,
+                "message": (rev.doc or "").strip().splitlines()[0] if rev.doc else "",
+                "file": Path(rev.path).name if rev.path else None,
+                "sha256": file_sha256(rev.path),
+            }
+        )
     return out
 
 
@@ -62,10 +67,12 @@ def quiet_alembic():
 
 
 def version_table_exists(conn, table: str = fingerprint.VERSION_TABLE) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n "
-                        "ON n.oid = c.relnamespace WHERE c.relname = %s AND c.relkind = 'r' "
-                        "AND n.nspname NOT IN ('pg_catalog', 'information_schema'))",
-                        (table,)).fetchone()[0]
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relname = %s AND c.relkind = 'r' "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema'))",
+        (table,),
+    ).fetchone()[0]
 
 
 CONFLICT_MARKER = re.compile(r"^(<<<<<<<|=======|>>>>>>>)( |$)")
@@ -88,15 +95,24 @@ def script_failure(ctx, exc: BaseException) -> AgentFailure:
     markers = []
     if path:
         try:
-            markers = [i for i, ln in enumerate(Path(path).read_text(errors="replace").splitlines(), 1)
-                       if CONFLICT_MARKER.match(ln)]
+            markers = [
+                i
+                for i, ln in enumerate(Path(path).read_text(errors="replace").splitlines(), 1)
+                if CONFLICT_MARKER.match(ln)
+            ]
         except OSError:
             pass
     what = type(exc).__name__ + ": " + (getattr(exc, "msg", None) or one_line(exc))
     where = f"{path}" + (f", line {line}" if line else "") if path else "the script directory"
-    why = (f"merge-conflict markers at line(s) {', '.join(map(str, markers))}" if markers else what)
-    return AgentFailure(f"the revision scripts cannot be read: {where}: {why}", kind="script",
-                        file=path, line=line, conflict_markers=markers, error=what)
+    why = f"merge-conflict markers at line(s) {', '.join(map(str, markers))}" if markers else what
+    return AgentFailure(
+        f"the revision scripts cannot be read: {where}: {why}",
+        kind="script",
+        file=path,
+        line=line,
+        conflict_markers=markers,
+        error=what,
+    )
 
 
 def _safe_versions(ctx) -> bool:
@@ -115,11 +131,13 @@ def inspect(ctx) -> dict:
         raise script_failure(ctx, exc) from None
     try:
         conn = ctx.conn
-        server, num = conn.execute("SELECT current_setting('server_version'), "
-                                   "current_setting('server_version_num')::int").fetchone()
+        server, num = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int"
+        ).fetchone()
     except Exception as exc:
-        raise AgentFailure(f"cannot connect to database {db.database()}: {one_line(exc)}",
-                           kind="connect") from None
+        raise AgentFailure(
+            f"cannot connect to database {db.database()}: {one_line(exc)}", kind="connect"
+        ) from None
     has_table = version_table_exists(conn)
     try:
         with quiet_alembic():
@@ -128,12 +146,21 @@ def inspect(ctx) -> dict:
         raise AgentFailure(f"cannot read alembic_version: {one_line(exc)}", kind="read") from None
     fp = fingerprint.collect(conn)
     env_py = Path(script.dir) / "env.py"
-    return {"database": db.database(), "server_version": server, "server_major": num // 10000,
-            "version_table": has_table, "current": current,
-            "heads": sorted(script.get_heads()), "chain": history,
-            "env_sha256": file_sha256(str(env_py)),
-            "live": {"fingerprint": fp, "hash": fingerprint.digest(fp),
-                     "summary": fingerprint.summary(fp)}}
+    return {
+        "database": db.database(),
+        "server_version": server,
+        "server_major": num // 10000,
+        "version_table": has_table,
+        "current": current,
+        "heads": sorted(script.get_heads()),
+        "chain": history,
+        "env_sha256": file_sha256(str(env_py)),
+        "live": {
+            "fingerprint": fp,
+            "hash": fingerprint.digest(fp),
+            "summary": fingerprint.summary(fp),
+        },
+    }
 
 
 def passes(script) -> list[list[str]]:
@@ -149,11 +176,13 @@ def passes(script) -> list[list[str]]:
 def upgrade_one(cfg, script, rev: str) -> None:
     """``alembic upgrade REV`` as alembic.command.upgrade does it, but with one ScriptDirectory
     for the whole pass (command.upgrade re-reads every revision file on each call: quadratic)."""
+
     def fn(current, _context):
         return script._upgrade_revs(rev, current)
 
-    with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None,
-                            destination_rev=rev, tag=None):
+    with EnvironmentContext(
+        cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=rev, tag=None
+    ):
         script.run_env()
 
 
@@ -180,20 +209,30 @@ def build_expected(ctx, purpose: str = "recover") -> dict:
             scratch_cm = scratch.scratch_database(purpose)
             name = scratch_cm.__enter__()
         except Exception as exc:
-            raise AgentFailure(f"cannot create a scratch database on the server to build the "
-                               f"expected schemas: {one_line(exc)}", kind="scratch") from None
+            raise AgentFailure(
+                f"cannot create a scratch database on the server to build the "
+                f"expected schemas: {one_line(exc)}",
+                kind="scratch",
+            ) from None
         with contextlib.ExitStack() as stack:
             stack.push(scratch_cm)
             with db.pointed_at(name), quiet_alembic():
                 if db.database() != name:  # never upgrade anything but the scratch database
-                    raise AgentFailure("internal: the scratch database is not the target",
-                                       kind="internal")
+                    raise AgentFailure(
+                        "internal: the scratch database is not the target", kind="internal"
+                    )
                 sconn = db.connect(name, application_name="dbops:recover scratch")
                 try:
                     if () not in seen:
                         fp = fingerprint.collect(sconn)
-                        steps.append({"revision": None, "heads": [],
-                                      "hash": fingerprint.digest(fp), "fingerprint": fp})
+                        steps.append(
+                            {
+                                "revision": None,
+                                "heads": [],
+                                "hash": fingerprint.digest(fp),
+                                "fingerprint": fp,
+                            }
+                        )
                         seen.add(())
                     for rev in revs:
                         try:
@@ -201,14 +240,22 @@ def build_expected(ctx, purpose: str = "recover") -> dict:
                         except Exception as exc:
                             raise AgentFailure(
                                 f"building the expected schemas: upgrading a scratch database "
-                                f"to {rev} failed: {one_line(exc)}", kind="expected",
-                                revision=rev) from None
+                                f"to {rev} failed: {one_line(exc)}",
+                                kind="expected",
+                                revision=rev,
+                            ) from None
                         heads = scratch_heads(ctx, sconn, name)
                         if heads in seen:
                             continue
                         fp = fingerprint.collect(sconn)
-                        steps.append({"revision": rev, "heads": list(heads),
-                                      "hash": fingerprint.digest(fp), "fingerprint": fp})
+                        steps.append(
+                            {
+                                "revision": rev,
+                                "heads": list(heads),
+                                "hash": fingerprint.digest(fp),
+                                "fingerprint": fp,
+                            }
+                        )
                         seen.add(heads)
                 finally:
                     sconn.close()
@@ -221,8 +268,9 @@ def expected(ctx) -> dict:
 
 
 @handler("recover.stamp")
-def stamp(ctx, revisions: list[str], expect_current: list[str], expect_hash: str,
-          lock_timeout: str = "2s") -> dict:
+def stamp(
+    ctx, revisions: list[str], expect_current: list[str], expect_hash: str, lock_timeout: str = "2s"
+) -> dict:
     """Stamp (purging the version rows first) after checking nothing moved meanwhile."""
     require_lock(ctx)
     conn = ctx.conn
@@ -230,21 +278,28 @@ def stamp(ctx, revisions: list[str], expect_current: list[str], expect_hash: str
     with quiet_alembic():
         before = ctx.current_heads() if has_table else []
     if sorted(before) != sorted(expect_current):
-        raise AgentFailure(f"alembic_version changed during recover (now {before or ['none']}, "
-                           f"was {expect_current or ['none']}): nothing stamped", kind="moved",
-                           before=before)
+        raise AgentFailure(
+            f"alembic_version changed during recover (now {before or ['none']}, "
+            f"was {expect_current or ['none']}): nothing stamped",
+            kind="moved",
+            before=before,
+        )
     live_hash = fingerprint.digest(fingerprint.collect(conn))
     if live_hash != expect_hash:
-        raise AgentFailure("the live schema changed during recover: nothing stamped",
-                           kind="moved", before=before)
+        raise AgentFailure(
+            "the live schema changed during recover: nothing stamped", kind="moved", before=before
+        )
     targets = [r for r in revisions if r] or ["base"]
     try:
         with db.pg_options(lock_timeout=lock_timeout), quiet_alembic():
             command.stamp(ctx.config(), targets if len(targets) > 1 else targets[0], purge=True)
     except Exception as exc:
-        raise AgentFailure(f"stamp failed: {one_line(exc)}", kind="stamp", before=before,
-                           after=ctx.current_heads() if version_table_exists(conn) else []
-                           ) from None
+        raise AgentFailure(
+            f"stamp failed: {one_line(exc)}",
+            kind="stamp",
+            before=before,
+            after=ctx.current_heads() if version_table_exists(conn) else [],
+        ) from None
     with quiet_alembic():
         after = ctx.current_heads()
     return {"before": before, "before_table": has_table, "after": after}

@@ -56,14 +56,18 @@ def prefix_for(database: str) -> str:
 
 def _own(name: str) -> None:
     if not name.startswith(prefix_for(db.database())):
-        raise AgentFailure(f"internal: {name!r} is not a rehearsal copy of {db.database()}", kind="internal")
+        raise AgentFailure(
+            f"internal: {name!r} is not a rehearsal copy of {db.database()}", kind="internal"
+        )
 
 
 def leftovers(database: str | None = None) -> list[dict]:
     """Rehearsal copies (of ``database``, else of every database) no live rehearsal uses."""
-    return [{"name": x["name"], "bytes": x["bytes"] or 0}
-            for x in scratch.leftovers(prefix_for(database) if database else PREFIX)
-            if not x["in_use"]]
+    return [
+        {"name": x["name"], "bytes": x["bytes"] or 0}
+        for x in scratch.leftovers(prefix_for(database) if database else PREFIX)
+        if not x["in_use"]
+    ]
 
 
 @handler("rehearse.leftovers")
@@ -99,7 +103,9 @@ class Probe(threading.Thread):
         self.dbname = dbname
         self.tables = tables
         self.stopping = threading.Event()
-        self.worst: dict[str, dict[str, float]] = {q: {"read": 0.0, "write": 0.0} for q, _ in tables}
+        self.worst: dict[str, dict[str, float]] = {
+            q: {"read": 0.0, "write": 0.0} for q, _ in tables
+        }
         self.errors: dict[str, str] = {}
         self.rounds = 0
 
@@ -109,8 +115,9 @@ class Probe(threading.Thread):
         out = {"read": sql.SQL("SELECT 1 FROM {} LIMIT 1").format(t)}
         if col:
             c = sql.Identifier(col)
-            out["write"] = sql.SQL("UPDATE {t} SET {c} = {c} WHERE ctid = (SELECT ctid FROM {t} LIMIT 1)"
-                                   ).format(t=t, c=c)
+            out["write"] = sql.SQL(
+                "UPDATE {t} SET {c} = {c} WHERE ctid = (SELECT ctid FROM {t} LIMIT 1)"
+            ).format(t=t, c=c)
         return out
 
     def run(self) -> None:
@@ -136,7 +143,9 @@ class Probe(threading.Thread):
                                 conn.execute(query)
                         except psycopg.errors.LockNotAvailable:
                             blocked = True
-                        except psycopg.Error as exc:  # the table was dropped, retyped...: not a wait
+                        except (
+                            psycopg.Error
+                        ) as exc:  # the table was dropped, retyped...: not a wait
                             self.errors[q] = one_line(exc)
                         end = time.monotonic()
                         key = (q, kind)
@@ -158,25 +167,45 @@ class Probe(threading.Thread):
     def stop(self) -> dict:
         self.stopping.set()
         self.join(timeout=30)
-        return {q: {"read_blocked_s": round(w["read"], 3), "write_blocked_s": round(w["write"], 3)}
-                for q, w in self.worst.items()}
+        return {
+            q: {"read_blocked_s": round(w["read"], 3), "write_blocked_s": round(w["write"], 3)}
+            for q, w in self.worst.items()
+        }
 
 
 def _tables(conn) -> dict[int, dict]:
-    return {r[0]: {"name": r[1], "kind": r[2], "relfilenode": r[3], "bytes": int(r[4] or 0),
-                   "rows": int(r[5] or 0), "first_column": r[6]}
-            for r in conn.execute(TABLES_SQL).fetchall()}
+    return {
+        r[0]: {
+            "name": r[1],
+            "kind": r[2],
+            "relfilenode": r[3],
+            "bytes": int(r[4] or 0),
+            "rows": int(r[5] or 0),
+            "first_column": r[6],
+        }
+        for r in conn.execute(TABLES_SQL).fetchall()
+    }
 
 
 def _names(conn) -> dict[int, str]:
-    return {r[0]: r[1] for r in conn.execute(
-        "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'm')").fetchall()}
+    return {
+        r[0]: r[1]
+        for r in conn.execute(
+            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'm')"
+        ).fetchall()
+    }
 
 
 @handler("rehearse.run")
-def run(ctx, name: str, revisions: list, lock_timeout: str = "2s", statement_timeout: str = "0",
-        probe: bool = True) -> dict:
+def run(
+    ctx,
+    name: str,
+    revisions: list,
+    lock_timeout: str = "2s",
+    statement_timeout: str = "0",
+    probe: bool = True,
+) -> dict:
     """Apply ``revisions`` in order on the copy ``name``; per revision the facts the host
     judges (dbops/ops/rehearse_verdict.py). Stops at the first that fails."""
     from alembic import command
@@ -205,8 +234,12 @@ def run(ctx, name: str, revisions: list, lock_timeout: str = "2s", statement_tim
             prober.start()
         t0 = time.monotonic()
         try:
-            with trace, quiet(), db.pointed_at(name), \
-                    db.pg_options(lock_timeout=lock_timeout, statement_timeout=statement_timeout):
+            with (
+                trace,
+                quiet(),
+                db.pointed_at(name),
+                db.pg_options(lock_timeout=lock_timeout, statement_timeout=statement_timeout),
+            ):
                 command.upgrade(ctx.config(), rev)
         except Exception as exc:  # noqa: BLE001 - reported as the revision's failure
             error = one_line(exc)
@@ -226,8 +259,13 @@ def run(ctx, name: str, revisions: list, lock_timeout: str = "2s", statement_tim
             break
     with db.connect(name, application_name=app) as sc:
         after_fp = _fingerprint(sc)
-    return {"name": name, "before": before_heads, "revisions": results,
-            "fingerprint_before": before_fp, "fingerprint_after": after_fp}
+    return {
+        "name": name,
+        "before": before_heads,
+        "revisions": results,
+        "fingerprint_before": before_fp,
+        "fingerprint_after": after_fp,
+    }
 
 
 def _fingerprint(conn) -> str:
@@ -242,20 +280,54 @@ def _facts(rev, seconds, error, trace, base, names, blocked, heads, prober) -> d
 
     statements = []
     for r in trace.records:
-        statements.append({**r, "locks": [{"relation": rel(o), "mode": m, "new_table": o not in base}
-                                          for o, m in r["locks"] if rel(o)],
-                           "rewrites": [rel(o) for o in r["rewrites"] if rel(o)]})
-    locks = [{"relation": rel(h["oid"]), "mode": h["mode"], "held_s": h["seconds"],
-              "statement": h["statement"], "new_table": h["oid"] not in base}
-             for h in trace.holds if rel(h["oid"]) and not rel(h["oid"]).endswith(".alembic_version")]
-    rewrites = [{"relation": base[o]["name"], "bytes": base[o]["bytes"], "rows": base[o]["rows"],
-                 "statement": i} for o, i in trace.rewrites.items() if o in base]
+        statements.append(
+            {
+                **r,
+                "locks": [
+                    {"relation": rel(o), "mode": m, "new_table": o not in base}
+                    for o, m in r["locks"]
+                    if rel(o)
+                ],
+                "rewrites": [rel(o) for o in r["rewrites"] if rel(o)],
+            }
+        )
+    locks = [
+        {
+            "relation": rel(h["oid"]),
+            "mode": h["mode"],
+            "held_s": h["seconds"],
+            "statement": h["statement"],
+            "new_table": h["oid"] not in base,
+        }
+        for h in trace.holds
+        if rel(h["oid"]) and not rel(h["oid"]).endswith(".alembic_version")
+    ]
+    rewrites = [
+        {
+            "relation": base[o]["name"],
+            "bytes": base[o]["bytes"],
+            "rows": base[o]["rows"],
+            "statement": i,
+        }
+        for o, i in trace.rewrites.items()
+        if o in base
+    ]
     touched = {lk["relation"] for lk in locks if not lk["new_table"]}
-    return {"revision": rev, "seconds": round(seconds, 3), "error": error, "heads": heads,
-            "statements": statements, "locks": locks, "rewrites": rewrites,
-            "max_transaction_rows": trace.max_tx_rows,
-            "table_rows": {base[o]["name"]: base[o]["rows"] for o in base},
-            "probe": {q: v for q, v in blocked.items()
-                      if q in touched or v["read_blocked_s"] or v["write_blocked_s"]},
-            "probe_rounds": prober.rounds if prober else 0,
-            "probe_errors": dict(prober.errors) if prober else {}}
+    return {
+        "revision": rev,
+        "seconds": round(seconds, 3),
+        "error": error,
+        "heads": heads,
+        "statements": statements,
+        "locks": locks,
+        "rewrites": rewrites,
+        "max_transaction_rows": trace.max_tx_rows,
+        "table_rows": {base[o]["name"]: base[o]["rows"] for o in base},
+        "probe": {
+            q: v
+            for q, v in blocked.items()
+            if q in touched or v["read_blocked_s"] or v["write_blocked_s"]
+        },
+        "probe_rounds": prober.rounds if prober else 0,
+        "probe_errors": dict(prober.errors) if prober else {},
+    }

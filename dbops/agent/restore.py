@@ -35,8 +35,11 @@ OLD = "_dbops_old_"
 def _prefix(database: str, room: int) -> str:
     if len(database.encode()) <= room:
         return database
-    return database.encode()[: room - 5].decode(errors="ignore") + format(
-        zlib.crc32(database.encode()) & 0xFFFF, "04x") + "_"
+    return (
+        database.encode()[: room - 5].decode(errors="ignore")
+        + format(zlib.crc32(database.encode()) & 0xFFFF, "04x")
+        + "_"
+    )
 
 
 def derived_name(database: str, kind: str) -> str:
@@ -55,9 +58,13 @@ def _maint(app: str):
 def sessions(conn, database: str) -> list[dict]:
     rows = conn.execute(
         "SELECT pid, usename, application_name, coalesce(host(client_addr), 'local'), state "
-        "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [database]).fetchall()
-    return [{"pid": r[0], "user": r[1], "application_name": r[2], "client": r[3], "state": r[4]}
-            for r in rows]
+        "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        [database],
+    ).fetchall()
+    return [
+        {"pid": r[0], "user": r[1], "application_name": r[2], "client": r[3], "state": r[4]}
+        for r in rows
+    ]
 
 
 def _close_live(ctx) -> None:
@@ -83,24 +90,43 @@ def facts(ctx) -> dict:
     database = db.database()
     try:
         with _maint("dbops:restore facts") as m:
-            num, version = m.execute("SELECT current_setting('server_version_num')::int, "
-                                     "current_setting('server_version')").fetchone()
-            row = m.execute("SELECT row_to_json(d) FROM pg_database d WHERE datname = %s",
-                            [database]).fetchone()
-            kept = [r[0] for r in m.execute(
-                "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
-                [_like(_prefix(database, 63 - len(OLD) - 16) + OLD) + "%"]).fetchall()]
+            num, version = m.execute(
+                "SELECT current_setting('server_version_num')::int, "
+                "current_setting('server_version')"
+            ).fetchone()
+            row = m.execute(
+                "SELECT row_to_json(d) FROM pg_database d WHERE datname = %s", [database]
+            ).fetchone()
+            kept = [
+                r[0]
+                for r in m.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+                    [_like(_prefix(database, 63 - len(OLD) - 16) + OLD) + "%"],
+                ).fetchall()
+            ]
             live_sessions = sessions(m, database)
-            size = m.execute("SELECT pg_database_size(%s) FROM pg_database WHERE datname = %s",
-                             [database, database]).fetchone()
-        revisions = _live_revisions(ctx, database) if row is not None and row[0].get("datallowconn", True) else None
+            size = m.execute(
+                "SELECT pg_database_size(%s) FROM pg_database WHERE datname = %s",
+                [database, database],
+            ).fetchone()
+        revisions = (
+            _live_revisions(ctx, database)
+            if row is not None and row[0].get("datallowconn", True)
+            else None
+        )
     except psycopg.Error as exc:
         raise AgentFailure(f"cannot reach the server: {one_line(exc)}", kind="connect") from None
-    return {"database": database, "server_version_num": num, "server_version": version,
-            "exists": row is not None, "kept_old": kept, "sessions": live_sessions,
-            "revisions": revisions,
-            "database_size": size[0] if size else 0,
-            "encoding": (row[0] or {}).get("encoding") if row else None}
+    return {
+        "database": database,
+        "server_version_num": num,
+        "server_version": version,
+        "exists": row is not None,
+        "kept_old": kept,
+        "sessions": live_sessions,
+        "revisions": revisions,
+        "database_size": size[0] if size else 0,
+        "encoding": (row[0] or {}).get("encoding") if row else None,
+    }
 
 
 @handler("restore.create")
@@ -109,31 +135,44 @@ def create(ctx) -> dict:
     database = db.database()
     swept = []
     with _maint(f"dbops:restore {ctx.operator}") as m:
-        for (name,) in m.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                 [_like(_prefix(database, 63 - len(RESTORING) - 16) + RESTORING) + "%"]).fetchall():
+        for (name,) in m.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            [_like(_prefix(database, 63 - len(RESTORING) - 16) + RESTORING) + "%"],
+        ).fetchall():
             # We hold the lock: a restore target left behind is from a killed restore.
-            m.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            m.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
             swept.append(name)
-        row = m.execute("SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
-                        "WHERE d.datname = %s", [database]).fetchone()
+        row = m.execute(
+            "SELECT r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+            "WHERE d.datname = %s",
+            [database],
+        ).fetchone()
         name = derived_name(database, RESTORING)
         q = sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
-            sql.Identifier(name), like_database(m, database))
+            sql.Identifier(name), like_database(m, database)
+        )
         try:
             m.execute(q + sql.SQL(" OWNER {}").format(sql.Identifier(row[0])) if row else q)
         except psycopg.errors.InsufficientPrivilege:
             m.execute(q)
         except psycopg.Error as exc:
-            raise AgentFailure(f"cannot create the restore target database: {one_line(exc)}",
-                               kind="create") from None
+            raise AgentFailure(
+                f"cannot create the restore target database: {one_line(exc)}", kind="create"
+            ) from None
         if row:  # ALTER DATABASE … SET settings are not in a dump: carry the live ones over
             for (setting,) in m.execute(
-                    "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d "
-                    "ON d.oid = s.setdatabase WHERE d.datname = %s AND s.setrole = 0",
-                    [database]).fetchall():
+                "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d "
+                "ON d.oid = s.setdatabase WHERE d.datname = %s AND s.setrole = 0",
+                [database],
+            ).fetchall():
                 key, _, value = setting.partition("=")
-                m.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
-                    sql.Identifier(name), sql.Identifier(key), sql.Literal(value)))
+                m.execute(
+                    sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                        sql.Identifier(name), sql.Identifier(key), sql.Literal(value)
+                    )
+                )
     return {"name": name, "swept": swept}
 
 
@@ -141,14 +180,18 @@ def create(ctx) -> dict:
 def scratch_create(_ctx) -> dict:
     """An empty scratch database for verify-backup --restore-test (no lock: live is not touched)."""
     from dbops.agent import scratch
+
     return {"name": scratch.create("restoretest")}
 
 
 @handler("restore.scratch_drop")
 def scratch_drop(_ctx, name: str) -> dict:
     from dbops.agent import scratch
+
     if not name.startswith("dbops_scratch_"):
-        raise AgentFailure(f"internal: refusing to drop {name!r} (not a scratch database)", kind="internal")
+        raise AgentFailure(
+            f"internal: refusing to drop {name!r} (not a scratch database)", kind="internal"
+        )
     scratch.drop(name)
     return {"dropped": name}
 
@@ -162,31 +205,54 @@ def check(ctx, name: str, tables: dict, revisions: list) -> dict:
             counts = count_rows(conn, [present[k] for k in sorted(present) if k in tables])
             heads = db.version_rows(conn)  # without loading alembic: ~0.2 s of every restore
     except psycopg.Error as exc:
-        raise AgentFailure(f"checking the restored database failed: {one_line(exc)}",
-                           kind="check") from None
-    wrong = {k: {"manifest": tables[k], "restored": counts[k]} for k in counts if counts[k] != tables[k]}
+        raise AgentFailure(
+            f"checking the restored database failed: {one_line(exc)}", kind="check"
+        ) from None
+    wrong = {
+        k: {"manifest": tables[k], "restored": counts[k]} for k in counts if counts[k] != tables[k]
+    }
     problems = []
     if missing:
         problems.append(f"tables missing: {', '.join(missing[:10])}")
     if wrong:
-        problems.append("row counts differ: " + ", ".join(
-            f"{k} {v['restored']} (manifest {v['manifest']})" for k, v in list(wrong.items())[:10]))
+        problems.append(
+            "row counts differ: "
+            + ", ".join(
+                f"{k} {v['restored']} (manifest {v['manifest']})"
+                for k, v in list(wrong.items())[:10]
+            )
+        )
     if sorted(heads) != sorted(revisions):
-        problems.append(f"alembic revision {heads or ['base']} differs from the manifest's "
-                        f"{revisions or ['base']}")
+        problems.append(
+            f"alembic revision {heads or ['base']} differs from the manifest's "
+            f"{revisions or ['base']}"
+        )
     if problems:
-        raise AgentFailure("the restored database does not match the backup: " + "; ".join(problems),
-                           kind="check", missing=missing, wrong=wrong, heads=heads)
-    return {"tables": len(counts), "rows": sum(counts.values()), "revisions": heads,
-            "extra_tables": sorted(set(present) - set(tables))}
+        raise AgentFailure(
+            "the restored database does not match the backup: " + "; ".join(problems),
+            kind="check",
+            missing=missing,
+            wrong=wrong,
+            heads=heads,
+        )
+    return {
+        "tables": len(counts),
+        "rows": sum(counts.values()),
+        "revisions": heads,
+        "extra_tables": sorted(set(present) - set(tables)),
+    }
 
 
 @handler("restore.drop")
 def drop(ctx, name: str) -> dict:
     """Drops a restore target (a failed restore) or, under the lock, a kept old database
     (restore --drop-old, after its verified pre-restore backup)."""
-    if RESTORING not in name and not (OLD in name and name.startswith(_prefix(db.database(), 63 - len(OLD) - 16))):
-        raise AgentFailure(f"internal: refusing to drop {name!r} (not a restore target)", kind="internal")
+    if RESTORING not in name and not (
+        OLD in name and name.startswith(_prefix(db.database(), 63 - len(OLD) - 16))
+    ):
+        raise AgentFailure(
+            f"internal: refusing to drop {name!r} (not a restore target)", kind="internal"
+        )
     if OLD in name:
         require_lock(ctx)
     with _maint(f"dbops:restore {ctx.operator}") as m:
@@ -214,7 +280,9 @@ def swap(ctx, name: str, attempts: int = 20) -> dict:
                     m.execute("SELECT pg_terminate_backend(%s)", [s["pid"]])
                     terminated.append(s)
                 try:
-                    m.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(live), ident(old)))
+                    m.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(live), ident(old))
+                    )
                     break
                 except psycopg.errors.ObjectInUse:
                     if attempt == attempts - 1:
@@ -222,15 +290,22 @@ def swap(ctx, name: str, attempts: int = 20) -> dict:
                     time.sleep(0.1 * (attempt + 1))
         except psycopg.Error as exc:
             m.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(live)))
-            raise AgentFailure(f"could not rename {live} out of the way: {one_line(exc)}; it is "
-                               f"unchanged and open again", kind="swap", stage="rename-live") from None
+            raise AgentFailure(
+                f"could not rename {live} out of the way: {one_line(exc)}; it is "
+                f"unchanged and open again",
+                kind="swap",
+                stage="rename-live",
+            ) from None
         try:
             m.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(name), ident(live)))
         except psycopg.Error as exc:
             m.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(old), ident(live)))
             m.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(live)))
-            raise AgentFailure(f"could not rename the restored database into place: {one_line(exc)}; "
-                               f"{live} was renamed back and is unchanged", kind="swap",
-                               stage="rename-new") from None
+            raise AgentFailure(
+                f"could not rename the restored database into place: {one_line(exc)}; "
+                f"{live} was renamed back and is unchanged",
+                kind="swap",
+                stage="rename-new",
+            ) from None
         m.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(old)))
     return {"old": old, "live": live, "terminated": terminated}

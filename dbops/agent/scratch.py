@@ -45,13 +45,19 @@ def like_database(conn: psycopg.Connection, database: str) -> sql.Composable:
     v = conn.info.server_version
     locale = "datlocale" if v >= 170000 else "daticulocale" if v >= 150000 else "NULL"
     provider = "datlocprovider" if v >= 150000 else "'c'"
-    row = conn.execute(f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, "
-                       f"{locale} FROM pg_database WHERE datname = %s", [database]).fetchone()
+    row = conn.execute(
+        f"SELECT pg_encoding_to_char(encoding), datcollate, datctype, {provider}, "
+        f"{locale} FROM pg_database WHERE datname = %s",
+        [database],
+    ).fetchone()
     if row is None:
         return sql.SQL("")
     enc, collate, ctype, prov, loc = row
-    opts = [sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
-        sql.Literal(enc), sql.Literal(collate), sql.Literal(ctype))]
+    opts = [
+        sql.SQL("ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            sql.Literal(enc), sql.Literal(collate), sql.Literal(ctype)
+        )
+    ]
     if prov == "i":
         opts.append(sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(loc)))
     elif prov == "b":
@@ -64,8 +70,11 @@ def create(purpose: str) -> str:
     conn = db.connect(maintenance_db(), application_name=f"dbops:scratch {purpose}")
     try:
         conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [LOCK_CLASS, name])
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
-            sql.Identifier(name), like_database(conn, db.database())))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 {}").format(
+                sql.Identifier(name), like_database(conn, db.database())
+            )
+        )
     except BaseException:
         conn.close()
         raise
@@ -75,7 +84,9 @@ def create(purpose: str) -> str:
 
 def drop(name: str) -> None:
     with db.connect(maintenance_db(), application_name="dbops:scratch drop") as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
     holder = _held.pop(name, None)
     if holder is not None:
         holder.close()
@@ -107,7 +118,7 @@ FROM pg_database d WHERE starts_with(d.datname, %(prefix)s) ORDER BY 1
 
 
 def purpose_of(name: str) -> str:
-    return name[len(PREFIX):].split("_", 1)[0] if name.startswith(PREFIX) else "?"
+    return name[len(PREFIX) :].split("_", 1)[0] if name.startswith(PREFIX) else "?"
 
 
 def leftovers(prefix: str = PREFIX) -> list[dict]:
@@ -116,14 +127,26 @@ def leftovers(prefix: str = PREFIX) -> list[dict]:
     found = []
     with db.connect(maintenance_db(), application_name="dbops:scratch leftovers") as m:
         for name, size, holder, sessions, app in m.execute(
-                LEFTOVERS_SQL, {"cls": LOCK_CLASS, "prefix": prefix}).fetchall():
+            LEFTOVERS_SQL, {"cls": LOCK_CLASS, "prefix": prefix}
+        ).fetchall():
             word = purpose_of(name)
-            used = (f"held by pid {holder} (the operation that made it is running)" if holder
-                    else f"{sessions} session(s) connected ({app or 'no application name'})"
-                    if sessions else None)
-            found.append({"name": name, "bytes": None if size is None else int(size),
-                          "purpose": word, "made_by": PURPOSES.get(word, f"dbops ({word})"),
-                          "in_use": used is not None, "used_by": used})
+            used = (
+                f"held by pid {holder} (the operation that made it is running)"
+                if holder
+                else f"{sessions} session(s) connected ({app or 'no application name'})"
+                if sessions
+                else None
+            )
+            found.append(
+                {
+                    "name": name,
+                    "bytes": None if size is None else int(size),
+                    "purpose": word,
+                    "made_by": PURPOSES.get(word, f"dbops ({word})"),
+                    "in_use": used is not None,
+                    "used_by": used,
+                }
+            )
     return found
 
 

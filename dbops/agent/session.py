@@ -23,6 +23,10 @@ def hello(ctx, operator: str = "unknown", maintenance_db: str = "postgres") -> d
     """First request of every session: who is asking, and the agent's own versions."""
     ctx.operator = operator
     os.environ["DBOPS_MAINTENANCE_DB"] = maintenance_db
-    return {"python": sys.version.split()[0], "alembic": _version("alembic"),
-            "sqlalchemy": _version("sqlalchemy"), "psycopg": _version("psycopg"),
-            "database": db.database()}
+    return {
+        "python": sys.version.split()[0],
+        "alembic": _version("alembic"),
+        "sqlalchemy": _version("sqlalchemy"),
+        "psycopg": _version("psycopg"),
+        "database": db.database(),
+    }

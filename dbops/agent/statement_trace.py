@@ -19,9 +19,11 @@ import time
 
 # granted relation locks of this backend, with the relation's current relfilenode (which a
 # rewrite changes inside the transaction: the migration's own backend sees the new one)
-LOCKS_SQL = ("SELECT l.relation, l.mode, c.relfilenode FROM pg_locks l "
-             "LEFT JOIN pg_class c ON c.oid = l.relation "
-             "WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted")
+LOCKS_SQL = (
+    "SELECT l.relation, l.mode, c.relfilenode FROM pg_locks l "
+    "LEFT JOIN pg_class c ON c.oid = l.relation "
+    "WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation' AND l.granted"
+)
 SQL_KEPT = 400  # characters of each statement kept in a record
 
 
@@ -33,21 +35,24 @@ class StatementTrace:
     def __init__(self, *, detail: bool = False, clock=time.monotonic):
         self.detail = detail
         self.clock = clock
-        self.seen: dict[int, set[str]] = {}               # oid -> every mode seen
+        self.seen: dict[int, set[str]] = {}  # oid -> every mode seen
         self.statements = 0
-        self.held: dict[int, set[tuple[int, str]]] = {}   # per backend: pairs held so far
-        self.first_seen: dict[tuple[int, int, str], tuple[float, int]] = {}  # (backend, oid, mode) -> (t, stmt)
+        self.held: dict[int, set[tuple[int, str]]] = {}  # per backend: pairs held so far
+        self.first_seen: dict[
+            tuple[int, int, str], tuple[float, int]
+        ] = {}  # (backend, oid, mode) -> (t, stmt)
         self.records: list[dict] = []
         self.holds: list[dict] = []
         self.baseline: dict[int, int] = {}
-        self.rewrites: dict[int, int] = {}                # oid -> index of the statement
-        self.tx_rows = 0                                   # rows written in the open transaction
+        self.rewrites: dict[int, int] = {}  # oid -> index of the statement
+        self.tx_rows = 0  # rows written in the open transaction
         self.max_tx_rows = 0
         self._t0: dict[int, float] = {}
 
     # --- hooks -------------------------------------------------------------------------
-    def on_statement(self, statement: str, pairs: set[tuple[int, str]],
-                     new: set[tuple[int, str]]) -> None:
+    def on_statement(
+        self, statement: str, pairs: set[tuple[int, str]], new: set[tuple[int, str]]
+    ) -> None:
         """After a statement: the pairs held now and those new since the last sample."""
 
     # --- sampling ----------------------------------------------------------------------
@@ -59,8 +64,13 @@ class StatementTrace:
         except Exception:  # an aborted transaction: the failure itself is reported elsewhere
             return None
 
-    def _sample(self, dbapi_conn, statement: str | None = None, started: float | None = None,
-                rowcount: int = -1) -> None:
+    def _sample(
+        self,
+        dbapi_conn,
+        statement: str | None = None,
+        started: float | None = None,
+        rowcount: int = -1,
+    ) -> None:
         rows = self._read(dbapi_conn)
         if rows is None:
             return
@@ -72,23 +82,36 @@ class StatementTrace:
         self.held[key] = pairs
         index = len(self.records)
         for oid, mode in new:  # taken during this statement: held from its start
-            self.first_seen.setdefault((key, oid, mode), (started if started is not None else self.clock(), index))
+            self.first_seen.setdefault(
+                (key, oid, mode), (started if started is not None else self.clock(), index)
+            )
         if self.detail and statement is not None:
             autocommit = bool(getattr(dbapi_conn, "autocommit", False))
             rewritten = []
             for oid, _, node in rows:
-                if node and oid in self.baseline and self.baseline[oid] != node and oid not in self.rewrites:
+                if (
+                    node
+                    and oid in self.baseline
+                    and self.baseline[oid] != node
+                    and oid not in self.rewrites
+                ):
                     self.rewrites[oid] = index
                     rewritten.append(oid)
             rows_written = rowcount if rowcount and rowcount > 0 and _writes(statement) else 0
             if not autocommit:
                 self.tx_rows += rows_written
                 self.max_tx_rows = max(self.max_tx_rows, self.tx_rows)
-            self.records.append({
-                "index": index, "sql": " ".join(statement.split())[:SQL_KEPT],
-                "seconds": round(self.clock() - started, 4) if started is not None else None,
-                "rows": rows_written, "autocommit": autocommit,
-                "locks": sorted([oid, mode] for oid, mode in new), "rewrites": rewritten})
+            self.records.append(
+                {
+                    "index": index,
+                    "sql": " ".join(statement.split())[:SQL_KEPT],
+                    "seconds": round(self.clock() - started, 4) if started is not None else None,
+                    "rows": rows_written,
+                    "autocommit": autocommit,
+                    "locks": sorted([oid, mode] for oid, mode in new),
+                    "rewrites": rewritten,
+                }
+            )
         if statement is not None:
             self.on_statement(statement, pairs, new)
 
@@ -99,8 +122,9 @@ class StatementTrace:
         for (k, oid, mode), (t, index) in list(self.first_seen.items()):
             if k == key:
                 if self.detail:
-                    self.holds.append({"oid": oid, "mode": mode, "statement": index,
-                                       "seconds": round(now - t, 4)})
+                    self.holds.append(
+                        {"oid": oid, "mode": mode, "statement": index, "seconds": round(now - t, 4)}
+                    )
                 del self.first_seen[(k, oid, mode)]
         self.held.pop(key, None)
         self.tx_rows = 0
@@ -136,12 +160,17 @@ class StatementTrace:
         now = self.clock()
         for (_, oid, mode), (t, index) in self.first_seen.items():
             if self.detail:
-                self.holds.append({"oid": oid, "mode": mode, "statement": index,
-                                   "seconds": round(now - t, 4)})
+                self.holds.append(
+                    {"oid": oid, "mode": mode, "statement": index, "seconds": round(now - t, 4)}
+                )
         self.first_seen.clear()
 
-    EVENTS = (("before_cursor_execute", "before_execute"), ("after_cursor_execute", "after_execute"),
-              ("commit", "before_commit"), ("rollback", "after_rollback"))
+    EVENTS = (
+        ("before_cursor_execute", "before_execute"),
+        ("after_cursor_execute", "after_execute"),
+        ("commit", "before_commit"),
+        ("rollback", "after_rollback"),
+    )
 
     def __enter__(self):
         from sqlalchemy import event

@@ -22,9 +22,13 @@ def applied_set(script, current: list[str]) -> set[str]:
 
 
 def revision_info(rev) -> dict:
-    return {"revision": rev.revision, "down_revision": rev.down_revision,
-            "message": (rev.doc or "").strip(), "branch_labels": sorted(rev.branch_labels or []),
-            "path": rev.path}
+    return {
+        "revision": rev.revision,
+        "down_revision": rev.down_revision,
+        "message": (rev.doc or "").strip(),
+        "branch_labels": sorted(rev.branch_labels or []),
+        "path": rev.path,
+    }
 
 
 @handler("status")
@@ -34,19 +38,29 @@ def status(ctx) -> dict:
         server = ctx.conn.execute("SHOW server_version").fetchone()[0]
         current = ctx.current_heads()
     except Exception as exc:  # unreachable, wrong password, missing database
-        raise AgentFailure(f"cannot connect to database {db.database()}: {one_line(exc)}",
-                           kind="connect") from None
+        raise AgentFailure(
+            f"cannot connect to database {db.database()}: {one_line(exc)}", kind="connect"
+        ) from None
     known = {r.revision for r in script.walk_revisions()}
     applied = applied_set(script, current)
     heads = sorted(script.get_heads())
     history = []
     for rev in reversed(list(script.walk_revisions())):
         info = revision_info(rev)
-        info.update(is_head=rev.revision in heads, applied=rev.revision in applied,
-                    is_current=rev.revision in current)
+        info.update(
+            is_head=rev.revision in heads,
+            applied=rev.revision in applied,
+            is_current=rev.revision in current,
+        )
         history.append(info)
     pending = [h["revision"] for h in history if not h["applied"]]
-    return {"database": db.database(), "server_version": server, "current": current,
-            "unknown_current": [c for c in current if c not in known], "heads": heads,
-            "history": history, "pending": pending,
-            "at_head": bool(current) and sorted(current) == heads}
+    return {
+        "database": db.database(),
+        "server_version": server,
+        "current": current,
+        "unknown_current": [c for c in current if c not in known],
+        "heads": heads,
+        "history": history,
+        "pending": pending,
+        "at_head": bool(current) and sorted(current) == heads,
+    }

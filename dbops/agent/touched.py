@@ -34,8 +34,14 @@ from dbops.agent.lock import maintenance_db, require_lock
 from dbops.agent.protocol import AgentFailure, handler
 from dbops.agent.statement_trace import StatementTrace
 
-WRITE_MODES = {"RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock",
-               "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
+WRITE_MODES = {
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+}
 READ_MODES = {"AccessShareLock", "RowShareLock"}
 SCRATCH_PREFIX = "dbops_scratch_touched_"
 
@@ -62,9 +68,12 @@ def relations(conn) -> dict[int, tuple[str, str]]:
 DESTRUCTIVE = re.compile(r"\b(DROP|TRUNCATE)\b|\bALTER\s+COLUMN\b.*\bTYPE\b", re.I | re.S)
 DML = re.compile(r"^\s*(WITH\b.*?\)\s*)?(UPDATE|DELETE|INSERT|MERGE)\b", re.I | re.S)
 # the table a statement names: UPDATE t / DELETE FROM t / INSERT INTO t / ALTER TABLE t / DROP TABLE t
-TARGET = re.compile(r"\b(?:UPDATE(?:\s+ONLY)?|DELETE\s+FROM(?:\s+ONLY)?|INSERT\s+INTO|MERGE\s+INTO|"
-                    r"ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?|"
-                    r"TRUNCATE(?:\s+TABLE)?(?:\s+ONLY)?)\s+((?:\"[^\"]+\"|\w+)(?:\.(?:\"[^\"]+\"|\w+))?)", re.I)
+TARGET = re.compile(
+    r"\b(?:UPDATE(?:\s+ONLY)?|DELETE\s+FROM(?:\s+ONLY)?|INSERT\s+INTO|MERGE\s+INTO|"
+    r"ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?|"
+    r"TRUNCATE(?:\s+TABLE)?(?:\s+ONLY)?)\s+((?:\"[^\"]+\"|\w+)(?:\.(?:\"[^\"]+\"|\w+))?)",
+    re.I,
+)
 
 
 class LockTrace(StatementTrace):
@@ -76,15 +85,18 @@ class LockTrace(StatementTrace):
     def __init__(self):
         super().__init__()
         self.revision = ""
-        self.wrote: dict[str, set] = {}      # revision -> oids or names its DML wrote
+        self.wrote: dict[str, set] = {}  # revision -> oids or names its DML wrote
         self.destroyed: dict[str, set] = {}  # revision -> oids or names its DDL destroyed
-        self.read: dict[str, set] = {}       # revision -> oids it read (an ORM loop on no rows)
+        self.read: dict[str, set] = {}  # revision -> oids it read (an ORM loop on no rows)
 
-    def on_statement(self, statement: str, pairs: set[tuple[int, str]],
-                     new: set[tuple[int, str]]) -> None:
+    def on_statement(
+        self, statement: str, pairs: set[tuple[int, str]], new: set[tuple[int, str]]
+    ) -> None:
         wrote = self.wrote.setdefault(self.revision, set())
         wrote.update(oid for oid, mode in new if mode == "RowExclusiveLock")
-        self.read.setdefault(self.revision, set()).update(oid for oid, mode in new if mode in READ_MODES)
+        self.read.setdefault(self.revision, set()).update(
+            oid for oid, mode in new if mode in READ_MODES
+        )
         named = {m.group(1) for m in TARGET.finditer(statement)}
         if DML.match(statement):
             wrote.update(named)
@@ -125,8 +137,7 @@ def closure(conn, touched: dict[str, str], names: dict[str, str]) -> str | None:
         SELECT pn.nspname || '.' || p.relname, cn.nspname || '.' || c.relname
         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         JOIN pg_namespace cn ON cn.oid = c.relnamespace
-        JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace"""
-                           ).fetchall()
+        JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace""").fetchall()
     triggers = conn.execute("""
         SELECT n.nspname || '.' || c.relname, t.tgname, l.lanname, f.prosrc,
                fn.nspname || '.' || f.proname
@@ -134,11 +145,14 @@ def closure(conn, touched: dict[str, str], names: dict[str, str]) -> str | None:
         JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc f ON f.oid = t.tgfoid
         JOIN pg_namespace fn ON fn.oid = f.pronamespace JOIN pg_language l ON l.oid = f.prolang
         WHERE NOT t.tgisinternal""").fetchall()
-    functions = {r[0]: (r[1], r[2]) for r in conn.execute("""
+    functions = {
+        r[0]: (r[1], r[2])
+        for r in conn.execute("""
         SELECT p.proname, l.lanname, p.prosrc FROM pg_proc p
         JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang
         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg\\_%'""").fetchall()}
+          AND n.nspname NOT LIKE 'pg\\_%'""").fetchall()
+    }
     seqs = conn.execute("""
         SELECT tn.nspname || '.' || t.relname, sn.nspname || '.' || s.relname
         FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
@@ -152,8 +166,7 @@ def closure(conn, touched: dict[str, str], names: dict[str, str]) -> str | None:
              AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
         JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
         JOIN pg_namespace sn ON sn.oid = s.relnamespace
-        JOIN pg_class t ON t.oid = ad.adrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace"""
-                        ).fetchall()
+        JOIN pg_class t ON t.oid = ad.adrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace""").fetchall()
     by_bare: dict[str, list[str]] = {}
     for q in names:
         by_bare.setdefault(q.split(".", 1)[1].lower(), []).append(q)
@@ -215,8 +228,10 @@ def _scratch_purpose() -> str:
     import zlib
 
     database = db.database()
-    return (f"touched_{re.sub(r'[^a-z0-9]', '', database.lower())[:16]}"
-            f"{zlib.crc32(database.encode()) & 0xFFFF:04x}")
+    return (
+        f"touched_{re.sub(r'[^a-z0-9]', '', database.lower())[:16]}"
+        f"{zlib.crc32(database.encode()) & 0xFFFF:04x}"
+    )
 
 
 @handler("touched.scratch")
@@ -225,8 +240,9 @@ def scratch_create(ctx) -> dict:
     prefix = f"dbops_scratch_{_scratch_purpose()}_"
     swept = []
     with db.connect(maintenance_db(), application_name=f"dbops:touched {ctx.operator}") as m:
-        for (name,) in m.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-                                 [prefix]).fetchall():
+        for (name,) in m.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]
+        ).fetchall():
             scratch.drop(name)  # we hold the lock: a leftover of a killed run
             swept.append(name)
     return {"name": scratch.create(_scratch_purpose()), "swept": swept}
@@ -235,8 +251,9 @@ def scratch_create(ctx) -> dict:
 @handler("touched.drop")
 def scratch_drop(_ctx, name: str) -> dict:
     if not name.startswith(SCRATCH_PREFIX):
-        raise AgentFailure(f"internal: refusing to drop {name!r} (not a touched-set scratch)",
-                           kind="internal")
+        raise AgentFailure(
+            f"internal: refusing to drop {name!r} (not a touched-set scratch)", kind="internal"
+        )
     scratch.drop(name)
     return {"dropped": name}
 
@@ -266,7 +283,9 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
     try:
         pending = list(reversed(list(script.iterate_revisions(to, lower))))
     except Exception as exc:  # noqa: BLE001 - migrate's preflight reports it properly
-        raise AgentFailure(f"cannot list the revisions up to {to}: {one_line(exc)}", kind="bad_target") from None
+        raise AgentFailure(
+            f"cannot list the revisions up to {to}: {one_line(exc)}", kind="bad_target"
+        ) from None
     tracer = LockTrace()
     full = None
     error = None
@@ -288,7 +307,9 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
         if modes & WRITE_MODES:
             touched[q] = "locked " + "/".join(sorted(modes & WRITE_MODES)).replace("Lock", "")
         elif modes & READ_MODES:
-            touched[q] = "read by a revision (a data migration on an empty copy writes nothing it could show)"
+            touched[q] = (
+                "read by a revision (a data migration on an empty copy writes nothing it could show)"
+            )
     # Lost by the upgrade and not given back by the downgrade: what a rollback puts back.
     lossy: dict[str, str] = {}
     for rev in pending:
@@ -298,7 +319,9 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
             for q in _resolve(tracer.wrote.get(rev.revision, set()), before, live_names):
                 lossy.setdefault(q, f"{rev.revision} writes rows and its downgrade is empty")
             for q in _resolve(tracer.read.get(rev.revision, set()), before, live_names):
-                lossy.setdefault(q, f"{rev.revision} reads it (a data migration?) and its downgrade is empty")
+                lossy.setdefault(
+                    q, f"{rev.revision} reads it (a data migration?) and its downgrade is empty"
+                )
     lossy = {q: w for q, w in lossy.items() if q in touched and not q.endswith(".alembic_version")}
     if full is None:
         full = closure(ctx.conn, touched, live_names)
@@ -310,17 +333,28 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
         if lossy:  # a cascade / trigger / partition / sequence of a lossy table is lossy too
             closure(ctx.conn, lossy, {q: k for q, k in live_names.items() if q in touched})
     tables = sorted(q for q in touched if live_names[q] in ("r", "p"))
-    size = ctx.conn.execute("SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) "
-                            "FROM unnest(%s::text[]) t", [[_ident(q).as_string(ctx.conn) for q in tables]]
-                            ).fetchone()[0]
+    size = ctx.conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM unnest(%s::text[]) t",
+        [[_ident(q).as_string(ctx.conn) for q in tables]],
+    ).fetchone()[0]
     sequences = sorted(q for q in touched if live_names[q] == "S")
-    excluded = sorted(q for q, k in live_names.items() if k in ("r", "p") and q not in touched
-                      and not q.endswith(".alembic_version"))  # the revision stays in the backup
-    return {"relations": touched, "tables": tables, "sequences": sequences,
-            "excluded_tables": excluded, "full": full, "statements": tracer.statements,
-            "bytes": int(size), "error": error,
-            "lossy": {q: lossy[q] for q in sorted(lossy)},
-            "revisions": [r.revision for r in pending]}
+    excluded = sorted(
+        q
+        for q, k in live_names.items()
+        if k in ("r", "p") and q not in touched and not q.endswith(".alembic_version")
+    )  # the revision stays in the backup
+    return {
+        "relations": touched,
+        "tables": tables,
+        "sequences": sequences,
+        "excluded_tables": excluded,
+        "full": full,
+        "statements": tracer.statements,
+        "bytes": int(size),
+        "error": error,
+        "lossy": {q: lossy[q] for q in sorted(lossy)},
+        "revisions": [r.revision for r in pending],
+    }
 
 
 def _ident(q: str) -> sql.Composable:

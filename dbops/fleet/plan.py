@@ -35,13 +35,24 @@ from dbops import seam
 from dbops.config import DECLARED, Settings, load_settings
 from dbops.errors import ConfigError, OpsError
 
-FIELD_ENV = {"target": "DBOPS_TARGET", "host": "POSTGRES_HOST", "port": "POSTGRES_PORT",
-             "user": "POSTGRES_USER", "db": "POSTGRES_DB", "backup_dir": "DBOPS_BACKUP_DIR"}
+FIELD_ENV = {
+    "target": "DBOPS_TARGET",
+    "host": "POSTGRES_HOST",
+    "port": "POSTGRES_PORT",
+    "user": "POSTGRES_USER",
+    "db": "POSTGRES_DB",
+    "backup_dir": "DBOPS_BACKUP_DIR",
+}
 ENTRY_KEYS = {"name", "wave", "password_env", "settings", *FIELD_ENV}
 DISCOVER_KEYS = (ENTRY_KEYS - {"db"}) | {"where"}
 # Set by the fleet itself, or secret: never from the file.
-NOT_IN_FILE = {"POSTGRES_PASSWORD", "DBOPS_RESULT_FILE", "DBOPS_FLEET_FILE", "DBOPS_FLEET_DIR",
-               "DBOPS_ENV_FILE"}
+NOT_IN_FILE = {
+    "POSTGRES_PASSWORD",
+    "DBOPS_RESULT_FILE",
+    "DBOPS_FLEET_FILE",
+    "DBOPS_FLEET_DIR",
+    "DBOPS_ENV_FILE",
+}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:-]*(/[A-Za-z0-9_][A-Za-z0-9_.@:-]*)*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -57,22 +68,26 @@ class Member:
     name: str
     wave: int
     order: tuple[int, int]
-    env: dict[str, str] = field(repr=False)   # what points the tasks at this database
+    env: dict[str, str] = field(repr=False)  # what points the tasks at this database
     password_env: str | None = None
 
     @property
     def where(self) -> str:
         e = self.env
-        return (f"{e.get('DBOPS_TARGET', '?')}:{e.get('POSTGRES_HOST', '')}:"
-                f"{e.get('POSTGRES_PORT', '')}/{e.get('POSTGRES_DB', '')}")
+        return (
+            f"{e.get('DBOPS_TARGET', '?')}:{e.get('POSTGRES_HOST', '')}:"
+            f"{e.get('POSTGRES_PORT', '')}/{e.get('POSTGRES_DB', '')}"
+        )
 
     @property
     def server(self) -> str:
         """The PostgreSQL server this member lives on, as far as its settings tell."""
         e = self.env
-        reach = {"compose": e.get("DBOPS_COMPOSE", ""),
-                 "kubernetes": f"{e.get('DBOPS_K8S_CONTEXT', '')}/{e.get('DBOPS_K8S_NAMESPACE', '')}/"
-                               f"{e.get('DBOPS_K8S_DB_SELECTOR', '')}"}.get(e.get("DBOPS_TARGET", ""), "")
+        reach = {
+            "compose": e.get("DBOPS_COMPOSE", ""),
+            "kubernetes": f"{e.get('DBOPS_K8S_CONTEXT', '')}/{e.get('DBOPS_K8S_NAMESPACE', '')}/"
+            f"{e.get('DBOPS_K8S_DB_SELECTOR', '')}",
+        }.get(e.get("DBOPS_TARGET", ""), "")
         return f"{e.get('DBOPS_TARGET')}:{reach}:{e.get('POSTGRES_HOST')}:{e.get('POSTGRES_PORT')}"
 
     def environ(self, base: dict[str, str]) -> dict[str, str]:
@@ -95,17 +110,21 @@ def load(settings: Settings, path: Path | None = None, *, discover: bool = True)
     """Every member in run order (wave, then file order); refused as a whole on any bad entry."""
     path = path or settings.get("DBOPS_FLEET_FILE")
     if not path.is_file():
-        raise ConfigError(f"DBOPS_FLEET_FILE: {path} does not exist",
-                          next_command=f"cp {settings.project_dir / 'fleet.example.toml'} {path}   "
-                                       f"(then list your databases in it; docs/scaling.md)")
+        raise ConfigError(
+            f"DBOPS_FLEET_FILE: {path} does not exist",
+            next_command=f"cp {settings.project_dir / 'fleet.example.toml'} {path}   "
+            f"(then list your databases in it; docs/scaling.md)",
+        )
     try:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     unknown = set(doc) - {"defaults", "database", "discover"}
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))} "
-                          f"(expected [defaults], [[database]], [[discover]])")
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(sorted(unknown))} "
+            f"(expected [defaults], [[database]], [[discover]])"
+        )
     defaults = doc.get("defaults", {})
     _check_keys(path, "[defaults]", defaults, ENTRY_KEYS - {"name"})
     members: list[Member] = []
@@ -115,41 +134,61 @@ def load(settings: Settings, path: Path | None = None, *, discover: bool = True)
         merged = _merge(defaults, entry)
         if not merged.get("db"):
             raise ConfigError(f"{path}: {label}: 'db' (the database name) is required")
-        members.append(_member(settings, path, merged, merged.get("name") or str(merged["db"]),
-                               (i, 0)))
+        members.append(
+            _member(settings, path, merged, merged.get("name") or str(merged["db"]), (i, 0))
+        )
     for i, entry in enumerate(doc.get("discover", [])):
         label = f"[[discover]] #{i + 1}"
         _check_keys(path, label, entry, DISCOVER_KEYS)
         merged = _merge(defaults, entry)
         if not str(merged.get("where", "")).strip():
-            raise ConfigError(f"{path}: {label}: 'where' (a condition on pg_database, e.g. "
-                              f"datname LIKE 'tenant_%') is required")
+            raise ConfigError(
+                f"{path}: {label}: 'where' (a condition on pg_database, e.g. "
+                f"datname LIKE 'tenant_%') is required"
+            )
         if not discover:
             continue
         maintenance = merged["settings"].get("DBOPS_MAINTENANCE_DB", settings.maintenance_db)
-        server = _member(settings, path, {**merged, "db": maintenance},
-                         merged.get("name") or f"discover-{i + 1}", (0, 0))
+        server = _member(
+            settings,
+            path,
+            {**merged, "db": maintenance},
+            merged.get("name") or f"discover-{i + 1}",
+            (0, 0),
+        )
         prefix = merged.get("name")
         for j, datname in enumerate(discover_databases(settings, server, merged["where"])):
-            members.append(_member(settings, path, {**merged, "db": datname},
-                                   f"{prefix}/{datname}" if prefix else datname,
-                                   (len(doc.get("database", [])) + i, j)))
+            members.append(
+                _member(
+                    settings,
+                    path,
+                    {**merged, "db": datname},
+                    f"{prefix}/{datname}" if prefix else datname,
+                    (len(doc.get("database", [])) + i, j),
+                )
+            )
     names = [m.name for m in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{path}: database names must be unique; repeated: {', '.join(dupes)} "
-                          f"(give each entry its own name = ...)")
+        raise ConfigError(
+            f"{path}: database names must be unique; repeated: {', '.join(dupes)} "
+            f"(give each entry its own name = ...)"
+        )
     return sorted(members, key=lambda m: (m.wave, m.order))
 
 
 def _check_keys(path: Path, label: str, entry: dict, allowed: set[str]) -> None:
     bad = set(entry) - allowed
     if "password" in bad:
-        raise ConfigError(f"{path}: {label}: passwords are never written in the fleet file: "
-                          f"put it in an environment variable and name it with password_env")
+        raise ConfigError(
+            f"{path}: {label}: passwords are never written in the fleet file: "
+            f"put it in an environment variable and name it with password_env"
+        )
     if bad:
-        raise ConfigError(f"{path}: {label}: unknown key(s) {', '.join(sorted(bad))} "
-                          f"(allowed: {', '.join(sorted(allowed))})")
+        raise ConfigError(
+            f"{path}: {label}: unknown key(s) {', '.join(sorted(bad))} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
 
 
 def _merge(defaults: dict, entry: dict) -> dict:
@@ -174,24 +213,38 @@ def _member(settings: Settings, path: Path, e: dict, name: str, order: tuple[int
         raise ConfigError(f"{label}: settings must be a table of DBOPS_* settings")
     for key, value in e["settings"].items():
         if key in NOT_IN_FILE:
-            raise ConfigError(f"{label}: {key} cannot be set in the fleet file"
-                              + (" (use password_env)" if key == "POSTGRES_PASSWORD" else ""))
+            raise ConfigError(
+                f"{label}: {key} cannot be set in the fleet file"
+                + (" (use password_env)" if key == "POSTGRES_PASSWORD" else "")
+            )
         if key not in DECLARED:
-            raise ConfigError(f"{label}: settings.{key} is not a dbops setting (invoke settings lists them)")
+            raise ConfigError(
+                f"{label}: settings.{key} is not a dbops setting (invoke settings lists them)"
+            )
         env[key] = str(value)
     pw = e.get("password_env")
     if pw is not None and (not isinstance(pw, str) or not ENV_NAME.fullmatch(pw)):
-        raise ConfigError(f"{label}: password_env names an environment variable, e.g. "
-                          f"password_env = \"TENANTS_PG_PASSWORD\"")
+        raise ConfigError(
+            f"{label}: password_env names an environment variable, e.g. "
+            f'password_env = "TENANTS_PG_PASSWORD"'
+        )
     if pw and pw not in os.environ:
-        raise ConfigError(f"{label}: password_env = {pw!r}, but {pw} is not set in the environment",
-                          next_command=f"export {pw}=...   (or read it from your secret store), then re-run")
+        raise ConfigError(
+            f"{label}: password_env = {pw!r}, but {pw} is not set in the environment",
+            next_command=f"export {pw}=...   (or read it from your secret store), then re-run",
+        )
     member = Member(name, wave, order, env, pw)
     parsed = member_settings(settings, member)  # every value parsed now, before anything starts
     # Spelled out, so that where it points and its standalone command do not hang on .env.
-    env.update({"DBOPS_TARGET": parsed.target, "POSTGRES_HOST": parsed.host,
-                "POSTGRES_PORT": str(parsed.port), "POSTGRES_USER": parsed.user,
-                "POSTGRES_DB": parsed.database})
+    env.update(
+        {
+            "DBOPS_TARGET": parsed.target,
+            "POSTGRES_HOST": parsed.host,
+            "POSTGRES_PORT": str(parsed.port),
+            "POSTGRES_USER": parsed.user,
+            "POSTGRES_DB": parsed.database,
+        }
+    )
     return member
 
 
@@ -199,8 +252,10 @@ def member_settings(settings: Settings, member: Member) -> Settings:
     try:
         return load_settings(settings.project_dir, environ=member.environ(dict(os.environ)))
     except ConfigError as exc:
-        raise ConfigError(f"fleet member {member.name}: {exc.message} (or give it to this entry "
-                          f"in the fleet file)") from None
+        raise ConfigError(
+            f"fleet member {member.name}: {exc.message} (or give it to this entry "
+            f"in the fleet file)"
+        ) from None
 
 
 def discover_databases(settings: Settings, server: Member, where: str) -> list[str]:
@@ -208,11 +263,16 @@ def discover_databases(settings: Settings, server: Member, where: str) -> list[s
     s = member_settings(settings, server)
     target = seam.target_for(s)
     target.ensure_available()
-    done = seam.run(target.pg(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]),
-                    input=DISCOVER_SQL.format(where=where).encode(), timeout=120)
+    done = seam.run(
+        target.pg(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]),
+        input=DISCOVER_SQL.format(where=where).encode(),
+        timeout=120,
+    )
     if done.returncode != 0:
         why = seam.mask(done.stderr.decode(errors="replace").strip(), s.secrets())
-        raise OpsError(f"discovery on {server.where} ({where}) failed: {why.splitlines()[-1] if why else 'no output'}",
-                       state="nothing was started",
-                       next_command="fix the [[discover]] entry (server, credentials, where), then re-run")
+        raise OpsError(
+            f"discovery on {server.where} ({where}) failed: {why.splitlines()[-1] if why else 'no output'}",
+            state="nothing was started",
+            next_command="fix the [[discover]] entry (server, credentials, where), then re-run",
+        )
     return [ln for ln in done.stdout.decode().splitlines() if ln.strip()]

@@ -38,7 +38,7 @@ Out = Callable[[str], None]
 class Outcome:
     name: str
     where: str
-    status: str            # ok, failed, interrupted, not started, done earlier
+    status: str  # ok, failed, interrupted, not started, done earlier
     before: str = ""
     after: str = ""
     seconds: float | None = None
@@ -68,9 +68,20 @@ def _revisions(result: dict) -> tuple[str, str]:
 
 
 class FleetRun:
-    def __init__(self, settings: Settings, verb: str, *, flags: list[str], parallel: int,
-                 canary: int, max_failures: int, resume: bool, only: list[str] | None,
-                 out: Out, per_server: int = 0):
+    def __init__(
+        self,
+        settings: Settings,
+        verb: str,
+        *,
+        flags: list[str],
+        parallel: int,
+        canary: int,
+        max_failures: int,
+        resume: bool,
+        only: list[str] | None,
+        out: Out,
+        per_server: int = 0,
+    ):
         if verb not in VERBS:
             raise ConfigError(f"invoke fleet {verb}: not a fleet verb (one of: {', '.join(VERBS)})")
         if parallel < 1:
@@ -86,8 +97,10 @@ class FleetRun:
             known = {m.name for m in self.members}
             missing = [n for n in only if n not in known]
             if missing:
-                raise ConfigError(f"--only: not in the fleet: {', '.join(missing)}",
-                                  next_command="invoke fleet current   (lists every member)")
+                raise ConfigError(
+                    f"--only: not in the fleet: {', '.join(missing)}",
+                    next_command="invoke fleet current   (lists every member)",
+                )
             self.members = [m for m in self.members if m.name in only]
         state_path = self.dir / f"{verb}.state.json"
         self._hold_run_lock(self.dir / f"{verb}.lock")
@@ -99,17 +112,23 @@ class FleetRun:
             self.state = previous
         elif resume:
             if previous is None:
-                raise ConfigError(f"nothing to resume: no state file {state_path}",
-                                  next_command=f"invoke fleet {verb}")
+                raise ConfigError(
+                    f"nothing to resume: no state file {state_path}",
+                    next_command=f"invoke fleet {verb}",
+                )
             if previous.doc.get("flags") != flags:
-                raise ConfigError(f"the run being resumed used: invoke fleet {verb} "
-                                  f"{' '.join(previous.doc.get('flags') or [])}; resume it with the same flags")
+                raise ConfigError(
+                    f"the run being resumed used: invoke fleet {verb} "
+                    f"{' '.join(previous.doc.get('flags') or [])}; resume it with the same flags"
+                )
             self.state = previous
             self.state.doc["resumed"] = [*self.state.doc.get("resumed", []), utcnow()]
         else:
             if previous and not previous.doc.get("finished") and not only:
-                out(f"note: the previous fleet {verb} (started {previous.doc.get('started')}) did not "
-                    f"finish; starting over (--resume would have skipped what it completed)")
+                out(
+                    f"note: the previous fleet {verb} (started {previous.doc.get('started')}) did not "
+                    f"finish; starting over (--resume would have skipped what it completed)"
+                )
             self.state = State.new(state_path, verb, flags, settings.get("DBOPS_FLEET_FILE"))
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = False
@@ -127,10 +146,12 @@ class FleetRun:
         except BlockingIOError:
             self._lock_file.seek(0)
             holder = self._lock_file.read().strip() or "another process"
-            raise ConfigError(f"another invoke fleet {self.verb} is running on {self.dir} ({holder})",
-                              state="nothing was started by this run",
-                              next_command=f"wait for it (its state: {self.dir / (self.verb + '.state.json')}), "
-                                           f"then: invoke fleet {self.verb} --resume") from None
+            raise ConfigError(
+                f"another invoke fleet {self.verb} is running on {self.dir} ({holder})",
+                state="nothing was started by this run",
+                next_command=f"wait for it (its state: {self.dir / (self.verb + '.state.json')}), "
+                f"then: invoke fleet {self.verb} --resume",
+            ) from None
         self._lock_file.seek(0)
         self._lock_file.truncate()
         self._lock_file.write(f"pid {os.getpid()}, started {utcnow()}\n")
@@ -147,8 +168,14 @@ class FleetRun:
         log, result_file = self._paths(m.name)
         result_file.unlink(missing_ok=True)
         attempts = self.state.databases.get(m.name, {}).get("attempts", 0) + 1
-        self.state.update(m.name, status="running", started=utcnow(), where=m.where,
-                          attempts=attempts, log=str(log))
+        self.state.update(
+            m.name,
+            status="running",
+            started=utcnow(),
+            where=m.where,
+            attempts=attempts,
+            log=str(log),
+        )
         env = {**m.environ(dict(os.environ)), "DBOPS_RESULT_FILE": str(result_file)}
         argv = [sys.executable, "-m", "invoke", self.verb, *self.flags]
         t0 = time.monotonic()
@@ -158,10 +185,18 @@ class FleetRun:
         try:
             fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "ab") as f:
-                f.write(f"--- {utcnow()} invoke {self.verb} on {m.where} (attempt {attempts})\n".encode())
+                f.write(
+                    f"--- {utcnow()} invoke {self.verb} on {m.where} (attempt {attempts})\n".encode()
+                )
                 f.flush()
-                proc = subprocess.Popen(argv, cwd=self.settings.project_dir, env=env, stdout=f,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=self.settings.project_dir,
+                    env=env,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
                 self.procs[m.name] = proc
                 code = proc.wait()
         finally:
@@ -169,9 +204,15 @@ class FleetRun:
                 self.running_now -= 1
             self.procs.pop(m.name, None)
         seconds = round(time.monotonic() - t0, 2)
-        outcome = Outcome(m.name, m.where, "ok" if code == 0 else "failed", seconds=seconds,
-                          log=str(log), rerun=f"invoke fleet {self.verb} --only {m.name}",
-                          alone=m.command(self.verb, self.flags))
+        outcome = Outcome(
+            m.name,
+            m.where,
+            "ok" if code == 0 else "failed",
+            seconds=seconds,
+            log=str(log),
+            rerun=f"invoke fleet {self.verb} --only {m.name}",
+            alone=m.command(self.verb, self.flags),
+        )
         try:
             res = json.loads(result_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
@@ -180,15 +221,26 @@ class FleetRun:
             data = res.get("result") or {}
             outcome.before, outcome.after = _revisions(data)
             outcome.backup = str(data.get("backup") or data.get("path") or "")
-            outcome.error, outcome.state, outcome.next = (res.get("error") or "", res.get("state") or "",
-                                                          res.get("next") or "")
+            outcome.error, outcome.state, outcome.next = (
+                res.get("error") or "",
+                res.get("state") or "",
+                res.get("next") or "",
+            )
         if code != 0 and not outcome.error:
             outcome.error = _last_line(log) or f"exited with status {code}"
         if code != 0 and (self.stopping or code in (130, -signal.SIGINT, -signal.SIGTERM)):
             outcome.status = "interrupted"
-        self.state.update(m.name, status=outcome.status, finished=utcnow(), seconds=seconds,
-                          exit_code=code, before=outcome.before, after=outcome.after,
-                          backup=outcome.backup, error=outcome.error)
+        self.state.update(
+            m.name,
+            status=outcome.status,
+            finished=utcnow(),
+            seconds=seconds,
+            exit_code=code,
+            before=outcome.before,
+            after=outcome.after,
+            backup=outcome.backup,
+            error=outcome.error,
+        )
         return outcome
 
     def _next(self, queue: list[plan.Member], running) -> plan.Member | None:
@@ -217,7 +269,7 @@ class FleetRun:
     # --- the run -------------------------------------------------------------------------
     def phases(self) -> list[tuple[str, list[plan.Member]]]:
         canaries = self.members[: self.canary]
-        rest = self.members[self.canary:]
+        rest = self.members[self.canary :]
         phases = [("canary", canaries)] if canaries else []
         for wave in sorted({m.wave for m in rest}):
             phases.append((f"wave {wave}", [m for m in rest if m.wave == wave]))
@@ -226,21 +278,35 @@ class FleetRun:
     def run(self) -> dict:
         outcomes: dict[str, Outcome] = {}
         phases = self.phases()
-        todo = sum(1 for m in self.members
-                   if not (self.skip_completed and self.state.completed(m.name)))
-        self.out(f"fleet {self.verb}: {len(self.members)} database(s), {todo} to run; "
-                 + ", ".join(f"{n} ({len(ms)})" for n, ms in phases)
-                 + f"; at most {self.parallel} at once"
-                 + (f", {self.per_server} per server" if self.per_server else "") + "; "
-                 + (f"no new start after {self.max_failures} failure(s)" if self.max_failures
-                    else "no failure limit")
-                 + f"; state: {self.state.path}")
+        todo = sum(
+            1 for m in self.members if not (self.skip_completed and self.state.completed(m.name))
+        )
+        self.out(
+            f"fleet {self.verb}: {len(self.members)} database(s), {todo} to run; "
+            + ", ".join(f"{n} ({len(ms)})" for n, ms in phases)
+            + f"; at most {self.parallel} at once"
+            + (f", {self.per_server} per server" if self.per_server else "")
+            + "; "
+            + (
+                f"no new start after {self.max_failures} failure(s)"
+                if self.max_failures
+                else "no failure limit"
+            )
+            + f"; state: {self.state.path}"
+        )
         for m in self.members:
             if self.skip_completed and self.state.completed(m.name):
                 prev = self.state.databases[m.name]
-                outcomes[m.name] = Outcome(m.name, m.where, "done earlier", prev.get("before", ""),
-                                           prev.get("after", ""), prev.get("seconds"),
-                                           prev.get("backup", ""), log=prev.get("log", ""))
+                outcomes[m.name] = Outcome(
+                    m.name,
+                    m.where,
+                    "done earlier",
+                    prev.get("before", ""),
+                    prev.get("after", ""),
+                    prev.get("seconds"),
+                    prev.get("backup", ""),
+                    log=prev.get("log", ""),
+                )
         failures, stop_reason, finished = 0, "", 0
         self.state.plan({m.name: m.where for m in self.members})
         previous_term = _sigterm_as_interrupt()
@@ -263,18 +329,26 @@ class FleetRun:
                             o = fut.result()
                             outcomes[m.name] = o
                             finished += 1
-                            self.out(f"[{finished}/{todo}] {phase}: {m.name}: {o.status} in "
-                                     f"{o.seconds:.1f} s ({o.before} → {o.after})"
-                                     + (f": {o.error}" if o.status != "ok" else ""))
+                            self.out(
+                                f"[{finished}/{todo}] {phase}: {m.name}: {o.status} in "
+                                f"{o.seconds:.1f} s ({o.before} → {o.after})"
+                                + (f": {o.error}" if o.status != "ok" else "")
+                            )
                             if o.status != "ok":
                                 failures += 1
                                 if phase == "canary" and not stop_reason:
                                     stop_reason = f"canary {m.name} failed"
-                                elif self.max_failures and failures >= self.max_failures and not stop_reason:
+                                elif (
+                                    self.max_failures
+                                    and failures >= self.max_failures
+                                    and not stop_reason
+                                ):
                                     stop_reason = f"{failures} failure(s) reached --max-failures {self.max_failures}"
                                 if stop_reason:
-                                    self.out(f"stopping: {stop_reason}; no new database is started, "
-                                             f"{len(running)} running one(s) finish")
+                                    self.out(
+                                        f"stopping: {stop_reason}; no new database is started, "
+                                        f"{len(running)} running one(s) finish"
+                                    )
                     if stop_reason:
                         break
         except KeyboardInterrupt:
@@ -285,22 +359,41 @@ class FleetRun:
                 if m.name not in outcomes:
                     st = self.state.databases.get(m.name, {})
                     outcomes[m.name] = Outcome(
-                        m.name, m.where, "interrupted" if st.get("status") in ("running", "interrupted")
-                        else "not started", st.get("before", ""), st.get("after", ""),
-                        st.get("seconds"), st.get("backup", ""), st.get("error", ""),
-                        log=st.get("log", ""), rerun=f"invoke fleet {self.verb} --only {m.name}",
-                        alone=m.command(self.verb, self.flags))
-            if not self.stopping and (not self.partial or all(
-                    d.get("status") == "ok" for d in self.state.databases.values())):
+                        m.name,
+                        m.where,
+                        "interrupted"
+                        if st.get("status") in ("running", "interrupted")
+                        else "not started",
+                        st.get("before", ""),
+                        st.get("after", ""),
+                        st.get("seconds"),
+                        st.get("backup", ""),
+                        st.get("error", ""),
+                        log=st.get("log", ""),
+                        rerun=f"invoke fleet {self.verb} --only {m.name}",
+                        alone=m.command(self.verb, self.flags),
+                    )
+            if not self.stopping and (
+                not self.partial
+                or all(d.get("status") == "ok" for d in self.state.databases.values())
+            ):
                 self.state.finish()
             if previous_term is not None:
                 signal.signal(signal.SIGTERM, previous_term)
         rows = [outcomes[m.name] for m in self.members]
-        return {"verb": self.verb, "flags": self.flags, "stopped": stop_reason or None, "max_running": self.max_running,
-                "parallel": self.parallel, "state_file": str(self.state.path),
-                "databases": [asdict(r) for r in rows],
-                "counts": {s: sum(1 for r in rows if r.status == s)
-                           for s in ("ok", "done earlier", "failed", "interrupted", "not started")}}
+        return {
+            "verb": self.verb,
+            "flags": self.flags,
+            "stopped": stop_reason or None,
+            "max_running": self.max_running,
+            "parallel": self.parallel,
+            "state_file": str(self.state.path),
+            "databases": [asdict(r) for r in rows],
+            "counts": {
+                s: sum(1 for r in rows if r.status == s)
+                for s in ("ok", "done earlier", "failed", "interrupted", "not started")
+            },
+        }
 
 
 def _sigterm_as_interrupt():
@@ -327,19 +420,29 @@ def _last_line(log: Path) -> str:
 def format_summary(report: dict) -> str:
     rows = report["databases"]
     head = ("database", "from → to", "result", "seconds", "backup")
-    table = [(r["name"], f"{r['before'] or '?'} → {r['after'] or '?'}" if r["seconds"] is not None else "",
-              r["status"], f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
-              r["backup"] or "") for r in rows]
-    widths = [max(len(head[i]), *(len(t[i]) for t in table)) if table else len(head[i])
-              for i in range(5)]
+    table = [
+        (
+            r["name"],
+            f"{r['before'] or '?'} → {r['after'] or '?'}" if r["seconds"] is not None else "",
+            r["status"],
+            f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
+            r["backup"] or "",
+        )
+        for r in rows
+    ]
+    widths = [
+        max(len(head[i]), *(len(t[i]) for t in table)) if table else len(head[i]) for i in range(5)
+    ]
     fmt = "  ".join(f"{{:{w}}}" for w in widths[:-1]) + "  {}"
     lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*t).rstrip() for t in table]
     c = report["counts"]
-    lines.append(f"{c['ok']} ok, {c['done earlier']} done earlier, {c['failed']} failed, "
-                 f"{c['interrupted']} interrupted, {c['not started']} not started; "
-                 f"at most {report['max_running']} at once (--parallel {report['parallel']})"
-                 + (f"; stopped: {report['stopped']}" if report["stopped"] else ""))
+    lines.append(
+        f"{c['ok']} ok, {c['done earlier']} done earlier, {c['failed']} failed, "
+        f"{c['interrupted']} interrupted, {c['not started']} not started; "
+        f"at most {report['max_running']} at once (--parallel {report['parallel']})"
+        + (f"; stopped: {report['stopped']}" if report["stopped"] else "")
+    )
     for r in rows:
         if r["status"] in ("failed", "interrupted"):
             lines.append(f"\n{r['name']} ({r['where']}): {r['status']}: {r['error']}")
@@ -352,6 +455,8 @@ def format_summary(report: dict) -> str:
             lines.append(f"  alone: {r['alone']}")
     if c["not started"] or c["failed"] or c["interrupted"]:
         flags = " ".join(report["flags"])
-        lines.append(f"\nthen the rest: invoke fleet {report['verb']} {flags + ' ' if flags else ''}--resume   "
-                     f"(skips every database that completed)")
+        lines.append(
+            f"\nthen the rest: invoke fleet {report['verb']} {flags + ' ' if flags else ''}--resume   "
+            f"(skips every database that completed)"
+        )
     return "\n".join(lines)

@@ -23,8 +23,17 @@ class State:
 
     @classmethod
     def new(cls, path: Path, verb: str, flags: list[str], fleet_file: Path) -> State:
-        return cls(path, {"verb": verb, "flags": flags, "fleet_file": str(fleet_file),
-                          "started": utcnow(), "finished": None, "databases": {}})
+        return cls(
+            path,
+            {
+                "verb": verb,
+                "flags": flags,
+                "fleet_file": str(fleet_file),
+                "started": utcnow(),
+                "finished": None,
+                "databases": {},
+            },
+        )
 
     @classmethod
     def load(cls, path: Path) -> State | None:

@@ -116,8 +116,13 @@ def sweep_partials(settings: Settings, database: str) -> list[str]:
     return removed
 
 
-def check_free_space(settings: Settings, database: str, database_size: int, z: str = "auto",
-                     partial_bytes: int | None = None) -> dict:
+def check_free_space(
+    settings: Settings,
+    database: str,
+    database_size: int,
+    z: str = "auto",
+    partial_bytes: int | None = None,
+) -> dict:
     """Refuse before dumping when the folder cannot hold the expected dump plus a reserve."""
     free = shutil.disk_usage(settings.backup_dir).free
     last = catalog.newest_verified(settings, database)
@@ -131,14 +136,20 @@ def check_free_space(settings: Settings, database: str, database_size: int, z: s
         estimate = int(last["size"] * 1.25) if last else database_size // 2
     reserve = int(settings.get("DBOPS_BACKUP_RESERVE_MB") * 1_000_000)
     if free < estimate + reserve:
-        basis = ("the last backup's size + 25%" if last else
-                 "the database size (uncompressed)" if z in ("0", "none") else "half the database size")
+        basis = (
+            "the last backup's size + 25%"
+            if last
+            else "the database size (uncompressed)"
+            if z in ("0", "none")
+            else "half the database size"
+        )
         raise OpsError(
             f"not enough free space in {settings.backup_dir}: {fmt_bytes(free)} free, a backup of "
             f"{database} needs about {fmt_bytes(estimate)} ({basis}) plus a reserve of "
             f"{fmt_bytes(reserve)} (DBOPS_BACKUP_RESERVE_MB)",
             state="unchanged (nothing was written)",
-            next_command="free space (invoke backups; delete old ones) or point DBOPS_BACKUP_DIR elsewhere")
+            next_command="free space (invoke backups; delete old ones) or point DBOPS_BACKUP_DIR elsewhere",
+        )
     return {"free": free, "estimate": estimate}
 
 
@@ -176,6 +187,7 @@ def _widen_pipe(pipe) -> None:
     """A 1 MiB pipe instead of 64 KiB: fewer wake-ups per gigabyte (Linux; ignored elsewhere)."""
     try:
         import fcntl
+
         fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except (OSError, ImportError, ValueError):
         pass
@@ -211,10 +223,18 @@ def _remove(*paths: Path) -> None:
             pass
 
 
-def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | None = None,
-                prune: bool = True, progress: bool | None = None,
-                compression: str | None = None, touched: dict | None = None,
-                warn: Out = print_note) -> dict:
+def take_backup(
+    settings: Settings,
+    agent: Agent,
+    reason: str,
+    *,
+    jobs: int | None = None,
+    prune: bool = True,
+    progress: bool | None = None,
+    compression: str | None = None,
+    touched: dict | None = None,
+    warn: Out = print_note,
+) -> dict:
     """A verified backup of the live database through an open agent that holds the dbops lock.
     Returns {"path", "manifest", "manifest_path", "pruned", "swept"}; raises OpsError and leaves
     nothing valid-looking behind on any failure. ``compression`` overrides
@@ -230,24 +250,44 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
     try:
         info = agent.call("backup.begin", lock_wait=settings.get("DBOPS_BACKUP_LOCK_WAIT"))
     except AgentError as exc:
-        raise OpsError(f"backup not started: {exc.message}", state="unchanged",
-                       next_command="invoke current   # is the database reachable?") from None
+        raise OpsError(
+            f"backup not started: {exc.message}",
+            state="unchanged",
+            next_command="invoke current   # is the database reachable?",
+        ) from None
     database = info["database"]
     try:
         swept = sweep_partials(settings, database)
-        check_free_space(settings, database, info["database_size"], z,
-                         partial_bytes=touched.get("bytes", 0) if touched else None)
+        check_free_space(
+            settings,
+            database,
+            info["database_size"],
+            z,
+            partial_bytes=touched.get("bytes", 0) if touched else None,
+        )
         fmt = "directory" if jobs else "custom"
         name = catalog.base_name(database, started, info["revisions"], reason)
         suffix = ".dir.tar" if jobs else ".dump"
         n = 1
-        while (folder / (name + suffix)).exists() or catalog.manifest_path(folder / (name + suffix)).exists():
+        while (folder / (name + suffix)).exists() or catalog.manifest_path(
+            folder / (name + suffix)
+        ).exists():
             n += 1
             name = catalog.base_name(database, started, info["revisions"], reason) + f"-{n}"
         final = folder / (name + suffix)
         partial = folder / f".{final.name}.partial"
-        result = _dump(settings, agent, info, partial, final, fmt=fmt, jobs=jobs or 1, z=z,
-                       touched=touched, progress=progress)
+        result = _dump(
+            settings,
+            agent,
+            info,
+            partial,
+            final,
+            fmt=fmt,
+            jobs=jobs or 1,
+            z=z,
+            touched=touched,
+            progress=progress,
+        )
     finally:
         try:
             agent.call("backup.end")
@@ -256,41 +296,68 @@ def take_backup(settings: Settings, agent: Agent, reason: str, *, jobs: int | No
     finished = datetime.now(UTC)
     manifest = {
         "format_version": catalog.MANIFEST_VERSION,
-        "file": final.name, "format": fmt, "compression": result["compression"],
-        "jobs": jobs or 1, "sha256": result["sha256"], "size": result["size"],
-        "database": database, "database_size": info["database_size"],
-        "encoding": info.get("encoding"), "revisions": info["revisions"],
+        "file": final.name,
+        "format": fmt,
+        "compression": result["compression"],
+        "jobs": jobs or 1,
+        "sha256": result["sha256"],
+        "size": result["size"],
+        "database": database,
+        "database_size": info["database_size"],
+        "encoding": info.get("encoding"),
+        "revisions": info["revisions"],
         "server_version": info["server_version"],
         "server_version_num": info["server_version_num"],
         "pg_dump_version": result["pg_dump_version"],
-        "started_at": utc_iso(started), "finished_at": utc_iso(finished),
+        "started_at": utc_iso(started),
+        "finished_at": utc_iso(finished),
         "duration_s": round(time.monotonic() - t0, 3),
-        "operator": operator(), "reason": reason, "target": settings.target,
-        "snapshot": info["snapshot"], "tables": result["tables"],
-        "verification": {"ok": True, "method": "pg_restore full read of the stream as it was "
-                         "written (tee), same pass as the dump", "at": utc_iso(finished)},
+        "operator": operator(),
+        "reason": reason,
+        "target": settings.target,
+        "snapshot": info["snapshot"],
+        "tables": result["tables"],
+        "verification": {
+            "ok": True,
+            "method": "pg_restore full read of the stream as it was "
+            "written (tee), same pass as the dump",
+            "at": utc_iso(finished),
+        },
     }
     if touched:  # "tables" then holds the touched tables only: what a put-back checks
         manifest["partial"] = True
-        manifest["touched"] = {"tables": touched["tables"], "sequences": touched["sequences"],
-                               "why": touched["relations"], "excluded_tables": touched["excluded_tables"],
-                               "lossy": touched.get("lossy", {}), "revisions": touched.get("revisions", [])}
+        manifest["touched"] = {
+            "tables": touched["tables"],
+            "sequences": touched["sequences"],
+            "why": touched["relations"],
+            "excluded_tables": touched["excluded_tables"],
+            "lossy": touched.get("lossy", {}),
+            "revisions": touched.get("revisions", []),
+        }
     mpath = catalog.manifest_path(final)
     try:
         catalog.write_json_atomic(mpath, manifest)
     except BaseException as exc:
         _remove(mpath, mpath.with_name(f".{mpath.name}.partial"), final)
-        raise OpsError(f"could not write the manifest {mpath}: {exc}; the dump was removed",
-                       state="unchanged (no backup was recorded)") from None
+        raise OpsError(
+            f"could not write the manifest {mpath}: {exc}; the dump was removed",
+            state="unchanged (no backup was recorded)",
+        ) from None
     pruned: list[str] = []
     if prune:
         from dbops.ops import retention
+
         try:
             pruned = retention.apply(settings, database)
         except Exception as exc:  # retention never fails a good backup
             warn(f"warning: retention skipped: {exc}")
-    return {"path": str(final), "manifest": manifest, "manifest_path": str(mpath),
-            "pruned": pruned, "swept": swept}
+    return {
+        "path": str(final),
+        "manifest": manifest,
+        "manifest_path": str(mpath),
+        "pruned": pruned,
+        "swept": swept,
+    }
 
 
 def exclude_pattern(qualified: str) -> str:
@@ -299,15 +366,41 @@ def exclude_pattern(qualified: str) -> str:
     return ".".join('"' + p.replace('"', '""') + '"' for p in (schema, name))
 
 
-def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Path, *, fmt: str,
-          jobs: int, z: str, progress: bool, touched: dict | None = None) -> dict:
+def _dump(
+    settings: Settings,
+    agent: Agent,
+    info: dict,
+    partial: Path,
+    final: Path,
+    *,
+    fmt: str,
+    jobs: int,
+    z: str,
+    progress: bool,
+    touched: dict | None = None,
+) -> dict:
     target = agent.target
     server_major = info["server_version_num"] // 10000
-    extra = [f"--exclude-table-data={exclude_pattern(q)}" for q in touched["excluded_tables"]] \
-        if touched else []
-    launch = target.pg(["sh", "-c", DUMP_SCRIPT, "dbops-backup", info["snapshot"],
-                        str(server_major), fmt, str(jobs), z, settings.get("DBOPS_BACKUP_LOCK_WAIT"),
-                        *extra])
+    extra = (
+        [f"--exclude-table-data={exclude_pattern(q)}" for q in touched["excluded_tables"]]
+        if touched
+        else []
+    )
+    launch = target.pg(
+        [
+            "sh",
+            "-c",
+            DUMP_SCRIPT,
+            "dbops-backup",
+            info["snapshot"],
+            str(server_major),
+            fmt,
+            str(jobs),
+            z,
+            settings.get("DBOPS_BACKUP_LOCK_WAIT"),
+            *extra,
+        ]
+    )
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     fd_open = True
     state: dict = {}
@@ -315,18 +408,32 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
     proc = None
     ok = False
     try:
-        proc = seam.start(launch, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, start_new_session=True)
+        proc = seam.start(
+            launch,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         _widen_pipe(proc.stdout)
-        pump = threading.Thread(target=_pump, args=(proc.stdout, fd, state,
-                                                    ByteProgress(f"dumping {info['database']}", info["database_size"], progress)),
-                                daemon=True)
+        pump = threading.Thread(
+            target=_pump,
+            args=(
+                proc.stdout,
+                fd,
+                state,
+                ByteProgress(f"dumping {info['database']}", info["database_size"], progress),
+            ),
+            daemon=True,
+        )
         drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
         pump.start()
         drain.start()
         counts_error = None
         try:
-            tables = agent.call("backup.counts", tables=touched["tables"] if touched else None)["tables"]
+            tables = agent.call("backup.counts", tables=touched["tables"] if touched else None)[
+                "tables"
+            ]
         except OpsError as exc:
             counts_error, tables = exc, {}
         while pump.is_alive():
@@ -351,19 +458,30 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
         problem = _diagnose(settings, rc, markers, state, counts_error)
         if problem:
             if "write_error" in state:  # we stopped the dump ourselves: its complaints are noise
-                messages = [m for m in messages if m.strip() not in ("Terminated", "pg_dump: terminated by user")]
-            raise OpsError(problem, details=messages[-8:],
-                           state="unchanged (a backup only reads); no backup was written",
-                           next_command=_next_for(problem, settings))
+                messages = [
+                    m
+                    for m in messages
+                    if m.strip() not in ("Terminated", "pg_dump: terminated by user")
+                ]
+            raise OpsError(
+                problem,
+                details=messages[-8:],
+                state="unchanged (a backup only reads); no backup was written",
+                next_command=_next_for(problem, settings),
+            )
         os.fsync(fd)
         os.close(fd)
         fd_open = False
         os.replace(partial, final)
         catalog.fsync_dir(final.parent)
         ok = True
-        return {"sha256": state["sha256"], "size": state["size"], "tables": tables,
-                "compression": markers.get("compression", z),
-                "pg_dump_version": markers.get("pg_dump_version", "")}
+        return {
+            "sha256": state["sha256"],
+            "size": state["size"],
+            "tables": tables,
+            "compression": markers.get("compression", z),
+            "pg_dump_version": markers.get("pg_dump_version", ""),
+        }
     finally:
         if fd_open:
             os.close(fd)
@@ -376,19 +494,27 @@ def _dump(settings: Settings, agent: Agent, info: dict, partial: Path, final: Pa
 def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_error) -> str | None:
     if "too_old" in markers:
         m = re.search(r"\) (\S+)", markers.get("pg_dump_version", ""))
-        return (f"pg_dump {m.group(1) if m else markers['too_old']} is older than the server "
-                f"(PostgreSQL {markers['server_version']}): pg_dump must be at least the server's "
-                f"major version; refused before dumping, nothing was dumped")
+        return (
+            f"pg_dump {m.group(1) if m else markers['too_old']} is older than the server "
+            f"(PostgreSQL {markers['server_version']}): pg_dump must be at least the server's "
+            f"major version; refused before dumping, nothing was dumped"
+        )
     if "write_error" in state:
         exc = state["write_error"]
         what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return f"writing the backup to {settings.backup_dir} failed after {fmt_bytes(state.get('size', 0))}: {what}"
     if markers.get("dump_exit") not in ("0",):
-        why = f"exit status {markers['dump_exit']}" if "dump_exit" in markers else f"the dump script ended with status {rc} before pg_dump finished"
+        why = (
+            f"exit status {markers['dump_exit']}"
+            if "dump_exit" in markers
+            else f"the dump script ended with status {rc} before pg_dump finished"
+        )
         return f"pg_dump failed ({why}); its messages follow"
     if markers.get("verify_exit") != "0":
-        return (f"the full read of the archive (pg_restore) failed "
-                f"(status {markers.get('verify_exit', 'unknown')}): the dump is not restorable")
+        return (
+            f"the full read of the archive (pg_restore) failed "
+            f"(status {markers.get('verify_exit', 'unknown')}): the dump is not restorable"
+        )
     if markers.get("stream_exit") != "0":
         return f"streaming the archive to this host failed (status {markers.get('stream_exit', 'unknown')})"
     if rc != 0:
@@ -403,20 +529,31 @@ def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_er
 def _next_for(problem: str, settings: Settings) -> str:
     too_old = re.search(r"older than the server \(PostgreSQL (\d+)", problem)
     if too_old:
-        return (f"install pg_dump {too_old.group(1)} or newer and set DBOPS_PG_BINDIR to its "
-                f"folder, or use DBOPS_TARGET=compose (pg_dump runs in the db container)")
+        return (
+            f"install pg_dump {too_old.group(1)} or newer and set DBOPS_PG_BINDIR to its "
+            f"folder, or use DBOPS_TARGET=compose (pg_dump runs in the db container)"
+        )
     if problem.startswith("writing"):
         return f"df -h {settings.backup_dir}   # free space, then re-run: invoke backup"
     return "invoke current   # is the server up? then re-run: invoke backup"
 
 
-def backup(settings: Settings, *, reason: str = "manual", jobs: int | None = None,
-           prune: bool = True, warn: Out = print_note) -> dict:
+def backup(
+    settings: Settings,
+    *,
+    reason: str = "manual",
+    jobs: int | None = None,
+    prune: bool = True,
+    warn: Out = print_note,
+) -> dict:
     """Standalone ``invoke backup``: its own agent, the lock with purpose "backup"."""
     with Agent(settings) as agent:
         try:
             agent.call("lock.acquire", purpose="backup")
         except AgentError as exc:
-            raise OpsError(exc.message, state="unchanged",
-                           next_command="wait for it to finish, then re-run: invoke backup") from None
+            raise OpsError(
+                exc.message,
+                state="unchanged",
+                next_command="wait for it to finish, then re-run: invoke backup",
+            ) from None
         return take_backup(settings, agent, reason, jobs=jobs, prune=prune, warn=warn)

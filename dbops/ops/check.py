@@ -56,7 +56,9 @@ def accepted(settings: Settings, revisions: list[dict]) -> dict[tuple[str, str],
             if not entry.get("revision") or not entry.get("rule"):
                 raise OpsError(f"{path}: every [[accept]] needs revision and rule: {entry}")
             if not entry.get("reason"):
-                raise OpsError(f"{path}: accepting {entry['rule']} on {entry['revision']} needs a reason")
+                raise OpsError(
+                    f"{path}: accepting {entry['rule']} on {entry['revision']} needs a reason"
+                )
             # a unique prefix of the revision is fine
             for r in revisions:
                 if r["revision"].startswith(str(entry["revision"])):
@@ -64,16 +66,23 @@ def accepted(settings: Settings, revisions: list[dict]) -> dict[tuple[str, str],
     return out
 
 
-def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None) -> tuple[list[dict], list[str]]:
+def run_squawk(
+    settings: Settings, revisions: list[dict], pg_version: str | None
+) -> tuple[list[dict], list[str]]:
     """(findings, problems). Each finding: revision, rule, line, message, accepted (reason|None)."""
     binary = squawk_binary(settings)
     if not binary:
         return [], ["squawk is not installed: pip install squawk-cli (or set DBOPS_SQUAWK)"]
-    problems = [f"{r['revision']}: offline SQL could not be rendered: {r['error']}"
-                for r in revisions if r.get("error")]
-    header = (f"-- dbops runs every migration with these (PGOPTIONS)\n"
-              f"SET lock_timeout = '{settings.lock_timeout}';\n"
-              f"SET statement_timeout = '{settings.statement_timeout}';\n")
+    problems = [
+        f"{r['revision']}: offline SQL could not be rendered: {r['error']}"
+        for r in revisions
+        if r.get("error")
+    ]
+    header = (
+        f"-- dbops runs every migration with these (PGOPTIONS)\n"
+        f"SET lock_timeout = '{settings.lock_timeout}';\n"
+        f"SET statement_timeout = '{settings.statement_timeout}';\n"
+    )
     exclude = settings.get("DBOPS_SQUAWK_EXCLUDE")
     cfg = settings.get("DBOPS_SQUAWK_CONFIG") or settings.alembic_ini.parent / ".squawk.toml"
     by_file: dict[str, str] = {}
@@ -104,8 +113,9 @@ def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None
             raise json.JSONDecodeError("no output", "", 0)
         raw = json.loads(stdout or "[]")
     except json.JSONDecodeError:
-        return [], problems + [f"squawk failed (status {done.returncode}): "
-                               f"{(stderr or stdout).strip()[:400]}"]
+        return [], problems + [
+            f"squawk failed (status {done.returncode}): {(stderr or stdout).strip()[:400]}"
+        ]
     accept = accepted(settings, revisions)
     findings = []
     for f in raw:
@@ -115,9 +125,18 @@ def run_squawk(settings: Settings, revisions: list[dict], pg_version: str | None
         lines = texts.get(fname, [])
         line = f.get("line")
         stmt = lines[line - 1].strip() if isinstance(line, int) and 0 < line <= len(lines) else ""
-        findings.append({"revision": rev, "rule": rule, "line": line, "statement": stmt[:120],
-                         "message": f.get("message", ""), "help": f.get("help") or "",
-                         "level": f.get("level", ""), "accepted": accept.get((rev, rule))})
+        findings.append(
+            {
+                "revision": rev,
+                "rule": rule,
+                "line": line,
+                "statement": stmt[:120],
+                "message": f.get("message", ""),
+                "help": f.get("help") or "",
+                "level": f.get("level", ""),
+                "accepted": accept.get((rev, rule)),
+            }
+        )
     return findings, problems
 
 
@@ -129,8 +148,10 @@ def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> 
         if len(heads) == 1:
             out(f"ok    single head: {heads[0]}")
         else:
-            failures.append(f"{len(heads)} heads: {', '.join(heads)} (alembic merge -m 'merge heads' "
-                            f"{' '.join(heads)})")
+            failures.append(
+                f"{len(heads)} heads: {', '.join(heads)} (alembic merge -m 'merge heads' "
+                f"{' '.join(heads)})"
+            )
             out(f"FAIL  {failures[-1]}")
         stair = agent.call("check.stairway")
         if stair["failures"]:
@@ -140,8 +161,10 @@ def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> 
             for d in stair["diff"]:
                 out(f"        {d}")
         else:
-            out(f"ok    stairway: {stair['revisions']} revisions up, down, up again on a scratch "
-                f"database ({stair['steps']} steps), then down to base")
+            out(
+                f"ok    stairway: {stair['revisions']} revisions up, down, up again on a scratch "
+                f"database ({stair['steps']} steps), then down to base"
+            )
             out("ok    models match the migrations at head (autogenerate diff is empty)")
         sql = agent.call("check.sql")["revisions"] if squawk else []
     if squawk:
@@ -153,18 +176,25 @@ def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> 
         open_ = [f for f in findings if not f["accepted"]]
         for f in findings:
             tag = "accepted" if f["accepted"] else "FAIL "
-            out(f"{tag}  squawk {f['revision']}: {f['rule']}: {f['message']}\n        {f['statement']}"
-                + (f"  (accepted: {f['accepted']})" if f["accepted"] else ""))
+            out(
+                f"{tag}  squawk {f['revision']}: {f['rule']}: {f['message']}\n        {f['statement']}"
+                + (f"  (accepted: {f['accepted']})" if f["accepted"] else "")
+            )
         if open_:
             failures.append(f"squawk: {len(open_)} finding(s) not accepted")
-            out("      to accept a known finding: add '# squawk-accept: RULE -- why' to the revision "
+            out(
+                "      to accept a known finding: add '# squawk-accept: RULE -- why' to the revision "
                 "file, or an [[accept]] entry (revision, rule, reason) to squawk-accept.toml "
-                "(DBOPS_SQUAWK_ACCEPT); see docs/migrations.md")
+                "(DBOPS_SQUAWK_ACCEPT); see docs/migrations.md"
+            )
         elif not problems:
             out(f"ok    squawk: {len(sql)} revisions, {len(findings)} finding(s), all accepted")
     else:
         out("skip  squawk (--no-squawk)")
     if failures:
-        raise OpsError(f"check failed: {len(failures)} problem(s)", details=failures,
-                       next_command="fix the problems above, then: invoke check")
+        raise OpsError(
+            f"check failed: {len(failures)} problem(s)",
+            details=failures,
+            next_command="fix the problems above, then: invoke check",
+        )
     return {"ok": True}

@@ -74,20 +74,31 @@ DUMP_APPS = ("pg_dump", "pg_dumpall", "pg_restore")
 @needs_db
 def dbops_lock(f: Facts) -> Check:
     if "dbops_lock" in f.errors:
-        return Check("dbops lock", UNKNOWN, f"could not read the dbops lock: {f.errors['dbops_lock']}")
+        return Check(
+            "dbops lock", UNKNOWN, f"could not read the dbops lock: {f.errors['dbops_lock']}"
+        )
     h = f.raw.get("dbops_lock")
     if not h:
         return Check("dbops lock", OK, f"no dbops operation holds {f.settings.database}'s lock")
     what = h.get("purpose") or h.get("application_name") or "an operation"
     kill = psql_command(f"SELECT pg_terminate_backend({h['pid']})")
-    who = (f"pid {h['pid']} '{h['application_name']}' ({what} by {h.get('operator') or h['user']},"
-           f" user {h['user']} from {h['client']}, since {h['since']})")
-    return Check("dbops lock", WARN, f"a dbops {what} is running: {who}",
-                 ["every migrate/backup/restore/rollback/stamp/recover --apply fails at once as "
-                  "busy until it ends; the schema may be mid-change: read nothing else yet",
-                  f"if that process is gone for good (its host died): {kill}"],
-                 next=f"invoke doctor   (after the dbops {what} pid {h['pid']} finishes)",
-                 why="another dbops operation holds the lock", data={"holder": h})
+    who = (
+        f"pid {h['pid']} '{h['application_name']}' ({what} by {h.get('operator') or h['user']},"
+        f" user {h['user']} from {h['client']}, since {h['since']})"
+    )
+    return Check(
+        "dbops lock",
+        WARN,
+        f"a dbops {what} is running: {who}",
+        [
+            "every migrate/backup/restore/rollback/stamp/recover --apply fails at once as "
+            "busy until it ends; the schema may be mid-change: read nothing else yet",
+            f"if that process is gone for good (its host died): {kill}",
+        ],
+        next=f"invoke doctor   (after the dbops {what} pid {h['pid']} finishes)",
+        why="another dbops operation holds the lock",
+        data={"holder": h},
+    )
 
 
 # --- 3. indexes ---------------------------------------------------------------------------------
@@ -97,11 +108,18 @@ def indexes(f: Facts) -> Check:
     if not inv:
         return Check("indexes", OK, "no INVALID indexes")
     first = _ident(inv[0]["schema"] + "." + inv[0]["index"].split(".")[-1])
-    return Check("indexes", FAIL, f"{len(inv)} INVALID index(es): " + ", ".join(
-        f"{i['index']} on {i['table']}" for i in inv),
-        [f"{i['definition']}  (left by a failed CREATE INDEX CONCURRENTLY: drop it, then re-run "
-         f"the migration)" for i in inv],
-        next=psql_command(f"DROP INDEX CONCURRENTLY IF EXISTS {first}"), why="an INVALID index")
+    return Check(
+        "indexes",
+        FAIL,
+        f"{len(inv)} INVALID index(es): " + ", ".join(f"{i['index']} on {i['table']}" for i in inv),
+        [
+            f"{i['definition']}  (left by a failed CREATE INDEX CONCURRENTLY: drop it, then re-run "
+            f"the migration)"
+            for i in inv
+        ],
+        next=psql_command(f"DROP INDEX CONCURRENTLY IF EXISTS {first}"),
+        why="an INVALID index",
+    )
 
 
 # --- 4. revision files ----------------------------------------------------------------------------
@@ -114,8 +132,11 @@ def revision_files(f: Facts) -> Check:
     try:
         hashes = f.agent.call("revisions.hashes")
     except AgentError as exc:
-        return Check("revision files", UNKNOWN, f"cannot hash the revision files (agent op "
-                     f"revisions.hashes: {exc.message})")
+        return Check(
+            "revision files",
+            UNKNOWN,
+            f"cannot hash the revision files (agent op revisions.hashes: {exc.message})",
+        )
     if isinstance(hashes, dict) and isinstance(hashes.get("hashes"), dict):
         hashes = hashes["hashes"]
     recorded: dict[str, tuple[str, str]] = {}
@@ -131,36 +152,61 @@ def revision_files(f: Facts) -> Check:
             if h:
                 recorded[rev] = (h, rec.get("ts", "?"))
     if not recorded:
-        return Check("revision files", OK if hashes else UNKNOWN,
-                     "no audit record with revision hashes for this database yet: nothing to compare")
+        return Check(
+            "revision files",
+            OK if hashes else UNKNOWN,
+            "no audit record with revision hashes for this database yet: nothing to compare",
+        )
     paths = {h["revision"]: h.get("path") for h in f.status["history"]}
-    edited = [(rev, ts) for rev, (h, ts) in sorted(recorded.items())
-              if rev in hashes and hashes[rev] != h]
+    edited = [
+        (rev, ts) for rev, (h, ts) in sorted(recorded.items()) if rev in hashes and hashes[rev] != h
+    ]
     if not edited:
-        return Check("revision files", OK, f"{len(recorded)} applied revision file(s) unchanged "
-                     f"since applied")
+        return Check(
+            "revision files",
+            OK,
+            f"{len(recorded)} applied revision file(s) unchanged since applied",
+        )
     p = paths.get(edited[0][0])
-    return Check("revision files", WARN, f"{len(edited)} revision file(s) edited after they were "
-                 f"applied: {', '.join(rev for rev, _ in edited)}",
-                 [f"{rev} ({Path(paths.get(rev) or rev).name}) applied {ts}, file changed since"
-                  for rev, ts in edited],
-                 next=f"git log -p -- {shlex.quote(p) if p else edited[0][0]}",
-                 why="a revision file changed after it was applied")
+    return Check(
+        "revision files",
+        WARN,
+        f"{len(edited)} revision file(s) edited after they were "
+        f"applied: {', '.join(rev for rev, _ in edited)}",
+        [
+            f"{rev} ({Path(paths.get(rev) or rev).name}) applied {ts}, file changed since"
+            for rev, ts in edited
+        ],
+        next=f"git log -p -- {shlex.quote(p) if p else edited[0][0]}",
+        why="a revision file changed after it was applied",
+    )
 
 
 def _unreadable_script(f: Facts) -> Check:
     d = (f.raw.get("error_details") or {}).get("status") or {}
     path, markers = d.get("file"), d.get("conflict_markers") or []
-    what = (f"merge-conflict markers at line(s) {', '.join(map(str, markers))}" if markers
-            else d.get("error") or f.errors.get("status"))
+    what = (
+        f"merge-conflict markers at line(s) {', '.join(map(str, markers))}"
+        if markers
+        else d.get("error") or f.errors.get("status")
+    )
     fix = "resolve the merge-conflict markers" if markers else "fix it"
-    return Check("revision files", FAIL, f"a revision file does not load: "
-                 f"{Path(path).name if path else 'the script directory'}: {what}",
-                 [f.errors.get("status", ""), "alembic cannot read the history until it loads: "
-                  "migrate, rollback and recover would all fail; nothing in the database is wrong"],
-                 next=f"${{EDITOR:-vi}} {shlex.quote(path)}   ({fix}; then: invoke doctor)" if path
-                 else "invoke check   (after fixing the script directory)",
-                 why="a revision file does not load", data={"file": path, "line": d.get("line")})
+    return Check(
+        "revision files",
+        FAIL,
+        f"a revision file does not load: "
+        f"{Path(path).name if path else 'the script directory'}: {what}",
+        [
+            f.errors.get("status", ""),
+            "alembic cannot read the history until it loads: "
+            "migrate, rollback and recover would all fail; nothing in the database is wrong",
+        ],
+        next=f"${{EDITOR:-vi}} {shlex.quote(path)}   ({fix}; then: invoke doctor)"
+        if path
+        else "invoke check   (after fixing the script directory)",
+        why="a revision file does not load",
+        data={"file": path, "line": d.get("line")},
+    )
 
 
 # --- 5. schema ---------------------------------------------------------------------------------------
@@ -174,40 +220,61 @@ def schema(f: Facts) -> Check | None:
     st, steps, idx = f.status, a["steps"], a["idx"]
     current = sorted(st["current"])
     src = a["source"]
-    note = "" if src["source"] == "cache" else f" (expected schemas built in {src['seconds']:.1f} s)"
+    note = (
+        "" if src["source"] == "cache" else f" (expected schemas built in {src['seconds']:.1f} s)"
+    )
     matches = a["matches"]
     if st["unknown_current"] and not matches:
         return _ahead_of_code(f, a, note)
     if idx is None:  # an unknown version id (or a head set no linear pass produces)
         where = f"matches {' = '.join(matches)} exactly" if matches else "matches no revision"
-        return Check("schema", FAIL, f"alembic_version says {', '.join(current)}; the live schema "
-                     f"{where}{note}", next="invoke recover",
-                     why="the version record and the schema disagree")
+        return Check(
+            "schema",
+            FAIL,
+            f"alembic_version says {', '.join(current)}; the live schema {where}{note}",
+            next="invoke recover",
+            why="the version record and the schema disagree",
+        )
     if a["at_current"]:
-        return Check("schema", OK, f"live schema matches {', '.join(current) or 'base'} exactly{note}")
+        return Check(
+            "schema", OK, f"live schema matches {', '.join(current) or 'base'} exactly{note}"
+        )
     diffs = fpmod.diff(steps[idx]["fingerprint"], a["live_fp"])
-    details = diffs[:8] + ([f"… and {len(diffs) - 8} more (invoke recover)"] if len(diffs) > 8 else [])
+    details = diffs[:8] + (
+        [f"… and {len(diffs) - 8} more (invoke recover)"] if len(diffs) > 8 else []
+    )
     if matches:  # the record is wrong, not the schema: the diff against it is noise
         details = []
     half = a["half"]
     nxt, why = "invoke recover", "the schema does not match the current revision"
     if half:
-        summary = (f"DIRTY: revision {half} is half-applied (a non-transactional step ran, the "
-                   f"rest did not); alembic_version still says {', '.join(current)}")
+        summary = (
+            f"DIRTY: revision {half} is half-applied (a non-transactional step ran, the "
+            f"rest did not); alembic_version still says {', '.join(current)}"
+        )
         leftover = _leftover_indexes(steps[idx]["fingerprint"], a["live_fp"])
         if leftover:
-            nxt = psql_command(f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(_qualified(leftover[0]))}")
+            nxt = psql_command(
+                f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(_qualified(leftover[0]))}"
+            )
             why = f"{half} left index {leftover[0]} behind: drop it, then invoke migrate"
-            details.append(f"remove what {half} left ({', '.join(leftover)}) one index at a time, "
-                           f"then invoke migrate runs {half} whole")
+            details.append(
+                f"remove what {half} left ({', '.join(leftover)}) one index at a time, "
+                f"then invoke migrate runs {half} whole"
+            )
     elif matches:
-        summary = (f"live schema is not {', '.join(current) or 'base'}: it matches "
-                   f"{' = '.join(matches)} exactly")
+        summary = (
+            f"live schema is not {', '.join(current) or 'base'}: it matches "
+            f"{' = '.join(matches)} exactly"
+        )
     else:
-        summary = (f"live schema differs from {', '.join(current) or 'base'} "
-                   f"({len(diffs)} difference(s)) and matches no revision")
-    return Check("schema", FAIL, summary + note, details, next=nxt, why=why,
-                 data={"half_applied": half})
+        summary = (
+            f"live schema differs from {', '.join(current) or 'base'} "
+            f"({len(diffs)} difference(s)) and matches no revision"
+        )
+    return Check(
+        "schema", FAIL, summary + note, details, next=nxt, why=why, data={"half_applied": half}
+    )
 
 
 def _qualified(name: str) -> str:
@@ -229,18 +296,27 @@ def _ahead_of_code(f: Facts, a: dict, note: str) -> Check:
     st = f.status
     unknown = st["unknown_current"]
     steps = a["steps"]
-    head = next((s for s in reversed(steps) if sorted(s["heads"]) == sorted(st["heads"])), steps[-1])
+    head = next(
+        (s for s in reversed(steps) if sorted(s["heads"]) == sorted(st["heads"])), steps[-1]
+    )
     diffs = fpmod.diff(head["fingerprint"], a["live_fp"])
-    return Check("schema", FAIL, f"the database is AHEAD of this code: alembic_version says "
-                 f"{', '.join(unknown)}, a revision this checkout does not have, and the live "
-                 f"schema matches no revision it has (compared with head {', '.join(st['heads'])}: "
-                 f"{len(diffs)} difference(s)){note}",
-                 ["the fix is in the code: deploy or check out the code that has that revision "
-                  "file (never restore, drop or stamp to make the database fit older code)"]
-                 + diffs[:6],
-                 next=f"git log --all --oneline -S {shlex.quote(unknown[0])}   (find the commit "
-                      f"with revision {unknown[0]}, then deploy or check it out)",
-                 why="the database is ahead of the code", data={"ahead_of_code": unknown})
+    return Check(
+        "schema",
+        FAIL,
+        f"the database is AHEAD of this code: alembic_version says "
+        f"{', '.join(unknown)}, a revision this checkout does not have, and the live "
+        f"schema matches no revision it has (compared with head {', '.join(st['heads'])}: "
+        f"{len(diffs)} difference(s)){note}",
+        [
+            "the fix is in the code: deploy or check out the code that has that revision "
+            "file (never restore, drop or stamp to make the database fit older code)"
+        ]
+        + diffs[:6],
+        next=f"git log --all --oneline -S {shlex.quote(unknown[0])}   (find the commit "
+        f"with revision {unknown[0]}, then deploy or check it out)",
+        why="the database is ahead of the code",
+        data={"ahead_of_code": unknown},
+    )
 
 
 # --- 6. heads -------------------------------------------------------------------------------------------
@@ -252,10 +328,14 @@ def heads(f: Facts) -> Check | None:
     hs = st["heads"]
     msgs = {h["revision"]: h["message"] for h in st["history"]}
     if len(hs) > 1:
-        return Check("heads", FAIL, f"{len(hs)} heads: {', '.join(hs)} — merge them before migrating",
-                     [f"{h}  {msgs.get(h, '')}" for h in hs],
-                     next=f"alembic -c {f.settings.alembic_ini} merge -m 'merge heads' {' '.join(hs)}",
-                     why="several heads")
+        return Check(
+            "heads",
+            FAIL,
+            f"{len(hs)} heads: {', '.join(hs)} — merge them before migrating",
+            [f"{h}  {msgs.get(h, '')}" for h in hs],
+            next=f"alembic -c {f.settings.alembic_ini} merge -m 'merge heads' {' '.join(hs)}",
+            why="several heads",
+        )
     if not hs:
         return Check("heads", WARN, "the script directory has no revisions")
     return Check("heads", OK, f"1 head: {hs[0]}  {msgs.get(hs[0], '')}")
@@ -280,10 +360,13 @@ def blocking_locks(f: Facts) -> dict[int, list[str]]:
     for lk in f.raw.get("locks") or []:
         if not lk["granted"]:
             continue
-        wanted = [m for m in needs.get(lk["table"].split(".")[-1], []) if pglocks.conflicts(lk["mode"], m)]
+        wanted = [
+            m for m in needs.get(lk["table"].split(".")[-1], []) if pglocks.conflicts(lk["mode"], m)
+        ]
         if wanted:
-            out.setdefault(lk["pid"], []).append(f"{lk['mode']} on {lk['table']} "
-                                                 f"(conflicts with {', '.join(wanted)})")
+            out.setdefault(lk["pid"], []).append(
+                f"{lk['mode']} on {lk['table']} (conflicts with {', '.join(wanted)})"
+            )
     return out
 
 
@@ -297,52 +380,96 @@ def sessions(f: Facts) -> Check:
     locks = f.raw.get("locks") or []
     tables = f.raw.get("pending_tables")
     pending = f.pending
-    blockers = {pid: held for pid, held in blocking_locks(f).items()
-                if not any(_is_dump(lk["application_name"]) for lk in locks if lk["pid"] == pid)}
+    blockers = {
+        pid: held
+        for pid, held in blocking_locks(f).items()
+        if not any(_is_dump(lk["application_name"]) for lk in locks if lk["pid"] == pid)
+    }
     by_pid = {s["pid"]: s for s in ss}
     details = []
     for pid, held in blockers.items():
         lk = next(x for x in locks if x["pid"] == pid)
         q = by_pid.get(pid, {}).get("query") or lk.get("query")
-        details.append(f"pid {pid} '{lk['application_name']}' ({lk['state']}, transaction open "
-                       f"{lk['xact_seconds']} s) holds {', '.join(held)}" + (f": {q}" if q else ""))
-    harmless = sorted({lk["pid"] for lk in locks if lk["granted"] and lk["pid"] not in blockers
-                       and not _is_dump(lk["application_name"])})
+        details.append(
+            f"pid {pid} '{lk['application_name']}' ({lk['state']}, transaction open "
+            f"{lk['xact_seconds']} s) holds {', '.join(held)}" + (f": {q}" if q else "")
+        )
+    harmless = sorted(
+        {
+            lk["pid"]
+            for lk in locks
+            if lk["granted"] and lk["pid"] not in blockers and not _is_dump(lk["application_name"])
+        }
+    )
     for pid in harmless:
         held = sorted({f"{x['mode']} on {x['table']}" for x in locks if x["pid"] == pid})
-        details.append(f"pid {pid} '{by_pid.get(pid, {}).get('application_name', '?')}' holds "
-                       f"{', '.join(held)}: no conflict with what the pending revisions need")
-    idle = [s for s in ss if s["state"].startswith("idle in transaction") and s["pid"] not in blockers]
+        details.append(
+            f"pid {pid} '{by_pid.get(pid, {}).get('application_name', '?')}' holds "
+            f"{', '.join(held)}: no conflict with what the pending revisions need"
+        )
+    idle = [
+        s for s in ss if s["state"].startswith("idle in transaction") and s["pid"] not in blockers
+    ]
     active = [s for s in ss if s["state"] == "active"]
-    details += [f"pid {s['pid']} '{s['application_name']}' idle in transaction for "
-                f"{s['xact_seconds']} s: {s['query']}" for s in idle if s["pid"] not in harmless]
-    details += [f"pid {s['pid']} '{s['application_name']}' running for {s['query_seconds']} s"
-                + (f" (waiting on {s['waiting']})" if s["waiting"] else "") + f": {s['query']}"
-                for s in active]
+    details += [
+        f"pid {s['pid']} '{s['application_name']}' idle in transaction for "
+        f"{s['xact_seconds']} s: {s['query']}"
+        for s in idle
+        if s["pid"] not in harmless
+    ]
+    details += [
+        f"pid {s['pid']} '{s['application_name']}' running for {s['query_seconds']} s"
+        + (f" (waiting on {s['waiting']})" if s["waiting"] else "")
+        + f": {s['query']}"
+        for s in active
+    ]
     needs = lock_needs(f)
     need_txt = "; ".join(f"{t}: {', '.join(m)}" for t, m in needs.items())
-    data = {"lock_needs": needs, "lock_needs_source": LOCK_NEEDS_SOURCE, "blockers": sorted(blockers)}
+    data = {
+        "lock_needs": needs,
+        "lock_needs_source": LOCK_NEEDS_SOURCE,
+        "blockers": sorted(blockers),
+    }
     if tables is None and pending:
-        details.append(f"tables touched by pending migrations: unknown "
-                       f"({f.errors.get('pending_tables')})")
+        details.append(
+            f"tables touched by pending migrations: unknown ({f.errors.get('pending_tables')})"
+        )
     if blockers and pending:
         pid = next(iter(blockers))
-        return Check("sessions", FAIL, f"{len(blockers)} session(s) hold locks that conflict with "
-                     f"what the pending migrations need ({need_txt}): migrate would time out "
-                     f"behind them", details,
-                     next=psql_command(f"SELECT pg_terminate_backend({pid})")
-                     + "   (after checking who owns it; or wait for it to end)",
-                     why=f"pid {pid} holds a lock a pending migration needs", data=data)
+        return Check(
+            "sessions",
+            FAIL,
+            f"{len(blockers)} session(s) hold locks that conflict with "
+            f"what the pending migrations need ({need_txt}): migrate would time out "
+            f"behind them",
+            details,
+            next=psql_command(f"SELECT pg_terminate_backend({pid})")
+            + "   (after checking who owns it; or wait for it to end)",
+            why=f"pid {pid} holds a lock a pending migration needs",
+            data=data,
+        )
     if [s for s in idle if (s["xact_seconds"] or 0) >= IDLE_TX_WARN_S] or active:
-        return Check("sessions", WARN, f"{len(idle)} idle-in-transaction, {len(active)} "
-                     f"long-running session(s); none blocks the pending migrations", details,
-                     data=data)
+        return Check(
+            "sessions",
+            WARN,
+            f"{len(idle)} idle-in-transaction, {len(active)} "
+            f"long-running session(s); none blocks the pending migrations",
+            details,
+            data=data,
+        )
     if idle:
-        return Check("sessions", OK, f"{len(idle)} idle-in-transaction session(s), none holding "
-                     f"locks pending migrations need", details, data=data)
+        return Check(
+            "sessions",
+            OK,
+            f"{len(idle)} idle-in-transaction session(s), none holding "
+            f"locks pending migrations need",
+            details,
+            data=data,
+        )
     extra = f"; pending migrations need {need_txt}" if needs else ""
-    return Check("sessions", OK, f"no long or idle-in-transaction sessions{extra}", details,
-                 data=data)
+    return Check(
+        "sessions", OK, f"no long or idle-in-transaction sessions{extra}", details, data=data
+    )
 
 
 @needs_db
@@ -352,18 +479,30 @@ def pg_dump(f: Facts) -> Check:
         return Check("pg_dump", OK, "no pg_dump running")
     blocking = blocking_locks(f)
     d = next((x for x in dumps if x["pid"] in blocking), dumps[0])
-    details = [f"pid {x['pid']} {x['application_name']} on {x['database']} since {x['since']}"
-               + (f": holds {', '.join(blocking[x['pid']])}" if x["pid"] in blocking else "")
-               for x in dumps]
-    line = (f"{d['application_name']} running: pid {d['pid']} on {d['database']} since {d['since']} "
-            f"({d['seconds']} s)")
+    details = [
+        f"pid {x['pid']} {x['application_name']} on {x['database']} since {x['since']}"
+        + (f": holds {', '.join(blocking[x['pid']])}" if x["pid"] in blocking else "")
+        for x in dumps
+    ]
+    line = (
+        f"{d['application_name']} running: pid {d['pid']} on {d['database']} since {d['since']} "
+        f"({d['seconds']} s)"
+    )
     if f.pending and d["pid"] in blocking:
-        return Check("pg_dump", WARN, f"{line}; its locks conflict with the pending migrations",
-                     details + ["do not terminate it (it may be the backup you will need): wait"],
-                     next=f"invoke migrate   (after {d['application_name']} pid {d['pid']} finishes)",
-                     why="a dump is running and its locks would block the migration")
-    return Check("pg_dump", WARN if f.pending else OK,
-                 line + ("; it does not block the pending migrations" if f.pending else ""), details)
+        return Check(
+            "pg_dump",
+            WARN,
+            f"{line}; its locks conflict with the pending migrations",
+            details + ["do not terminate it (it may be the backup you will need): wait"],
+            next=f"invoke migrate   (after {d['application_name']} pid {d['pid']} finishes)",
+            why="a dump is running and its locks would block the migration",
+        )
+    return Check(
+        "pg_dump",
+        WARN if f.pending else OK,
+        line + ("; it does not block the pending migrations" if f.pending else ""),
+        details,
+    )
 
 
 # --- 9. models --------------------------------------------------------------------------------------------------
@@ -373,8 +512,11 @@ def models(f: Facts) -> Check | None:
     if not st:
         return None
     if not st["at_head"]:
-        return Check("models", UNKNOWN, "compared at head only (alembic's autogenerate needs the "
-                     "database at head)")
+        return Check(
+            "models",
+            UNKNOWN,
+            "compared at head only (alembic's autogenerate needs the database at head)",
+        )
     a = f.analysis()
     if not a.get("at_current"):
         return Check("models", UNKNOWN, "not compared: the live schema is not the head's")
@@ -384,11 +526,15 @@ def models(f: Facts) -> Check | None:
         return Check("models", UNKNOWN, f"could not compare the models: {exc.message}")
     if not diff:
         return Check("models", OK, "the models match the migrations (autogenerate finds nothing)")
-    return Check("models", FAIL, f"the models differ from the migrations: {len(diff)} change(s) no "
-                 f"revision makes", diff[:8],
-                 next=f"alembic -c {f.settings.alembic_ini} revision --autogenerate -m "
-                      f"'<describe the change>'   (review it, then invoke check, invoke migrate)",
-                 why="the models are ahead of the migrations")
+    return Check(
+        "models",
+        FAIL,
+        f"the models differ from the migrations: {len(diff)} change(s) no revision makes",
+        diff[:8],
+        next=f"alembic -c {f.settings.alembic_ini} revision --autogenerate -m "
+        f"'<describe the change>'   (review it, then invoke check, invoke migrate)",
+        why="the models are ahead of the migrations",
+    )
 
 
 # --- 10. revision -------------------------------------------------------------------------------------------------
@@ -398,8 +544,13 @@ def revision(f: Facts) -> Check:
     if not st:
         if f.kinds.get("status") == "script":
             return Check("revision", UNKNOWN, "cannot read the history (see revision files)")
-        return Check("revision", FAIL, f"cannot read the alembic state: {f.errors.get('status')}",
-                     next="invoke recover", why="the alembic state cannot be read")
+        return Check(
+            "revision",
+            FAIL,
+            f"cannot read the alembic state: {f.errors.get('status')}",
+            next="invoke recover",
+            why="the alembic state cannot be read",
+        )
     msgs = {h["revision"]: h["message"] for h in st["history"]}
     current, pending = st["current"], st["pending"]
     f.result.update(current=current, heads=st["heads"], pending=pending)
@@ -407,24 +558,44 @@ def revision(f: Facts) -> Check:
     populated = bool(insp and insp["live"]["fingerprint"]["tables"])
     has_table = insp["version_table"] if insp else bool(current)
     if st["unknown_current"]:
-        return Check("revision", FAIL, f"alembic_version names {', '.join(st['unknown_current'])}, "
-                     f"which the script directory does not have",
-                     next="invoke recover", why="unknown version id")
+        return Check(
+            "revision",
+            FAIL,
+            f"alembic_version names {', '.join(st['unknown_current'])}, "
+            f"which the script directory does not have",
+            next="invoke recover",
+            why="unknown version id",
+        )
     if not current and populated:
-        return Check("revision", FAIL, ("no alembic_version table" if not has_table else
-                                        "alembic_version is empty") + " but the database has tables",
-                     next="invoke recover", why="a populated database without a version row")
+        return Check(
+            "revision",
+            FAIL,
+            ("no alembic_version table" if not has_table else "alembic_version is empty")
+            + " but the database has tables",
+            next="invoke recover",
+            why="a populated database without a version row",
+        )
     if len(current) > 1 and len(current) > len(st["heads"]):
-        return Check("revision", FAIL, f"alembic_version holds {len(current)} rows "
-                     f"({', '.join(current)}) for {len(st['heads'])} head(s): an extra row "
-                     f"(a manual INSERT, or a stamp without --purge)",
-                     next="invoke recover", why="extra version rows")
+        return Check(
+            "revision",
+            FAIL,
+            f"alembic_version holds {len(current)} rows "
+            f"({', '.join(current)}) for {len(st['heads'])} head(s): an extra row "
+            f"(a manual INSERT, or a stamp without --purge)",
+            next="invoke recover",
+            why="extra version rows",
+        )
     if st["at_head"]:
         return Check("revision", OK, f"at head {', '.join(current)}")
     where = ", ".join(current) if current else "base (empty database)"
-    return Check("revision", WARN, f"at {where}; {len(pending)} pending: {', '.join(pending)}",
-                 [f"{p}  {msgs.get(p, '')}" for p in pending],
-                 next="invoke migrate", why="pending revisions")
+    return Check(
+        "revision",
+        WARN,
+        f"at {where}; {len(pending)} pending: {', '.join(pending)}",
+        [f"{p}  {msgs.get(p, '')}" for p in pending],
+        next="invoke migrate",
+        why="pending revisions",
+    )
 
 
 # --- 11. scratch ------------------------------------------------------------------------------
@@ -456,18 +627,31 @@ def scratch(f: Facts) -> Check | None:
     left = [x for x in found if not x["in_use"]]
     details = [line(x) for x in left + [x for x in found if x["in_use"]]]
     if not left:
-        return Check("scratch", OK, f"{len(found)} scratch database(s), all in use by running "
-                     f"dbops operations", details, data={"scratch": found})
+        return Check(
+            "scratch",
+            OK,
+            f"{len(found)} scratch database(s), all in use by running dbops operations",
+            details,
+            data={"scratch": found},
+        )
     first = left[0]
-    sweep = ("   (or: the next invoke rehearse of its database sweeps it)" if first["purpose"] == "rehearse" else
-             "   (or: the next touched-set run of its database sweeps it)"
-             if first["purpose"] == "touched" else "")
-    return Check("scratch", WARN, f"{len(left)} scratch database(s) left on the server by killed "
-                 f"dbops runs" + (f"; {len(found) - len(left)} in use" if len(found) > len(left)
-                                  else ""), details,
-                 next=_drop_database(first["name"]) + sweep,
-                 why=f"a killed {first['purpose']} run's scratch database takes room",
-                 data={"scratch": found, "leftovers": left})
+    sweep = (
+        "   (or: the next invoke rehearse of its database sweeps it)"
+        if first["purpose"] == "rehearse"
+        else "   (or: the next touched-set run of its database sweeps it)"
+        if first["purpose"] == "touched"
+        else ""
+    )
+    return Check(
+        "scratch",
+        WARN,
+        f"{len(left)} scratch database(s) left on the server by killed "
+        f"dbops runs" + (f"; {len(found) - len(left)} in use" if len(found) > len(left) else ""),
+        details,
+        next=_drop_database(first["name"]) + sweep,
+        why=f"a killed {first['purpose']} run's scratch database takes room",
+        data={"scratch": found, "leftovers": left},
+    )
 
 
 # --- 12. rehearsal ---------------------------------------------------------------------------------------------
@@ -489,12 +673,20 @@ def rehearsal(f: Facts) -> Check | None:
     pending = [{"revision": r, "sha256": hashes.get(r)} for r in st["pending"]]
     rep = rehearse_op.matching(f.settings, st["current"], pending)
     if rep is None:
-        return Check("rehearsal", WARN, f"the {len(pending)} pending revision(s) were never "
-                     f"rehearsed: invoke rehearse shows what they lock, and for how long, on a "
-                     f"copy of this database")
+        return Check(
+            "rehearsal",
+            WARN,
+            f"the {len(pending)} pending revision(s) were never "
+            f"rehearsed: invoke rehearse shows what they lock, and for how long, on a "
+            f"copy of this database",
+        )
     verdicts = [f"{r['revision']}: {r['verdict']}" for r in rep["revisions"]]
-    return Check("rehearsal", OK, f"rehearsed {rep['finished_at']}: predicted "
-                 f"{rep['predicted_seconds']:.1f} s", verdicts)
+    return Check(
+        "rehearsal",
+        OK,
+        f"rehearsed {rep['finished_at']}: predicted {rep['predicted_seconds']:.1f} s",
+        verdicts,
+    )
 
 
 # --- 12. backups -------------------------------------------------------------------------------------------------
@@ -504,47 +696,81 @@ def backups(f: Facts) -> Check:
         entries = catalog.list_backups(s, database=s.database)
         folder = Path(s.backup_dir)
         pat = catalog.partial_pattern(s.database)
-        partials = sorted(p for p in folder.iterdir() if pat.match(p.name)) if folder.is_dir() else []
+        partials = (
+            sorted(p for p in folder.iterdir() if pat.match(p.name)) if folder.is_dir() else []
+        )
     except Exception as exc:
-        return Check("backups", UNKNOWN, f"age of the newest verified backup: unknown (the backup "
-                     f"catalog could not be read: {exc})")
+        return Check(
+            "backups",
+            UNKNOWN,
+            f"age of the newest verified backup: unknown (the backup "
+            f"catalog could not be read: {exc})",
+        )
     newest = next((b for b in entries if b["verified"]), None)
     damaged = [b for b in entries if not b["verified"]]
     fresh_damaged = [b for b in damaged if not newest or b["created_at"] > newest["created_at"]]
-    notes = [f"{p.name}: left by an interrupted backup ({p.stat().st_size} bytes, "
-             f"{datetime.fromtimestamp(p.stat().st_mtime, UTC):%Y-%m-%dT%H:%M:%SZ}); not a "
-             f"backup; the next invoke backup removes it" for p in partials]
-    notes += [f"{Path(b['path']).name}: DAMAGED, cannot be restored: {'; '.join(b['problems'])}"
-              for b in damaged]
-    data = {"partial_files": [str(p) for p in partials],
-            "damaged": [{"path": b["path"], "problems": b["problems"]} for b in damaged]}
+    notes = [
+        f"{p.name}: left by an interrupted backup ({p.stat().st_size} bytes, "
+        f"{datetime.fromtimestamp(p.stat().st_mtime, UTC):%Y-%m-%dT%H:%M:%SZ}); not a "
+        f"backup; the next invoke backup removes it"
+        for p in partials
+    ]
+    notes += [
+        f"{Path(b['path']).name}: DAMAGED, cannot be restored: {'; '.join(b['problems'])}"
+        for b in damaged
+    ]
+    data = {
+        "partial_files": [str(p) for p in partials],
+        "damaged": [{"path": b["path"], "problems": b["problems"]} for b in damaged],
+    }
     if partials or fresh_damaged or newest is None:
         if newest is None:
             what = f"no verified backup of {s.database} in {s.backup_dir}"
         else:
             what = f"newest verified backup {Path(newest['path']).name}"
-        bad = ([f"{len(partials)} interrupted (.partial)"] if partials else []) + \
-              ([f"{len(fresh_damaged)} damaged newer one(s)"] if fresh_damaged else [])
-        return Check("backups", WARN, what + (f"; {', '.join(bad)}" if bad else ""), notes,
-                     next="invoke backup", why="no usable recent backup" if newest is None else
-                     "an interrupted or damaged backup", data=data)
+        bad = ([f"{len(partials)} interrupted (.partial)"] if partials else []) + (
+            [f"{len(fresh_damaged)} damaged newer one(s)"] if fresh_damaged else []
+        )
+        return Check(
+            "backups",
+            WARN,
+            what + (f"; {', '.join(bad)}" if bad else ""),
+            notes,
+            next="invoke backup",
+            why="no usable recent backup" if newest is None else "an interrupted or damaged backup",
+            data=data,
+        )
     age = _age(newest.get("created_at"))
     name = Path(str(newest.get("path", "?"))).name
     if damaged:
         b = damaged[0]
-        files = [b["path"]] + ([str(catalog.manifest_path(Path(b["path"])))]
-                               if b.get("manifest") else [])
-        return Check("backups", WARN, f"newest verified backup {name}; {len(damaged)} older "
-                     f"damaged file(s) that cannot be restored", notes,
-                     next="rm -- " + " ".join(shlex.quote(x) for x in files)
-                          + f"   (a newer verified backup exists: {name})",
-                     why="a damaged backup file", data=data)
+        files = [b["path"]] + (
+            [str(catalog.manifest_path(Path(b["path"])))] if b.get("manifest") else []
+        )
+        return Check(
+            "backups",
+            WARN,
+            f"newest verified backup {name}; {len(damaged)} older "
+            f"damaged file(s) that cannot be restored",
+            notes,
+            next="rm -- "
+            + " ".join(shlex.quote(x) for x in files)
+            + f"   (a newer verified backup exists: {name})",
+            why="a damaged backup file",
+            data=data,
+        )
     if age is None:
         return Check("backups", WARN, f"newest verified backup {name}: age unknown", data=data)
     fresh, message, command = freshness.backup_freshness(s)  # 1.5 × the backup schedule
     if not fresh:
-        return Check("backups", WARN, f"{name}: {message}", next=command,
-                     why="the newest verified backup is old", data=data)
+        return Check(
+            "backups",
+            WARN,
+            f"{name}: {message}",
+            next=command,
+            why="the newest verified backup is old",
+            data=data,
+        )
     return Check("backups", OK, f"newest verified backup {name}, {age * 60:.0f} min old", data=data)
 
 
@@ -555,8 +781,13 @@ def restore_drill(f: Facts) -> Check:
     ok, message, command = freshness.drill_freshness(f.settings)
     if ok:
         return Check("restore drill", OK, message)
-    return Check("restore drill", WARN, message, next=command,
-                 why="nobody has proven a recent backup restores")
+    return Check(
+        "restore drill",
+        WARN,
+        message,
+        next=command,
+        why="nobody has proven a recent backup restores",
+    )
 
 
 # --- 14. audit ------------------------------------------------------------------------------------------------------
@@ -569,8 +800,10 @@ def audit_record(f: Facts) -> Check:
     if not records:
         return Check("audit", OK, f"no audit records yet ({s.audit_log})")
     last = records[-1]
-    line = (f"last: {last.get('action')} by {last.get('operator')} at {last.get('ts')}: "
-            f"{last.get('result', '?')}")
+    line = (
+        f"last: {last.get('action')} by {last.get('operator')} at {last.get('ts')}: "
+        f"{last.get('result', '?')}"
+    )
     if last.get("result") not in (None, "ok", "success", "succeeded"):
         return Check("audit", WARN, line, [str(last.get("error") or last.get("message") or "")])
     return Check("audit", OK, line)
@@ -578,8 +811,21 @@ def audit_record(f: Facts) -> Check:
 
 # The runbook's order (docs/recovery.md): displayed in this order; the first proposal is next.
 CHECKS: tuple[Callable[[Facts], Check | None], ...] = (
-    connectivity, dbops_lock, indexes, revision_files, schema, heads, sessions, pg_dump, models,
-    revision, scratch, rehearsal, backups, restore_drill, audit_record,
+    connectivity,
+    dbops_lock,
+    indexes,
+    revision_files,
+    schema,
+    heads,
+    sessions,
+    pg_dump,
+    models,
+    revision,
+    scratch,
+    rehearsal,
+    backups,
+    restore_drill,
+    audit_record,
 )
 
 
@@ -591,8 +837,11 @@ def run_checks(f: Facts) -> list[Check]:
         except Unknown as exc:  # the check could not read what it needs: it says so
             ch = exc.check
         except Exception as exc:  # a bug in one check must not hide the others (or crash)
-            ch = Check(fn.__name__.replace("_", " "), UNKNOWN,
-                       f"this check could not run: {type(exc).__name__}: {exc}")
+            ch = Check(
+                fn.__name__.replace("_", " "),
+                UNKNOWN,
+                f"this check could not run: {type(exc).__name__}: {exc}",
+            )
         if ch is not None:
             out.append(ch)
     return out
@@ -600,8 +849,11 @@ def run_checks(f: Facts) -> list[Check]:
 
 def doctor(settings: Settings, *, schema: bool = True) -> dict:
     target = seam.target_for(settings)
-    result: dict = {"target": target.describe(), "database": settings.database,
-                    "environment": settings.environment}
+    result: dict = {
+        "target": target.describe(),
+        "database": settings.database,
+        "environment": settings.environment,
+    }
     try:
         with Agent(settings, target) as agent:
             f = Facts(settings, agent, schema=schema)
@@ -615,10 +867,12 @@ def doctor(settings: Settings, *, schema: bool = True) -> dict:
         result.update(current=st["current"], heads=st["heads"], pending=st["pending"])
     result.update(f.result)
     first = next((c for c in checks if c.next), None)
-    result.update(checks=[c.as_dict() for c in checks],
-                  next=first.next if first else "nothing to do",
-                  next_reason=first.why if first else "all checks passed",
-                  next_check=first.name if first else None)
+    result.update(
+        checks=[c.as_dict() for c in checks],
+        next=first.next if first else "nothing to do",
+        next_reason=first.why if first else "all checks passed",
+        next_check=first.name if first else None,
+    )
     return result
 
 
@@ -629,6 +883,8 @@ def format_report(rep: dict) -> str:
     for c in rep["checks"]:
         lines.append(f"{marks[c['status']]}  {c['name']:<{width}}  {c['summary']}")
         lines += [f"      {'':<{width}}  - {d}" for d in c["details"][:6] if d]
-    lines.append(f"next: {rep['next']}" + (f"   # {rep['next_reason']}"
-                                           if rep["next"] != "nothing to do" else ""))
+    lines.append(
+        f"next: {rep['next']}"
+        + (f"   # {rep['next_reason']}" if rep["next"] != "nothing to do" else "")
+    )
     return "\n".join(lines)

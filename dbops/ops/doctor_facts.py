@@ -33,8 +33,13 @@ class Check:
     data: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        out = {"name": self.name, "status": self.status, "summary": self.summary,
-               "details": self.details, **self.data}
+        out = {
+            "name": self.name,
+            "status": self.status,
+            "summary": self.summary,
+            "details": self.details,
+            **self.data,
+        }
         if self.next:
             out.update(next=self.next, next_reason=self.why)
         return out
@@ -52,8 +57,14 @@ class Facts:
     """What the checks read, gathered once: the agent's facts, and lazily the live fingerprint
     and the expected schemas (both cost a round trip, the second maybe a scratch database)."""
 
-    def __init__(self, settings: Settings, agent: Agent | None, *, schema: bool,
-                 start_error: OpsError | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        agent: Agent | None,
+        *,
+        schema: bool,
+        start_error: OpsError | None = None,
+    ):
         self.settings, self.agent, self.schema_wanted = settings, agent, schema
         self.start_error = start_error
         self.result: dict = {}
@@ -62,8 +73,11 @@ class Facts:
             try:
                 self.raw = agent.call("doctor.facts")
             except AgentError as exc:
-                self.raw = {"errors": {"facts": exc.message}, "error_kinds": {"facts": exc.kind},
-                            "status": None}
+                self.raw = {
+                    "errors": {"facts": exc.message},
+                    "error_kinds": {"facts": exc.kind},
+                    "status": None,
+                }
         self.errors: dict = self.raw.get("errors") or {}
         self.kinds: dict = self.raw.get("error_kinds") or {}
         self._insp: dict | None = None
@@ -71,8 +85,11 @@ class Facts:
 
     @property
     def reachable(self) -> bool:
-        return self.agent is not None and (self.raw.get("connection") or {}).get("ok", False) \
+        return (
+            self.agent is not None
+            and (self.raw.get("connection") or {}).get("ok", False)
             and "facts" not in self.errors
+        )
 
     @property
     def status(self) -> dict | None:
@@ -93,8 +110,9 @@ class Facts:
     def insp(self) -> dict | None:
         if self._insp is None and self.agent is not None and self.status:
             try:
-                self._insp = recover_op.scoped_inspect(self.settings,
-                                                       self.agent.call("recover.inspect"))
+                self._insp = recover_op.scoped_inspect(
+                    self.settings, self.agent.call("recover.inspect")
+                )
             except AgentError as exc:
                 self.errors["inspect"] = exc.message
                 self._insp = {}
@@ -113,8 +131,10 @@ def _analyse(f: Facts) -> dict:
     if insp is None:
         return {"error": "could not fingerprint the live database"}
     if not f.schema_wanted:
-        return {"error": f"not checked (--no-schema); live: {insp['live']['summary']}",
-                "skipped": True}
+        return {
+            "error": f"not checked (--no-schema); live: {insp['live']['summary']}",
+            "skipped": True,
+        }
     try:
         steps, source = recover_op.expected_steps(f.settings, f.agent, insp)
     except OpsError as exc:
@@ -122,11 +142,19 @@ def _analyse(f: Facts) -> dict:
     live_fp, live_hash = insp["live"]["fingerprint"], insp["live"]["hash"]
     current = sorted(f.status["current"])
     idx = next((i for i, s in enumerate(steps) if sorted(s["heads"]) == current), None)
-    return {"steps": steps, "source": source, "idx": idx, "live_fp": live_fp,
-            "matches": [s["revision"] or "base" for s in steps if s["hash"] == live_hash],
-            "at_current": idx is not None and steps[idx]["hash"] == live_hash,
-            "half": (recover_op.half_applied(steps, idx, live_fp)
-                     if idx is not None and steps[idx]["hash"] != live_hash else None)}
+    return {
+        "steps": steps,
+        "source": source,
+        "idx": idx,
+        "live_fp": live_fp,
+        "matches": [s["revision"] or "base" for s in steps if s["hash"] == live_hash],
+        "at_current": idx is not None and steps[idx]["hash"] == live_hash,
+        "half": (
+            recover_op.half_applied(steps, idx, live_fp)
+            if idx is not None and steps[idx]["hash"] != live_hash
+            else None
+        ),
+    }
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -140,8 +168,10 @@ def psql_command(sql: str, *, env: str = "") -> str:
 
 
 def _ident(name: str) -> str:
-    return ".".join(p if re.fullmatch(r"[a-z_][a-z0-9_$]*", p) else '"' + p.replace('"', '""') + '"'
-                    for p in name.split("."))
+    return ".".join(
+        p if re.fullmatch(r"[a-z_][a-z0-9_$]*", p) else '"' + p.replace('"', '""') + '"'
+        for p in name.split(".")
+    )
 
 
 def _lit(text: str) -> str:
@@ -192,9 +222,9 @@ def newest_verified_backup(settings: Settings) -> tuple[dict | None, str | None]
 
 def needs_db(fn: Callable[[Facts], Check | None]) -> Callable[[Facts], Check | None]:
     """A check of the live database: not reported when the database cannot be reached."""
+
     def run(f: Facts) -> Check | None:
         return fn(f) if f.reachable else None
+
     run.__name__, run.__doc__ = fn.__name__, fn.__doc__
     return run
-
-

@@ -30,8 +30,11 @@ def user_checks(settings: Settings) -> list[Path]:
     if folder is None:
         return []
     if not folder.is_dir():
-        raise OpsError(f"DBOPS_DRILL_CHECKS={folder} is not a folder", state="unchanged",
-                       next_command="point DBOPS_DRILL_CHECKS at a folder of *.sql files, or unset it")
+        raise OpsError(
+            f"DBOPS_DRILL_CHECKS={folder} is not a folder",
+            state="unchanged",
+            next_command="point DBOPS_DRILL_CHECKS at a folder of *.sql files, or unset it",
+        )
     return sorted(folder.glob("*.sql"))
 
 
@@ -47,8 +50,14 @@ def run_check(settings: Settings, target: seam.Target, dbname: str, path: Path) 
     return last == "t", f"returned {last or 'nothing'}"
 
 
-def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
-              progress: bool = False, warn: Out = print_note) -> dict:
+def run_drill(
+    settings: Settings,
+    agent: Agent,
+    *,
+    file: str = "latest",
+    progress: bool = False,
+    warn: Out = print_note,
+) -> dict:
     """The drill through an open agent (the caller holds the "drill" lock if it wants one)."""
     from dbops.ops.restore import resolve
 
@@ -60,33 +69,50 @@ def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
         try:
             path = resolve(settings, file)
         except OpsError as exc:
-            raise OpsError(f"nothing to drill: {exc.message}", state=STATE,
-                           next_command="invoke backup") from None
+            raise OpsError(
+                f"nothing to drill: {exc.message}", state=STATE, next_command="invoke backup"
+            ) from None
         record["backup"] = str(path)
         manifest = checked_manifest(path)
-        record.update(sha256=manifest["sha256"], revisions=manifest["revisions"],
-                      backup_taken_at=manifest["started_at"], size=manifest["size"])
+        record.update(
+            sha256=manifest["sha256"],
+            revisions=manifest["revisions"],
+            backup_taken_at=manifest["started_at"],
+            size=manifest["size"],
+        )
         check_pg_restore(settings, agent.target, path, manifest, agent.call("restore.facts"))
         name = agent.call("restore.scratch")["name"]
         t_restore = time.monotonic()
         job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name)
         try:
-            follow_file(job.proc, job.src, f"drill: restoring {path.name}", manifest["size"], progress)
+            follow_file(
+                job.proc, job.src, f"drill: restoring {path.name}", manifest["size"], progress
+            )
         except BaseException:
             job.kill()
             raise
         rc, lines = job.finish()
         record["restore_s"] = round(time.monotonic() - t_restore, 3)
         if rc != 0:
-            raise OpsError(f"{path.name}: pg_restore into the scratch database failed (status {rc})",
-                           details=lines[-8:], state=STATE,
-                           next_command=f"invoke verify-backup {path}   # then take a new backup: invoke backup")
+            raise OpsError(
+                f"{path.name}: pg_restore into the scratch database failed (status {rc})",
+                details=lines[-8:],
+                state=STATE,
+                next_command=f"invoke verify-backup {path}   # then take a new backup: invoke backup",
+            )
         try:
-            res = agent.call("restore.check", name=name, tables=manifest["tables"],
-                             revisions=manifest["revisions"])
+            res = agent.call(
+                "restore.check",
+                name=name,
+                tables=manifest["tables"],
+                revisions=manifest["revisions"],
+            )
         except AgentError as exc:
-            raise OpsError(f"the restored copy does not match the backup: {exc.message}", state=STATE,
-                           next_command="invoke backup   # a new verified backup, then invoke drill") from None
+            raise OpsError(
+                f"the restored copy does not match the backup: {exc.message}",
+                state=STATE,
+                next_command="invoke backup   # a new verified backup, then invoke drill",
+            ) from None
         record.update(tables=res["tables"], rows=res["rows"])
         results = []
         for check in checks:
@@ -96,16 +122,25 @@ def run_drill(settings: Settings, agent: Agent, *, file: str = "latest",
         record["check_s"] = round(time.monotonic() - t_restore - record["restore_s"], 3)
         failed = [r for r in results if not r["ok"]]
         if failed:
-            raise OpsError(f"{len(failed)} drill check(s) failed on the restored copy of {path.name}",
-                           details=[f"{r['check']}: {r['said']}" for r in failed], state=STATE,
-                           next_command=f"psql the restored data yourself: invoke verify-backup {path} "
-                                        f"--restore-test; fix the data or the check in "
-                                        f"{settings.get('DBOPS_DRILL_CHECKS')}")
+            raise OpsError(
+                f"{len(failed)} drill check(s) failed on the restored copy of {path.name}",
+                details=[f"{r['check']}: {r['said']}" for r in failed],
+                state=STATE,
+                next_command=f"psql the restored data yourself: invoke verify-backup {path} "
+                f"--restore-test; fix the data or the check in "
+                f"{settings.get('DBOPS_DRILL_CHECKS')}",
+            )
     except (OpsError, KeyboardInterrupt) as exc:
         message = exc.message if isinstance(exc, OpsError) else "interrupted"
         _drop(agent, name, warn)
-        audit.append(settings, "drill", result="failed" if isinstance(exc, OpsError) else "interrupted",
-                     error=message, duration_s=round(time.monotonic() - t0, 3), **record)
+        audit.append(
+            settings,
+            "drill",
+            result="failed" if isinstance(exc, OpsError) else "interrupted",
+            error=message,
+            duration_s=round(time.monotonic() - t0, 3),
+            **record,
+        )
         raise
     _drop(agent, name, warn)
     record["duration_s"] = round(time.monotonic() - t0, 3)
@@ -122,8 +157,9 @@ def _drop(agent: Agent, name: str | None, warn: Out) -> None:
         warn(f"warning: could not drop scratch database {name}: {exc.message}")
 
 
-def drill(settings: Settings, *, file: str = "latest", progress: bool = False,
-          warn: Out = print_note) -> dict:
+def drill(
+    settings: Settings, *, file: str = "latest", progress: bool = False, warn: Out = print_note
+) -> dict:
     """Standalone ``invoke drill``: its own agent and the "drill" lock (not the database's:
     a drill never blocks a backup or a migration)."""
     catalog.ensure_dir(Path(settings.backup_dir))
@@ -131,8 +167,9 @@ def drill(settings: Settings, *, file: str = "latest", progress: bool = False,
         try:
             agent.call("lock.acquire", purpose="drill", scope="drill")
         except AgentError as exc:
-            raise OpsError(exc.message, state="unchanged",
-                           next_command="wait for the running drill to finish") from None
+            raise OpsError(
+                exc.message, state="unchanged", next_command="wait for the running drill to finish"
+            ) from None
         return run_drill(settings, agent, file=file, progress=progress, warn=warn)
 
 

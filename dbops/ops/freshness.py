@@ -36,8 +36,12 @@ def backup_freshness(settings: Settings, now: datetime | None = None) -> tuple[b
     taken = schedule.parse_iso(newest["created_at"])
     age = (now - taken).total_seconds() if taken else float("inf")
     if age > limit:
-        return (False, f"newest verified backup is {_human(age)} old (> {_human(limit)}: 1.5 × the "
-                f"backup schedule); is the dbops service running?", "invoke backup")
+        return (
+            False,
+            f"newest verified backup is {_human(age)} old (> {_human(limit)}: 1.5 × the "
+            f"backup schedule); is the dbops service running?",
+            "invoke backup",
+        )
     return True, f"newest verified backup is {_human(age)} old (limit {_human(limit)})", ""
 
 
@@ -54,19 +58,39 @@ def drill_freshness(settings: Settings, now: datetime | None = None) -> tuple[bo
         verified = catalog.list_backups(settings, database=settings.database, include_invalid=False)
         oldest = schedule.parse_iso(verified[-1]["created_at"]) if verified else None
         if oldest is not None and (now - oldest).total_seconds() > max_days * 86400:
-            return (False, f"no restore drill recorded, and backups go back {_human((now - oldest).total_seconds())}: "
-                    f"nobody has proven one restores", "invoke drill")
-        return True, "no restore drill recorded yet (invoke drill proves a backup restores)", "invoke drill"
+            return (
+                False,
+                f"no restore drill recorded, and backups go back {_human((now - oldest).total_seconds())}: "
+                f"nobody has proven one restores",
+                "invoke drill",
+            )
+        return (
+            True,
+            "no restore drill recorded yet (invoke drill proves a backup restores)",
+            "invoke drill",
+        )
     when = schedule.parse_iso(rec.get("ts"))
     age = (now - when).total_seconds() if when else float("inf")
     if rec.get("result") != "ok":
-        return (False, f"the last restore drill ({_human(age)} ago) failed: {rec.get('error', '?')}",
-                "invoke drill")
+        return (
+            False,
+            f"the last restore drill ({_human(age)} ago) failed: {rec.get('error', '?')}",
+            "invoke drill",
+        )
     if age > max_days * 86400:
-        return (False, f"the last restore drill passed {_human(age)} ago (> {max_days:g} days)",
-                "invoke drill")
-    return True, (f"the last restore drill passed {_human(age)} ago, restore took "
-                  f"{rec.get('restore_s', 0):.1f} s"), ""
+        return (
+            False,
+            f"the last restore drill passed {_human(age)} ago (> {max_days:g} days)",
+            "invoke drill",
+        )
+    return (
+        True,
+        (
+            f"the last restore drill passed {_human(age)} ago, restore took "
+            f"{rec.get('restore_s', 0):.1f} s"
+        ),
+        "",
+    )
 
 
 CHECKS = (("backup freshness", backup_freshness), ("restore drill", drill_freshness))

@@ -26,21 +26,29 @@ RUNNABLE = ("migrate", "backup", "doctor", "current", "check", "rehearse")
 
 def manifest(settings: Settings, task: str = "migrate") -> dict:
     if task not in RUNNABLE:
-        raise ConfigError(f"--task {task}: a Job runs one of: {', '.join(RUNNABLE)} "
-                          f"(tasks that ask for confirmation do not belong in a hook)")
+        raise ConfigError(
+            f"--task {task}: a Job runs one of: {', '.join(RUNNABLE)} "
+            f"(tasks that ask for confirmation do not belong in a hook)"
+        )
     image = settings.get("DBOPS_K8S_IMAGE")
     if not image:
-        raise ConfigError("DBOPS_K8S_IMAGE is not set: the image with dbops, the Alembic project "
-                          "and the PostgreSQL client tools (docs/scaling.md)",
-                          next_command="DBOPS_K8S_IMAGE=registry.example/app-dbops:1.2.3 invoke k8s-job --render")
+        raise ConfigError(
+            "DBOPS_K8S_IMAGE is not set: the image with dbops, the Alembic project "
+            "and the PostgreSQL client tools (docs/scaling.md)",
+            next_command="DBOPS_K8S_IMAGE=registry.example/app-dbops:1.2.3 invoke k8s-job --render",
+        )
     name = re.sub(r"[^a-z0-9-]", "-", f"dbops-{task}")
     workdir = settings.get("DBOPS_K8S_AGENT_PATH")
     labels = {"app.kubernetes.io/name": "dbops", "app.kubernetes.io/component": name}
     env = [
         {"name": "DBOPS_TARGET", "value": "local"},
         {"name": "DBOPS_BACKUP_DIR", "value": BACKUP_MOUNT},
-        {"name": "DBOPS_ALEMBIC_INI", "value": posixpath.join(settings.get("DBOPS_K8S_APP_DIR"),
-                                                              settings.backend_alembic_ini)},
+        {
+            "name": "DBOPS_ALEMBIC_INI",
+            "value": posixpath.join(
+                settings.get("DBOPS_K8S_APP_DIR"), settings.backend_alembic_ini
+            ),
+        },
         {"name": "DBOPS_CACHE_DIR", "value": "/tmp/dbops-cache"},
         {"name": "DBOPS_ENV_FILE", "value": "/dev/null"},
         {"name": "ENVIRONMENT", "value": settings.environment},
@@ -72,24 +80,38 @@ def manifest(settings: Settings, task: str = "migrate") -> dict:
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
-                                        "runAsGroup": 10001, "fsGroup": 10001},
-                    "containers": [{
-                        "name": "dbops",
-                        "image": image,
-                        "workingDir": workdir,
-                        "command": ["python", "-m", "invoke", task],
-                        "envFrom": [{"secretRef": {"name": settings.get("DBOPS_K8S_SECRET")}}],
-                        "env": env,
-                        "volumeMounts": [{"name": "backups", "mountPath": BACKUP_MOUNT},
-                                         {"name": "tmp", "mountPath": "/tmp"}],
-                        "securityContext": {"allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}},
-                    }],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 10001,
+                        "runAsGroup": 10001,
+                        "fsGroup": 10001,
+                    },
+                    "containers": [
+                        {
+                            "name": "dbops",
+                            "image": image,
+                            "workingDir": workdir,
+                            "command": ["python", "-m", "invoke", task],
+                            "envFrom": [{"secretRef": {"name": settings.get("DBOPS_K8S_SECRET")}}],
+                            "env": env,
+                            "volumeMounts": [
+                                {"name": "backups", "mountPath": BACKUP_MOUNT},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
                     "volumes": [
-                        {"name": "backups",
-                         "persistentVolumeClaim": {"claimName": settings.get("DBOPS_K8S_BACKUP_CLAIM")}},
+                        {
+                            "name": "backups",
+                            "persistentVolumeClaim": {
+                                "claimName": settings.get("DBOPS_K8S_BACKUP_CLAIM")
+                            },
+                        },
                         {"name": "tmp", "emptyDir": {}},
                     ],
                 },
@@ -99,9 +121,11 @@ def manifest(settings: Settings, task: str = "migrate") -> dict:
 
 
 def render(settings: Settings, task: str = "migrate") -> str:
-    head = (f"# invoke {task} as a Helm pre-upgrade / Argo CD PreSync hook (rendered by invoke k8s-job).\n"
-            f"# Secret {settings.get('DBOPS_K8S_SECRET')} holds POSTGRES_HOST, POSTGRES_PORT, "
-            f"POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.\n")
+    head = (
+        f"# invoke {task} as a Helm pre-upgrade / Argo CD PreSync hook (rendered by invoke k8s-job).\n"
+        f"# Secret {settings.get('DBOPS_K8S_SECRET')} holds POSTGRES_HOST, POSTGRES_PORT, "
+        f"POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.\n"
+    )
     import yaml  # only here: the images that run tasks need no YAML library
 
     return head + yaml.safe_dump(manifest(settings, task), sort_keys=False)

@@ -17,32 +17,57 @@ from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.status import label
 
 
-def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: bool = True,
-            out: Out = print_line, accept_risk: str | None = None, warn: Out = print_note) -> dict:
+def migrate(
+    settings: Settings,
+    to: str = "head",
+    *,
+    sql: bool = False,
+    backup: bool = True,
+    out: Out = print_line,
+    accept_risk: str | None = None,
+    warn: Out = print_note,
+) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
         pre = steps.planned(agent, "migrate.preflight", to=to)
         current, pending, target = pre["current"], pre["pending"], pre["target"]
-        out(f"database {pre['database']} (PostgreSQL {pre['server_version']}): "
-            f"at {label(current)}; target {target}")
+        out(
+            f"database {pre['database']} (PostgreSQL {pre['server_version']}): "
+            f"at {label(current)}; target {target}"
+        )
         if not pending:
             out(f"nothing to do: already at {label(current)}")
             try:
                 res = _verify(agent, [target], target in pre["heads"])
             except AgentError as exc:
                 raise _verify_failure(exc, current, None) from None
-            return {"before": current, "after": res["current"], "applied": [], "backup": None,
-                    "target": target, "models_checked": res["models_checked"]}
+            return {
+                "before": current,
+                "after": res["current"],
+                "applied": [],
+                "backup": None,
+                "target": target,
+                "models_checked": res["models_checked"],
+            }
         out(f"{len(pending)} pending, in order:")
         for p in pending:
-            out(f"  {p['revision']}  {p['message']}"
-                + ("" if p["transactional"] else "   (autocommit_block: not in a transaction)"))
+            out(
+                f"  {p['revision']}  {p['message']}"
+                + ("" if p["transactional"] else "   (autocommit_block: not in a transaction)")
+            )
         if sql:
             text = agent.call("migrate.sql", start=current, to=target)["sql"]
-            return {"before": current, "after": current, "applied": [], "sql": text,
-                    "backup": None, "target": target}
+            return {
+                "before": current,
+                "after": current,
+                "applied": [],
+                "sql": text,
+                "backup": None,
+                "target": target,
+            }
 
         from dbops.ops.rehearse import gate  # the newest matching rehearsal; production limits
+
         gate(settings, current, pending, out, accept_risk)
         steps.acquire_lock(agent, "migrate", current, "migrate")
         # Re-read under the lock: another migrate may have finished just before we got it.
@@ -50,29 +75,60 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
         current, pending = pre["current"], pre["pending"]
         if not pending:
             out(f"nothing to do: another run brought the database to {label(current)}")
-            return {"before": current, "after": current, "applied": [], "backup": None,
-                    "target": target}
+            return {
+                "before": current,
+                "after": current,
+                "applied": [],
+                "backup": None,
+                "target": target,
+            }
         backup_path = None
         if backup:  # DBOPS_PREMIGRATE_BACKUP: auto|full|touched|none (dbops/ops/touched.py)
             from dbops.ops.touched import premigrate_backup
+
             backup_path = premigrate_backup(
-                settings, agent, out, current, target,
-                lambda: steps.backup_before(settings, agent, "pre-migrate", out, current,
-                                            "migrate"), warn)
+                settings,
+                agent,
+                out,
+                current,
+                target,
+                lambda: steps.backup_before(
+                    settings, agent, "pre-migrate", out, current, "migrate"
+                ),
+                warn,
+            )
         else:
-            out("backup: skipped (--no-backup)"
-                + ("  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"
-                   if settings.is_production else ""))
+            out(
+                "backup: skipped (--no-backup)"
+                + (
+                    "  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"
+                    if settings.is_production
+                    else ""
+                )
+            )
         hashes = {p["revision"]: p["sha256"] for p in pending}
-        run = steps.Run(settings, "migrate", current, backup_path,
-                  record={"from": current, "requested": to, "to_target": target,
-                          "backup": backup_path, "planned_revision_hashes": hashes,
-                          "lock_timeout": settings.lock_timeout,
-                          "statement_timeout": settings.statement_timeout},
-                  hashes=hashes, started=t0,
-                  hash_keys=("revision_hashes", "revision_hashes_applied"))
-        out(f"upgrading (lock_timeout {settings.lock_timeout}, statement_timeout "
-            f"{settings.statement_timeout}, up to {settings.lock_retries} retries per revision):")
+        run = steps.Run(
+            settings,
+            "migrate",
+            current,
+            backup_path,
+            record={
+                "from": current,
+                "requested": to,
+                "to_target": target,
+                "backup": backup_path,
+                "planned_revision_hashes": hashes,
+                "lock_timeout": settings.lock_timeout,
+                "statement_timeout": settings.statement_timeout,
+            },
+            hashes=hashes,
+            started=t0,
+            hash_keys=("revision_hashes", "revision_hashes_applied"),
+        )
+        out(
+            f"upgrading (lock_timeout {settings.lock_timeout}, statement_timeout "
+            f"{settings.statement_timeout}, up to {settings.lock_retries} retries per revision):"
+        )
 
         def upgrade() -> dict:
             steps.run_steps(settings, agent, [p["revision"] for p in pending], "up", out, run.done)
@@ -81,15 +137,26 @@ def migrate(settings: Settings, to: str = "head", *, sql: bool = False, backup: 
         def failure(exc: AgentError) -> OpsError:
             if exc.kind in ("verify", "schema_diff"):
                 return _verify_failure(exc, current, backup_path)
-            return steps.step_failure(exc, action="migrate", before=current, backup=backup_path,
-                                retries=settings.lock_retries,
-                                fix_hint=_fix_hint(exc, current, run.completed()))
+            return steps.step_failure(
+                exc,
+                action="migrate",
+                before=current,
+                backup=backup_path,
+                retries=settings.lock_retries,
+                fix_hint=_fix_hint(exc, current, run.completed()),
+            )
 
         res = steps.audited(run, upgrade, failure)
         applied = run.completed()
-    return {"before": current, "after": res["current"], "applied": applied, "backup": backup_path,
-            "target": target, "models_checked": res["models_checked"],
-            "seconds": round(time.monotonic() - t0, 2)}
+    return {
+        "before": current,
+        "after": res["current"],
+        "applied": applied,
+        "backup": backup_path,
+        "target": target,
+        "models_checked": res["models_checked"],
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
 def _fix_hint(exc: AgentError, before: list[str], applied: list[str]) -> str:
@@ -114,8 +181,10 @@ def _verify_failure(exc: AgentError, before: list[str], backup: str | None) -> O
     if backup:
         details.append(f"pre-migrate backup: {backup}")
     undo = f"invoke rollback --to={before[0]}" if before else "invoke rollback --to=base"
-    return OpsError(exc.message,
-                    state=f"before: {label(before)}; now: {label(d.get('current', []))}",
-                    details=details,
-                    next_command=f"add a revision for the difference (alembic revision "
-                                 f"--autogenerate) or fix the models; to undo this run: {undo}")
+    return OpsError(
+        exc.message,
+        state=f"before: {label(before)}; now: {label(d.get('current', []))}",
+        details=details,
+        next_command=f"add a revision for the difference (alembic revision "
+        f"--autogenerate) or fix the models; to undo this run: {undo}",
+    )

@@ -37,9 +37,13 @@ def cache_dir(settings: Settings) -> Path:
 
 
 def cache_key(insp: dict) -> str:
-    material = {"cache": CACHE_FORMAT, "fingerprint": fpmod.FORMAT,
-                "server_major": insp["server_major"], "env": insp.get("env_sha256"),
-                "chain": [[r["revision"], r["down_revisions"], r["sha256"]] for r in insp["chain"]]}
+    material = {
+        "cache": CACHE_FORMAT,
+        "fingerprint": fpmod.FORMAT,
+        "server_major": insp["server_major"],
+        "env": insp.get("env_sha256"),
+        "chain": [[r["revision"], r["down_revisions"], r["sha256"]] for r in insp["chain"]],
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -58,34 +62,55 @@ def cache_store(path: Path, insp: dict, steps: list[dict], warn: Out = print_not
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"key": path.stem, "server_major": insp["server_major"],
-                                   "revisions": [r["revision"] for r in insp["chain"]],
-                                   "created_at": audit.utcnow(), "steps": steps}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "key": path.stem,
+                    "server_major": insp["server_major"],
+                    "revisions": [r["revision"] for r in insp["chain"]],
+                    "created_at": audit.utcnow(),
+                    "steps": steps,
+                }
+            )
+        )
         os.replace(tmp, path)
     except OSError as exc:  # a read-only checkout: works, just not cached
         warn(f"note: could not write the recover cache {path}: {exc.strerror}")
 
 
-def expected_steps(settings: Settings, agent: Agent, insp: dict, *, use_cache: bool = True,
-                   warn: Out = print_note) -> tuple[list[dict], dict]:
+def expected_steps(
+    settings: Settings, agent: Agent, insp: dict, *, use_cache: bool = True, warn: Out = print_note
+) -> tuple[list[dict], dict]:
     """The expected fingerprint after each revision (step 0 = base), from cache or built."""
     path = cache_dir(settings) / f"{cache_key(insp)}.json"
     steps = cache_load(path) if use_cache else None
     if steps is not None:
-        return scoped_steps(settings, steps), {"source": "cache", "cache_file": str(path),
-                                               "seconds": 0.0}
+        return scoped_steps(settings, steps), {
+            "source": "cache",
+            "cache_file": str(path),
+            "seconds": 0.0,
+        }
     try:
         built = agent.call("recover.expected")
     except AgentError as exc:
         if exc.kind == "scratch":
-            raise OpsError(exc.message, state="unchanged",
-                           next_command=f"ALTER ROLE {settings.user} CREATEDB   (as a superuser; "
-                                        f"recover needs a scratch database)") from None
-        raise OpsError(exc.message, state="unchanged (only a scratch database was used, and dropped)",
-                       next_command="fix the revision named above, or run: invoke check") from None
+            raise OpsError(
+                exc.message,
+                state="unchanged",
+                next_command=f"ALTER ROLE {settings.user} CREATEDB   (as a superuser; "
+                f"recover needs a scratch database)",
+            ) from None
+        raise OpsError(
+            exc.message,
+            state="unchanged (only a scratch database was used, and dropped)",
+            next_command="fix the revision named above, or run: invoke check",
+        ) from None
     cache_store(path, insp, built["steps"], warn)
-    return scoped_steps(settings, built["steps"]), {"source": "built", "cache_file": str(path),
-                                                    "seconds": built["seconds"]}
+    return scoped_steps(settings, built["steps"]), {
+        "source": "built",
+        "cache_file": str(path),
+        "seconds": built["seconds"],
+    }
 
 
 # --- which schemas count ----------------------------------------------------------
@@ -140,8 +165,11 @@ def half_applied(steps: list[dict], idx: int, live_fp: dict) -> str | None:
     if idx + 1 >= len(steps):
         return None
     norm = {**live_fp, "indexes": {k: {**v, "valid": True} for k, v in live_fp["indexes"].items()}}
-    cur, nxt, live = (fpmod.items(steps[idx]["fingerprint"]), fpmod.items(steps[idx + 1]["fingerprint"]),
-                      fpmod.items(norm))
+    cur, nxt, live = (
+        fpmod.items(steps[idx]["fingerprint"]),
+        fpmod.items(steps[idx + 1]["fingerprint"]),
+        fpmod.items(norm),
+    )
     if live == nxt or live == cur:
         return None
     live_new = {(k, v) for k, v in live.items() if cur.get(k) != v}
@@ -170,14 +198,26 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
         if t not in targets:
             targets.append(t)
     report: dict = {
-        "database": insp["database"], "server_version": insp["server_version"],
+        "database": insp["database"],
+        "server_version": insp["server_version"],
         "live": {"hash": live_hash, "summary": insp["live"]["summary"]},
-        "version_table": insp["version_table"], "current": current, "unknown_current": unknown,
-        "heads": insp["heads"], "revisions": len(chain),
-        "matches": [{"revision": steps[i]["revision"] or "base", "heads": steps[i]["heads"],
-                     "message": messages.get(steps[i]["revision"], "empty schema (base)")}
-                    for i in matches],
-        "stamp_to": None, "ambiguous": False, "closest": None, "differences": [],
+        "version_table": insp["version_table"],
+        "current": current,
+        "unknown_current": unknown,
+        "heads": insp["heads"],
+        "revisions": len(chain),
+        "matches": [
+            {
+                "revision": steps[i]["revision"] or "base",
+                "heads": steps[i]["heads"],
+                "message": messages.get(steps[i]["revision"], "empty schema (base)"),
+            }
+            for i in matches
+        ],
+        "stamp_to": None,
+        "ambiguous": False,
+        "closest": None,
+        "differences": [],
     }
     if matches:
         anchor = steps[matches[-1]]["heads"]
@@ -189,12 +229,16 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
             report["ambiguous"] = True
             anchor = steps[matches[0]]["heads"]
     else:
-        scored = sorted((len(fpmod.diff(s["fingerprint"], live_fp)), -i, i)
-                        for i, s in enumerate(steps))
+        scored = sorted(
+            (len(fpmod.diff(s["fingerprint"], live_fp)), -i, i) for i, s in enumerate(steps)
+        )
         best = steps[scored[0][2]]
         anchor = best["heads"]
-        report["closest"] = {"revision": best["revision"] or "base", "heads": best["heads"],
-                             "message": messages.get(best["revision"], "empty schema (base)")}
+        report["closest"] = {
+            "revision": best["revision"] or "base",
+            "heads": best["heads"],
+            "message": messages.get(best["revision"], "empty schema (base)"),
+        }
         report["differences"] = fpmod.diff(best["fingerprint"], live_fp)
     at_schema = ancestry(chain, anchor)
     at_record = ancestry(chain, current)
@@ -222,10 +266,12 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
     report["half_applied"] = None
     if not matches:
         idx = next((i for i, s in enumerate(steps) if sorted(s["heads"]) == sorted(anchor)), None)
-        for i in ([idx, idx - 1] if idx is not None else []):
+        for i in [idx, idx - 1] if idx is not None else []:
             if i >= 0 and half_applied(steps, i, live_fp):
-                report["half_applied"] = {"after": steps[i]["revision"] or "base",
-                                          "revision": steps[i + 1]["revision"]}
+                report["half_applied"] = {
+                    "after": steps[i]["revision"] or "base",
+                    "revision": steps[i + 1]["revision"],
+                }
                 break
     report["version_state"] = state
     report["pending_after"] = [r for r in ordered if r not in at_schema]
@@ -244,60 +290,82 @@ def verdict(report: dict) -> tuple[str, str]:
         if state == "matching":
             return (f"alembic_version ({cur}) agrees with the schema: nothing to recover.", after)
         if report["ambiguous"]:
-            return (f"the schema is exactly what several revisions give ({names}: they change no "
-                    f"schema); alembic_version: {state} ({cur}). Choose which one the data is at.",
-                    f"invoke recover --apply --to <one of {names}>")
+            return (
+                f"the schema is exactly what several revisions give ({names}: they change no "
+                f"schema); alembic_version: {state} ({cur}). Choose which one the data is at.",
+                f"invoke recover --apply --to <one of {names}>",
+            )
         to = label(report["stamp_to"])
         why = {
             "table missing": "there is no alembic_version table (a database created without "
-                             "alembic, or the table was dropped)",
+            "alembic, or the table was dropped)",
             "no version row": "alembic_version is empty",
             "unknown id": f"alembic_version names {', '.join(report['unknown_current'])}, which the "
-                          f"script directory does not have (deployed from a branch that was "
-                          f"reverted?)",
+            f"script directory does not have (deployed from a branch that was "
+            f"reverted?)",
             "behind": f"alembic_version says {cur}, behind the schema: "
-                      f"{', '.join(report.get('unrecorded', []))} applied but not recorded "
-                      f"(DDL applied by hand?)",
+            f"{', '.join(report.get('unrecorded', []))} applied but not recorded "
+            f"(DDL applied by hand?)",
             "ahead": f"alembic_version says {cur}, ahead of the schema: "
-                     f"{', '.join(report.get('unapplied', []))} recorded but not applied (a failed "
-                     f"upgrade that was stamped?)",
+            f"{', '.join(report.get('unapplied', []))} recorded but not applied (a failed "
+            f"upgrade that was stamped?)",
             "extra rows": f"alembic_version holds {len(report['current'])} rows ({cur}): "
-                          f"{', '.join(report.get('extra_rows', []))} lies below another row (an "
-                          f"extra row: a manual INSERT, or a stamp without --purge)",
+            f"{', '.join(report.get('extra_rows', []))} lies below another row (an "
+            f"extra row: a manual INSERT, or a stamp without --purge)",
             "diverged": f"alembic_version says {cur}, which is not where the schema is",
         }.get(state, f"alembic_version says {cur} ({state})")
-        return (f"{why}; the schema is exactly {to}. Stamping {to} fixes the record "
-                f"(no schema change).", "invoke recover --apply")
+        return (
+            f"{why}; the schema is exactly {to}. Stamping {to} fixes the record "
+            f"(no schema change).",
+            "invoke recover --apply",
+        )
     c = report["closest"]
     if report.get("half_applied"):
         a, h = report["half_applied"]["after"], report["half_applied"]["revision"]
-        return (f"the schema matches NO revision: it lies between {a} and {h}, so {h} is "
-                f"half-applied (a non-transactional step ran, the rest did not). Do not stamp: "
-                f"drop what {h} left behind so the schema is {a} again (invoke recover shows it "
-                f"as matching {a}), then re-run invoke migrate. alembic_version: {state} ({cur}).",
-                "invoke backup   (take one before repairing anything by hand)")
-    return (f"the schema matches NO revision (drift). Closest: {c['revision']} ({c['message']}) "
-            f"with {len(report['differences'])} difference(s). Do not stamp: reconcile the "
-            f"differences first (restore a backup, or apply/revert the DDL by hand), then run "
-            f"invoke recover again. alembic_version: {state} ({cur}).",
-            "invoke backup   (take one before repairing anything by hand)")
+        return (
+            f"the schema matches NO revision: it lies between {a} and {h}, so {h} is "
+            f"half-applied (a non-transactional step ran, the rest did not). Do not stamp: "
+            f"drop what {h} left behind so the schema is {a} again (invoke recover shows it "
+            f"as matching {a}), then re-run invoke migrate. alembic_version: {state} ({cur}).",
+            "invoke backup   (take one before repairing anything by hand)",
+        )
+    return (
+        f"the schema matches NO revision (drift). Closest: {c['revision']} ({c['message']}) "
+        f"with {len(report['differences'])} difference(s). Do not stamp: reconcile the "
+        f"differences first (restore a backup, or apply/revert the DDL by hand), then run "
+        f"invoke recover again. alembic_version: {state} ({cur}).",
+        "invoke backup   (take one before repairing anything by hand)",
+    )
 
 
 def script_error(exc: AgentError) -> OpsError:
     """A revision file that does not load: what and where, and that the database is untouched."""
     d = exc.agent_details or {}
     path = d.get("file")
-    fix = ("resolve the merge-conflict markers" if d.get("conflict_markers") else "fix it")
-    return OpsError(exc.message, state="unchanged (the history could not be read; nothing was "
-                    "compared or stamped)",
-                    next_command=(f"${{EDITOR:-vi}} {shlex.quote(path)}   ({fix}; then: invoke recover)"
-                                  if path else "invoke check   (after fixing the script directory)"))
+    fix = "resolve the merge-conflict markers" if d.get("conflict_markers") else "fix it"
+    return OpsError(
+        exc.message,
+        state="unchanged (the history could not be read; nothing was compared or stamped)",
+        next_command=(
+            f"${{EDITOR:-vi}} {shlex.quote(path)}   ({fix}; then: invoke recover)"
+            if path
+            else "invoke check   (after fixing the script directory)"
+        ),
+    )
 
 
 # --- the operation ---------------------------------------------------------------
-def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: str | None = None,
-            use_cache: bool = True, confirm: Callable[[str], bool] | None = None,
-            on_report: Callable[[dict], None] | None = None, warn: Out = print_note) -> dict:
+def recover(
+    settings: Settings,
+    *,
+    apply: bool = False,
+    yes: bool = False,
+    to: str | None = None,
+    use_cache: bool = True,
+    confirm: Callable[[str], bool] | None = None,
+    on_report: Callable[[dict], None] | None = None,
+    warn: Out = print_note,
+) -> dict:
     started = time.monotonic()
     with Agent(settings) as agent:
         try:
@@ -317,103 +385,163 @@ def recover(settings: Settings, *, apply: bool = False, yes: bool = False, to: s
         if on_report:
             on_report(report)
         if apply:
-            report["applied"] = _apply(settings, agent, insp, report, yes=yes, to=to,
-                                       confirm=confirm)
-            report["next"] = ("invoke migrate" if report["applied"]["pending_after"]
-                              else "invoke current")
+            report["applied"] = _apply(
+                settings, agent, insp, report, yes=yes, to=to, confirm=confirm
+            )
+            report["next"] = (
+                "invoke migrate" if report["applied"]["pending_after"] else "invoke current"
+            )
     report["seconds"] = round(time.monotonic() - started, 3)
     return report
 
 
 def _choose(report: dict, to: str | None) -> list[str]:
     if not report["matches"]:
-        raise OpsError("refusing to stamp: no revision matches the live schema exactly",
-                       details=report["differences"][:20],
-                       state="unchanged (nothing was stamped)",
-                       next_command="invoke backup   (then reconcile the differences by hand)")
+        raise OpsError(
+            "refusing to stamp: no revision matches the live schema exactly",
+            details=report["differences"][:20],
+            state="unchanged (nothing was stamped)",
+            next_command="invoke backup   (then reconcile the differences by hand)",
+        )
     if to is None:
         if report["ambiguous"]:
             names = ", ".join(m["revision"] for m in report["matches"])
-            raise OpsError(f"refusing to stamp: several revisions give this exact schema ({names});"
-                           f" say which one with --to", state="unchanged (nothing was stamped)",
-                           next_command=f"invoke recover --apply --to {report['matches'][0]['revision']}"
-                           f"   (or another of: {names})")
+            raise OpsError(
+                f"refusing to stamp: several revisions give this exact schema ({names});"
+                f" say which one with --to",
+                state="unchanged (nothing was stamped)",
+                next_command=f"invoke recover --apply --to {report['matches'][0]['revision']}"
+                f"   (or another of: {names})",
+            )
         return report["stamp_to"]
-    chosen = [m for m in report["matches"] if m["revision"] == to] or \
-        [m for m in report["matches"] if m["revision"].startswith(to)]
+    chosen = [m for m in report["matches"] if m["revision"] == to] or [
+        m for m in report["matches"] if m["revision"].startswith(to)
+    ]
     if len(chosen) != 1:
-        raise OpsError(f"refusing to stamp: --to {to} is not one of the exactly matching revisions "
-                       f"({', '.join(m['revision'] for m in report['matches'])})",
-                       state="unchanged (nothing was stamped)")
+        raise OpsError(
+            f"refusing to stamp: --to {to} is not one of the exactly matching revisions "
+            f"({', '.join(m['revision'] for m in report['matches'])})",
+            state="unchanged (nothing was stamped)",
+        )
     return chosen[0]["heads"] or ["base"]
 
 
 def hashes_up_to(chain: list[dict], targets: list[str]) -> dict[str, str]:
     """{revision: sha256} of every revision at or below the stamp target(s)."""
     pos = [i for i, r in enumerate(chain) if r["revision"] in targets]
-    return {r["revision"]: r["sha256"] for r in chain[:max(pos) + 1]} if pos else {}
+    return {r["revision"]: r["sha256"] for r in chain[: max(pos) + 1]} if pos else {}
 
 
-def _apply(settings: Settings, agent: Agent, insp: dict, report: dict, *, yes: bool,
-           to: str | None, confirm: Callable[[str], bool] | None) -> dict:
+def _apply(
+    settings: Settings,
+    agent: Agent,
+    insp: dict,
+    report: dict,
+    *,
+    yes: bool,
+    to: str | None,
+    confirm: Callable[[str], bool] | None,
+) -> dict:
     targets = _choose(report, to)
     if report["version_state"] == "matching" and to is None:
         return {"stamped": False, "to": report["current"], "pending_after": report["pending_after"]}
-    question = (f"Stamp database {settings.database} to {label(targets)} (alembic_version now: "
-                f"{label(report['current']) if report['version_table'] else 'no table'})? "
-                f"This changes no schema.")
-    ask_first(settings, question, yes=yes, ask=confirm, state="unchanged (nothing was stamped)",
-              next_command="invoke recover --apply --yes" + (f" --to={to}" if to else ""))
+    question = (
+        f"Stamp database {settings.database} to {label(targets)} (alembic_version now: "
+        f"{label(report['current']) if report['version_table'] else 'no table'})? "
+        f"This changes no schema."
+    )
+    ask_first(
+        settings,
+        question,
+        yes=yes,
+        ask=confirm,
+        state="unchanged (nothing was stamped)",
+        next_command="invoke recover --apply --yes" + (f" --to={to}" if to else ""),
+    )
     try:
         agent.call("lock.acquire", purpose="recover")
     except AgentError as exc:
-        raise OpsError(exc.message, state="unchanged (nothing was stamped)",
-                       next_command="wait for it to finish, then re-run: invoke recover --apply"
-                       ) from None
+        raise OpsError(
+            exc.message,
+            state="unchanged (nothing was stamped)",
+            next_command="wait for it to finish, then re-run: invoke recover --apply",
+        ) from None
     started = time.monotonic()
-    record = {"from": report["current"], "to": targets, "previous_version_rows": report["current"],
-              "version_table_existed": report["version_table"],
-              "state": report["version_state"], "schema_hash": insp["live"]["hash"],
-              "revision_hashes": hashes_up_to(insp["chain"], targets)}
+    record = {
+        "from": report["current"],
+        "to": targets,
+        "previous_version_rows": report["current"],
+        "version_table_existed": report["version_table"],
+        "state": report["version_state"],
+        "schema_hash": insp["live"]["hash"],
+        "revision_hashes": hashes_up_to(insp["chain"], targets),
+    }
     try:
-        res = agent.call("recover.stamp", revisions=[t for t in targets if t != "base"],
-                         expect_current=insp["current"], expect_hash=insp["live"]["hash"],
-                         lock_timeout=settings.lock_timeout)
+        res = agent.call(
+            "recover.stamp",
+            revisions=[t for t in targets if t != "base"],
+            expect_current=insp["current"],
+            expect_hash=insp["live"]["hash"],
+            lock_timeout=settings.lock_timeout,
+        )
     except AgentError as exc:
-        audit.append(settings, "recover", **record, result="failed", error=exc.message,
-                     duration_s=round(time.monotonic() - started, 3))
-        raise OpsError(exc.message, state=f"alembic_version: {label(exc.agent_details.get('before'))}",
-                       next_command="invoke recover") from None
-    audit.append(settings, "recover", **record, result="ok",
-                 duration_s=round(time.monotonic() - started, 3))
-    return {"stamped": True, "to": res["after"], "before": res["before"],
-            "pending_after": report["pending_after"]}
+        audit.append(
+            settings,
+            "recover",
+            **record,
+            result="failed",
+            error=exc.message,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        raise OpsError(
+            exc.message,
+            state=f"alembic_version: {label(exc.agent_details.get('before'))}",
+            next_command="invoke recover",
+        ) from None
+    audit.append(
+        settings, "recover", **record, result="ok", duration_s=round(time.monotonic() - started, 3)
+    )
+    return {
+        "stamped": True,
+        "to": res["after"],
+        "before": res["before"],
+        "pending_after": report["pending_after"],
+    }
 
 
 # --- printing --------------------------------------------------------------------
 def format_report(r: dict) -> str:
     src = r["expected"]
-    how = (f"from cache ({src['cache_file']})" if src["source"] == "cache"
-           else f"built on a scratch database in {src['seconds']:.1f} s, cached")
-    lines = [f"database {r['database']} on {r['target']} (PostgreSQL {r['server_version']})",
-             f"history:   {r['revisions']} revisions, head {label(r['heads'])}",
-             f"expected:  {how}",
-             f"live:      {r['live']['summary']} (fingerprint {r['live']['hash'][:12]})"]
+    how = (
+        f"from cache ({src['cache_file']})"
+        if src["source"] == "cache"
+        else f"built on a scratch database in {src['seconds']:.1f} s, cached"
+    )
+    lines = [
+        f"database {r['database']} on {r['target']} (PostgreSQL {r['server_version']})",
+        f"history:   {r['revisions']} revisions, head {label(r['heads'])}",
+        f"expected:  {how}",
+        f"live:      {r['live']['summary']} (fingerprint {r['live']['hash'][:12]})",
+    ]
     if not r["version_table"]:
         av = "no alembic_version table"
     elif not r["current"]:
         av = "alembic_version is empty"
     else:
-        av = ", ".join(c + (" (UNKNOWN to the script directory)" if c in r["unknown_current"] else "")
-                       for c in r["current"])
+        av = ", ".join(
+            c + (" (UNKNOWN to the script directory)" if c in r["unknown_current"] else "")
+            for c in r["current"]
+        )
     lines.append(f"alembic_version: {av}  [{r['version_state']}]")
     if r["matches"]:
         for m in r["matches"]:
             lines.append(f"MATCH:     {m['revision']}  {m['message']}  (exact)")
     else:
         c = r["closest"]
-        lines.append(f"NO MATCH:  closest is {c['revision']}  {c['message']}; the live database "
-                     f"differs from it:")
+        lines.append(
+            f"NO MATCH:  closest is {c['revision']}  {c['message']}; the live database "
+            f"differs from it:"
+        )
         lines += [f"  - {d}" for d in r["differences"][:40]]
         if len(r["differences"]) > 40:
             lines.append(f"  … and {len(r['differences']) - 40} more (--json for all)")

@@ -42,8 +42,16 @@ from dbops.ops.restore import (
 from dbops.ops.status import label
 from dbops.ops.steps import acquire_lock, planned
 
-STRENGTH = ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
-            "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
+STRENGTH = [
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+]
 ROOM_FACTOR = 1.2  # the copy is about the database's size; its rewrites need more on top
 DF_SCRIPT = r"""
 # dbops rehearse: the free space of the server's data directory
@@ -56,18 +64,24 @@ def seconds(duration: str) -> float:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?", duration.strip())
     if not m:
         raise OpsError(f"{duration!r} is not a duration")
-    unit = {"us": 1e-6, "ms": 1e-3, "s": 1, None: 1e-3, "min": 60, "h": 3600, "d": 86400}[m.group(2)]
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1, None: 1e-3, "min": 60, "h": 3600, "d": 86400}[
+        m.group(2)
+    ]
     return float(m.group(1)) * unit
 
 
 def limits(settings: Settings) -> dict:
-    return {"reads_s": seconds(settings.get("DBOPS_MAX_BLOCK_READS")),
-            "writes_s": seconds(settings.get("DBOPS_MAX_BLOCK_WRITES")),
-            "rewrite_mb": float(settings.get("DBOPS_MAX_REWRITE_MB"))}
+    return {
+        "reads_s": seconds(settings.get("DBOPS_MAX_BLOCK_READS")),
+        "writes_s": seconds(settings.get("DBOPS_MAX_BLOCK_WRITES")),
+        "rewrite_mb": float(settings.get("DBOPS_MAX_REWRITE_MB")),
+    }
 
 
 # --- the data source ---------------------------------------------------------------------
-def pick_source(settings: Settings, agent: Agent, source: str, current: list[str], out: Out) -> tuple[Path, dict]:
+def pick_source(
+    settings: Settings, agent: Agent, source: str, current: list[str], out: Out
+) -> tuple[Path, dict]:
     database = settings.database
     at = sorted(current)
     if source == "fresh":
@@ -77,16 +91,25 @@ def pick_source(settings: Settings, agent: Agent, source: str, current: list[str
         out(f"backup: {res['path']}")
         return Path(res["path"]), res["manifest"]
     if source == "auto":  # DBOPS_REHEARSE=always: a backup at the live revision, else a new one
-        fulls = [e for e in catalog.list_backups(settings, database=database, include_invalid=False)
-                 if not e["partial"] and sorted(e["revisions"] or []) == at]
+        fulls = [
+            e
+            for e in catalog.list_backups(settings, database=database, include_invalid=False)
+            if not e["partial"] and sorted(e["revisions"] or []) == at
+        ]
         return pick_source(settings, agent, fulls[0]["path"] if fulls else "fresh", current, out)
     path = resolve(settings, source) if source != "latest" else None
     if path is None:
-        fulls = [e for e in catalog.list_backups(settings, database=database, include_invalid=False)
-                 if not e["partial"]]
+        fulls = [
+            e
+            for e in catalog.list_backups(settings, database=database, include_invalid=False)
+            if not e["partial"]
+        ]
         if not fulls:
-            raise OpsError(f"no verified full backup of {database} to rehearse on",
-                           state="unchanged", next_command="invoke rehearse --from=fresh")
+            raise OpsError(
+                f"no verified full backup of {database} to rehearse on",
+                state="unchanged",
+                next_command="invoke rehearse --from=fresh",
+            )
         newest = fulls[0]
         if sorted(newest["revisions"] or []) != at:
             here = next((e for e in fulls if sorted(e["revisions"] or []) == at), None)
@@ -95,37 +118,59 @@ def pick_source(settings: Settings, agent: Agent, source: str, current: list[str
                 f"{label(newest['revisions'] or [])}, the database at {label(current)}: the "
                 f"revisions would not run from the same place",
                 state="unchanged",
-                next_command=(f"invoke rehearse --from={here['path']}" if here else
-                              "invoke rehearse --from=fresh"))
+                next_command=(
+                    f"invoke rehearse --from={here['path']}"
+                    if here
+                    else "invoke rehearse --from=fresh"
+                ),
+            )
         path = Path(newest["path"])
     manifest = checked_manifest(path)
     if manifest.get("database") != database:
-        raise OpsError(f"{path.name} is a backup of {manifest.get('database')}, not {database}",
-                       state="unchanged", next_command="invoke rehearse --from=latest")
+        raise OpsError(
+            f"{path.name} is a backup of {manifest.get('database')}, not {database}",
+            state="unchanged",
+            next_command="invoke rehearse --from=latest",
+        )
     if manifest.get("partial"):
-        raise OpsError(f"{path.name} is a partial (touched) backup: it holds only some tables' rows, "
-                       f"so a rehearsal on it would measure the wrong sizes, rewrites and blocking "
-                       f"times; rehearse on a full backup",
-                       state="unchanged", next_command="invoke rehearse --from=fresh")
+        raise OpsError(
+            f"{path.name} is a partial (touched) backup: it holds only some tables' rows, "
+            f"so a rehearsal on it would measure the wrong sizes, rewrites and blocking "
+            f"times; rehearse on a full backup",
+            state="unchanged",
+            next_command="invoke rehearse --from=fresh",
+        )
     if sorted(manifest.get("revisions") or []) != at:
-        raise OpsError(f"{path.name} is at {label(manifest.get('revisions') or [])}, the database at "
-                       f"{label(current)}", state="unchanged",
-                       next_command="invoke rehearse --from=fresh")
+        raise OpsError(
+            f"{path.name} is at {label(manifest.get('revisions') or [])}, the database at "
+            f"{label(current)}",
+            state="unchanged",
+            next_command="invoke rehearse --from=fresh",
+        )
     return path, manifest
 
 
 def free_space(settings: Settings, target: seam.Target) -> tuple[int | None, str]:
     """Free bytes where the server keeps its data, or None and why it cannot be told."""
-    if settings.target == "local" and settings.host not in ("127.0.0.1", "localhost", "::1", "") \
-            and not settings.host.startswith("/"):
+    if (
+        settings.target == "local"
+        and settings.host not in ("127.0.0.1", "localhost", "::1", "")
+        and not settings.host.startswith("/")
+    ):
         return None, f"the server ({settings.host}) is not on this machine"
     proc = seam.run(target.pg(["sh", "-c", DF_SCRIPT, "dbops-df"]), timeout=60)
     fields = (proc.stdout or b"").decode(errors="replace").split()
     if proc.returncode != 0 or len(fields) < 4 or not fields[3].isdigit():
-        why = seam.mask((proc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] and
-                        (proc.stderr or b"").decode(errors="replace").strip().splitlines()[-1] or
-                        f"status {proc.returncode}", settings.secrets())
-        return None, f"df of the data directory failed ({why}; SHOW data_directory needs a superuser)"
+        why = seam.mask(
+            (proc.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
+            and (proc.stderr or b"").decode(errors="replace").strip().splitlines()[-1]
+            or f"status {proc.returncode}",
+            settings.secrets(),
+        )
+        return (
+            None,
+            f"df of the data directory failed ({why}; SHOW data_directory needs a superuser)",
+        )
     return int(fields[3]) * 1024, "df of the data directory"
 
 
@@ -136,11 +181,13 @@ def check_room(settings: Settings, target: seam.Target, database_size: int, out:
         out(f"room: not measured: {how}; the copy needs about {fmt_bytes(need)}")
         return {"free": None, "need": need, "how": how}
     if free < need:
-        raise OpsError(f"not enough room on the server for the copy: {fmt_bytes(free)} free ({how}), "
-                       f"the copy of {settings.database} needs about {fmt_bytes(need)} "
-                       f"({fmt_bytes(database_size)} x {ROOM_FACTOR})",
-                       state="unchanged (nothing was created)",
-                       next_command="free space on the database server, then: invoke rehearse")
+        raise OpsError(
+            f"not enough room on the server for the copy: {fmt_bytes(free)} free ({how}), "
+            f"the copy of {settings.database} needs about {fmt_bytes(need)} "
+            f"({fmt_bytes(database_size)} x {ROOM_FACTOR})",
+            state="unchanged (nothing was created)",
+            next_command="free space on the database server, then: invoke rehearse",
+        )
     out(f"room: {fmt_bytes(free)} free, the copy needs about {fmt_bytes(need)}")
     return {"free": free, "need": need, "how": how}
 
@@ -151,8 +198,10 @@ def store_dir(settings: Settings) -> Path:
 
 
 def key_of(hashes: dict[str, str], source_sha: str, fingerprint: str) -> str:
-    text = json.dumps({"revisions": sorted(hashes.items()), "source": source_sha, "fp": fingerprint},
-                      sort_keys=True)
+    text = json.dumps(
+        {"revisions": sorted(hashes.items()), "source": source_sha, "fp": fingerprint},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -186,17 +235,32 @@ def matching(settings: Settings, current: list[str], pending: list[dict]) -> dic
 
 
 # --- the rehearsal -----------------------------------------------------------------------
-def rehearse(settings: Settings, to: str = "head", *, source: str = "latest", keep: bool = False,
-             out: Out = print_line) -> dict:
+def rehearse(
+    settings: Settings,
+    to: str = "head",
+    *,
+    source: str = "latest",
+    keep: bool = False,
+    out: Out = print_line,
+) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
         pre = planned(agent, "migrate.preflight", "rehearse", to=to)
         current, pending, target = pre["current"], pre["pending"], pre["target"]
-        out(f"database {pre['database']}: at {label(current)}; target {target}; "
-            f"{len(pending)} pending")
+        out(
+            f"database {pre['database']}: at {label(current)}; target {target}; "
+            f"{len(pending)} pending"
+        )
         if not pending:
-            return {"database": settings.database, "from": current, "target": target,
-                    "revisions": [], "predicted_seconds": 0.0, "flagged": False, "stored": None}
+            return {
+                "database": settings.database,
+                "from": current,
+                "target": target,
+                "revisions": [],
+                "predicted_seconds": 0.0,
+                "flagged": False,
+                "stored": None,
+            }
         path, manifest = pick_source(settings, agent, source, current, out)
         out(f"data: {path.name} ({fmt_bytes(manifest['size'])}, taken {manifest['started_at']})")
         facts = agent.call("restore.facts")
@@ -209,39 +273,69 @@ def rehearse(settings: Settings, to: str = "head", *, source: str = "latest", ke
         kept = False
         try:
             t_restore = time.monotonic()
-            rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="restore",
-                                          dbname=name, jobs=restore_jobs(settings, None))
+            rc, lines = pg_restore_stream(
+                settings,
+                agent.target,
+                path,
+                manifest,
+                mode="restore",
+                dbname=name,
+                jobs=restore_jobs(settings, None),
+            )
             if rc != 0:
-                raise OpsError(f"restoring {path.name} into the copy {name} failed (status {rc})",
-                               details=lines[-8:], state="unchanged (only the copy was written)",
-                               next_command=f"invoke verify-backup {path} --restore-test")
+                raise OpsError(
+                    f"restoring {path.name} into the copy {name} failed (status {rc})",
+                    details=lines[-8:],
+                    state="unchanged (only the copy was written)",
+                    next_command=f"invoke verify-backup {path} --restore-test",
+                )
             try:
-                agent.call("restore.check", name=name, tables=manifest["tables"],
-                           revisions=manifest["revisions"])
+                agent.call(
+                    "restore.check",
+                    name=name,
+                    tables=manifest["tables"],
+                    revisions=manifest["revisions"],
+                )
             except AgentError as exc:
                 raise OpsError(exc.message, state="unchanged (only the copy was written)") from None
             restore_s = time.monotonic() - t_restore
-            out(f"restored into {name} in {restore_s:.1f} s; running {len(pending)} revision(s) "
-                f"(lock_timeout {settings.lock_timeout}, statement_timeout {settings.statement_timeout})")
-            run = agent.call("rehearse.run", name=name, revisions=[p["revision"] for p in pending],
-                             lock_timeout=settings.lock_timeout,
-                             statement_timeout=settings.statement_timeout)
+            out(
+                f"restored into {name} in {restore_s:.1f} s; running {len(pending)} revision(s) "
+                f"(lock_timeout {settings.lock_timeout}, statement_timeout {settings.statement_timeout})"
+            )
+            run = agent.call(
+                "rehearse.run",
+                name=name,
+                revisions=[p["revision"] for p in pending],
+                lock_timeout=settings.lock_timeout,
+                statement_timeout=settings.statement_timeout,
+            )
             kept = keep
         finally:
             if not kept:
                 try:
                     agent.call("rehearse.drop", name=name)
                 except OpsError as exc:
-                    out(f"warning: could not drop the copy {name}: {exc.message} (the next "
-                        f"rehearsal sweeps it)")
+                    out(
+                        f"warning: could not drop the copy {name}: {exc.message} (the next "
+                        f"rehearsal sweeps it)"
+                    )
     revisions = [judge(r) for r in run["revisions"]]
     hashes = {p["revision"]: p["sha256"] for p in pending}
     report = {
-        "database": settings.database, "from": current, "target": target,
+        "database": settings.database,
+        "from": current,
+        "target": target,
         "revision_hashes": hashes,
-        "source": {"file": str(path), "sha256": manifest.get("sha256"), "taken": manifest.get("started_at")},
-        "fingerprint_before": run["fingerprint_before"], "fingerprint_after": run["fingerprint_after"],
-        "revisions": revisions, "room": room,
+        "source": {
+            "file": str(path),
+            "sha256": manifest.get("sha256"),
+            "taken": manifest.get("started_at"),
+        },
+        "fingerprint_before": run["fingerprint_before"],
+        "fingerprint_after": run["fingerprint_after"],
+        "revisions": revisions,
+        "room": room,
         "predicted_seconds": round(sum(r["seconds"] for r in revisions), 3),
         "restore_seconds": round(restore_s, 3),
         "flagged": any(r["flagged"] for r in revisions),
@@ -260,55 +354,88 @@ def format_report(report: dict, lim: dict | None = None) -> list[str]:
     for r in report["revisions"]:
         lines.append(f"{r['revision']}  {r['seconds']:.2f} s  {r['verdict']}")
         for st in r["statements"]:
-            if st["sql"].lower().startswith(("update alembic_version", "insert into alembic_version",
-                                             "select", "begin", "commit", "set ")):
+            if (
+                st["sql"]
+                .lower()
+                .startswith(
+                    (
+                        "update alembic_version",
+                        "insert into alembic_version",
+                        "select",
+                        "begin",
+                        "commit",
+                        "set ",
+                    )
+                )
+            ):
                 continue
             strongest: dict[str, dict] = {}  # per relation the strongest mode this statement took
             for lk in r["locks"]:
                 if lk["statement"] == st["index"] and (
-                        lk["relation"] not in strongest
-                        or STRENGTH.index(lk["mode"]) > STRENGTH.index(strongest[lk["relation"]]["mode"])):
+                    lk["relation"] not in strongest
+                    or STRENGTH.index(lk["mode"])
+                    > STRENGTH.index(strongest[lk["relation"]]["mode"])
+                ):
                     strongest[lk["relation"]] = lk
-            locks = ", ".join(f"{rel} {lk['mode'].replace('Lock', '')} held {fmt_s(lk['held_s'])}"
-                              + (" (new table)" if lk["new_table"] else "")
-                              for rel, lk in sorted(strongest.items()))
+            locks = ", ".join(
+                f"{rel} {lk['mode'].replace('Lock', '')} held {fmt_s(lk['held_s'])}"
+                + (" (new table)" if lk["new_table"] else "")
+                for rel, lk in sorted(strongest.items())
+            )
             lines.append(f"    {st['seconds'] or 0:.3f} s  {st['sql'][:90]}")
             if locks:
                 lines.append(f"        locks: {locks}")
             if st["rewrites"]:
                 lines.append(f"        rewrites: {', '.join(st['rewrites'])}")
         for q, p in sorted(r["probe"].items()):
-            lines.append(f"    probe {q}: readers blocked {fmt_s(p['read_blocked_s'])}, "
-                         f"writers blocked {fmt_s(p['write_blocked_s'])}")
+            lines.append(
+                f"    probe {q}: readers blocked {fmt_s(p['read_blocked_s'])}, "
+                f"writers blocked {fmt_s(p['write_blocked_s'])}"
+            )
         for rw in r["rewrites"]:
-            lines.append(f"    rewrite {rw['relation']}: {fmt_bytes(rw['bytes'])}, ~{rw['rows']} rows")
+            lines.append(
+                f"    rewrite {rw['relation']}: {fmt_bytes(rw['bytes'])}, ~{rw['rows']} rows"
+            )
         for p in r["patterns"]:
             lines.append(f"    ! {p['what']}")
             lines.append(f"      safer: {p['safer']}")
         if lim:
             for o in over(r, lim):
                 lines.append(f"    over the limit: {o}")
-    lines.append(f"predicted duration: {report['predicted_seconds']:.1f} s for "
-                 f"{len(report['revisions'])} revision(s) (on {report['source']['taken']}'s data)")
+    lines.append(
+        f"predicted duration: {report['predicted_seconds']:.1f} s for "
+        f"{len(report['revisions'])} revision(s) (on {report['source']['taken']}'s data)"
+    )
     return lines
 
 
 # --- the gate (migrate's preflight) ------------------------------------------------------
-def gate(settings: Settings, current: list[str], pending: list[dict], out: Out,
-         accept_risk: str | None = None) -> dict | None:
+def gate(
+    settings: Settings,
+    current: list[str],
+    pending: list[dict],
+    out: Out,
+    accept_risk: str | None = None,
+) -> dict | None:
     """Show the newest matching rehearsal; in production refuse a verdict over the limits
     unless ``accept_risk`` (audited). DBOPS_REHEARSE=always rehearses first."""
     if settings.get("DBOPS_REHEARSE") == "always":
         out("rehearsing first (DBOPS_REHEARSE=always):")
-        rehearse(settings, pending[-1]["revision"], source="auto", out=lambda line: out("  " + line))
+        rehearse(
+            settings, pending[-1]["revision"], source="auto", out=lambda line: out("  " + line)
+        )
     rep = matching(settings, current, pending)
     if rep is None:
-        out("rehearsal: no rehearsal of these revisions from this revision "
-            "(invoke rehearse shows what they would lock, for how long, on real data)")
+        out(
+            "rehearsal: no rehearsal of these revisions from this revision "
+            "(invoke rehearse shows what they would lock, for how long, on real data)"
+        )
         return None
     lim = limits(settings)
-    out(f"rehearsal {rep['finished_at']} on {Path(rep['source']['file']).name}: predicted "
-        f"{rep['predicted_seconds']:.1f} s")
+    out(
+        f"rehearsal {rep['finished_at']} on {Path(rep['source']['file']).name}: predicted "
+        f"{rep['predicted_seconds']:.1f} s"
+    )
     breaches = []
     for r in rep["revisions"]:
         out(f"  {r['revision']}: {r['verdict']}")
@@ -322,13 +449,21 @@ def gate(settings: Settings, current: list[str], pending: list[dict], out: Out,
         breaches.append(f"{', '.join(unrun)} not rehearsed")
     if breaches and settings.is_production:
         if not accept_risk:
-            raise OpsError("the rehearsal's verdict is over the production limits: " + "; ".join(breaches),
-                           state=f"unchanged at {label(current)}",
-                           details=[f"{p['revision']}: {p['verdict']}" for p in rep["revisions"]],
-                           next_command="rewrite the revision the safer way (invoke rehearse shows how), "
-                                        "or knowingly: invoke migrate --accept-risk=\"why\"")
-        audit.append(settings, "accept-risk", reason=accept_risk, rehearsal=rep["key"],
-                     over=breaches, revisions=[r["revision"] for r in rep["revisions"]])
+            raise OpsError(
+                "the rehearsal's verdict is over the production limits: " + "; ".join(breaches),
+                state=f"unchanged at {label(current)}",
+                details=[f"{p['revision']}: {p['verdict']}" for p in rep["revisions"]],
+                next_command="rewrite the revision the safer way (invoke rehearse shows how), "
+                'or knowingly: invoke migrate --accept-risk="why"',
+            )
+        audit.append(
+            settings,
+            "accept-risk",
+            reason=accept_risk,
+            rehearsal=rep["key"],
+            over=breaches,
+            revisions=[r["revision"] for r in rep["revisions"]],
+        )
         out(f"accepted risk ({accept_risk}): {'; '.join(breaches)}")
     elif breaches:
         out("  over the production limits: " + "; ".join(breaches))

@@ -15,8 +15,8 @@ import re
 
 BLOCKS_READS = {"AccessExclusiveLock"}
 BLOCKS_WRITES = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"}
-BACKFILL_ROWS = 100_000      # one transaction writing this many rows holds their row locks
-BACKFILL_SHARE = 0.5         # ... or this share of a table of at least BACKFILL_MIN_TABLE rows
+BACKFILL_ROWS = 100_000  # one transaction writing this many rows holds their row locks
+BACKFILL_SHARE = 0.5  # ... or this share of a table of at least BACKFILL_MIN_TABLE rows
 BACKFILL_MIN_TABLE = 10_000
 
 NOT_VALID = re.compile(r"\bNOT\s+VALID\b", re.I)
@@ -24,54 +24,99 @@ ALTER = re.compile(r"^\s*ALTER\s+TABLE\b", re.I)
 
 
 def _p(key, what, regex, safer, needs):
-    return {"key": key, "what": what, "regex": re.compile(regex, re.I | re.S), "safer": safer,
-            "needs": needs}
+    return {
+        "key": key,
+        "what": what,
+        "regex": re.compile(regex, re.I | re.S),
+        "safer": safer,
+        "needs": needs,
+    }
 
 
 # needs: "lock" (a blocking lock on an existing table), "rewrite", "backfill", "text"
 PATTERNS = [
-    _p("volatile_default", "ADD COLUMN with a volatile default (every row rewritten)",
-       r"\bADD\s+(COLUMN\s+)?.*\bDEFAULT\b",
-       "add the column nullable without a default, SET DEFAULT for new rows, backfill in batches "
-       "(each batch its own transaction)", "rewrite"),
-    _p("alter_type", "ALTER COLUMN … TYPE (table rewritten or scanned under ACCESS EXCLUSIVE)",
-       r"\bALTER\s+(COLUMN\s+)?\S+\s+(SET\s+DATA\s+)?TYPE\b",
-       "add a new column of the new type, fill it in batches (and a trigger for new writes), "
-       "switch readers, drop the old column in a later release", "lock"),
-    _p("set_not_null", "SET NOT NULL (full scan under ACCESS EXCLUSIVE)",
-       r"\bSET\s+NOT\s+NULL\b",
-       "ADD CONSTRAINT … CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT in a later "
-       "revision; then SET NOT NULL (PostgreSQL 12+ skips the scan)", "lock"),
-    _p("fk_validated", "FOREIGN KEY added without NOT VALID (both tables scanned, writes blocked)",
-       r"\bADD\s+(CONSTRAINT\s+\S+\s+)?FOREIGN\s+KEY\b",
-       "ADD CONSTRAINT … FOREIGN KEY … NOT VALID, then VALIDATE CONSTRAINT in a later revision",
-       "lock_not_valid"),
-    _p("check_validated", "CHECK added without NOT VALID (full scan under ACCESS EXCLUSIVE)",
-       r"\bADD\s+(CONSTRAINT\s+\S+\s+)?CHECK\b",
-       "ADD CONSTRAINT … CHECK (…) NOT VALID, then VALIDATE CONSTRAINT in a later revision",
-       "lock_not_valid"),
-    _p("add_unique", "ADD UNIQUE / PRIMARY KEY (index built under a blocking lock)",
-       r"\bADD\s+(CONSTRAINT\s+\S+\s+)?(UNIQUE|PRIMARY\s+KEY)\b(?!.*\bUSING\s+INDEX\b)",
-       "CREATE UNIQUE INDEX CONCURRENTLY (in autocommit_block), then ADD CONSTRAINT … UNIQUE "
-       "USING INDEX", "lock"),
-    _p("index_not_concurrent", "CREATE INDEX without CONCURRENTLY (writes blocked while it builds)",
-       r"^\s*CREATE\s+(UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)",
-       "CREATE INDEX CONCURRENTLY inside op.get_context().autocommit_block()", "lock"),
-    _p("backfill", "UPDATE/DELETE of (nearly) every row in one transaction (row locks held to commit)",
-       r"^\s*(WITH\b.*?\)\s*)?(UPDATE|DELETE)\b",
-       "backfill in batches of a few thousand rows, each committed (autocommit_block, or a "
-       "script outside the migration)", "backfill"),
-    _p("drop_column", "DROP COLUMN / DROP TABLE (fast, but the data is gone and running code breaks)",
-       r"\bDROP\s+(COLUMN|TABLE)\b",
-       "stop using it in the code first (deploy), drop it in a later release, after a backup",
-       "text"),
-    _p("rename_column", "RENAME (fast, but the running code still uses the old name)",
-       r"\bRENAME\s+(COLUMN\s+)?\S+\s+TO\b",
-       "expand/contract: add the new column (or a view), write both, switch readers, drop the old "
-       "one in a later release", "text"),
+    _p(
+        "volatile_default",
+        "ADD COLUMN with a volatile default (every row rewritten)",
+        r"\bADD\s+(COLUMN\s+)?.*\bDEFAULT\b",
+        "add the column nullable without a default, SET DEFAULT for new rows, backfill in batches "
+        "(each batch its own transaction)",
+        "rewrite",
+    ),
+    _p(
+        "alter_type",
+        "ALTER COLUMN … TYPE (table rewritten or scanned under ACCESS EXCLUSIVE)",
+        r"\bALTER\s+(COLUMN\s+)?\S+\s+(SET\s+DATA\s+)?TYPE\b",
+        "add a new column of the new type, fill it in batches (and a trigger for new writes), "
+        "switch readers, drop the old column in a later release",
+        "lock",
+    ),
+    _p(
+        "set_not_null",
+        "SET NOT NULL (full scan under ACCESS EXCLUSIVE)",
+        r"\bSET\s+NOT\s+NULL\b",
+        "ADD CONSTRAINT … CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT in a later "
+        "revision; then SET NOT NULL (PostgreSQL 12+ skips the scan)",
+        "lock",
+    ),
+    _p(
+        "fk_validated",
+        "FOREIGN KEY added without NOT VALID (both tables scanned, writes blocked)",
+        r"\bADD\s+(CONSTRAINT\s+\S+\s+)?FOREIGN\s+KEY\b",
+        "ADD CONSTRAINT … FOREIGN KEY … NOT VALID, then VALIDATE CONSTRAINT in a later revision",
+        "lock_not_valid",
+    ),
+    _p(
+        "check_validated",
+        "CHECK added without NOT VALID (full scan under ACCESS EXCLUSIVE)",
+        r"\bADD\s+(CONSTRAINT\s+\S+\s+)?CHECK\b",
+        "ADD CONSTRAINT … CHECK (…) NOT VALID, then VALIDATE CONSTRAINT in a later revision",
+        "lock_not_valid",
+    ),
+    _p(
+        "add_unique",
+        "ADD UNIQUE / PRIMARY KEY (index built under a blocking lock)",
+        r"\bADD\s+(CONSTRAINT\s+\S+\s+)?(UNIQUE|PRIMARY\s+KEY)\b(?!.*\bUSING\s+INDEX\b)",
+        "CREATE UNIQUE INDEX CONCURRENTLY (in autocommit_block), then ADD CONSTRAINT … UNIQUE "
+        "USING INDEX",
+        "lock",
+    ),
+    _p(
+        "index_not_concurrent",
+        "CREATE INDEX without CONCURRENTLY (writes blocked while it builds)",
+        r"^\s*CREATE\s+(UNIQUE\s+)?INDEX\s+(?!CONCURRENTLY\b)",
+        "CREATE INDEX CONCURRENTLY inside op.get_context().autocommit_block()",
+        "lock",
+    ),
+    _p(
+        "backfill",
+        "UPDATE/DELETE of (nearly) every row in one transaction (row locks held to commit)",
+        r"^\s*(WITH\b.*?\)\s*)?(UPDATE|DELETE)\b",
+        "backfill in batches of a few thousand rows, each committed (autocommit_block, or a "
+        "script outside the migration)",
+        "backfill",
+    ),
+    _p(
+        "drop_column",
+        "DROP COLUMN / DROP TABLE (fast, but the data is gone and running code breaks)",
+        r"\bDROP\s+(COLUMN|TABLE)\b",
+        "stop using it in the code first (deploy), drop it in a later release, after a backup",
+        "text",
+    ),
+    _p(
+        "rename_column",
+        "RENAME (fast, but the running code still uses the old name)",
+        r"\bRENAME\s+(COLUMN\s+)?\S+\s+TO\b",
+        "expand/contract: add the new column (or a view), write both, switch readers, drop the old "
+        "one in a later release",
+        "text",
+    ),
 ]
-REWRITE = {"key": "rewrite", "what": "table rewrite (VACUUM FULL, CLUSTER, SET TABLESPACE, …)",
-           "safer": "pg_repack / pg_squeeze, or a new table filled in batches and swapped"}
+REWRITE = {
+    "key": "rewrite",
+    "what": "table rewrite (VACUUM FULL, CLUSTER, SET TABLESPACE, …)",
+    "safer": "pg_repack / pg_squeeze, or a new table filled in batches and swapped",
+}
 
 
 def fmt_s(s: float) -> str:
@@ -99,19 +144,36 @@ def judge(rev: dict) -> dict:
             needs = p["needs"]
             if needs == "rewrite" and not st["rewrites"]:
                 continue
-            if needs == "lock" and not (strong and ALTER.match(text) or strong and text.lstrip()[:6].upper() == "CREATE"):
+            if needs == "lock" and not (
+                strong and ALTER.match(text) or strong and text.lstrip()[:6].upper() == "CREATE"
+            ):
                 continue
             if needs == "lock_not_valid" and (NOT_VALID.search(text) or not strong):
                 continue
             if needs == "backfill" and not _big_write(st, rev, rows):
                 continue
-            if needs == "text" and not ALTER.match(text) and not re.match(r"^\s*DROP\s+TABLE", text, re.I):
+            if (
+                needs == "text"
+                and not ALTER.match(text)
+                and not re.match(r"^\s*DROP\s+TABLE", text, re.I)
+            ):
                 continue
-            found[p["key"]] = {"key": p["key"], "what": p["what"], "safer": p["safer"],
-                               "statement": st["index"], "sql": text[:160]}
+            found[p["key"]] = {
+                "key": p["key"],
+                "what": p["what"],
+                "safer": p["safer"],
+                "statement": st["index"],
+                "sql": text[:160],
+            }
     if rev["rewrites"] and not ({"volatile_default", "alter_type"} & set(found)):
-        st = rev["statements"][rev["rewrites"][0]["statement"]] if rev["statements"] else {"sql": ""}
-        found["rewrite"] = {**REWRITE, "statement": rev["rewrites"][0]["statement"], "sql": st["sql"][:160]}
+        st = (
+            rev["statements"][rev["rewrites"][0]["statement"]] if rev["statements"] else {"sql": ""}
+        )
+        found["rewrite"] = {
+            **REWRITE,
+            "statement": rev["rewrites"][0]["statement"],
+            "sql": st["sql"][:160],
+        }
     parts = []
     if reads >= 0.05 and writes - reads < 0.05:
         parts.append(f"blocks reads and writes for {fmt_s(max(reads, writes))}")
@@ -127,10 +189,15 @@ def judge(rev: dict) -> dict:
     names = [f["key"] for f in found.values()]
     verdict = "; ".join(parts) if parts else "safe"
     if names:
-        verdict = (f"{verdict} ({', '.join(names)})" if parts else "fast, but " + ", ".join(names))
-    rev.update(blocks_reads_s=round(reads, 3), blocks_writes_s=round(writes, 3),
-               rewrite_bytes=rewrite_bytes, patterns=list(found.values()),
-               flagged=bool(found) or bool(rev.get("error")), verdict=verdict)
+        verdict = f"{verdict} ({', '.join(names)})" if parts else "fast, but " + ", ".join(names)
+    rev.update(
+        blocks_reads_s=round(reads, 3),
+        blocks_writes_s=round(writes, 3),
+        rewrite_bytes=rewrite_bytes,
+        patterns=list(found.values()),
+        flagged=bool(found) or bool(rev.get("error")),
+        verdict=verdict,
+    )
     return rev
 
 
@@ -139,21 +206,33 @@ def _big_write(st: dict, rev: dict, rows: dict) -> bool:
         return False
     if rev.get("max_transaction_rows", 0) >= BACKFILL_ROWS:
         return True
-    written = [lk["relation"] for lk in st["locks"] if lk["mode"] == "RowExclusiveLock" and not lk["new_table"]]
-    return any(rows.get(t, 0) >= BACKFILL_MIN_TABLE and st["rows"] >= BACKFILL_SHARE * rows[t]
-               for t in written) or (not written and st["rows"] >= BACKFILL_ROWS)
+    written = [
+        lk["relation"]
+        for lk in st["locks"]
+        if lk["mode"] == "RowExclusiveLock" and not lk["new_table"]
+    ]
+    return any(
+        rows.get(t, 0) >= BACKFILL_MIN_TABLE and st["rows"] >= BACKFILL_SHARE * rows[t]
+        for t in written
+    ) or (not written and st["rows"] >= BACKFILL_ROWS)
 
 
 def over(rev: dict, limits: dict) -> list[str]:
     """The thresholds a judged revision exceeds (limits: reads_s, writes_s, rewrite_mb)."""
     out = []
     if rev["blocks_reads_s"] > limits["reads_s"]:
-        out.append(f"blocks reads for {fmt_s(rev['blocks_reads_s'])} > DBOPS_MAX_BLOCK_READS "
-                   f"{fmt_s(limits['reads_s'])}")
+        out.append(
+            f"blocks reads for {fmt_s(rev['blocks_reads_s'])} > DBOPS_MAX_BLOCK_READS "
+            f"{fmt_s(limits['reads_s'])}"
+        )
     if rev["blocks_writes_s"] > limits["writes_s"]:
-        out.append(f"blocks writes for {fmt_s(rev['blocks_writes_s'])} > DBOPS_MAX_BLOCK_WRITES "
-                   f"{fmt_s(limits['writes_s'])}")
+        out.append(
+            f"blocks writes for {fmt_s(rev['blocks_writes_s'])} > DBOPS_MAX_BLOCK_WRITES "
+            f"{fmt_s(limits['writes_s'])}"
+        )
     if rev["rewrite_bytes"] / 1e6 > limits["rewrite_mb"]:
-        out.append(f"rewrites {rev['rewrite_bytes'] / 1e6:.0f} MB > DBOPS_MAX_REWRITE_MB "
-                   f"{limits['rewrite_mb']:g}")
+        out.append(
+            f"rewrites {rev['rewrite_bytes'] / 1e6:.0f} MB > DBOPS_MAX_REWRITE_MB "
+            f"{limits['rewrite_mb']:g}"
+        )
     return out

@@ -65,13 +65,18 @@ def resolve(settings: Settings, file: str) -> Path:
     if file == "latest":  # the newest verified backup of this database
         newest = catalog.newest_verified(settings, settings.database)
         if newest is None:
-            raise OpsError(f"no verified backup of {settings.database} in {settings.backup_dir}",
-                           state="unchanged", next_command="invoke backups --all")
+            raise OpsError(
+                f"no verified backup of {settings.database} in {settings.backup_dir}",
+                state="unchanged",
+                next_command="invoke backups --all",
+            )
         return Path(newest["path"]).resolve()
     p = Path(file).expanduser()
     if p.name.endswith(catalog.MANIFEST_SUFFIX):  # given the manifest: mean its dump
         try:
-            p = catalog.dump_for(p, catalog.read_manifest(p if p.exists() else Path(settings.backup_dir) / p))
+            p = catalog.dump_for(
+                p, catalog.read_manifest(p if p.exists() else Path(settings.backup_dir) / p)
+            )
         except catalog.ManifestError as exc:
             raise OpsError(str(exc), state="unchanged", next_command="invoke backups") from None
     if not p.exists() and not p.is_absolute() and (Path(settings.backup_dir) / p).exists():
@@ -87,9 +92,11 @@ def checked_manifest(path: Path) -> dict:
     if manifest is not None and manifest.get("format") not in ("custom", "directory"):
         problems = [*problems, f"unknown format {manifest.get('format')!r} in the manifest"]
     if manifest is None or problems:
-        raise OpsError(f"{path.name} is not a usable backup: {'; '.join(problems)}",
-                       state="unchanged (nothing was touched)",
-                       next_command="invoke backups   # pick a verified one")
+        raise OpsError(
+            f"{path.name} is not a usable backup: {'; '.join(problems)}",
+            state="unchanged (nothing was touched)",
+            next_command="invoke backups   # pick a verified one",
+        )
     return manifest
 
 
@@ -99,57 +106,81 @@ SENDS_TRANSACTION_TIMEOUT = 17
 UNTOUCHED = "unchanged (nothing was touched)"
 
 
-def pg_restore_refusal(settings: Settings, file: str, restore: tuple[int, str],
-                       dump: tuple[int, str] | None, server: tuple[int, str] | None) -> OpsError | None:
+def pg_restore_refusal(
+    settings: Settings,
+    file: str,
+    restore: tuple[int, str],
+    dump: tuple[int, str] | None,
+    server: tuple[int, str] | None,
+) -> OpsError | None:
     """Why pg_restore ``restore`` (major, version) cannot restore ``file``, written by pg_dump
     ``dump``, into ``server`` (None: only read it), or None. An older pg_restore cannot read a
     newer pg_dump's archive format (pg_dump 17 writes 1.16: pg_restore 15 stops with
     "unsupported version (1.16) in file header"); pg_restore 17+ fails against a server before
     17. One line naming both versions, and the fix: a pg_restore of the dump's major."""
-    how = ("set DBOPS_PG_BINDIR to its folder (python scripts/lib/pg_majors.py bindir {m} "
-           "installs one)" if settings.target == "local" else
-           f"use a db image whose pg_restore is {{m}} (DBOPS_TARGET={settings.target} runs the "
-           f"server's own tools), or DBOPS_TARGET=local with DBOPS_PG_BINDIR")
-    if server and dump and server[0] < SENDS_TRANSACTION_TIMEOUT <= dump[0] \
-            and (restore[0] < dump[0] or restore[0] >= SENDS_TRANSACTION_TIMEOUT):
+    how = (
+        "set DBOPS_PG_BINDIR to its folder (python scripts/lib/pg_majors.py bindir {m} "
+        "installs one)"
+        if settings.target == "local"
+        else f"use a db image whose pg_restore is {{m}} (DBOPS_TARGET={settings.target} runs the "
+        f"server's own tools), or DBOPS_TARGET=local with DBOPS_PG_BINDIR"
+    )
+    if (
+        server
+        and dump
+        and server[0] < SENDS_TRANSACTION_TIMEOUT <= dump[0]
+        and (restore[0] < dump[0] or restore[0] >= SENDS_TRANSACTION_TIMEOUT)
+    ):
         return OpsError(
             f"{file} was written by pg_dump {dump[1]}: only pg_restore {dump[0]} or newer reads it, "
             f"and pg_restore 17+ cannot restore into PostgreSQL {server[1]} (it sends SET "
             f"transaction_timeout, which servers before 17 reject); pg_restore here is {restore[1]}",
             state=UNTOUCHED,
             next_command=f"restore it into a PostgreSQL {dump[0]}+ server; or by hand: pg_restore "
-                         f"{dump[0]} -f plain.sql {file}, delete its 'SET transaction_timeout' "
-                         f"line, psql -f plain.sql; and back up this server with pg_dump "
-                         f"{server[0]} from now on")
+            f"{dump[0]} -f plain.sql {file}, delete its 'SET transaction_timeout' "
+            f"line, psql -f plain.sql; and back up this server with pg_dump "
+            f"{server[0]} from now on",
+        )
     if dump and restore[0] < dump[0]:
-        return OpsError(f"pg_restore {restore[1]} cannot read {file}: it was written by pg_dump "
-                        f"{dump[1]}, whose archive format only pg_restore {dump[0]} or newer reads",
-                        state=UNTOUCHED,
-                        next_command=f"restore with pg_restore {dump[0]} (the dump's pg_dump major): "
-                                     + how.format(m=dump[0]))
+        return OpsError(
+            f"pg_restore {restore[1]} cannot read {file}: it was written by pg_dump "
+            f"{dump[1]}, whose archive format only pg_restore {dump[0]} or newer reads",
+            state=UNTOUCHED,
+            next_command=f"restore with pg_restore {dump[0]} (the dump's pg_dump major): "
+            + how.format(m=dump[0]),
+        )
     if server and server[0] < SENDS_TRANSACTION_TIMEOUT <= restore[0]:
         want = dump[0] if dump else server[0]
-        return OpsError(f"pg_restore {restore[1]} cannot restore into PostgreSQL {server[1]}: "
-                        f"pg_restore 17 and newer send SET transaction_timeout, which servers "
-                        f"before 17 reject", state=UNTOUCHED,
-                        next_command=f"restore with pg_restore {want} (the major of the pg_dump "
-                                     f"{dump[1] if dump else '?'} that wrote {file}): "
-                                     + how.format(m=want))
+        return OpsError(
+            f"pg_restore {restore[1]} cannot restore into PostgreSQL {server[1]}: "
+            f"pg_restore 17 and newer send SET transaction_timeout, which servers "
+            f"before 17 reject",
+            state=UNTOUCHED,
+            next_command=f"restore with pg_restore {want} (the major of the pg_dump "
+            f"{dump[1] if dump else '?'} that wrote {file}): " + how.format(m=want),
+        )
     return None
 
 
-def check_pg_restore(settings: Settings, target: seam.Target, path: Path, manifest: dict,
-                     facts: dict | None) -> None:
+def check_pg_restore(
+    settings: Settings, target: seam.Target, path: Path, manifest: dict, facts: dict | None
+) -> None:
     """Refuse, before anything is changed, a pg_restore that cannot restore this archive (into
     this server: ``facts`` from restore.facts; None when the archive is only read)."""
     done = seam.run(target.pg(["pg_restore", "--version"]), timeout=60)
-    restore = pgbin.parse_version(done.stdout.decode(errors="replace")) if done.returncode == 0 else None
+    restore = (
+        pgbin.parse_version(done.stdout.decode(errors="replace")) if done.returncode == 0 else None
+    )
     if restore is None:  # no pg_restore, or one that does not say: the restore itself reports it
         return
-    server = ((facts["server_version_num"] // 10000, str(facts["server_version"]).split()[0])
-              if facts and facts.get("server_version_num") else None)
-    refusal = pg_restore_refusal(settings, path.name, restore,
-                                 pgbin.parse_version(manifest.get("pg_dump_version")), server)
+    server = (
+        (facts["server_version_num"] // 10000, str(facts["server_version"]).split()[0])
+        if facts and facts.get("server_version_num")
+        else None
+    )
+    refusal = pg_restore_refusal(
+        settings, path.name, restore, pgbin.parse_version(manifest.get("pg_dump_version")), server
+    )
     if refusal is not None:
         raise refusal
 
@@ -157,21 +188,38 @@ def check_pg_restore(settings: Settings, target: seam.Target, path: Path, manife
 class RestoreJob:
     """pg_restore next to the server, fed the archive on stdin, running in the background."""
 
-    def __init__(self, settings: Settings, target: seam.Target, path: Path, manifest: dict, *,
-                 mode: str, dbname: str = "", jobs: int = 1):
+    def __init__(
+        self,
+        settings: Settings,
+        target: seam.Target,
+        path: Path,
+        manifest: dict,
+        *,
+        mode: str,
+        dbname: str = "",
+        jobs: int = 1,
+    ):
         fmt = manifest["format"]
-        launch = target.pg(["sh", "-c", RESTORE_SCRIPT, "dbops-restore", mode, fmt, dbname or "-",
-                            str(jobs)])
+        launch = target.pg(
+            ["sh", "-c", RESTORE_SCRIPT, "dbops-restore", mode, fmt, dbname or "-", str(jobs)]
+        )
         self.settings = settings
         self.lines: list[str] = []
         self.src = open(path, "rb")
         try:
-            self.proc = seam.start(launch, stdin=self.src, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, start_new_session=True)
+            self.proc = seam.start(
+                launch,
+                stdin=self.src,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
         except BaseException:
             self.src.close()
             raise
-        self.drain = threading.Thread(target=_drain, args=(self.proc.stderr, self.lines), daemon=True)
+        self.drain = threading.Thread(
+            target=_drain, args=(self.proc.stderr, self.lines), daemon=True
+        )
         self.drain.start()
 
     def finish(self) -> tuple[int, list[str]]:
@@ -187,52 +235,93 @@ class RestoreJob:
         self.src.close()
 
 
-def pg_restore_stream(settings: Settings, target: seam.Target, path: Path, manifest: dict, *,
-                      mode: str, dbname: str = "", jobs: int = 1) -> tuple[int, list[str]]:
-    return RestoreJob(settings, target, path, manifest, mode=mode, dbname=dbname, jobs=jobs).finish()
+def pg_restore_stream(
+    settings: Settings,
+    target: seam.Target,
+    path: Path,
+    manifest: dict,
+    *,
+    mode: str,
+    dbname: str = "",
+    jobs: int = 1,
+) -> tuple[int, list[str]]:
+    return RestoreJob(
+        settings, target, path, manifest, mode=mode, dbname=dbname, jobs=jobs
+    ).finish()
 
 
-def verify(settings: Settings, file: str, *, restore_test: bool = False,
-           warn: Out = print_note) -> dict:
+def verify(
+    settings: Settings, file: str, *, restore_test: bool = False, warn: Out = print_note
+) -> dict:
     path = resolve(settings, file)
     manifest = checked_manifest(path)
-    checks = [f"manifest: {manifest['database']} at {'+'.join(manifest['revisions']) or 'base'}, "
-              f"{manifest['reason']}, taken {manifest['started_at']} by {manifest.get('operator')}",
-              f"sha256 and size ({fmt_bytes(manifest['size'])}) match the manifest"]
+    checks = [
+        f"manifest: {manifest['database']} at {'+'.join(manifest['revisions']) or 'base'}, "
+        f"{manifest['reason']}, taken {manifest['started_at']} by {manifest.get('operator')}",
+        f"sha256 and size ({fmt_bytes(manifest['size'])}) match the manifest",
+    ]
     with Agent(settings) as agent:
-        check_pg_restore(settings, agent.target, path, manifest,
-                         agent.call("restore.facts") if restore_test else None)
+        check_pg_restore(
+            settings,
+            agent.target,
+            path,
+            manifest,
+            agent.call("restore.facts") if restore_test else None,
+        )
         if not restore_test:
             rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="check")
             if rc != 0:
-                raise OpsError(f"{path.name}: the full read (pg_restore) failed with status {rc}: "
-                               f"the archive is damaged", details=lines[-8:], state="unchanged")
+                raise OpsError(
+                    f"{path.name}: the full read (pg_restore) failed with status {rc}: "
+                    f"the archive is damaged",
+                    details=lines[-8:],
+                    state="unchanged",
+                )
             checks.append("full read (pg_restore to /dev/null): ok")
             return {"manifest": manifest, "checks": checks, "file": str(path)}
         name = agent.call("restore.scratch")["name"]
         partial = bool(manifest.get("partial"))
         try:
-            rc, lines = pg_restore_stream(settings, agent.target, path, manifest,
-                                          mode="restore-data" if partial else "restore", dbname=name)
+            rc, lines = pg_restore_stream(
+                settings,
+                agent.target,
+                path,
+                manifest,
+                mode="restore-data" if partial else "restore",
+                dbname=name,
+            )
             if rc != 0:
-                raise OpsError(f"{path.name}: restoring into a scratch database failed (status {rc})",
-                               details=lines[-8:], state="unchanged (a scratch database was used)")
+                raise OpsError(
+                    f"{path.name}: restoring into a scratch database failed (status {rc})",
+                    details=lines[-8:],
+                    state="unchanged (a scratch database was used)",
+                )
             try:
-                res = agent.call("restore.check", name=name, tables=manifest["tables"],
-                                 revisions=manifest["revisions"])
+                res = agent.call(
+                    "restore.check",
+                    name=name,
+                    tables=manifest["tables"],
+                    revisions=manifest["revisions"],
+                )
             except AgentError as exc:
-                raise OpsError(exc.message, state="unchanged (a scratch database was used)") from None
+                raise OpsError(
+                    exc.message, state="unchanged (a scratch database was used)"
+                ) from None
         finally:
             try:
                 agent.call("restore.scratch_drop", name=name)
             except OpsError as exc:
                 warn(f"warning: could not drop scratch database {name}: {exc.message}")
-    checks.append(f"restore test: {res['tables']} tables, {res['rows']} rows and the alembic "
-                  f"revision equal the manifest's (scratch database dropped)")
+    checks.append(
+        f"restore test: {res['tables']} tables, {res['rows']} rows and the alembic "
+        f"revision equal the manifest's (scratch database dropped)"
+    )
     if manifest.get("partial"):
-        checks.append("partial (touched) backup: the whole schema and the touched tables' rows were "
-                      "restored; indexes and constraints (post-data) were not built, as its foreign "
-                      "keys may point at rows of tables whose data it does not hold")
+        checks.append(
+            "partial (touched) backup: the whole schema and the touched tables' rows were "
+            "restored; indexes and constraints (post-data) were not built, as its foreign "
+            "keys may point at rows of tables whose data it does not hold"
+        )
     return {"manifest": manifest, "checks": checks, "file": str(path)}
 
 
@@ -247,8 +336,11 @@ def lock_for_restore(agent: Agent, path) -> None:
     try:
         agent.call("lock.acquire", purpose="restore")
     except AgentError as exc:
-        raise OpsError(exc.message, state="unchanged",
-                       next_command=f"wait for it to finish, then re-run: {restore_command(path)}") from None
+        raise OpsError(
+            exc.message,
+            state="unchanged",
+            next_command=f"wait for it to finish, then re-run: {restore_command(path)}",
+        ) from None
 
 
 def pre_backup_compression(settings: Settings, database_size: int) -> str | None:
@@ -277,22 +369,36 @@ def restore_jobs(settings: Settings, jobs: int | None) -> int:
     return jobs
 
 
-def restore(settings: Settings, file: str, *, yes: bool = False, other_database: bool = False,
-            jobs: int | None = None, pre_backup: bool = False, drop_old: bool = False,
-            out: Out = print_note, warn: Out = print_note) -> dict:
+def restore(
+    settings: Settings,
+    file: str,
+    *,
+    yes: bool = False,
+    other_database: bool = False,
+    jobs: int | None = None,
+    pre_backup: bool = False,
+    drop_old: bool = False,
+    out: Out = print_note,
+    warn: Out = print_note,
+) -> dict:
     t0 = time.monotonic()
     jobs = restore_jobs(settings, jobs)
     if drop_old and not pre_backup:
-        raise OpsError("--drop-old drops the previous database, the only other copy of the "
-                       "pre-restore state: it needs --pre-backup (a verified dump of it first)",
-                       state="unchanged (nothing was touched)",
-                       next_command=restore_command(file, "--pre-backup", "--drop-old"))
+        raise OpsError(
+            "--drop-old drops the previous database, the only other copy of the "
+            "pre-restore state: it needs --pre-backup (a verified dump of it first)",
+            state="unchanged (nothing was touched)",
+            next_command=restore_command(file, "--pre-backup", "--drop-old"),
+        )
     path = resolve(settings, file)
     manifest = checked_manifest(path)
     if manifest["database"] != settings.database and not other_database:
-        raise OpsError(f"{path.name} is a backup of database {manifest['database']!r}, not "
-                       f"{settings.database!r}", state="unchanged (nothing was touched)",
-                       next_command=f"{restore_command(path, '--other-database')}   # if you mean it")
+        raise OpsError(
+            f"{path.name} is a backup of database {manifest['database']!r}, not "
+            f"{settings.database!r}",
+            state="unchanged (nothing was touched)",
+            next_command=f"{restore_command(path, '--other-database')}   # if you mean it",
+        )
     with Agent(settings) as agent:
         try:
             facts = agent.call("restore.facts")
@@ -301,37 +407,68 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
         dump_major = int(manifest.get("server_version_num") or 0) // 10000
         server_major = facts["server_version_num"] // 10000
         if dump_major > server_major:
-            raise OpsError(f"{path.name} was dumped from PostgreSQL {manifest['server_version']}, "
-                           f"newer than this server ({facts['server_version']}): it cannot be restored here",
-                           state="unchanged (nothing was touched)",
-                           next_command="restore it on a server of the same or a newer major version")
+            raise OpsError(
+                f"{path.name} was dumped from PostgreSQL {manifest['server_version']}, "
+                f"newer than this server ({facts['server_version']}): it cannot be restored here",
+                state="unchanged (nothing was touched)",
+                next_command="restore it on a server of the same or a newer major version",
+            )
         check_pg_restore(settings, agent.target, path, manifest, facts)
         if not facts["exists"]:
-            raise OpsError(f"database {settings.database} does not exist: restore replaces an existing "
-                           f"database", state="unchanged",
-                           next_command=f"create it empty first (createdb {settings.database}), then re-run")
+            raise OpsError(
+                f"database {settings.database} does not exist: restore replaces an existing "
+                f"database",
+                state="unchanged",
+                next_command=f"create it empty first (createdb {settings.database}), then re-run",
+            )
         if manifest.get("partial"):
             return _restore_partial(settings, agent, path, manifest, facts, yes=yes, t0=t0)
         rows = sum(manifest["tables"].values())
-        confirm(settings, "\n".join([
-            f"Restore {path.name}",
-            f"  taken {manifest['started_at']} ({manifest['reason']}), revision "
-            f"{'+'.join(manifest['revisions']) or 'base'}, {len(manifest['tables'])} tables, {rows} rows",
-            f"over database {settings.database} ({settings.target}).",
-            f"  1. {'a pre-restore backup of ' + settings.database + ' is taken (--pre-backup)' if pre_backup else 'no pre-restore dump (the old database is kept instead; --pre-backup for one)'}",
-            "  2. the backup is restored into a new database and checked",
-            f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} are terminated, "
-            f"and the databases are swapped by rename",
-            f"  4. the current {settings.database} is "
-            + ("DROPPED after the swap (--drop-old)" if drop_old
-               else f"kept as {settings.database}_dbops_old_<time> (undo: invoke restore-undo)")]),
-            yes=yes, expect=settings.database, state="unchanged (nothing was touched)",
-            next_command=restore_command(path, "--yes"))
+        confirm(
+            settings,
+            "\n".join(
+                [
+                    f"Restore {path.name}",
+                    f"  taken {manifest['started_at']} ({manifest['reason']}), revision "
+                    f"{'+'.join(manifest['revisions']) or 'base'}, {len(manifest['tables'])} tables, {rows} rows",
+                    f"over database {settings.database} ({settings.target}).",
+                    f"  1. {'a pre-restore backup of ' + settings.database + ' is taken (--pre-backup)' if pre_backup else 'no pre-restore dump (the old database is kept instead; --pre-backup for one)'}",
+                    "  2. the backup is restored into a new database and checked",
+                    f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} are terminated, "
+                    f"and the databases are swapped by rename",
+                    f"  4. the current {settings.database} is "
+                    + (
+                        "DROPPED after the swap (--drop-old)"
+                        if drop_old
+                        else f"kept as {settings.database}_dbops_old_<time> (undo: invoke restore-undo)"
+                    ),
+                ]
+            ),
+            yes=yes,
+            expect=settings.database,
+            state="unchanged (nothing was touched)",
+            next_command=restore_command(path, "--yes"),
+        )
         lock_for_restore(agent, path)
-        pre_z = pre_backup_compression(settings, facts.get("database_size") or 0) if pre_backup else None
-        res = _restore_locked(settings, agent, path, manifest, jobs, t0, pre_z,
-                              pre_backup=pre_backup, drop_old=drop_old,
-                              from_revisions=facts.get("revisions"), out=out, warn=warn)
+        pre_z = (
+            pre_backup_compression(settings, facts.get("database_size") or 0)
+            if pre_backup
+            else None
+        )
+        res = _restore_locked(
+            settings,
+            agent,
+            path,
+            manifest,
+            jobs,
+            t0,
+            pre_z,
+            pre_backup=pre_backup,
+            drop_old=drop_old,
+            from_revisions=facts.get("revisions"),
+            out=out,
+            warn=warn,
+        )
         res["kept_before"] = facts["kept_old"]
         res["file"] = str(path)
         return res
@@ -342,12 +479,27 @@ def restore(settings: Settings, file: str, *, yes: bool = False, other_database:
 CONCURRENT_PRE_BACKUP = True
 
 
-def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict, jobs: int,
-                    t0: float, pre_z: str | None = None, *, pre_backup: bool = True,
-                    drop_old: bool = False, from_revisions: list | None = None,
-                    out: Out = print_note, warn: Out = print_note) -> dict:
-    record = {"file": str(path), "sha256": manifest["sha256"], "to": manifest["revisions"],
-              "backup_database": manifest["database"]}
+def _restore_locked(
+    settings: Settings,
+    agent: Agent,
+    path: Path,
+    manifest: dict,
+    jobs: int,
+    t0: float,
+    pre_z: str | None = None,
+    *,
+    pre_backup: bool = True,
+    drop_old: bool = False,
+    from_revisions: list | None = None,
+    out: Out = print_note,
+    warn: Out = print_note,
+) -> dict:
+    record = {
+        "file": str(path),
+        "sha256": manifest["sha256"],
+        "to": manifest["revisions"],
+        "backup_database": manifest["database"],
+    }
     name = None
     swapped = None
     pre = None
@@ -359,13 +511,17 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
         name = created["name"]
         for s in created["swept"]:
             out(f"dropped {s}, left behind by an interrupted restore")
-        job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name, jobs=jobs)
+        job = RestoreJob(
+            settings, agent.target, path, manifest, mode="restore", dbname=name, jobs=jobs
+        )
         t_started = time.monotonic()
         if pre_backup and pre is None:
             try:
                 pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
             except OpsError as exc:
-                raise OpsError(f"the pre-restore backup failed: {exc.message}", details=exc.details) from None
+                raise OpsError(
+                    f"the pre-restore backup failed: {exc.message}", details=exc.details
+                ) from None
         if pre is not None:
             record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
             out(f"pre-restore backup: {pre['path']}")
@@ -377,16 +533,22 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
         job = None
         t_restored = time.monotonic()
         if rc != 0:
-            raise OpsError(f"pg_restore into the new database {name} failed (status {rc})",
-                           details=lines[-8:])
-        check = agent.call("restore.check", name=name, tables=manifest["tables"],
-                           revisions=manifest["revisions"])
+            raise OpsError(
+                f"pg_restore into the new database {name} failed (status {rc})", details=lines[-8:]
+            )
+        check = agent.call(
+            "restore.check", name=name, tables=manifest["tables"], revisions=manifest["revisions"]
+        )
         t_checked = time.monotonic()
         sessions = agent.call("restore.facts")["sessions"]
         if sessions:
-            warn(f"warning: terminating {len(sessions)} session(s) connected to {settings.database}: "
-                 + ", ".join(f"pid {s['pid']} {s['application_name'] or '-'} ({s['user']}@{s['client']})"
-                             for s in sessions[:10]))
+            warn(
+                f"warning: terminating {len(sessions)} session(s) connected to {settings.database}: "
+                + ", ".join(
+                    f"pid {s['pid']} {s['application_name'] or '-'} ({s['user']}@{s['client']})"
+                    for s in sessions[:10]
+                )
+            )
         swapped = agent.call("restore.swap", name=name)
     except (OpsError, KeyboardInterrupt) as exc:
         message = exc.message if isinstance(exc, OpsError) else "interrupted"
@@ -397,36 +559,66 @@ def _restore_locked(settings: Settings, agent: Agent, path: Path, manifest: dict
                 agent.call("restore.drop", name=name)
             except Exception:
                 warn(f"warning: could not drop {name}; the next restore drops it")
-        audit.append(settings, "restore", result="failed", error=message,
-                     duration_s=round(time.monotonic() - t0, 3), **record)
+        audit.append(
+            settings,
+            "restore",
+            result="failed",
+            error=message,
+            duration_s=round(time.monotonic() - t0, 3),
+            **record,
+        )
         pre_note = f"pre-restore backup: {pre['path']}" if pre else "no pre-restore backup was kept"
-        raise OpsError(f"restore failed: {message}", details=getattr(exc, "details", []),
-                       state=f"{settings.database} is unchanged (the new database was dropped); {pre_note}",
-                       next_command=f"invoke verify-backup {path} --restore-test") from None
+        raise OpsError(
+            f"restore failed: {message}",
+            details=getattr(exc, "details", []),
+            state=f"{settings.database} is unchanged (the new database was dropped); {pre_note}",
+            next_command=f"invoke verify-backup {path} --restore-test",
+        ) from None
     old = swapped["old"]
     dropped = None
     if drop_old:  # only with a verified pre-restore backup (checked before anything)
         try:
             dropped = agent.call("restore.drop", name=old)["dropped"]
         except OpsError as exc:
-            warn(f"warning: could not drop the previous database {old}: {exc.message}; "
-                 f"drop it with: {_drop_command(old)}")
-    timings = {"pre_restore_backup_s": pre["manifest"]["duration_s"] if pre else None,
-               "pre_restore_backup_done_after_s": round(t_pre - t_started, 3) if pre else None,
-               "pg_restore_s": round(t_restored - t_started, 3),
-               "check_s": round(t_checked - t_restored, 3),
-               "swap_s": round(time.monotonic() - t_checked, 3),
-               "total_s": round(time.monotonic() - t0, 3)}
+            warn(
+                f"warning: could not drop the previous database {old}: {exc.message}; "
+                f"drop it with: {_drop_command(old)}"
+            )
+    timings = {
+        "pre_restore_backup_s": pre["manifest"]["duration_s"] if pre else None,
+        "pre_restore_backup_done_after_s": round(t_pre - t_started, 3) if pre else None,
+        "pg_restore_s": round(t_restored - t_started, 3),
+        "check_s": round(t_checked - t_restored, 3),
+        "swap_s": round(time.monotonic() - t_checked, 3),
+        "total_s": round(time.monotonic() - t0, 3),
+    }
     kept = None if dropped else old
-    audit.append(settings, "restore", result="ok", old_database=kept, dropped_old=dropped,
-                 terminated=len(swapped["terminated"]), duration_s=round(time.monotonic() - t0, 3),
-                 timings=timings, **record)
-    return {"database": settings.database, "revisions": check["revisions"], "tables": check["tables"],
-            "rows": check["rows"], "pre_restore_backup": pre["path"] if pre else None,
-            "old_database": kept, "dropped_old": dropped,
-            "drop_command": _drop_command(kept) if kept else None,
-            "undo_command": f"invoke restore-undo --name {kept} --yes" if kept else restore_command(pre['path'], "--yes"),
-            "terminated": swapped["terminated"], "timings": timings}
+    audit.append(
+        settings,
+        "restore",
+        result="ok",
+        old_database=kept,
+        dropped_old=dropped,
+        terminated=len(swapped["terminated"]),
+        duration_s=round(time.monotonic() - t0, 3),
+        timings=timings,
+        **record,
+    )
+    return {
+        "database": settings.database,
+        "revisions": check["revisions"],
+        "tables": check["tables"],
+        "rows": check["rows"],
+        "pre_restore_backup": pre["path"] if pre else None,
+        "old_database": kept,
+        "dropped_old": dropped,
+        "drop_command": _drop_command(kept) if kept else None,
+        "undo_command": f"invoke restore-undo --name {kept} --yes"
+        if kept
+        else restore_command(pre["path"], "--yes"),
+        "terminated": swapped["terminated"],
+        "timings": timings,
+    }
 
 
 def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> dict:
@@ -438,39 +630,78 @@ def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> d
         kept = facts["kept_old"]
         if name is None:
             if not kept:
-                raise OpsError(f"no kept previous database of {settings.database} (nothing to undo)",
-                               state="unchanged")
+                raise OpsError(
+                    f"no kept previous database of {settings.database} (nothing to undo)",
+                    state="unchanged",
+                )
             name = sorted(kept)[-1]
         elif name not in kept:
-            raise OpsError(f"{name} is not a kept previous database of {settings.database} "
-                           f"(kept: {', '.join(kept) or 'none'})", state="unchanged (nothing was touched)",
-                           next_command="invoke restore-undo   # the newest kept one")
-        confirm(settings, "\n".join([
-            f"Swap {name} back in as {settings.database} ({settings.target}).",
-            f"  {len(facts['sessions'])} session(s) connected to {settings.database} are terminated;",
-            f"  the current {settings.database} is kept as {settings.database}_dbops_old_<time>."]),
-            yes=yes, expect=settings.database, state="unchanged (nothing was touched)",
-            next_command=f"invoke restore-undo --name {name} --yes")
+            raise OpsError(
+                f"{name} is not a kept previous database of {settings.database} "
+                f"(kept: {', '.join(kept) or 'none'})",
+                state="unchanged (nothing was touched)",
+                next_command="invoke restore-undo   # the newest kept one",
+            )
+        confirm(
+            settings,
+            "\n".join(
+                [
+                    f"Swap {name} back in as {settings.database} ({settings.target}).",
+                    f"  {len(facts['sessions'])} session(s) connected to {settings.database} are terminated;",
+                    f"  the current {settings.database} is kept as {settings.database}_dbops_old_<time>.",
+                ]
+            ),
+            yes=yes,
+            expect=settings.database,
+            state="unchanged (nothing was touched)",
+            next_command=f"invoke restore-undo --name {name} --yes",
+        )
         try:
             agent.call("lock.acquire", purpose="restore")
         except AgentError as exc:
-            raise OpsError(exc.message, state="unchanged",
-                           next_command=f"wait for it to finish, then re-run: invoke restore-undo --name {name}") from None
+            raise OpsError(
+                exc.message,
+                state="unchanged",
+                next_command=f"wait for it to finish, then re-run: invoke restore-undo --name {name}",
+            ) from None
         try:
             swapped = agent.call("restore.swap", name=name)
         except AgentError as exc:
             audit.append(settings, "restore-undo", result="failed", error=exc.message, kept=name)
-            raise OpsError(f"undo failed: {exc.message}", state=f"{settings.database} is unchanged",
-                           next_command=f"invoke restore-undo --name {name} --yes") from None
+            raise OpsError(
+                f"undo failed: {exc.message}",
+                state=f"{settings.database} is unchanged",
+                next_command=f"invoke restore-undo --name {name} --yes",
+            ) from None
     old = swapped["old"]
-    audit.append(settings, "restore-undo", result="ok", swapped_in=name, old_database=old,
-                 terminated=len(swapped["terminated"]), duration_s=round(time.monotonic() - t0, 3))
-    return {"database": settings.database, "swapped_in": name, "old_database": old,
-            "drop_command": _drop_command(old), "terminated": swapped["terminated"]}
+    audit.append(
+        settings,
+        "restore-undo",
+        result="ok",
+        swapped_in=name,
+        old_database=old,
+        terminated=len(swapped["terminated"]),
+        duration_s=round(time.monotonic() - t0, 3),
+    )
+    return {
+        "database": settings.database,
+        "swapped_in": name,
+        "old_database": old,
+        "drop_command": _drop_command(old),
+        "terminated": swapped["terminated"],
+    }
 
 
-def _restore_partial(settings: Settings, agent: Agent, path: Path, manifest: dict, facts: dict, *,
-                     yes: bool, t0: float) -> dict:
+def _restore_partial(
+    settings: Settings,
+    agent: Agent,
+    path: Path,
+    manifest: dict,
+    facts: dict,
+    *,
+    yes: bool,
+    t0: float,
+) -> dict:
     """A touched (partial) backup holds the data of some relations only: it can only be put
     back into a database at the backup's revision (same schema), in one transaction."""
     from dbops.ops.touched import putback
@@ -478,37 +709,80 @@ def _restore_partial(settings: Settings, agent: Agent, path: Path, manifest: dic
     want, live = sorted(manifest["revisions"]), sorted(facts.get("revisions") or [])
     rev = "+".join(want) or "base"
     if facts.get("revisions") is None or want != live:
-        raise OpsError(f"{path.name} is a partial (touched) backup taken at {rev}; {settings.database} "
-                       f"is at {'+'.join(live) or 'base'}: its tables can only be put back at the "
-                       f"backup's revision", state="unchanged (nothing was touched)",
-                       next_command=f"invoke rollback --to={want[0] if want else 'base'}   "
-                                    f"# downgrades, then puts these tables back from it")
+        raise OpsError(
+            f"{path.name} is a partial (touched) backup taken at {rev}; {settings.database} "
+            f"is at {'+'.join(live) or 'base'}: its tables can only be put back at the "
+            f"backup's revision",
+            state="unchanged (nothing was touched)",
+            next_command=f"invoke rollback --to={want[0] if want else 'base'}   "
+            f"# downgrades, then puts these tables back from it",
+        )
     tables = manifest["tables"]
-    confirm(settings, "\n".join([
-        f"Put back the data of {len(tables)} table(s) from {path.name} (partial, taken "
-        f"{manifest['started_at']}, revision {rev}) into {settings.database} ({settings.target}):",
-        "  " + ", ".join(sorted(tables)),
-        "  their current rows are REPLACED by the backup's, in one transaction checked against",
-        "  the manifest's row counts; every other table is left as it is"]),
-        yes=yes, expect=settings.database, state="unchanged (nothing was touched)",
-        next_command=restore_command(path, "--yes"))
+    confirm(
+        settings,
+        "\n".join(
+            [
+                f"Put back the data of {len(tables)} table(s) from {path.name} (partial, taken "
+                f"{manifest['started_at']}, revision {rev}) into {settings.database} ({settings.target}):",
+                "  " + ", ".join(sorted(tables)),
+                "  their current rows are REPLACED by the backup's, in one transaction checked against",
+                "  the manifest's row counts; every other table is left as it is",
+            ]
+        ),
+        yes=yes,
+        expect=settings.database,
+        state="unchanged (nothing was touched)",
+        next_command=restore_command(path, "--yes"),
+    )
     lock_for_restore(agent, path)
     again = agent.call("restore.facts")
     if sorted(again.get("revisions") or []) != want:
-        raise OpsError(f"{settings.database} moved to {again.get('revisions')} meanwhile",
-                       state="unchanged (nothing was touched)", next_command=restore_command(path))
-    record = {"file": str(path), "sha256": manifest["sha256"], "to": manifest["revisions"],
-              "from": live, "partial": True, "tables": sorted(tables)}
+        raise OpsError(
+            f"{settings.database} moved to {again.get('revisions')} meanwhile",
+            state="unchanged (nothing was touched)",
+            next_command=restore_command(path),
+        )
+    record = {
+        "file": str(path),
+        "sha256": manifest["sha256"],
+        "to": manifest["revisions"],
+        "from": live,
+        "partial": True,
+        "tables": sorted(tables),
+    }
     try:
         res = putback(settings, agent, path, manifest)
     except OpsError as exc:
-        audit.append(settings, "restore", result="failed", error=exc.message,
-                     duration_s=round(time.monotonic() - t0, 3), **record)
-        raise OpsError(f"restore failed: {exc.message}", details=exc.details,
-                       state=f"{settings.database} is unchanged (one transaction, rolled back)",
-                       next_command=f"invoke verify-backup {path} --restore-test") from None
-    audit.append(settings, "restore", result="ok", duration_s=round(time.monotonic() - t0, 3), **record)
-    return {"database": settings.database, "file": str(path), "revisions": manifest["revisions"], "tables": res["tables"],
-            "rows": res["rows"], "pre_restore_backup": None, "old_database": None, "dropped_old": None,
-            "partial": True, "drop_command": None, "undo_command": None, "terminated": [],
-            "timings": {"total_s": round(time.monotonic() - t0, 3)}, "kept_before": facts["kept_old"]}
+        audit.append(
+            settings,
+            "restore",
+            result="failed",
+            error=exc.message,
+            duration_s=round(time.monotonic() - t0, 3),
+            **record,
+        )
+        raise OpsError(
+            f"restore failed: {exc.message}",
+            details=exc.details,
+            state=f"{settings.database} is unchanged (one transaction, rolled back)",
+            next_command=f"invoke verify-backup {path} --restore-test",
+        ) from None
+    audit.append(
+        settings, "restore", result="ok", duration_s=round(time.monotonic() - t0, 3), **record
+    )
+    return {
+        "database": settings.database,
+        "file": str(path),
+        "revisions": manifest["revisions"],
+        "tables": res["tables"],
+        "rows": res["rows"],
+        "pre_restore_backup": None,
+        "old_database": None,
+        "dropped_old": None,
+        "partial": True,
+        "drop_command": None,
+        "undo_command": None,
+        "terminated": [],
+        "timings": {"total_s": round(time.monotonic() - t0, 3)},
+        "kept_before": facts["kept_old"],
+    }

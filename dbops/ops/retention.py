@@ -18,9 +18,11 @@ from dbops import catalog
 
 
 def policy(settings) -> dict:
-    return {"last": settings.get("DBOPS_BACKUP_KEEP_LAST"),
-            "daily": settings.get("DBOPS_BACKUP_KEEP_DAILY"),
-            "weekly": settings.get("DBOPS_BACKUP_KEEP_WEEKLY")}
+    return {
+        "last": settings.get("DBOPS_BACKUP_KEEP_LAST"),
+        "daily": settings.get("DBOPS_BACKUP_KEEP_DAILY"),
+        "weekly": settings.get("DBOPS_BACKUP_KEEP_WEEKLY"),
+    }
 
 
 def plan(entries: list[dict], pol: dict) -> tuple[list[dict], list[dict]]:
@@ -43,7 +45,11 @@ def plan(entries: list[dict], pol: dict) -> tuple[list[dict], list[dict]]:
         buckets: list[str] = []
         for e in entries:
             when = datetime.fromisoformat(e["created_at"].replace("Z", "+00:00"))
-            b = when.strftime("%Y-%m-%d") if key == "daily" else "{}-W{:02d}".format(*when.isocalendar()[:2])
+            b = (
+                when.strftime("%Y-%m-%d")
+                if key == "daily"
+                else "{}-W{:02d}".format(*when.isocalendar()[:2])
+            )
             if b not in buckets:
                 if len(buckets) >= limit:
                     break

@@ -34,8 +34,15 @@ def cron_trigger(expr: str, timezone: str = "UTC"):
         return CronTrigger.from_crontab(expr, timezone=tz)
     if len(fields) == 6:
         second, minute, hour, day, month, dow = fields
-        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=dow, timezone=tz)
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=dow,
+            timezone=tz,
+        )
     raise ValueError(f"{len(fields)} fields (5 expected, or 6 with seconds first)")
 
 
@@ -93,7 +100,9 @@ def backup_interval_s(settings: Settings) -> float:
 def state_path(settings: Settings, job: str) -> Path:
     """One file per database and job, written only under that job's lock (a backup and a
     drill may run at the same time: they never write the same file)."""
-    return Path(settings.backup_dir) / f".dbops-schedule.{catalog.slug(settings.database)}.{job}.json"
+    return (
+        Path(settings.backup_dir) / f".dbops-schedule.{catalog.slug(settings.database)}.{job}.json"
+    )
 
 
 def read_state(settings: Settings, job: str) -> dict:
@@ -107,9 +116,17 @@ def read_state(settings: Settings, job: str) -> dict:
 def record_tick(settings: Settings, job: str, tick: datetime, result: str, **fields) -> None:
     """Write the job's last tick (atomically; call it holding the job's lock)."""
     catalog.ensure_dir(Path(settings.backup_dir))
-    catalog.write_json_atomic(state_path(settings, job), {
-        "database": settings.database, "job": job, "tick": iso(tick), "result": result,
-        "at": iso(datetime.now(UTC)), **fields})
+    catalog.write_json_atomic(
+        state_path(settings, job),
+        {
+            "database": settings.database,
+            "job": job,
+            "tick": iso(tick),
+            "result": result,
+            "at": iso(datetime.now(UTC)),
+            **fields,
+        },
+    )
 
 
 def last_tick(settings: Settings, job: str) -> datetime | None:
@@ -158,7 +175,10 @@ def run_tick(settings: Settings, job: str, tick: datetime) -> dict:
             agent.call("lock.acquire", purpose=f"scheduled {job}", scope=lock_scope(job))
         except AgentError as exc:
             if exc.kind == "locked":
-                return {"result": "skipped", "why": f"another instance holds the lock: {exc.message}"}
+                return {
+                    "result": "skipped",
+                    "why": f"another instance holds the lock: {exc.message}",
+                }
             raise
         done = last_tick(settings, job)
         if done is not None and done >= tick:
@@ -166,11 +186,17 @@ def run_tick(settings: Settings, job: str, tick: datetime) -> dict:
         try:
             if job == "backup":
                 from dbops.ops.backup import take_backup
+
                 res = take_backup(settings, agent, "scheduled", progress=False)
-                out = {"result": "ok", "backup": res["path"],
-                       "revisions": res["manifest"]["revisions"], "pruned": res["pruned"]}
+                out = {
+                    "result": "ok",
+                    "backup": res["path"],
+                    "revisions": res["manifest"]["revisions"],
+                    "pruned": res["pruned"],
+                }
             else:
                 from dbops.ops.drill import run_drill
+
                 res = run_drill(settings, agent)
                 out = {"result": "ok", "backup": res["backup"], "restore_s": res["restore_s"]}
         except OpsError as exc:
@@ -178,8 +204,7 @@ def run_tick(settings: Settings, job: str, tick: datetime) -> dict:
             raise
         except KeyboardInterrupt:  # stopped: the tick stays due (the next start catches up)
             raise
-        record_tick(settings, job, tick, "ok", **{k: v for k, v in out.items()
-                                                  if k in ("backup",)})
+        record_tick(settings, job, tick, "ok", **{k: v for k, v in out.items() if k in ("backup",)})
         return out
 
 
@@ -189,10 +214,15 @@ def describe(settings: Settings) -> list[dict]:
     rows = []
     for job, name in JOBS.items():
         trig = trigger_for(settings, job)
-        rows.append({"job": job, "schedule": settings.get(name),
-                     "next": iso(trig.get_next_fire_time(None, now)) if trig else None,
-                     "interval_s": interval_s(trig, now) if trig else None,
-                     "last_tick": iso(t) if (t := last_tick(settings, job)) else None})
+        rows.append(
+            {
+                "job": job,
+                "schedule": settings.get(name),
+                "next": iso(trig.get_next_fire_time(None, now)) if trig else None,
+                "interval_s": interval_s(trig, now) if trig else None,
+                "last_tick": iso(t) if (t := last_tick(settings, job)) else None,
+            }
+        )
     return rows
 
 

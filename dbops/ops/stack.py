@@ -19,5 +19,6 @@ def psql(settings: Settings, sql: str) -> int:
     """One SQL command on the target database, through the seam (psql next to the server)."""
     target = seam.target_for(settings)
     target.ensure_available()
-    return seam.run(target.pg(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", sql]),
-                    capture=False).returncode
+    return seam.run(
+        target.pg(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", sql]), capture=False
+    ).returncode

@@ -17,8 +17,11 @@ def call_status(agent: Agent) -> dict:
         return agent.call("status")
     except AgentError as exc:
         if exc.kind == "connect":
-            raise OpsError(exc.message, next_command=f"check POSTGRES_* in .env and that the "
-                           f"server is up ({agent.target.reach_hint()})") from None
+            raise OpsError(
+                exc.message,
+                next_command=f"check POSTGRES_* in .env and that the "
+                f"server is up ({agent.target.reach_hint()})",
+            ) from None
         raise
 
 
@@ -40,8 +43,10 @@ def format_current(st: dict) -> str:
         lines.append("current: base (no version row)")
     lines.append(f"heads:   {label(st['heads'])}")
     if st["unknown_current"]:
-        lines.append("state:   the version row names a revision the script directory does not "
-                     "have; run: invoke recover")
+        lines.append(
+            "state:   the version row names a revision the script directory does not "
+            "have; run: invoke recover"
+        )
     elif st["at_head"]:
         lines.append("state:   at head")
     else:
@@ -55,7 +60,9 @@ def format_history(st: dict) -> str:
         mark = "*" if h["is_current"] else ("+" if h["applied"] else " ")
         tags = " (head)" if h["is_head"] else ""
         tags += f" [{', '.join(h['branch_labels'])}]" if h["branch_labels"] else ""
-        lines.append(f"{mark} {h['down_revision'] or '<base>'} -> {h['revision']}{tags}  {h['message']}")
+        lines.append(
+            f"{mark} {h['down_revision'] or '<base>'} -> {h['revision']}{tags}  {h['message']}"
+        )
     lines.append("(* current, + applied)")
     return "\n".join(lines)
 
@@ -64,6 +71,8 @@ def format_heads(st: dict) -> str:
     msgs = {h["revision"]: h["message"] for h in st["history"]}
     lines = [f"{h}  {msgs.get(h, '')}" for h in st["heads"]]
     if len(st["heads"]) > 1:
-        lines.append(f"{len(st['heads'])} heads: merge them before migrating: "
-                     f"alembic merge -m 'merge heads' {' '.join(st['heads'])}")
+        lines.append(
+            f"{len(st['heads'])} heads: merge them before migrating: "
+            f"alembic merge -m 'merge heads' {' '.join(st['heads'])}"
+        )
     return "\n".join(lines)

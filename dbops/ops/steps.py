@@ -28,20 +28,26 @@ def refusal(exc: AgentError, current: list[str] | None = None, action: str = "mi
     if exc.kind == "multiple_heads":
         for h in d.get("head_info") or [{"revision": h, "message": ""} for h in d.get("heads", [])]:
             details.append(f"head {h['revision']}  {h.get('message', '')}")
-        nxt = (f"alembic merge -m 'merge heads' {' '.join(d.get('heads', []))}   "
-               f"(in the Alembic project; commit the merge revision, then: invoke {action})")
+        nxt = (
+            f"alembic merge -m 'merge heads' {' '.join(d.get('heads', []))}   "
+            f"(in the Alembic project; commit the merge revision, then: invoke {action})"
+        )
     elif exc.kind == "unknown_current":
         details.append("known revisions (newest first):")
         details += [f"  {c['revision']}  {c['message']}" for c in d.get("candidates", [])]
-        nxt = ("invoke doctor   (find which revision the schema really matches), then: "
-               "invoke stamp --to=<that revision>   (stamp changes no schema)")
+        nxt = (
+            "invoke doctor   (find which revision the schema really matches), then: "
+            "invoke stamp --to=<that revision>   (stamp changes no schema)"
+        )
     elif exc.kind == "bad_target":
         cands = d.get("candidates") or []
         if cands:
             details.append("candidates:")
-            details += [f"  {c['revision']}  {c.get('message', '')}"
-                        + (f"  [{', '.join(c['branch_labels'])}]" if c.get("branch_labels") else "")
-                        for c in cands]
+            details += [
+                f"  {c['revision']}  {c.get('message', '')}"
+                + (f"  [{', '.join(c['branch_labels'])}]" if c.get("branch_labels") else "")
+                for c in cands
+            ]
         if d.get("reason") == "below_current":
             nxt = "invoke rollback --to=REV   (rollback goes down; migrate only goes up)"
         else:
@@ -65,14 +71,18 @@ def acquire_lock(agent: Agent, purpose: str, current: list[str], action: str) ->
         agent.call("lock.acquire", purpose=purpose)
     except AgentError as exc:
         if exc.kind == "locked":
-            raise OpsError(exc.message, state=f"unchanged at {label(current)}",
-                           next_command=f"wait for it to finish (invoke current shows the result), "
-                                        f"then re-run: invoke {action}") from None
+            raise OpsError(
+                exc.message,
+                state=f"unchanged at {label(current)}",
+                next_command=f"wait for it to finish (invoke current shows the result), "
+                f"then re-run: invoke {action}",
+            ) from None
         raise
 
 
-def backup_before(settings: Settings, agent: Agent, reason: str, out: Out, current: list[str],
-                  action: str) -> str:
+def backup_before(
+    settings: Settings, agent: Agent, reason: str, out: Out, current: list[str], action: str
+) -> str:
     """The verified backup taken before a change (``reason``: pre-migrate, pre-rollback); a
     failed backup stops the operation before anything is changed. Returns the file's path."""
     from dbops.ops import backup as backup_op
@@ -81,18 +91,26 @@ def backup_before(settings: Settings, agent: Agent, reason: str, out: Out, curre
     try:
         res = backup_op.take_backup(settings, agent, reason)
     except OpsError as exc:
-        raise OpsError(f"the {reason} backup failed, so nothing was changed: {exc.message}",
-                       state=f"unchanged at {label(current)}",
-                       details=exc.details,
-                       next_command=f"fix the backup (invoke backup), or knowingly skip it: "
-                                    f"invoke {action} --no-backup") from None
+        raise OpsError(
+            f"the {reason} backup failed, so nothing was changed: {exc.message}",
+            state=f"unchanged at {label(current)}",
+            details=exc.details,
+            next_command=f"fix the backup (invoke backup), or knowingly skip it: "
+            f"invoke {action} --no-backup",
+        ) from None
     path = str(res["path"])
     out(f"backup: {path}")
     return path
 
 
-def run_steps(settings: Settings, agent: Agent, revisions: list[str], direction: str,
-              out: Out, done: list[dict]) -> None:
+def run_steps(
+    settings: Settings,
+    agent: Agent,
+    revisions: list[str],
+    direction: str,
+    out: Out,
+    done: list[dict],
+) -> None:
     """Apply (up) or undo (down) each revision in order, each as its own alembic run, retrying a
     lock timeout with backoff up to DBOPS_LOCK_RETRIES times (the agent re-reads the current
     revision before every attempt). Completed steps are appended to ``done``."""
@@ -104,37 +122,58 @@ def run_steps(settings: Settings, agent: Agent, revisions: list[str], direction:
         def note(rs, rev=rev) -> None:
             exc = rs.outcome.exception()
             wait = rs.next_action.sleep if rs.next_action else 0
-            holders = "; ".join(f"pid {b['pid']} {b['application_name']!r} ({b['state']}, "
-                                f"transaction open {b['xact_seconds']} s, locks {b['locks']})"
-                                for b in exc.agent_details.get("blockers") or [])
-            out(f"  lock_timeout ({settings.lock_timeout}) on {rev}, attempt {rs.attempt_number}/"
+            holders = "; ".join(
+                f"pid {b['pid']} {b['application_name']!r} ({b['state']}, "
+                f"transaction open {b['xact_seconds']} s, locks {b['locks']})"
+                for b in exc.agent_details.get("blockers") or []
+            )
+            out(
+                f"  lock_timeout ({settings.lock_timeout}) on {rev}, attempt {rs.attempt_number}/"
                 f"{retries + 1}: {holders or 'blocker gone'}; nothing waits behind us; retrying in "
-                f"{wait:.1f} s")
+                f"{wait:.1f} s"
+            )
 
         retrying = Retrying(
             stop=stop_after_attempt(retries + 1),
             wait=wait_exponential_jitter(initial=first_wait, max=15, jitter=0.5),
             retry=retry_if_exception(
-                lambda e: isinstance(e, AgentError) and e.kind == "lock_timeout"),
-            before_sleep=note, reraise=True)
+                lambda e: isinstance(e, AgentError) and e.kind == "lock_timeout"
+            ),
+            before_sleep=note,
+            reraise=True,
+        )
         t0 = time.monotonic()
         for attempt in retrying:
             with attempt:
                 attempts = attempt.retry_state.attempt_number
-                res = agent.call("migrate.step", revision=rev, direction=direction,
-                                 lock_timeout=settings.lock_timeout,
-                                 statement_timeout=settings.statement_timeout, attempt=attempts)
+                res = agent.call(
+                    "migrate.step",
+                    revision=rev,
+                    direction=direction,
+                    lock_timeout=settings.lock_timeout,
+                    statement_timeout=settings.statement_timeout,
+                    attempt=attempts,
+                )
         res["attempts"] = attempts
         res["wall_seconds"] = round(time.monotonic() - t0, 3)
         done.append(res)
         verb = "applied" if direction == "up" else "downgraded"
-        out(f"  {verb} {rev} in {res['seconds']:.2f} s"
+        out(
+            f"  {verb} {rev} in {res['seconds']:.2f} s"
             + (f" (after {attempts} attempts)" if attempts > 1 else "")
-            + (" (already done)" if res.get("skipped") else ""))
+            + (" (already done)" if res.get("skipped") else "")
+        )
 
 
-def step_failure(exc: AgentError, *, action: str, before: list[str], backup: str | None,
-                 retries: int, fix_hint: str) -> OpsError:
+def step_failure(
+    exc: AgentError,
+    *,
+    action: str,
+    before: list[str],
+    backup: str | None,
+    retries: int,
+    fix_hint: str,
+) -> OpsError:
     d = exc.agent_details
     after = d.get("after", before)
     rev = d.get("revision", "?")
@@ -142,27 +181,35 @@ def step_failure(exc: AgentError, *, action: str, before: list[str], backup: str
     if exc.kind == "lock_timeout":
         details.append(f"gave up after {retries + 1} attempts; the sessions holding locks:")
         for b in d.get("blockers") or []:
-            details.append(f"  pid {b['pid']} {b['application_name']!r} user {b['user']} "
-                           f"{b['state']} since {b['xact_start']} ({b['xact_seconds']} s): "
-                           f"{b['locks']}; last query: {b['query']}")
+            details.append(
+                f"  pid {b['pid']} {b['application_name']!r} user {b['user']} "
+                f"{b['state']} since {b['xact_start']} ({b['xact_seconds']} s): "
+                f"{b['locks']}; last query: {b['query']}"
+            )
         if not d.get("blockers"):
             details.append("  (none left now: it may have just finished; re-run)")
     if d.get("transactional") is False:
-        details.append(f"{rev} uses autocommit_block(): it ran partly OUTSIDE a transaction, so "
-                       f"statements before the failure may have committed")
+        details.append(
+            f"{rev} uses autocommit_block(): it ran partly OUTSIDE a transaction, so "
+            f"statements before the failure may have committed"
+        )
     elif "transactional" in d:
         details.append(f"{rev} ran in a transaction: its changes were rolled back")
     if d.get("dropped_invalid_indexes"):
-        details.append(f"dropped the INVALID index(es) the failed attempt left: "
-                       f"{', '.join(d['dropped_invalid_indexes'])}")
+        details.append(
+            f"dropped the INVALID index(es) the failed attempt left: "
+            f"{', '.join(d['dropped_invalid_indexes'])}"
+        )
     if d.get("invalid_indexes"):
         details.append(f"INVALID indexes in the database now: {', '.join(d['invalid_indexes'])}")
     if backup:
         details.append(f"{action} backup: {backup}")
     state = f"before {action}: {label(before)}; now: {label(after)}"
     if exc.kind == "lock_timeout":
-        nxt = (f"end or wait for the blocking session(s) above (SELECT pg_terminate_backend(pid) "
-               f"only if you own them), then re-run: invoke {action}")
+        nxt = (
+            f"end or wait for the blocking session(s) above (SELECT pg_terminate_backend(pid) "
+            f"only if you own them), then re-run: invoke {action}"
+        )
     elif d.get("transactional") is False:
         nxt = f"invoke doctor   (see what {rev} left behind), then {fix_hint}"
     else:
@@ -172,27 +219,34 @@ def step_failure(exc: AgentError, *, action: str, before: list[str], backup: str
 
 def cut_short(before: list[str], done: list[str], how: str = "") -> str:
     """The state after a run that ended mid-way: what it completed, and the step in progress."""
-    return (f"before: {label(before)}; completed by this run: {', '.join(done) or 'nothing'}; "
-            f"the step in progress was rolled back{' ' + how if how else ''}, unless it used "
-            f"autocommit_block()")
+    return (
+        f"before: {label(before)}; completed by this run: {', '.join(done) or 'nothing'}; "
+        f"the step in progress was rolled back{' ' + how if how else ''}, unless it used "
+        f"autocommit_block()"
+    )
 
 
-def agent_died(action: str, exc: OpsError, before: list[str], done: list[str],
-               backup: str | None) -> OpsError:
-    return OpsError(f"{action} stopped: {exc.message}",
-                    state=cut_short(before, done, "by PostgreSQL when its connection ended"),
-                    details=[f"{action} backup: {backup}"] if backup else [],
-                    next_command="invoke current   (then invoke doctor)")
+def agent_died(
+    action: str, exc: OpsError, before: list[str], done: list[str], backup: str | None
+) -> OpsError:
+    return OpsError(
+        f"{action} stopped: {exc.message}",
+        state=cut_short(before, done, "by PostgreSQL when its connection ended"),
+        details=[f"{action} backup: {backup}"] if backup else [],
+        next_command="invoke current   (then invoke doctor)",
+    )
 
 
 def interrupted(action: str, before: list[str], done: list[str], backup: str | None) -> OpsError:
     """Ctrl-C mid-run: the agent died with the terminal's signal; the revision that was running
     was rolled back if it ran in a transaction. Say what is known and how to find out the rest."""
-    return OpsError(f"{action} interrupted", exit_code=130,
-                    state=cut_short(before, done),
-                    details=[f"{action} backup: {backup}"] if backup else [],
-                    next_command="invoke current   (then invoke doctor if a revision used "
-                                 "autocommit_block)")
+    return OpsError(
+        f"{action} interrupted",
+        exit_code=130,
+        state=cut_short(before, done),
+        details=[f"{action} backup: {backup}"] if backup else [],
+        next_command="invoke current   (then invoke doctor if a revision used autocommit_block)",
+    )
 
 
 @dataclass
@@ -217,9 +271,15 @@ class Run:
 
     def write(self, **outcome) -> dict:
         applied = {r: self.hashes[r] for r in self.completed()}
-        return audit.append(self.settings, self.action, **self.record, **outcome, steps=self.done,
-                            duration_s=round(time.monotonic() - self.started, 3),
-                            **{key: dict(applied) for key in self.hash_keys})
+        return audit.append(
+            self.settings,
+            self.action,
+            **self.record,
+            **outcome,
+            steps=self.done,
+            duration_s=round(time.monotonic() - self.started, 3),
+            **{key: dict(applied) for key in self.hash_keys},
+        )
 
 
 def audited(run: Run, body: Callable[[], dict], failure: Callable[[AgentError], OpsError]) -> dict:
@@ -234,8 +294,13 @@ def audited(run: Run, body: Callable[[], dict], failure: Callable[[AgentError], 
     except AgentError as exc:
         err = failure(exc)
         d = exc.agent_details
-        run.write(to=d.get("after", d.get("current")), result="failed", error=exc.message,
-                  error_kind=exc.kind, state=err.state)
+        run.write(
+            to=d.get("after", d.get("current")),
+            result="failed",
+            error=exc.message,
+            error_kind=exc.kind,
+            state=err.state,
+        )
         raise err from None
     except OpsError as exc:
         run.write(to=None, result="failed", error=exc.message, error_kind="agent_died")

@@ -65,10 +65,17 @@ def _markers(lines: list[str]) -> tuple[dict, list[str]]:
     return markers, messages
 
 
-def _run_pg(settings: Settings, launch: seam.Launch, stdin=subprocess.DEVNULL) -> tuple[int, dict, list[str]]:
+def _run_pg(
+    settings: Settings, launch: seam.Launch, stdin=subprocess.DEVNULL
+) -> tuple[int, dict, list[str]]:
     lines: list[str] = []
-    proc = seam.start(launch, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                      start_new_session=True)
+    proc = seam.start(
+        launch,
+        stdin=stdin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     drain = threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True)
     drain.start()
     try:
@@ -80,19 +87,24 @@ def _run_pg(settings: Settings, launch: seam.Launch, stdin=subprocess.DEVNULL) -
     return rc, markers, [seam.mask(m, settings.secrets()) for m in messages]
 
 
-def touched_set(settings: Settings, agent: Agent, target: str, current: list[str],
-                warn: Out = print_note) -> dict:
+def touched_set(
+    settings: Settings, agent: Agent, target: str, current: list[str], warn: Out = print_note
+) -> dict:
     """The agent's touched-set answer (see dbops/agent/touched.py), the scratch copy always dropped."""
     made = agent.call("touched.scratch")
     name = made["name"]
     for old in made["swept"]:
         warn(f"dropped {old}, left behind by an interrupted touched-set run")
     try:
-        rc, markers, messages = _run_pg(settings, agent.target.pg(
-            ["sh", "-c", SCHEMA_COPY_SCRIPT, "dbops-schema-copy", name]))
+        rc, markers, messages = _run_pg(
+            settings, agent.target.pg(["sh", "-c", SCHEMA_COPY_SCRIPT, "dbops-schema-copy", name])
+        )
         if markers.get("dump_exit") != "0" or markers.get("load_exit") != "0":
-            return {"full": "copying the schema into a scratch database failed: "
-                            + ("; ".join(messages[-3:]) or f"status {rc}"), "relations": {}}
+            return {
+                "full": "copying the schema into a scratch database failed: "
+                + ("; ".join(messages[-3:]) or f"status {rc}"),
+                "relations": {},
+            }
         return agent.call("touched.trace", name=name, to=target, current=current)
     finally:
         try:
@@ -101,17 +113,29 @@ def touched_set(settings: Settings, agent: Agent, target: str, current: list[str
             warn(f"warning: could not drop the scratch database {name}: {exc.message}")
 
 
-def premigrate_backup(settings: Settings, agent: Agent, out: Out, current: list[str], target: str,
-                      take_full, warn: Out = print_note) -> str | None:
+def premigrate_backup(
+    settings: Settings,
+    agent: Agent,
+    out: Out,
+    current: list[str],
+    target: str,
+    take_full,
+    warn: Out = print_note,
+) -> str | None:
     """The pre-migrate backup as DBOPS_PREMIGRATE_BACKUP says. ``take_full(reason)`` takes a
     full one (migrate's own helper: its failure message and next command). Returns the path."""
     from dbops.ops import backup as backup_op
 
     how = mode(settings)
     if how == "none":
-        out("backup: skipped (DBOPS_PREMIGRATE_BACKUP=none)"
-            + ("  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"
-               if settings.is_production else ""))
+        out(
+            "backup: skipped (DBOPS_PREMIGRATE_BACKUP=none)"
+            + (
+                "  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"
+                if settings.is_production
+                else ""
+            )
+        )
         return None
     if how == "auto":
         last = catalog.newest_verified(settings, settings.database)
@@ -122,12 +146,16 @@ def premigrate_backup(settings: Settings, agent: Agent, out: Out, current: list[
             basis = "half the database size"
         limit = full_max_bytes(settings)
         if estimate <= limit:
-            out(f"backup: full (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} <= "
-                f"DBOPS_PREMIGRATE_FULL_MAX_MB {fmt_bytes(limit)})")
+            out(
+                f"backup: full (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} <= "
+                f"DBOPS_PREMIGRATE_FULL_MAX_MB {fmt_bytes(limit)})"
+            )
             return take_full()
         how = "touched"
-        out(f"backup: touched (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} > "
-            f"{fmt_bytes(limit)})")
+        out(
+            f"backup: touched (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} > "
+            f"{fmt_bytes(limit)})"
+        )
     if how == "full":
         return take_full()
     try:
@@ -137,22 +165,29 @@ def premigrate_backup(settings: Settings, agent: Agent, out: Out, current: list[
     if ts.get("full"):
         out(f"backup: full instead of touched: {ts['full']}")
         return take_full()
-    out(f"touched by the pending revisions ({len(ts['tables'])} table(s), "
-        f"{len(ts['sequences'])} sequence(s)):")
+    out(
+        f"touched by the pending revisions ({len(ts['tables'])} table(s), "
+        f"{len(ts['sequences'])} sequence(s)):"
+    )
     for name, why in sorted(ts["relations"].items()):
         out(f"  {name}: {why}")
     try:
         res = backup_op.take_backup(settings, agent, "pre-migrate", touched=ts, prune=True)
     except OpsError as exc:
-        raise OpsError(f"the pre-migrate (touched) backup failed, so nothing was changed: {exc.message}",
-                       state=f"unchanged at {'+'.join(current) or 'base'}", details=exc.details,
-                       next_command="fix the backup (invoke backup), or knowingly skip it: "
-                                    "invoke migrate --no-backup") from None
+        raise OpsError(
+            f"the pre-migrate (touched) backup failed, so nothing was changed: {exc.message}",
+            state=f"unchanged at {'+'.join(current) or 'base'}",
+            details=exc.details,
+            next_command="fix the backup (invoke backup), or knowingly skip it: "
+            "invoke migrate --no-backup",
+        ) from None
     out(f"backup (touched, partial): {res['path']}")
     return str(res["path"])
 
 
-def putback(settings: Settings, agent: Agent, path, manifest: dict, only: list[str] | None = None) -> dict:
+def putback(
+    settings: Settings, agent: Agent, path, manifest: dict, only: list[str] | None = None
+) -> dict:
     """Replace the data of a partial backup's relations (``only``: those of them) on the live
     database with the backup's, in ONE transaction that checks every table's row count against
     the manifest. The caller holds the lock and has checked the live revision."""
@@ -160,11 +195,15 @@ def putback(settings: Settings, agent: Agent, path, manifest: dict, only: list[s
 
     counts = {q: n for q, n in manifest["tables"].items() if only is None or q in only}
     tables = sorted(counts)
-    sequences = [q for q in (manifest.get("touched") or {}).get("sequences") or []
-                 if only is None or q in only]
+    sequences = [
+        q
+        for q in (manifest.get("touched") or {}).get("sequences") or []
+        if only is None or q in only
+    ]
     try:
-        sqls = agent.call("putback.sql", tables=counts, sequences=sequences,
-                          lock_timeout=settings.lock_timeout)
+        sqls = agent.call(
+            "putback.sql", tables=counts, sequences=sequences, lock_timeout=settings.lock_timeout
+        )
     except AgentError as exc:
         raise OpsError(exc.message, state="unchanged") from None
     select: list[str] = []
@@ -172,14 +211,33 @@ def putback(settings: Settings, agent: Agent, path, manifest: dict, only: list[s
         schema, name = q.split(".", 1)
         select += ["-n", schema, "-t", name]
     with open(Path(path), "rb") as src:
-        rc, markers, messages = _run_pg(settings, agent.target.pg(
-            ["sh", "-c", PUTBACK_SCRIPT, "dbops-putback", sqls["prelude"], sqls["postlude"], *select]),
-            stdin=src)
+        rc, markers, messages = _run_pg(
+            settings,
+            agent.target.pg(
+                [
+                    "sh",
+                    "-c",
+                    PUTBACK_SCRIPT,
+                    "dbops-putback",
+                    sqls["prelude"],
+                    sqls["postlude"],
+                    *select,
+                ]
+            ),
+            stdin=src,
+        )
     if rc != 0 or markers.get("psql_exit") != "0" or "restore_failed" in markers:
-        raise OpsError("putting the backup's rows back failed; the transaction was rolled back",
-                       details=messages[-8:], state="the touched tables are unchanged (one transaction)")
-    return {"tables": len(tables), "rows": sum(counts.values()), "sequences": len(sequences),
-            "names": tables}
+        raise OpsError(
+            "putting the backup's rows back failed; the transaction was rolled back",
+            details=messages[-8:],
+            state="the touched tables are unchanged (one transaction)",
+        )
+    return {
+        "tables": len(tables),
+        "rows": sum(counts.values()),
+        "sequences": len(sequences),
+        "names": tables,
+    }
 
 
 def lossy(entry: dict) -> dict[str, str]:
@@ -219,18 +277,36 @@ def putback_after_rollback(settings: Settings, agent: Agent, entry: dict, out, t
         manifest, problems = catalog.check_backup(path, full=True)
         if manifest is None or problems:
             raise OpsError(f"{path.name} no longer matches its manifest: {'; '.join(problems)}")
-        out(f"putting back the rows of {', '.join(q for q in only if q in manifest['tables'])} "
-            f"from {path.name} ...")
+        out(
+            f"putting back the rows of {', '.join(q for q in only if q in manifest['tables'])} "
+            f"from {path.name} ..."
+        )
         res = putback(settings, agent, path, manifest, only=only)
     except OpsError as exc:
-        audit.append(settings, "putback", result="failed", error=exc.message,
-                     duration_s=round(time.monotonic() - t0, 3), **record)
-        raise OpsError(f"downgraded to {tlabel}, but putting the lost rows back failed: {exc.message}",
-                       details=exc.details,
-                       state=f"at {tlabel}; the touched tables are as the downgrade left them "
-                             f"(the put-back is one transaction)",
-                       next_command=f"invoke restore {path} --yes   # retries the put-back") from None
-    audit.append(settings, "putback", result="ok", rows=res["rows"],
-                 duration_s=round(time.monotonic() - t0, 3), **record)
-    out(f"put back: {res['tables']} table(s), {res['rows']} rows, counts checked against the manifest")
+        audit.append(
+            settings,
+            "putback",
+            result="failed",
+            error=exc.message,
+            duration_s=round(time.monotonic() - t0, 3),
+            **record,
+        )
+        raise OpsError(
+            f"downgraded to {tlabel}, but putting the lost rows back failed: {exc.message}",
+            details=exc.details,
+            state=f"at {tlabel}; the touched tables are as the downgrade left them "
+            f"(the put-back is one transaction)",
+            next_command=f"invoke restore {path} --yes   # retries the put-back",
+        ) from None
+    audit.append(
+        settings,
+        "putback",
+        result="ok",
+        rows=res["rows"],
+        duration_s=round(time.monotonic() - t0, 3),
+        **record,
+    )
+    out(
+        f"put back: {res['tables']} table(s), {res['rows']} rows, counts checked against the manifest"
+    )
     return res

@@ -50,8 +50,9 @@ def guarded(fn):
                 write_result({"ok": True, "result": result})
             return result
         except OpsError as exc:
-            write_result({"ok": False, "error": exc.message, "state": exc.state,
-                          "next": exc.next_command})
+            write_result(
+                {"ok": False, "error": exc.message, "state": exc.state, "next": exc.next_command}
+            )
             print(exc.render(), file=sys.stderr, flush=True)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
@@ -70,7 +71,10 @@ def observed_task(flags: dict[str, str], *, notify: bool = False):
     from dbops import events
 
     def deco(fn):
-        return task(help={**flags, "log-format": LOG_FORMAT_HELP})(guarded(events.observed(notify)(fn)))
+        return task(help={**flags, "log-format": LOG_FORMAT_HELP})(
+            guarded(events.observed(notify)(fn))
+        )
+
     return deco
 
 

@@ -18,24 +18,35 @@ def _partial_note(e: dict) -> list[str]:
     if not e.get("partial"):
         return []
     tables = ((e["manifest"] or {}).get("touched") or {}).get("tables") or []
-    return [f"partial: data of {len(tables)} touched table(s) only: " + ", ".join(tables[:6])
-            + (" …" if len(tables) > 6 else "")]
+    return [
+        f"partial: data of {len(tables)} touched table(s) only: "
+        + ", ".join(tables[:6])
+        + (" …" if len(tables) > 6 else "")
+    ]
 
 
-@observed_task({"jobs": "parallel dump with N workers (directory format, stored as a .dir.tar)",
-                "reason": "recorded in the manifest (default: manual)",
-                "no-retention": "do not apply the retention policy after this backup"}, notify=True)
+@observed_task(
+    {
+        "jobs": "parallel dump with N workers (directory format, stored as a .dir.tar)",
+        "reason": "recorded in the manifest (default: manual)",
+        "no-retention": "do not apply the retention policy after this backup",
+    },
+    notify=True,
+)
 def backup(c, jobs=None, reason="manual", no_retention=False):
     """Take a verified backup of the database (pg_dump next to the server, read back in full)."""
     s = settings(c)
-    res = backup_op.backup(s, reason=reason, jobs=int(jobs) if jobs else None,
-                           prune=not no_retention, warn=print_note)
+    res = backup_op.backup(
+        s, reason=reason, jobs=int(jobs) if jobs else None, prune=not no_retention, warn=print_note
+    )
     m = res["manifest"]
     events.note(backup=res["path"], revisions=m["revisions"], size=m["size"])
     print(f"backup: {res['path']}")
-    print(f"  {backup_op.fmt_bytes(m['size'])}, {len(m['tables'])} tables, "
-          f"{sum(m['tables'].values())} rows, revision {label(m['revisions'], short=True)}, "
-          f"verified (full read), {m['duration_s']:.1f} s, compression {m['compression']}")
+    print(
+        f"  {backup_op.fmt_bytes(m['size'])}, {len(m['tables'])} tables, "
+        f"{sum(m['tables'].values())} rows, revision {label(m['revisions'], short=True)}, "
+        f"verified (full read), {m['duration_s']:.1f} s, compression {m['compression']}"
+    )
     print(f"  manifest: {res['manifest_path']}")
     for p in res["pruned"]:
         print(f"  retention removed: {p}")
@@ -43,9 +54,13 @@ def backup(c, jobs=None, reason="manual", no_retention=False):
     return {"path": str(res["path"]), "revisions": m["revisions"], "size": m["size"]}
 
 
-@task(help={"json": "print the list as JSON (for scripts)",
-            "check": "also re-hash every file against its manifest (slower)",
-            "all": "list backups of every database in the folder, not only POSTGRES_DB"})
+@task(
+    help={
+        "json": "print the list as JSON (for scripts)",
+        "check": "also re-hash every file against its manifest (slower)",
+        "all": "list backups of every database in the folder, not only POSTGRES_DB",
+    }
+)
 @guarded
 def backups(c, json_=False, check=False, all_=False):
     """List backups, newest first: time, size, revision, reason, verified."""
@@ -60,27 +75,49 @@ def backups(c, json_=False, check=False, all_=False):
         print(f"no backups of {s.database} in {s.backup_dir}")
         return
     if render.is_terminal():
-        render.table([("created (UTC)", "left"), ("size", "right"), ("revision", "left"),
-                      ("reason", "left"), ("verified", "left"), ("file", "left")],
-                     [(e["created_at"][:19], backup_op.fmt_bytes(e["size"]), label(e["revisions"], short=True),
-                       e["reason"] or "?", ("yes" if e["verified"] else "NO") + (" partial" if e.get("partial") else ""),
-                       e["path"]) for e in entries],
-                     notes={i: [f"NOT A BACKUP: {p}" for p in e["problems"]] + _partial_note(e)
-                            for i, e in enumerate(entries)},
-                     styles={i: "red" for i, e in enumerate(entries) if not e["verified"]})
+        render.table(
+            [
+                ("created (UTC)", "left"),
+                ("size", "right"),
+                ("revision", "left"),
+                ("reason", "left"),
+                ("verified", "left"),
+                ("file", "left"),
+            ],
+            [
+                (
+                    e["created_at"][:19],
+                    backup_op.fmt_bytes(e["size"]),
+                    label(e["revisions"], short=True),
+                    e["reason"] or "?",
+                    ("yes" if e["verified"] else "NO") + (" partial" if e.get("partial") else ""),
+                    e["path"],
+                )
+                for e in entries
+            ],
+            notes={
+                i: [f"NOT A BACKUP: {p}" for p in e["problems"]] + _partial_note(e)
+                for i, e in enumerate(entries)
+            },
+            styles={i: "red" for i, e in enumerate(entries) if not e["verified"]},
+        )
         return
     print(f"{'created (UTC)':20}  {'size':>9}  {'revision':14} {'reason':13} {'verified':11} file")
     for e in entries:
         mark = ("yes" if e["verified"] else "NO") + (" partial" if e.get("partial") else "")
-        print(f"{e['created_at'][:19]:20}  {backup_op.fmt_bytes(e['size']):>9}  "
-              f"{label(e['revisions'], short=True):14} {(e['reason'] or '?'):13} {mark:11} {e['path']}")
+        print(
+            f"{e['created_at'][:19]:20}  {backup_op.fmt_bytes(e['size']):>9}  "
+            f"{label(e['revisions'], short=True):14} {(e['reason'] or '?'):13} {mark:11} {e['path']}"
+        )
         for note in _partial_note(e):
             print(f"{'':24}{note}")
         for p in e["problems"]:
             print(f"{'':24}NOT A BACKUP: {p}")
 
 
-@observed_task({"restore-test": "also restore into a scratch database and compare row counts, then drop it"})
+@observed_task(
+    {"restore-test": "also restore into a scratch database and compare row counts, then drop it"}
+)
 def verify_backup(c, file, restore_test=False):
     """Check a backup (FILE, or 'latest'): sha256 against its manifest and a full read."""
     res = restore_op.verify(settings(c), file, restore_test=restore_test, warn=print_note)
@@ -89,32 +126,55 @@ def verify_backup(c, file, restore_test=False):
         print(f"  {line}")
 
 
-@observed_task({"yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
-                "other-database": "allow restoring a backup taken of a differently named database",
-                "jobs": "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a temporary copy next to the server)",
-                "pre-backup": "also dump the live database first (the kept old database is already the undo)",
-                "drop-old": "drop the previous database after the swap (needs --pre-backup)"}, notify=True)
+@observed_task(
+    {
+        "yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
+        "other-database": "allow restoring a backup taken of a differently named database",
+        "jobs": "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a temporary copy next to the server)",
+        "pre-backup": "also dump the live database first (the kept old database is already the undo)",
+        "drop-old": "drop the previous database after the swap (needs --pre-backup)",
+    },
+    notify=True,
+)
 def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=False, drop_old=False):
     """Restore a backup (FILE, or 'latest'): into a new database, checked, swapped by rename."""
-    res = restore_op.restore(settings(c), file, yes=yes, other_database=other_database,
-                             jobs=int(jobs) if jobs else None, pre_backup=pre_backup,
-                             drop_old=drop_old, out=print_note, warn=print_note)
+    res = restore_op.restore(
+        settings(c),
+        file,
+        yes=yes,
+        other_database=other_database,
+        jobs=int(jobs) if jobs else None,
+        pre_backup=pre_backup,
+        drop_old=drop_old,
+        out=print_note,
+        warn=print_note,
+    )
     events.note(backup=res["file"], revisions=res["revisions"])
     if res.get("partial"):
-        print(f"restored (partial): {res['tables']} touched table(s) of {res['database']} hold the rows of "
-              f"{res['file']} again ({res['rows']} rows, counts checked in the same transaction); "
-              f"{res['timings']['total_s']:.1f} s")
+        print(
+            f"restored (partial): {res['tables']} touched table(s) of {res['database']} hold the rows of "
+            f"{res['file']} again ({res['rows']} rows, counts checked in the same transaction); "
+            f"{res['timings']['total_s']:.1f} s"
+        )
         return
-    print(f"restored: {res['database']} now holds {res['file']} (revision {label(res['revisions'], short=True)})")
-    print(f"  checked: {res['tables']} tables, {res['rows']} rows, alembic revision as in the manifest")
+    print(
+        f"restored: {res['database']} now holds {res['file']} (revision {label(res['revisions'], short=True)})"
+    )
+    print(
+        f"  checked: {res['tables']} tables, {res['rows']} rows, alembic revision as in the manifest"
+    )
     t = res["timings"]
     if res["pre_restore_backup"]:
         print(f"  pre-restore backup: {res['pre_restore_backup']}")
-        print(f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s (pre-restore backup "
-              f"{t['pre_restore_backup_s']:.1f} s alongside), checks {t['check_s']:.1f} s, swap {t['swap_s']:.1f} s")
+        print(
+            f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s (pre-restore backup "
+            f"{t['pre_restore_backup_s']:.1f} s alongside), checks {t['check_s']:.1f} s, swap {t['swap_s']:.1f} s"
+        )
     else:
-        print(f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s, checks {t['check_s']:.1f} s, "
-              f"swap {t['swap_s']:.1f} s")
+        print(
+            f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s, checks {t['check_s']:.1f} s, "
+            f"swap {t['swap_s']:.1f} s"
+        )
     if res["old_database"]:
         print(f"  previous database kept as: {res['old_database']}")
         print(f"  undo (rename it back): {res['undo_command']}")
@@ -126,8 +186,13 @@ def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=Fals
         print(f"  also still kept from earlier restores: {', '.join(res['kept_before'])}")
 
 
-@observed_task({"name": "the kept database to swap back in (default: the newest <db>_dbops_old_<time>)",
-                "yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)"}, notify=True)
+@observed_task(
+    {
+        "name": "the kept database to swap back in (default: the newest <db>_dbops_old_<time>)",
+        "yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
+    },
+    notify=True,
+)
 def restore_undo(c, name=None, yes=False):
     """Undo a restore: swap the kept <db>_dbops_old_<time> (NAME, default the newest) back in by rename."""
     res = restore_op.undo(settings(c), name, yes=yes)

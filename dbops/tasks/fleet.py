@@ -25,20 +25,32 @@ def settings(c) -> Settings:
     return load_settings(project_dir, {"POSTGRES_USER": "-", "POSTGRES_DB": "-", **cfg})
 
 
-@task(help={
-    "verb": f"what to run on every database: {', '.join(fleet_run.VERBS)}",
-    "parallel": "at most N databases at once (default 1; mind the server's max_connections)",
-    "per_server": "at most N at once on any one server (default 0: only --parallel bounds)",
-    "canary": "run the first K databases of the plan first; any canary failure stops the run",
-    "max_failures": "start no new database once F have failed (default 1; 0 = no limit)",
-    "resume": "continue the last run of this verb: skip every database it completed",
-    "only": "comma-separated member names (rerun one database with the fleet's settings)",
-    "to": "migrate: target revision (default head)",
-    "json": "print the result as JSON (progress goes to stderr)",
-})
+@task(
+    help={
+        "verb": f"what to run on every database: {', '.join(fleet_run.VERBS)}",
+        "parallel": "at most N databases at once (default 1; mind the server's max_connections)",
+        "per_server": "at most N at once on any one server (default 0: only --parallel bounds)",
+        "canary": "run the first K databases of the plan first; any canary failure stops the run",
+        "max_failures": "start no new database once F have failed (default 1; 0 = no limit)",
+        "resume": "continue the last run of this verb: skip every database it completed",
+        "only": "comma-separated member names (rerun one database with the fleet's settings)",
+        "to": "migrate: target revision (default head)",
+        "json": "print the result as JSON (progress goes to stderr)",
+    }
+)
 @guarded
-def fleet(c, verb, parallel=1, canary=0, max_failures=1, resume=False, only=None, to=None,
-          json_=False, per_server=0):
+def fleet(
+    c,
+    verb,
+    parallel=1,
+    canary=0,
+    max_failures=1,
+    resume=False,
+    only=None,
+    to=None,
+    json_=False,
+    per_server=0,
+):
     """Run migrate|backup|doctor|current|rehearse on every database of fleet.toml.
 
     Canaries first, then the waves in order; each database runs the ordinary task (its own lock,
@@ -49,12 +61,23 @@ def fleet(c, verb, parallel=1, canary=0, max_failures=1, resume=False, only=None
         if verb != "migrate":
             raise ConfigError("--to applies to invoke fleet migrate only")
         flags = ["--to", to]
-    out = (lambda line: print(line, file=sys.stderr, flush=True)) if json_ else \
-        (lambda line: print(line, flush=True))
-    runner = fleet_run.FleetRun(settings(c), verb, flags=flags, parallel=int(parallel),
-                                canary=int(canary), max_failures=int(max_failures), resume=resume,
-                                only=[n.strip() for n in only.split(",") if n.strip()] if only else None,
-                                out=out, per_server=int(per_server))
+    out = (
+        (lambda line: print(line, file=sys.stderr, flush=True))
+        if json_
+        else (lambda line: print(line, flush=True))
+    )
+    runner = fleet_run.FleetRun(
+        settings(c),
+        verb,
+        flags=flags,
+        parallel=int(parallel),
+        canary=int(canary),
+        max_failures=int(max_failures),
+        resume=resume,
+        only=[n.strip() for n in only.split(",") if n.strip()] if only else None,
+        out=out,
+        per_server=int(per_server),
+    )
     report = runner.run()
     print(json.dumps(report, indent=2) if json_ else "\n" + fleet_run.format_summary(report))
     if report["stopped"] == "interrupted":
@@ -63,14 +86,19 @@ def fleet(c, verb, parallel=1, canary=0, max_failures=1, resume=False, only=None
         raise Exit(code=1)
 
 
-@task(name="k8s-job", help={
-    "render": "print the Job manifest (YAML) on stdout",
-    "task": "the invoke task the Job runs (default migrate)",
-})
+@task(
+    name="k8s-job",
+    help={
+        "render": "print the Job manifest (YAML) on stdout",
+        "task": "the invoke task the Job runs (default migrate)",
+    },
+)
 @guarded
 def k8s_job(c, render=False, task_="migrate"):
     """Print a Kubernetes Job that runs `invoke migrate` as a Helm pre-upgrade / Argo CD PreSync hook."""
     if not render:
-        raise ConfigError("invoke k8s-job needs --render (it prints the manifest; it applies nothing)",
-                          next_command="invoke k8s-job --render --task migrate > migrate-job.yaml")
+        raise ConfigError(
+            "invoke k8s-job needs --render (it prints the manifest; it applies nothing)",
+            next_command="invoke k8s-job --render --task migrate > migrate-job.yaml",
+        )
     print(k8s_job_op.render(settings(c), task=task_), end="")

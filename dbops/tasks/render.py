@@ -14,16 +14,22 @@ def is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def table(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[str]], *,
-          notes: dict[int, list[str]] | None = None, title: str | None = None,
-          styles: dict[int, str] | None = None) -> None:
+def table(
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[str]],
+    *,
+    notes: dict[int, list[str]] | None = None,
+    title: str | None = None,
+    styles: dict[int, str] | None = None,
+) -> None:
     """``columns``: (header, justify "left"|"right"); ``notes``: extra lines under row i
     (shown as a spanning row at a terminal); ``styles``: a rich style for row i."""
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left", header_style="bold", show_edge=False,
-              pad_edge=False)
+    t = Table(
+        title=title, title_justify="left", header_style="bold", show_edge=False, pad_edge=False
+    )
     for header, justify in columns:
         t.add_column(header, justify=justify, overflow="fold")
     for i, row in enumerate(rows):

@@ -40,8 +40,17 @@ def history(c):
         tags = ", ".join([*(["head"] if h["is_head"] else []), *h["branch_labels"]])
         rows.append((state, h["down_revision"] or "<base>", h["revision"], tags, h["message"]))
         styles[i] = {"current": "bold green", "pending": "yellow"}.get(state)
-    render.table([("state", "left"), ("from", "left"), ("revision", "left"), ("tags", "left"),
-                  ("message", "left")], rows, styles=styles)
+    render.table(
+        [
+            ("state", "left"),
+            ("from", "left"),
+            ("revision", "left"),
+            ("tags", "left"),
+            ("message", "left"),
+        ],
+        rows,
+        styles=styles,
+    )
 
 
 @task
@@ -51,11 +60,16 @@ def heads(c):
     print(status_op.format_heads(status_op.read_status(settings(c))))
 
 
-@observed_task({"to": "target revision: head (default), full id, unique prefix or branch label",
-                "sql": "print the offline SQL of the pending revisions and stop (changes nothing)",
-                "no_backup": "skip the pre-migrate backup (you have one, or the data is disposable)",
-                "accept_risk": "production: run although the rehearsal's verdict is over the limits; "
-                               "the reason is audited"}, notify=True)
+@observed_task(
+    {
+        "to": "target revision: head (default), full id, unique prefix or branch label",
+        "sql": "print the offline SQL of the pending revisions and stop (changes nothing)",
+        "no_backup": "skip the pre-migrate backup (you have one, or the data is disposable)",
+        "accept_risk": "production: run although the rehearsal's verdict is over the limits; "
+        "the reason is audited",
+    },
+    notify=True,
+)
 def migrate(c, to="head", sql=False, no_backup=False, accept_risk=None):
     """Upgrade (default: to head) safely: preflight, backup, lock, verify.
 
@@ -63,25 +77,40 @@ def migrate(c, to="head", sql=False, no_backup=False, accept_risk=None):
     autogenerate diff against the models are verified. See docs/migrations.md."""
     # With --sql, stdout is the SQL alone (pipe it to a file); the preflight goes to stderr.
     out = print_note if sql else print_line
-    res = migrate_op.migrate(settings(c), to=to, sql=sql, backup=not no_backup, out=out,
-                             accept_risk=accept_risk, warn=print_note)
+    res = migrate_op.migrate(
+        settings(c),
+        to=to,
+        sql=sql,
+        backup=not no_backup,
+        out=out,
+        accept_risk=accept_risk,
+        warn=print_note,
+    )
     events.note(backup=res.get("backup"), revisions=res.get("after"))
     if sql:
         print(res["sql"], end="" if res["sql"].endswith("\n") else "\n")
         return None
     if res.get("applied"):
-        print(f"applied {len(res['applied'])} revision(s) in {res.get('seconds', 0):.1f} s"
-              + (f"; backup: {res['backup']}" if res.get("backup") else ""))
+        print(
+            f"applied {len(res['applied'])} revision(s) in {res.get('seconds', 0):.1f} s"
+            + (f"; backup: {res['backup']}" if res.get("backup") else "")
+        )
     models = "; schema matches the models" if res.get("models_checked") else ""
-    print(f"verified: database is at {status_op.label(res['after'])} (target {res['target']}){models}")
+    print(
+        f"verified: database is at {status_op.label(res['after'])} (target {res['target']}){models}"
+    )
     return res
 
 
-@task(help={"to": "target revision (default head)",
-            "from_": "the data: latest (newest verified full backup at the live revision), fresh "
-                     "(take one now) or a backup file",
-            "keep": "keep the copy (dbops_scratch_rehearse_…) to look at; the next rehearsal sweeps it",
-            "json": "print the report as JSON (for CI)"})
+@task(
+    help={
+        "to": "target revision (default head)",
+        "from_": "the data: latest (newest verified full backup at the live revision), fresh "
+        "(take one now) or a backup file",
+        "keep": "keep the copy (dbops_scratch_rehearse_…) to look at; the next rehearsal sweeps it",
+        "json": "print the report as JSON (for CI)",
+    }
+)
 @guarded
 def rehearse(c, to="head", from_="latest", keep=False, json_=False):
     """Run the pending revisions on a restored copy, measuring locks, rewrites and blocking.
@@ -97,7 +126,11 @@ def rehearse(c, to="head", from_="latest", keep=False, json_=False):
     if json_:
         print(json.dumps(report, indent=1, default=str))
         return
-    for line in rehearse_op.format_report(report, rehearse_op.limits(s)) if report["revisions"] else ["nothing pending"]:
+    for line in (
+        rehearse_op.format_report(report, rehearse_op.limits(s))
+        if report["revisions"]
+        else ["nothing pending"]
+    ):
         print(line)
     if report.get("kept"):
         print(f"kept the copy: {report['kept']}")
@@ -105,37 +138,62 @@ def rehearse(c, to="head", from_="latest", keep=False, json_=False):
         print(f"stored: {report['stored']}")
 
 
-@observed_task({"to": "target: full id, unique prefix, -1/-2 (relative), base, or a branch label",
-                "yes": "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)",
-                "accept_data_loss": "accept a plan whose downgrades drop tables or columns",
-                "no_backup": "skip the pre-rollback backup",
-                "no_putback": "do not put back the touched tables' rows from a partial pre-migrate backup at REV"}, notify=True)
+@observed_task(
+    {
+        "to": "target: full id, unique prefix, -1/-2 (relative), base, or a branch label",
+        "yes": "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)",
+        "accept_data_loss": "accept a plan whose downgrades drop tables or columns",
+        "no_backup": "skip the pre-rollback backup",
+        "no_putback": "do not put back the touched tables' rows from a partial pre-migrate backup at REV",
+    },
+    notify=True,
+)
 def rollback(c, to=None, yes=False, accept_data_loss=False, no_backup=False, no_putback=False):
     """Downgrade to an earlier revision (plan, data-loss check, backup, lock, verify).
 
     Prints each downgrade and whether it drops data, offers a backup taken at REV, backs up,
     downgrades one revision at a time under the lock, verifies the revision."""
     if not to:
-        raise OpsError("rollback needs --to=REV (e.g. --to=-1, --to=base, --to=<revision>)",
-                       next_command="invoke history   (to pick one)")
-    res = rollback_op.rollback(settings(c), to, yes=yes, accept_data_loss=accept_data_loss,
-                               backup=not no_backup, putback=not no_putback)
+        raise OpsError(
+            "rollback needs --to=REV (e.g. --to=-1, --to=base, --to=<revision>)",
+            next_command="invoke history   (to pick one)",
+        )
+    res = rollback_op.rollback(
+        settings(c),
+        to,
+        yes=yes,
+        accept_data_loss=accept_data_loss,
+        backup=not no_backup,
+        putback=not no_putback,
+    )
     events.note(backup=res.get("backup"), revisions=res.get("after"))
     if res["downgraded"]:
-        print(f"downgraded {len(res['downgraded'])} revision(s)"
-              + (f"; pre-rollback backup: {res['backup']}" if res.get("backup") else ""))
+        print(
+            f"downgraded {len(res['downgraded'])} revision(s)"
+            + (f"; pre-rollback backup: {res['backup']}" if res.get("backup") else "")
+        )
     print(f"verified: database is at {status_op.label(res['after'])}")
 
 
-@observed_task({"to": "the revision the version row should name (full id, prefix, base, head)",
-                "yes": "do not ask for confirmation"}, notify=True)
+@observed_task(
+    {
+        "to": "the revision the version row should name (full id, prefix, base, head)",
+        "yes": "do not ask for confirmation",
+    },
+    notify=True,
+)
 def stamp(c, to=None, yes=False):
     """Rewrite the version row WITHOUT changing the schema (recovery only; audited)."""
     if not to:
-        raise OpsError("stamp needs --to=REV", next_command="invoke doctor   (which revision the schema matches)")
+        raise OpsError(
+            "stamp needs --to=REV",
+            next_command="invoke doctor   (which revision the schema matches)",
+        )
     res = stamp_op.stamp(settings(c), to, yes=yes)
-    print(f"stamped: version row is {status_op.label(res['after'])} (was {status_op.label(res['before'])}); "
-          f"no schema was changed")
+    print(
+        f"stamped: version row is {status_op.label(res['after'])} (was {status_op.label(res['before'])}); "
+        f"no schema was changed"
+    )
 
 
 @task(help={"no_squawk": "skip the squawk lint of the offline SQL"})

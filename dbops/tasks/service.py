@@ -12,8 +12,12 @@ from dbops.progress import wanted
 from dbops.tasks import guarded, observed_task, settings
 
 
-@task(help={"dry_run": "print the schedule (next and last tick of each job) and exit",
-            "log_format": "text or json (default DBOPS_LOG_FORMAT)"})
+@task(
+    help={
+        "dry_run": "print the schedule (next and last tick of each job) and exit",
+        "log_format": "text or json (default DBOPS_LOG_FORMAT)",
+    }
+)
 @guarded
 def serve(c, dry_run=False, log_format=None):
     """Run scheduled backups and restore drills until stopped (DBOPS_*_SCHEDULE, cron).
@@ -25,14 +29,21 @@ def serve(c, dry_run=False, log_format=None):
     s = settings(c)
     if dry_run:
         for row in schedule.describe(s):
-            print(f"{row['job']:7} {row['schedule']:16} next {row['next'] or '-'}  "
-                  f"last tick {row['last_tick'] or 'never'}")
+            print(
+                f"{row['job']:7} {row['schedule']:16} next {row['next'] or '-'}  "
+                f"last tick {row['last_tick'] or 'never'}"
+            )
         return
     service.serve(s, log_format)
 
 
-@observed_task({"file": "the backup to drill (default: the newest verified one)",
-                "json": "print the drill record as JSON"}, notify=True)
+@observed_task(
+    {
+        "file": "the backup to drill (default: the newest verified one)",
+        "json": "print the drill record as JSON",
+    },
+    notify=True,
+)
 def drill(c, file="latest", json_=False):
     """Restore the newest verified backup into a scratch database, check it, time it, drop it.
 
@@ -47,8 +58,10 @@ def drill(c, file="latest", json_=False):
         print(json.dumps(res, indent=2, default=str))
         return
     print(f"drill passed: {res['backup']}")
-    print(f"  restored in {res['restore_s']:.1f} s (RTO), {res['tables']} tables, {res['rows']} rows "
-          f"and the alembic revision equal the manifest's")
+    print(
+        f"  restored in {res['restore_s']:.1f} s (RTO), {res['tables']} tables, {res['rows']} rows "
+        f"and the alembic revision equal the manifest's"
+    )
     for ch in res["checks"]:
         print(f"  check {ch['check']}: passed")
     print("  scratch database dropped")

