@@ -287,13 +287,16 @@ def compare(cluster: localpg.Cluster, a: argparse.Namespace, out: Path) -> None:
         )
     if "2" in only:
         print(
-            f"  2. pg_dump -Fc / invoke backup: {med['pg_dump -Fc'][0] / med['invoke backup'][0]:.2f}x faster, "
-            f"bytes {med['invoke backup'][1] / med['pg_dump -Fc'][1]:.2f}x   (target >= 1.8x at <= 1.10x bytes)"
+            "  2. pg_dump -Fc / invoke backup: "
+            f"{med['pg_dump -Fc'][0] / med['invoke backup'][0]:.2f}x faster, "
+            f"bytes {med['invoke backup'][1] / med['pg_dump -Fc'][1]:.2f}x   "
+            "(target >= 1.8x at <= 1.10x bytes)"
         )
     if "3" in only:
         print(
-            f"  3. pg_dump -Fc / invoke backup --jobs 2: "
-            f"{med['pg_dump -Fc'][0] / med['invoke backup --jobs 2'][0]:.2f}x faster   (target >= 1.7x)"
+            "  3. pg_dump -Fc / invoke backup --jobs 2: "
+            f"{med['pg_dump -Fc'][0] / med['invoke backup --jobs 2'][0]:.2f}x "
+            "faster   (target >= 1.7x)"
         )
     if "4" in only:
         print(

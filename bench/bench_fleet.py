@@ -63,7 +63,8 @@ def fleet_run(cluster: localpg.Cluster, work: Path, prefix: str, size: int, para
     for i in range(size):
         cluster.create_database(f"{prefix}_{i:04d}")
     (work / "fleet.toml").write_text(
-        f'[[discover]]\nwhere = "datname LIKE \'{prefix}\\\\_%\'"\npassword_env = "BENCH_PG_PASSWORD"\n'
+        f"[[discover]]\nwhere = \"datname LIKE '{prefix}\\\\_%'\"\n"
+        'password_env = "BENCH_PG_PASSWORD"\n'
     )
     shutil.rmtree(work / "fleet", ignore_errors=True)
     t0 = time.monotonic()
@@ -163,11 +164,13 @@ def main() -> None:
             )
             print(f"single invoke migrate:        {single:.2f} s (mean of {a.singles})")
             print(
-                f"fleet --parallel 1:           {serial['wall_s']:.1f} s  ({serial['db_per_s']} db/s)"
+                f"fleet --parallel 1:           {serial['wall_s']:.1f} s  "
+                f"({serial['db_per_s']} db/s)"
             )
             print(
-                f"fleet --parallel {a.parallel}:           {par['wall_s']:.1f} s  ({par['db_per_s']} db/s, "
-                f"at most {par['max_running']} at once, {par['mean_db_s']} s per database)"
+                f"fleet --parallel {a.parallel}:           {par['wall_s']:.1f} s  "
+                f"({par['db_per_s']} db/s, at most {par['max_running']} at once, "
+                f"{par['mean_db_s']} s per database)"
             )
             print(f"speed-up:                     {result['speedup']}x")
             print(

@@ -343,19 +343,22 @@ def main() -> int:
         f"dbops lock_timeout {args.lock_timeout}"
     )
     print(
-        f"{'':28}{'worst stall':>12}{'(during)':>10}{'failed tx':>11}{'aborted':>9}{'migrate s':>11}{'retries':>9}{'exit':>6}"
+        f"{'':28}{'worst stall':>12}{'(during)':>10}{'failed tx':>11}{'aborted':>9}"
+        f"{'migrate s':>11}{'retries':>9}{'exit':>6}"
     )
     for r in results:
         print(
-            f"{r['scenario']:28}{r['worst_latency_s']:>11.3f}s{r['worst_latency_during_migrate_s'] or 0:>9.3f}s"
+            f"{r['scenario']:28}{r['worst_latency_s']:>11.3f}s"
+            f"{r['worst_latency_during_migrate_s'] or 0:>9.3f}s"
             f"{r['failed_transactions']:>11}{r['aborted_clients']:>9}{r['migrate_seconds']:>11.2f}"
             f"{r['lock_timeout_retries']:>9}{r['migrate_exit']:>6}"
         )
     print(
-        f"compose path, one `invoke migrate` (with its pre-migrate backup): "
-        f"{compose['container_starts']} container starts ({', '.join(compose['container_launches'])}), "
-        f"{compose['compose_invocations']} compose invocations in all "
-        f"(+{', '.join(compose['other']) or 'none'}); exit {compose['migrate_exit']}"
+        "compose path, one `invoke migrate` (with its pre-migrate backup): "
+        f"{compose['container_starts']} container starts "
+        f"({', '.join(compose['container_launches'])}), {compose['compose_invocations']} compose "
+        f"invocations in all (+{', '.join(compose['other']) or 'none'}); exit "
+        f"{compose['migrate_exit']}"
     )
     return 0
 

@@ -84,8 +84,8 @@ def main() -> int:
         )
         gap = med["migrate (touched)"] - med["bare alembic upgrade"]
         print(
-            f"\nP7 ({size / 1e9:.2f} GB database, touched table {tags / 1e6:.1f} MB): migrate with a "
-            f"touched backup = bare upgrade + {gap:.2f} s (goal <= + 2 s); with a full backup: "
+            f"\nP7 ({size / 1e9:.2f} GB database, touched table {tags / 1e6:.1f} MB): migrate with "
+            f"a touched backup = bare upgrade + {gap:.2f} s (goal <= + 2 s); with a full backup: "
             f"{med['migrate (full)']:.2f} s"
         )
     return 0

@@ -41,7 +41,7 @@ def upgrade():
 
 def downgrade():
     pass
-"""
+"""  # noqa: E501
 
 
 def main() -> int:
@@ -122,7 +122,8 @@ def main() -> int:
             pm, rm = statistics.median(predicted[rev]), statistics.median(real.get(rev, [0]))
             err = abs(pm - rm) / rm * 100 if rm else float("nan")
             print(
-                f"  {rev}: predicted {pm:.2f} s, real migrate {rm:.2f} s ({err:.0f}% off; goal <= 25%)"
+                f"  {rev}: predicted {pm:.2f} s, real migrate {rm:.2f} s "
+                f"({err:.0f}% off; goal <= 25%)"
             )
         for rev in reports[-1]["revisions"]:
             print(f"  verdict {rev['revision']}: {rev['verdict']}")

@@ -60,7 +60,10 @@ def file_timestamp(when: datetime) -> str:
 def base_name(database: str, when: datetime, revisions: list[str], reason: str) -> str:
     rev = "+".join(r[:12] for r in revisions) if revisions else "base"
     rev = re.sub(r"[^A-Za-z0-9_+-]", "-", rev)[:60]
-    return f"{slug(database)}.{file_timestamp(when)}.{rev}.{re.sub(r'[^A-Za-z0-9_-]', '-', reason)[:30]}"
+    return (
+        f"{slug(database)}.{file_timestamp(when)}.{rev}"
+        f".{re.sub(r'[^A-Za-z0-9_-]', '-', reason)[:30]}"
+    )
 
 
 def partial_pattern(database: str) -> re.Pattern:

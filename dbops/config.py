@@ -293,7 +293,8 @@ SETTINGS: tuple[Setting, ...] = (
         "DBOPS_REHEARSE",
         _choice("never", "always"),
         "never",
-        "always: migrate rehearses the pending revisions on a restored copy first (invoke rehearse)",
+        "always: migrate rehearses the pending revisions on a restored "
+        "copy first (invoke rehearse)",
     ),
     Setting(
         "DBOPS_MAX_BLOCK_READS",
@@ -305,7 +306,8 @@ SETTINGS: tuple[Setting, ...] = (
         "DBOPS_MAX_BLOCK_WRITES",
         _duration,
         "5s",
-        "production: migrate refuses a rehearsed revision that blocks writes longer (--accept-risk)",
+        "production: migrate refuses a rehearsed revision that blocks "
+        "writes longer (--accept-risk)",
     ),
     Setting(
         "DBOPS_MAX_REWRITE_MB",

@@ -262,9 +262,9 @@ class ComposeTarget(Target):
         why = _fails(launch.argv, launch.env, launch.cwd)
         if why is not None:
             raise ConfigError(
-                f"DBOPS_TARGET=compose but no container engine answers to "
-                f"'{' '.join(self.settings.compose)}' ({why}); start the engine, set DBOPS_COMPOSE, "
-                f"or use DBOPS_TARGET=local"
+                "DBOPS_TARGET=compose but no container engine answers to "
+                f"'{' '.join(self.settings.compose)}' ({why}); start the engine, set "
+                "DBOPS_COMPOSE, or use DBOPS_TARGET=local"
             )
         ComposeTarget._checked = True
 
@@ -292,7 +292,10 @@ class ComposeTarget(Target):
 
     def describe(self) -> str:
         s = self.settings
-        return f"compose ({' '.join(s.compose)}; db service '{s.db_service}', backend service '{s.backend_service}', database {s.database})"
+        return (
+            f"compose ({' '.join(s.compose)}; db service '{s.db_service}', backend service "
+            f"'{s.backend_service}', database {s.database})"
+        )
 
 
 class KubernetesTarget(Target):

@@ -189,7 +189,7 @@ def test_a_read_only_standby_as_the_target(doc, invoke):
         primary.destroy()
 
 
-# --- the dbops lock ----------------------------------------------------------------------------------
+# --- the dbops lock -------------------------------------------------------------------------------
 def test_lock_held_by_another_deploy(doc, invoke, alembic_at, pg_cluster, database, db_conn):
     assert invoke("backup").returncode == 0
     alembic_at("1be15b655bdb")
@@ -392,7 +392,7 @@ def test_models_differ_from_the_migrations(doc, invoke, backend_copy, db_conn):
     assert users(db_conn) == 1
 
 
-# --- backups ---------------------------------------------------------------------------------------------
+# --- backups --------------------------------------------------------------------------------------
 def test_another_databases_backup_does_not_count(doc, invoke, pg_cluster, ops_env):
     other = "t_doctor_other"
     pg_cluster.create_database(other)

@@ -173,7 +173,8 @@ def test_canary_then_waves_max_failures_stops_new_work_then_resume(fleet):
         conn.execute("CREATE TABLE tag_stats (id int)")
     lines = [f'[[database]]\nname = "{db}"\ndb = "{db}"\nwave = 1\n{f.server(f.a)}' for db in wave1]
     lines.append(
-        f'[[discover]]\nname = "b"\nwhere = "datname LIKE \'{p}\\\\_t%\'"\nwave = 2\n{f.server(f.b)}'
+        f'[[discover]]\nname = "b"\nwhere = "datname LIKE \'{p}\\\\_t%\'"\n'
+        f"wave = 2\n{f.server(f.b)}"
     )
     lines.append(
         f'[[database]]\nname = "gone"\ndb = "app"\nwave = 3\nhost = "127.0.0.1"\n'

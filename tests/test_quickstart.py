@@ -20,7 +20,7 @@ for v in POSTGRES_USER POSTGRES_PASSWORD POSTGRES_DB; do
   [ -n "$val" ] || { echo "error while interpolating services.db.environment.$v: required variable $v is missing a value" >&2; exit 1; }
 done
 echo "$@" >> "$CALLS"
-"""
+"""  # noqa: E501
 
 
 @pytest.fixture

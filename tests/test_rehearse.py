@@ -82,14 +82,16 @@ def test_rehearse_sample_history_matches_migrate_and_leaves_live_alone(invoke, e
     seen: list = []
     done = threading.Event()
 
-    def watch_live_locks():  # any client's lock on the live database but a reader's, while it rehearses
+    # any client's lock on the live database but a reader's, while it rehearses
+    def watch_live_locks():
         with psycopg.connect(**conninfo(env), autocommit=True) as conn:
             while not done.is_set():
                 seen.extend(
                     conn.execute(
                         "SELECT l.mode, l.locktype, a.application_name FROM pg_locks l "
                         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.database = "
-                        "(SELECT oid FROM pg_database WHERE datname = %s) AND l.pid <> pg_backend_pid() "
+                        "(SELECT oid FROM pg_database WHERE datname = %s) "
+                        "AND l.pid <> pg_backend_pid() "
                         "AND l.mode NOT IN ('AccessShareLock') AND l.locktype = 'relation' "
                         # autovacuum may analyze the freshly loaded tables; it is not the rehearsal
                         "AND a.backend_type = 'client backend'",

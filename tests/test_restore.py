@@ -178,7 +178,8 @@ def test_restore_of_a_directory_dump(invoke, settings, pg_cluster, database, bac
     with pg_cluster.connect(database) as conn:
         assert rows(conn) == data
     pre = next(e for e in catalog.list_backups(settings) if e["reason"] == "pre-restore")
-    # auto: what a backup's auto picks with this pg_dump (zstd:1 where the build has zstd, else gzip 1)
+    # auto: what a backup's auto picks with this pg_dump
+    # (zstd:1 where the build has zstd, else gzip 1)
     assert pre["manifest"]["compression"] == tar["manifest"]["compression"]
     assert pre["manifest"]["compression"] in ("1", "zstd:1")
 

@@ -238,7 +238,8 @@ def test_scenario_7_empty_autogenerate(invoke, ops_env, db_conn, tmp_path):
     shutil.copytree(ROOT / "backend", project, ignore=shutil.ignore_patterns("__pycache__"))
     (project / "app" / "models" / "widget.py").write_text(
         "from sqlmodel import Field, SQLModel\n\n\nclass Widget(SQLModel, table=True):\n"
-        "    __tablename__ = 'widgets'\n    id: int | None = Field(default=None, primary_key=True)\n"
+        "    __tablename__ = 'widgets'\n"
+        "    id: int | None = Field(default=None, primary_key=True)\n"
         "    name: str = Field(max_length=50)\n"
     )
     env = {**ops_env, "DBOPS_ALEMBIC_INI": str(project / "alembic.ini")}

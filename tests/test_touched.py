@@ -214,7 +214,7 @@ def upgrade():
 
 def downgrade():
     pass
-""",
+""",  # noqa: E501
         ),
     )
     assert ts["full"] and "failed on the schema-only copy" in ts["full"]
@@ -243,11 +243,15 @@ def test_a_killed_runs_scratch_copy_is_swept_by_the_next(
 
 
 def test_partitions_of_a_touched_partitioned_table(at_head, tmp_path, ops_env):
-    at_head.execute("""
+    at_head.execute(
+        """
         CREATE TABLE events (id int, at date, x int) PARTITION BY RANGE (at);
-        CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
-        CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
-    """)
+        CREATE TABLE events_2025 PARTITION OF events """
+        """FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        CREATE TABLE events_2026 PARTITION OF events """
+        """FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+    """
+    )
     ts = compute(
         ops_env,
         project(

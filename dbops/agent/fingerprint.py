@@ -5,7 +5,8 @@ temporary schemas, nor objects owned by an extension) and returns a plain dict:
 
 - tables:      name -> {kind, columns: name -> {type, nullable, default, identity, generated,
                collation}}  (columns keyed by name: their attnum order is irrelevant)
-- constraints: "table.name" -> {type, definition, validated}   (primary/unique/foreign/check/exclude)
+- constraints: "table.name" -> {type, definition, validated}
+               (primary/unique/foreign/check/exclude)
 - indexes:     name -> {table, definition, unique, valid}       (indexes not backing a constraint)
 - sequences:   name -> {type, start, increment, min, max, cache, cycle, owned_by}
 - enums:       name -> [labels in sort order]

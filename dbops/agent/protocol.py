@@ -1,7 +1,8 @@
 """Request/response over stdin/stdout, one JSON object per line.
 
 Request:  {"op": "status", "args": {...}}
-Response: {"ok": true, "result": {...}} or {"ok": false, "kind": "...", "error": "...", "details": {...}}
+Response: {"ok": true, "result": {...}} or
+          {"ok": false, "kind": "...", "error": "...", "details": {...}}
 
 One agent process serves every request of one operation, so a lock or a snapshot
 taken by one request is still held for the next.

@@ -105,9 +105,9 @@ def _putback_sql(conn, names, tables, sequences, lock_timeout, fks, triggers, re
     for q in names:
         post.append(
             sql.SQL(
-                "DO $dbops$ DECLARE n bigint; BEGIN SELECT count(*) INTO n FROM {t}; IF n <> {want} THEN "
-                "RAISE EXCEPTION 'dbops: % has % rows after the put-back, the manifest says %', {name}, n, {want}; "
-                "END IF; END $dbops$"
+                "DO $dbops$ DECLARE n bigint; BEGIN SELECT count(*) INTO n FROM {t}; IF n <> "
+                "{want} THEN RAISE EXCEPTION 'dbops: % has % rows after the put-back, the "
+                "manifest says %', {name}, n, {want}; END IF; END $dbops$"
             )
             .format(t=_ident(q), want=sql.Literal(int(tables[q])), name=sql.Literal(q))
             .as_string(conn)

@@ -47,7 +47,10 @@ WHERE c.relkind IN ('r', 'p', 'm')
 
 
 def _tag(database: str) -> str:
-    return f"{re.sub(r'[^a-z0-9]', '', database.lower())[:16]}{zlib.crc32(database.encode()) & 0xFFFF:04x}"
+    return (
+        f"{re.sub(r'[^a-z0-9]', '', database.lower())[:16]}"
+        f"{zlib.crc32(database.encode()) & 0xFFFF:04x}"
+    )
 
 
 def prefix_for(database: str) -> str:

@@ -67,7 +67,8 @@ def relations(conn) -> dict[int, tuple[str, str]]:
 
 DESTRUCTIVE = re.compile(r"\b(DROP|TRUNCATE)\b|\bALTER\s+COLUMN\b.*\bTYPE\b", re.I | re.S)
 DML = re.compile(r"^\s*(WITH\b.*?\)\s*)?(UPDATE|DELETE|INSERT|MERGE)\b", re.I | re.S)
-# the table a statement names: UPDATE t / DELETE FROM t / INSERT INTO t / ALTER TABLE t / DROP TABLE t
+# the table a statement names: UPDATE t / DELETE FROM t / INSERT INTO t / ALTER TABLE t /
+# DROP TABLE t
 TARGET = re.compile(
     r"\b(?:UPDATE(?:\s+ONLY)?|DELETE\s+FROM(?:\s+ONLY)?|INSERT\s+INTO|MERGE\s+INTO|"
     r"ALTER\s+TABLE(?:\s+IF\s+EXISTS)?(?:\s+ONLY)?|DROP\s+TABLE(?:\s+IF\s+EXISTS)?|"
@@ -133,11 +134,14 @@ def closure(conn, touched: dict[str, str], names: dict[str, str]) -> str | None:
         JOIN pg_namespace cn ON cn.oid = c.relnamespace
         JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace
         WHERE k.contype = 'f'""").fetchall()
-    children = conn.execute("""
+    children = conn.execute(
+        """
         SELECT pn.nspname || '.' || p.relname, cn.nspname || '.' || c.relname
         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
         JOIN pg_namespace cn ON cn.oid = c.relnamespace
-        JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace""").fetchall()
+        JOIN pg_class p ON p.oid = i.inhparent """
+        """JOIN pg_namespace pn ON pn.oid = p.relnamespace"""
+    ).fetchall()
     triggers = conn.execute("""
         SELECT n.nspname || '.' || c.relname, t.tgname, l.lanname, f.prosrc,
                fn.nspname || '.' || f.proname
@@ -153,7 +157,8 @@ def closure(conn, touched: dict[str, str], names: dict[str, str]) -> str | None:
         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
           AND n.nspname NOT LIKE 'pg\\_%'""").fetchall()
     }
-    seqs = conn.execute("""
+    seqs = conn.execute(
+        """
         SELECT tn.nspname || '.' || t.relname, sn.nspname || '.' || s.relname
         FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
         JOIN pg_namespace sn ON sn.oid = s.relnamespace
@@ -166,7 +171,9 @@ def closure(conn, touched: dict[str, str], names: dict[str, str]) -> str | None:
              AND d.objid = ad.oid AND d.refclassid = 'pg_class'::regclass
         JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
         JOIN pg_namespace sn ON sn.oid = s.relnamespace
-        JOIN pg_class t ON t.oid = ad.adrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace""").fetchall()
+        JOIN pg_class t ON t.oid = ad.adrelid """
+        """JOIN pg_namespace tn ON tn.oid = t.relnamespace"""
+    ).fetchall()
     by_bare: dict[str, list[str]] = {}
     for q in names:
         by_bare.setdefault(q.split(".", 1)[1].lower(), []).append(q)
@@ -210,7 +217,10 @@ def closure(conn, touched: dict[str, str], names: dict[str, str]) -> str | None:
             if table not in touched:
                 continue
             if lang not in ("plpgsql", "sql"):
-                return f"trigger {tg} on {table} runs {fname}, written in {lang}: what it writes cannot be read"
+                return (
+                    f"trigger {tg} on {table} runs {fname}, written in {lang}: "
+                    "what it writes cannot be read"
+                )
             found, why = named_in(src)
             if why:
                 return f"trigger {tg} on {table} ({fname}) {why}: what it writes cannot be read"
@@ -308,7 +318,8 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
             touched[q] = "locked " + "/".join(sorted(modes & WRITE_MODES)).replace("Lock", "")
         elif modes & READ_MODES:
             touched[q] = (
-                "read by a revision (a data migration on an empty copy writes nothing it could show)"
+                "read by a revision (a data migration on an empty copy "
+                "writes nothing it could show)"
             )
     # Lost by the upgrade and not given back by the downgrade: what a rollback puts back.
     lossy: dict[str, str] = {}

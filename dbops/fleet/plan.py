@@ -271,7 +271,8 @@ def discover_databases(settings: Settings, server: Member, where: str) -> list[s
     if done.returncode != 0:
         why = seam.mask(done.stderr.decode(errors="replace").strip(), s.secrets())
         raise OpsError(
-            f"discovery on {server.where} ({where}) failed: {why.splitlines()[-1] if why else 'no output'}",
+            f"discovery on {server.where} ({where}) failed: "
+            f"{why.splitlines()[-1] if why else 'no output'}",
             state="nothing was started",
             next_command="fix the [[discover]] entry (server, credentials, where), then re-run",
         )

@@ -126,8 +126,8 @@ class FleetRun:
         else:
             if previous and not previous.doc.get("finished") and not only:
                 out(
-                    f"note: the previous fleet {verb} (started {previous.doc.get('started')}) did not "
-                    f"finish; starting over (--resume would have skipped what it completed)"
+                    f"note: the previous fleet {verb} (started {previous.doc.get('started')}) did "
+                    "not finish; starting over (--resume would have skipped what it completed)"
                 )
             self.state = State.new(state_path, verb, flags, settings.get("DBOPS_FLEET_FILE"))
         self.procs: dict[str, subprocess.Popen] = {}
@@ -186,7 +186,8 @@ class FleetRun:
             fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "ab") as f:
                 f.write(
-                    f"--- {utcnow()} invoke {self.verb} on {m.where} (attempt {attempts})\n".encode()
+                    f"--- {utcnow()} invoke {self.verb} on "
+                    f"{m.where} (attempt {attempts})\n".encode()
                 )
                 f.flush()
                 proc = subprocess.Popen(
@@ -343,7 +344,10 @@ class FleetRun:
                                     and failures >= self.max_failures
                                     and not stop_reason
                                 ):
-                                    stop_reason = f"{failures} failure(s) reached --max-failures {self.max_failures}"
+                                    stop_reason = (
+                                        f"{failures} failure(s) reached "
+                                        f"--max-failures {self.max_failures}"
+                                    )
                                 if stop_reason:
                                     self.out(
                                         f"stopping: {stop_reason}; no new database is started, "
@@ -456,7 +460,7 @@ def format_summary(report: dict) -> str:
     if c["not started"] or c["failed"] or c["interrupted"]:
         flags = " ".join(report["flags"])
         lines.append(
-            f"\nthen the rest: invoke fleet {report['verb']} {flags + ' ' if flags else ''}--resume   "
-            f"(skips every database that completed)"
+            f"\nthen the rest: invoke fleet {report['verb']} "
+            f"{flags + ' ' if flags else ''}--resume   (skips every database that completed)"
         )
     return "\n".join(lines)

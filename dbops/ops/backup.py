@@ -77,7 +77,7 @@ else
   tar -C "$tmp/d" -cf - . ; echo "dbops:stream_exit=$?" >&2
   wait $vpid; echo "dbops:verify_exit=$?" >&2
 fi
-"""
+"""  # noqa: E501
 
 MARKER = re.compile(r"^dbops:([a-z_]+)(?:=(.*))?$")
 
@@ -148,7 +148,9 @@ def check_free_space(
             f"{database} needs about {fmt_bytes(estimate)} ({basis}) plus a reserve of "
             f"{fmt_bytes(reserve)} (DBOPS_BACKUP_RESERVE_MB)",
             state="unchanged (nothing was written)",
-            next_command="free space (invoke backups; delete old ones) or point DBOPS_BACKUP_DIR elsewhere",
+            next_command=(
+                "free space (invoke backups; delete old ones) or point DBOPS_BACKUP_DIR elsewhere"
+            ),
         )
     return {"free": free, "estimate": estimate}
 
@@ -502,7 +504,10 @@ def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_er
     if "write_error" in state:
         exc = state["write_error"]
         what = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return f"writing the backup to {settings.backup_dir} failed after {fmt_bytes(state.get('size', 0))}: {what}"
+        return (
+            f"writing the backup to {settings.backup_dir} failed after "
+            f"{fmt_bytes(state.get('size', 0))}: {what}"
+        )
     if markers.get("dump_exit") not in ("0",):
         why = (
             f"exit status {markers['dump_exit']}"
@@ -516,7 +521,10 @@ def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_er
             f"(status {markers.get('verify_exit', 'unknown')}): the dump is not restorable"
         )
     if markers.get("stream_exit") != "0":
-        return f"streaming the archive to this host failed (status {markers.get('stream_exit', 'unknown')})"
+        return (
+            "streaming the archive to this host failed (status "
+            f"{markers.get('stream_exit', 'unknown')})"
+        )
     if rc != 0:
         return f"the dump script exited with status {rc}"
     if state.get("size", 0) == 0:

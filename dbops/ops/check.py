@@ -6,7 +6,8 @@ The SQL is rendered by the agent (where alembic runs); squawk runs on the host.
 Accepting a known squawk finding (see docs/migrations.md):
 - in the revision file, a comment ``# squawk-accept: RULE[, RULE] -- why``;
 - or an entry in DBOPS_SQUAWK_ACCEPT (default ``squawk-accept.toml`` in the project):
-  ``[[accept]] revision = "23cd436768a8"  rule = "require-concurrent-index-creation"  reason = "…"``;
+  ``[[accept]] revision = "23cd436768a8"
+  rule = "require-concurrent-index-creation"  reason = "…"``;
 - rules turned off everywhere: DBOPS_SQUAWK_EXCLUDE (comma list) or squawk's own config
   (DBOPS_SQUAWK_CONFIG, default ``.squawk.toml`` next to alembic.ini when present).
 """
@@ -177,15 +178,16 @@ def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> 
         for f in findings:
             tag = "accepted" if f["accepted"] else "FAIL "
             out(
-                f"{tag}  squawk {f['revision']}: {f['rule']}: {f['message']}\n        {f['statement']}"
+                f"{tag}  squawk {f['revision']}: {f['rule']}: "
+                f"{f['message']}\n        {f['statement']}"
                 + (f"  (accepted: {f['accepted']})" if f["accepted"] else "")
             )
         if open_:
             failures.append(f"squawk: {len(open_)} finding(s) not accepted")
             out(
-                "      to accept a known finding: add '# squawk-accept: RULE -- why' to the revision "
-                "file, or an [[accept]] entry (revision, rule, reason) to squawk-accept.toml "
-                "(DBOPS_SQUAWK_ACCEPT); see docs/migrations.md"
+                "      to accept a known finding: add '# squawk-accept: RULE -- why' to the "
+                "revision file, or an [[accept]] entry (revision, rule, reason) to "
+                "squawk-accept.toml (DBOPS_SQUAWK_ACCEPT); see docs/migrations.md"
             )
         elif not problems:
             out(f"ok    squawk: {len(sql)} revisions, {len(findings)} finding(s), all accepted")

@@ -209,7 +209,7 @@ def _unreadable_script(f: Facts) -> Check:
     )
 
 
-# --- 5. schema ---------------------------------------------------------------------------------------
+# --- 5. schema ------------------------------------------------------------------------------------
 @needs_db
 def schema(f: Facts) -> Check | None:
     if not f.status:
@@ -319,7 +319,7 @@ def _ahead_of_code(f: Facts, a: dict, note: str) -> Check:
     )
 
 
-# --- 6. heads -------------------------------------------------------------------------------------------
+# --- 6. heads -------------------------------------------------------------------------------------
 @needs_db
 def heads(f: Facts) -> Check | None:
     st = f.status
@@ -341,7 +341,7 @@ def heads(f: Facts) -> Check | None:
     return Check("heads", OK, f"1 head: {hs[0]}  {msgs.get(hs[0], '')}")
 
 
-# --- 7. sessions and 8. pg_dump: the locks the pending revisions need ---------------------------------------
+# --- 7. sessions and 8. pg_dump: the locks the pending revisions need -----------------------------
 LOCK_NEEDS_SOURCE = "the pending revisions' offline SQL"
 
 
@@ -505,7 +505,7 @@ def pg_dump(f: Facts) -> Check:
     )
 
 
-# --- 9. models --------------------------------------------------------------------------------------------------
+# --- 9. models ------------------------------------------------------------------------------------
 @needs_db
 def models(f: Facts) -> Check | None:
     st = f.status
@@ -537,7 +537,7 @@ def models(f: Facts) -> Check | None:
     )
 
 
-# --- 10. revision -------------------------------------------------------------------------------------------------
+# --- 10. revision ---------------------------------------------------------------------------------
 @needs_db
 def revision(f: Facts) -> Check:
     st = f.status
@@ -622,7 +622,10 @@ def scratch(f: Facts) -> Check | None:
         if x["in_use"]:
             return f"{x['name']} ({size}): in use by {x['made_by']}: {x['used_by']}; leave it"
         how = "that was killed" + (" (or kept with --keep)" if x["purpose"] == "rehearse" else "")
-        return f"{x['name']} ({size}): left by {x['made_by']} {how}; drop it: {_drop_database(x['name'])}"
+        return (
+            f"{x['name']} ({size}): left by {x['made_by']} {how}; drop it: "
+            f"{_drop_database(x['name'])}"
+        )
 
     left = [x for x in found if not x["in_use"]]
     details = [line(x) for x in left + [x for x in found if x["in_use"]]]
@@ -654,7 +657,7 @@ def scratch(f: Facts) -> Check | None:
     )
 
 
-# --- 12. rehearsal ---------------------------------------------------------------------------------------------
+# --- 12. rehearsal --------------------------------------------------------------------------------
 @needs_db
 def rehearsal(f: Facts) -> Check | None:
     """Whether the pending revisions have a stored rehearsal (dbops/ops/rehearse.py; never a
@@ -689,7 +692,7 @@ def rehearsal(f: Facts) -> Check | None:
     )
 
 
-# --- 12. backups -------------------------------------------------------------------------------------------------
+# --- 12. backups ----------------------------------------------------------------------------------
 def backups(f: Facts) -> Check:
     s = f.settings
     try:
@@ -774,7 +777,7 @@ def backups(f: Facts) -> Check:
     return Check("backups", OK, f"newest verified backup {name}, {age * 60:.0f} min old", data=data)
 
 
-# --- 13. restore drill ----------------------------------------------------------------------------------------
+# --- 13. restore drill ----------------------------------------------------------------------------
 def restore_drill(f: Facts) -> Check:
     """The last drill (invoke drill) passed and is recent; never drilled warns only once
     backups are older than a drill may be (dbops/ops/freshness.py)."""
@@ -790,7 +793,7 @@ def restore_drill(f: Facts) -> Check:
     )
 
 
-# --- 14. audit ------------------------------------------------------------------------------------------------------
+# --- 14. audit ------------------------------------------------------------------------------------
 def audit_record(f: Facts) -> Check:
     s = f.settings
     try:

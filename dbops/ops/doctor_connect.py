@@ -159,8 +159,10 @@ def _standby(f: Facts, srv: dict) -> Check:
         f"POSTGRES_HOST={p['host']} POSTGRES_PORT={p['port']} invoke doctor   (then set them "
         f"in {_env_file(s)})"
         if p
-        else f"invoke doctor   (after pointing POSTGRES_HOST/POSTGRES_PORT in {_env_file(s)} at the "
-        f"primary)"
+        else (
+            "invoke doctor   (after pointing POSTGRES_HOST/POSTGRES_PORT in "
+            f"{_env_file(s)} at the primary)"
+        )
     )
     return Check(
         "connectivity",

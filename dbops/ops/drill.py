@@ -98,7 +98,9 @@ def run_drill(
                 f"{path.name}: pg_restore into the scratch database failed (status {rc})",
                 details=lines[-8:],
                 state=STATE,
-                next_command=f"invoke verify-backup {path}   # then take a new backup: invoke backup",
+                next_command=(
+                    f"invoke verify-backup {path}   # then take a new backup: invoke backup"
+                ),
             )
         try:
             res = agent.call(

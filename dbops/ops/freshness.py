@@ -60,8 +60,8 @@ def drill_freshness(settings: Settings, now: datetime | None = None) -> tuple[bo
         if oldest is not None and (now - oldest).total_seconds() > max_days * 86400:
             return (
                 False,
-                f"no restore drill recorded, and backups go back {_human((now - oldest).total_seconds())}: "
-                f"nobody has proven one restores",
+                "no restore drill recorded, and backups go back "
+                f"{_human((now - oldest).total_seconds())}: nobody has proven one restores",
                 "invoke drill",
             )
         return (

@@ -122,9 +122,9 @@ def manifest(settings: Settings, task: str = "migrate") -> dict:
 
 def render(settings: Settings, task: str = "migrate") -> str:
     head = (
-        f"# invoke {task} as a Helm pre-upgrade / Argo CD PreSync hook (rendered by invoke k8s-job).\n"
-        f"# Secret {settings.get('DBOPS_K8S_SECRET')} holds POSTGRES_HOST, POSTGRES_PORT, "
-        f"POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.\n"
+        f"# invoke {task} as a Helm pre-upgrade / Argo CD PreSync hook (rendered by invoke "
+        f"k8s-job).\n# Secret {settings.get('DBOPS_K8S_SECRET')} holds POSTGRES_HOST, "
+        "POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.\n"
     )
     import yaml  # only here: the images that run tasks need no YAML library
 

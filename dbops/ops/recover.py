@@ -300,9 +300,10 @@ def verdict(report: dict) -> tuple[str, str]:
             "table missing": "there is no alembic_version table (a database created without "
             "alembic, or the table was dropped)",
             "no version row": "alembic_version is empty",
-            "unknown id": f"alembic_version names {', '.join(report['unknown_current'])}, which the "
-            f"script directory does not have (deployed from a branch that was "
-            f"reverted?)",
+            "unknown id": (
+                f"alembic_version names {', '.join(report['unknown_current'])}, which the script "
+                "directory does not have (deployed from a branch that was reverted?)"
+            ),
             "behind": f"alembic_version says {cur}, behind the schema: "
             f"{', '.join(report.get('unrecorded', []))} applied but not recorded "
             f"(DDL applied by hand?)",

@@ -301,7 +301,8 @@ def rehearse(
             restore_s = time.monotonic() - t_restore
             out(
                 f"restored into {name} in {restore_s:.1f} s; running {len(pending)} revision(s) "
-                f"(lock_timeout {settings.lock_timeout}, statement_timeout {settings.statement_timeout})"
+                f"(lock_timeout {settings.lock_timeout}, statement_timeout "
+                f"{settings.statement_timeout})"
             )
             run = agent.call(
                 "rehearse.run",

@@ -58,7 +58,7 @@ else
 fi
 if [ "$mode" = check ]; then pg_restore -f /dev/null "$src"; exit $?; fi
 pg_restore --exit-on-error "$@" -j "$jobs" -d "$dbname" "$src"
-"""
+"""  # noqa: E501
 
 
 def resolve(settings: Settings, file: str) -> Path:
@@ -132,9 +132,10 @@ def pg_restore_refusal(
         and (restore[0] < dump[0] or restore[0] >= SENDS_TRANSACTION_TIMEOUT)
     ):
         return OpsError(
-            f"{file} was written by pg_dump {dump[1]}: only pg_restore {dump[0]} or newer reads it, "
-            f"and pg_restore 17+ cannot restore into PostgreSQL {server[1]} (it sends SET "
-            f"transaction_timeout, which servers before 17 reject); pg_restore here is {restore[1]}",
+            f"{file} was written by pg_dump {dump[1]}: only pg_restore {dump[0]} or "
+            "newer reads it, and pg_restore 17+ cannot restore into PostgreSQL "
+            f"{server[1]} (it sends SET transaction_timeout, which servers before 17 "
+            f"reject); pg_restore here is {restore[1]}",
             state=UNTOUCHED,
             next_command=f"restore it into a PostgreSQL {dump[0]}+ server; or by hand: pg_restore "
             f"{dump[0]} -f plain.sql {file}, delete its 'SET transaction_timeout' "
@@ -430,17 +431,21 @@ def restore(
                 [
                     f"Restore {path.name}",
                     f"  taken {manifest['started_at']} ({manifest['reason']}), revision "
-                    f"{'+'.join(manifest['revisions']) or 'base'}, {len(manifest['tables'])} tables, {rows} rows",
+                    f"{'+'.join(manifest['revisions']) or 'base'}, "
+                    f"{len(manifest['tables'])} tables, {rows} rows",
                     f"over database {settings.database} ({settings.target}).",
-                    f"  1. {'a pre-restore backup of ' + settings.database + ' is taken (--pre-backup)' if pre_backup else 'no pre-restore dump (the old database is kept instead; --pre-backup for one)'}",
+                    f"  1. {'a pre-restore backup of ' + settings.database + ' is taken (--pre-backup)' if pre_backup else 'no pre-restore dump (the old database is kept instead; --pre-backup for one)'}",  # noqa: E501
                     "  2. the backup is restored into a new database and checked",
-                    f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} are terminated, "
-                    f"and the databases are swapped by rename",
+                    f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} "
+                    "are terminated, and the databases are swapped by rename",
                     f"  4. the current {settings.database} is "
                     + (
                         "DROPPED after the swap (--drop-old)"
                         if drop_old
-                        else f"kept as {settings.database}_dbops_old_<time> (undo: invoke restore-undo)"
+                        else (
+                            f"kept as {settings.database}_dbops_old_<time> "
+                            "(undo: invoke restore-undo)"
+                        )
                     ),
                 ]
             ),
@@ -543,7 +548,8 @@ def _restore_locked(
         sessions = agent.call("restore.facts")["sessions"]
         if sessions:
             warn(
-                f"warning: terminating {len(sessions)} session(s) connected to {settings.database}: "
+                f"warning: terminating {len(sessions)} session(s) "
+                f"connected to {settings.database}: "
                 + ", ".join(
                     f"pid {s['pid']} {s['application_name'] or '-'} ({s['user']}@{s['client']})"
                     for s in sessions[:10]
@@ -647,8 +653,10 @@ def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> d
             "\n".join(
                 [
                     f"Swap {name} back in as {settings.database} ({settings.target}).",
-                    f"  {len(facts['sessions'])} session(s) connected to {settings.database} are terminated;",
-                    f"  the current {settings.database} is kept as {settings.database}_dbops_old_<time>.",
+                    f"  {len(facts['sessions'])} session(s) connected to "
+                    f"{settings.database} are terminated;",
+                    f"  the current {settings.database} is kept as "
+                    f"{settings.database}_dbops_old_<time>.",
                 ]
             ),
             yes=yes,
@@ -662,7 +670,9 @@ def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> d
             raise OpsError(
                 exc.message,
                 state="unchanged",
-                next_command=f"wait for it to finish, then re-run: invoke restore-undo --name {name}",
+                next_command=(
+                    f"wait for it to finish, then re-run: invoke restore-undo --name {name}"
+                ),
             ) from None
         try:
             swapped = agent.call("restore.swap", name=name)
@@ -722,10 +732,12 @@ def _restore_partial(
         settings,
         "\n".join(
             [
-                f"Put back the data of {len(tables)} table(s) from {path.name} (partial, taken "
-                f"{manifest['started_at']}, revision {rev}) into {settings.database} ({settings.target}):",
+                f"Put back the data of {len(tables)} table(s) from {path.name} (partial, "
+                f"taken {manifest['started_at']}, revision {rev}) into "
+                f"{settings.database} ({settings.target}):",
                 "  " + ", ".join(sorted(tables)),
-                "  their current rows are REPLACED by the backup's, in one transaction checked against",
+                "  their current rows are REPLACED by the backup's, in one "
+                "transaction checked against",
                 "  the manifest's row counts; every other table is left as it is",
             ]
         ),

@@ -3,8 +3,9 @@
 Keeps: the newest DBOPS_BACKUP_KEEP_LAST (default 10) verified backups, plus the newest of
 each of the last DBOPS_BACKUP_KEEP_DAILY (7) days and DBOPS_BACKUP_KEEP_WEEKLY (4) ISO weeks
 that have backups, plus ALWAYS the newest verified backup, the newest FULL one, and the newest
-of each pre-* reason (pre-migrate, pre-rollback, pre-restore, …; full and touched apart). Only verified backups are ever deleted (their
-manifest first, so an interrupted deletion leaves an invalid dump, never a false backup);
+of each pre-* reason (pre-migrate, pre-rollback, pre-restore, …; full and touched apart).
+Only verified backups are ever deleted (their manifest first, so an interrupted deletion
+leaves an invalid dump, never a false backup);
 dumps without a valid manifest are reported by ``invoke backups``, never deleted here.
 DBOPS_BACKUP_RETENTION=off disables it.
 """

@@ -115,9 +115,9 @@ def rollback(
             )
             lost = touched.lossy(touched_backup)
             out(
-                f"then: rows the migration lost are put back from {touched_backup['path']} (a partial "
-                f"pre-migrate backup at {tlabel}); rows written to these tables since are replaced "
-                f"(--no-putback to skip):"
+                f"then: rows the migration lost are put back from {touched_backup['path']} (a "
+                f"partial pre-migrate backup at {tlabel}); rows written to these tables since are "
+                "replaced (--no-putback to skip):"
             )
             for name, why in sorted(lost.items()):
                 out(f"  {name}: {why}")

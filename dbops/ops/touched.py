@@ -90,7 +90,8 @@ def _run_pg(
 def touched_set(
     settings: Settings, agent: Agent, target: str, current: list[str], warn: Out = print_note
 ) -> dict:
-    """The agent's touched-set answer (see dbops/agent/touched.py), the scratch copy always dropped."""
+    """The agent's touched-set answer (see dbops/agent/touched.py), the scratch copy always
+    dropped."""
     made = agent.call("touched.scratch")
     name = made["name"]
     for old in made["swept"]:
@@ -307,6 +308,7 @@ def putback_after_rollback(settings: Settings, agent: Agent, entry: dict, out, t
         **record,
     )
     out(
-        f"put back: {res['tables']} table(s), {res['rows']} rows, counts checked against the manifest"
+        f"put back: {res['tables']} table(s), {res['rows']} rows, counts "
+        "checked against the manifest"
     )
     return res

@@ -67,7 +67,8 @@ LOG_FORMAT_HELP = "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT
 
 def observed_task(flags: dict[str, str], *, notify: bool = False):
     """``@task(help=flags)`` over ``guarded`` over ``events.observed(notify)``: a task whose run
-    is observed (events, pings, metrics) and that has the --log-format flag, documented here once."""
+    is observed (events, pings, metrics) and that has the --log-format flag, documented here
+    once."""
     from dbops import events
 
     def deco(fn):

@@ -107,7 +107,8 @@ def backups(c, json_=False, check=False, all_=False):
         mark = ("yes" if e["verified"] else "NO") + (" partial" if e.get("partial") else "")
         print(
             f"{e['created_at'][:19]:20}  {backup_op.fmt_bytes(e['size']):>9}  "
-            f"{label(e['revisions'], short=True):14} {(e['reason'] or '?'):13} {mark:11} {e['path']}"
+            f"{label(e['revisions'], short=True):14} "
+            f"{(e['reason'] or '?'):13} {mark:11} {e['path']}"
         )
         for note in _partial_note(e):
             print(f"{'':24}{note}")
@@ -130,8 +131,13 @@ def verify_backup(c, file, restore_test=False):
     {
         "yes": "do not ask for confirmation (required with ENVIRONMENT=production and no terminal)",
         "other-database": "allow restoring a backup taken of a differently named database",
-        "jobs": "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a temporary copy next to the server)",
-        "pre-backup": "also dump the live database first (the kept old database is already the undo)",
+        "jobs": (
+            "pg_restore workers (default 1 = streamed, or DBOPS_RESTORE_JOBS; N>1 uses a "
+            "temporary copy next to the server)"
+        ),
+        "pre-backup": (
+            "also dump the live database first (the kept old database is already the undo)"
+        ),
         "drop-old": "drop the previous database after the swap (needs --pre-backup)",
     },
     notify=True,
@@ -152,28 +158,31 @@ def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=Fals
     events.note(backup=res["file"], revisions=res["revisions"])
     if res.get("partial"):
         print(
-            f"restored (partial): {res['tables']} touched table(s) of {res['database']} hold the rows of "
-            f"{res['file']} again ({res['rows']} rows, counts checked in the same transaction); "
-            f"{res['timings']['total_s']:.1f} s"
+            f"restored (partial): {res['tables']} touched table(s) of {res['database']} hold the "
+            f"rows of {res['file']} again ({res['rows']} rows, counts checked in the same "
+            f"transaction); {res['timings']['total_s']:.1f} s"
         )
         return
     print(
-        f"restored: {res['database']} now holds {res['file']} (revision {label(res['revisions'], short=True)})"
+        f"restored: {res['database']} now holds {res['file']} (revision "
+        f"{label(res['revisions'], short=True)})"
     )
     print(
-        f"  checked: {res['tables']} tables, {res['rows']} rows, alembic revision as in the manifest"
+        f"  checked: {res['tables']} tables, {res['rows']} rows, alembic "
+        "revision as in the manifest"
     )
     t = res["timings"]
     if res["pre_restore_backup"]:
         print(f"  pre-restore backup: {res['pre_restore_backup']}")
         print(
-            f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s (pre-restore backup "
-            f"{t['pre_restore_backup_s']:.1f} s alongside), checks {t['check_s']:.1f} s, swap {t['swap_s']:.1f} s"
+            f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s (pre-restore "
+            f"backup {t['pre_restore_backup_s']:.1f} s alongside), "
+            f"checks {t['check_s']:.1f} s, swap {t['swap_s']:.1f} s"
         )
     else:
         print(
-            f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s, checks {t['check_s']:.1f} s, "
-            f"swap {t['swap_s']:.1f} s"
+            f"  took {t['total_s']:.1f} s: restore {t['pg_restore_s']:.1f} s, checks "
+            f"{t['check_s']:.1f} s, swap {t['swap_s']:.1f} s"
         )
     if res["old_database"]:
         print(f"  previous database kept as: {res['old_database']}")
@@ -194,7 +203,7 @@ def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=Fals
     notify=True,
 )
 def restore_undo(c, name=None, yes=False):
-    """Undo a restore: swap the kept <db>_dbops_old_<time> (NAME, default the newest) back in by rename."""
+    """Undo a restore: swap the kept <db>_dbops_old_<time> (NAME, default the newest) back in by rename."""  # noqa: E501
     res = restore_op.undo(settings(c), name, yes=yes)
     print(f"swapped back: {res['database']} is again {res['swapped_in']}")
     print(f"  the replaced database is kept as: {res['old_database']}")

@@ -95,7 +95,7 @@ def fleet(
 )
 @guarded
 def k8s_job(c, render=False, task_="migrate"):
-    """Print a Kubernetes Job that runs `invoke migrate` as a Helm pre-upgrade / Argo CD PreSync hook."""
+    """Print a Kubernetes Job that runs `invoke migrate` as a Helm pre-upgrade / Argo CD PreSync hook."""  # noqa: E501
     if not render:
         raise ConfigError(
             "invoke k8s-job needs --render (it prints the manifest; it applies nothing)",

@@ -141,10 +141,14 @@ def rehearse(c, to="head", from_="latest", keep=False, json_=False):
 @observed_task(
     {
         "to": "target: full id, unique prefix, -1/-2 (relative), base, or a branch label",
-        "yes": "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)",
+        "yes": (
+            "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)"
+        ),
         "accept_data_loss": "accept a plan whose downgrades drop tables or columns",
         "no_backup": "skip the pre-rollback backup",
-        "no_putback": "do not put back the touched tables' rows from a partial pre-migrate backup at REV",
+        "no_putback": (
+            "do not put back the touched tables' rows from a partial pre-migrate backup at REV"
+        ),
     },
     notify=True,
 )
@@ -191,8 +195,8 @@ def stamp(c, to=None, yes=False):
         )
     res = stamp_op.stamp(settings(c), to, yes=yes)
     print(
-        f"stamped: version row is {status_op.label(res['after'])} (was {status_op.label(res['before'])}); "
-        f"no schema was changed"
+        f"stamped: version row is {status_op.label(res['after'])} (was "
+        f"{status_op.label(res['before'])}); no schema was changed"
     )
 
 

@@ -7,7 +7,7 @@ Every major gets ``$CACHE/<major>/bin``: a folder of symlinks to its own binarie
 client tools (pg_dump, pg_restore, psql, pg_isready) of the closest newer installed major when
 the package ships the server only (pg_dump must be at least the server's version, and
 pg_restore 17+ emits ``SET transaction_timeout``, which servers before 17 reject). docs/postgres-majors.md says what each package really ships.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -255,7 +255,10 @@ def describe(d: dict) -> str:
     tools = (
         ""
         if not d.get("clients_from")
-        else f"; client tools {d['clients']} from {d['clients_from']} (the package has the server only)"
+        else (
+            f"; client tools {d['clients']} from {d['clients_from']} (the "
+            "package has the server only)"
+        )
     )
     return f"PostgreSQL {d['version']} from {d['source']}{tools}"
 

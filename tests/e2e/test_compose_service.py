@@ -82,7 +82,8 @@ def test_the_service_backs_up_and_drills_once_per_tick(stack, tmp_path):
         else:
             logs = compose(stack, "logs", "--no-color", "dbops", env=env).stdout
             pytest.fail(
-                f"no backups and drill in the metrics within 240 s: {metric_values(prom)}\n{logs[-4000:]}"
+                "no backups and drill in the metrics within 240 s: "
+                f"{metric_values(prom)}\n{logs[-4000:]}"
             )
         stop = compose(stack, "stop", "-t", "120", "dbops", env=env)
         assert stop.returncode == 0, stop.stderr
