@@ -56,6 +56,11 @@ def version(folder: str | Path, tool: str = "postgres") -> tuple[int, str] | Non
     return parse_version(out)
 
 
+# pg_restore 17 and newer send SET transaction_timeout, which servers before 17 reject (and with
+# --exit-on-error, or psql's ON_ERROR_STOP, that ends the restore): docs/postgres-majors.md.
+SENDS_TRANSACTION_TIMEOUT = 17
+
+
 def parse_version(text: str | None) -> tuple[int, str] | None:
     """(major, "17.10") of a tool's ``--version`` line ("pg_restore (PostgreSQL) 17.10 …")."""
     m = re.search(r"\(PostgreSQL\) ((\d+)(?:\.\d+)?)", text or "")
@@ -78,3 +83,19 @@ def installed_majors() -> dict[int, str]:
         ):
             found.setdefault(server[0], folder)
     return dict(sorted(found.items()))
+
+
+def newer_dump_warning(pg_dump_version: str, server_version: str, server_major: int) -> str | None:
+    """The warning for a backup taken by pg_dump 17+ of a server before 17, or None. Such a
+    backup is verified (it reads back in full) but no pg_restore restores it into the server it
+    came from: an older pg_restore cannot read its archive, pg_restore 17+ sends SET
+    transaction_timeout. Said when the backup is taken, not first at the 3 a.m. restore."""
+    dump = parse_version(pg_dump_version)
+    if not dump or not server_major < SENDS_TRANSACTION_TIMEOUT <= dump[0]:
+        return None
+    return (
+        f"warning: pg_dump {dump[1]} is newer than the server (PostgreSQL {server_version}): "
+        f"this backup restores into PostgreSQL {dump[0]}+ only, into this server only by hand "
+        f"(docs/postgres-majors.md); back up with pg_dump {server_major} "
+        f"(DBOPS_PG_BINDIR=$(python scripts/lib/pg_majors.py bindir {server_major}))"
+    )

@@ -260,7 +260,14 @@ def test_pg_restore_17_and_a_15_server_are_refused_before_anything_changes(
     assert done.returncode == 0, done.stderr
     assert sql("SELECT * FROM items ORDER BY id") == data
 
-    assert invoke("backup", "--no-retention", env={"DBOPS_PG_BINDIR": new_bin}).returncode == 0
+    done = invoke("backup", "--no-retention", env={"DBOPS_PG_BINDIR": new_bin})
+    assert done.returncode == 0, done.stderr
+    dump_version = pgbin.version(new_bin, "pg_dump")[1]
+    assert (  # said when the backup is taken, not first at the restore
+        f"warning: pg_dump {dump_version} is newer than the server (PostgreSQL {pg_major}."
+        in done.stderr
+    ), done.stderr
+    assert f"back up with pg_dump {pg_major} " in done.stderr
     path17 = newest_backup(settings)
     done = invoke("verify-backup", str(path17))
     assert done.returncode == 1
@@ -272,3 +279,16 @@ def test_pg_restore_17_and_a_15_server_are_refused_before_anything_changes(
     done = invoke("restore", str(path17), "--yes", env={"DBOPS_PG_BINDIR": new_bin})
     assert done.returncode == 1 and "next: restore it into a PostgreSQL 17+ server" in done.stderr
     assert sql("SELECT * FROM items ORDER BY id") == data
+
+
+def test_newer_dump_warning_only_for_pg_dump_17_plus_of_a_server_before_17():
+    line = "pg_dump (PostgreSQL) {} (Debian)"
+    assert pgbin.newer_dump_warning(line.format("17.10"), "15.18", 15).startswith(
+        "warning: pg_dump 17.10 is newer than the server (PostgreSQL 15.18): this backup "
+        "restores into PostgreSQL 17+ only"
+    )
+    assert pgbin.newer_dump_warning(line.format("18.1"), "16.2", 16) is not None
+    assert pgbin.newer_dump_warning(line.format("16.2"), "15.18", 15) is None  # no SET
+    assert pgbin.newer_dump_warning(line.format("18.1"), "17.10", 17) is None
+    assert pgbin.newer_dump_warning(line.format("15.18"), "15.18", 15) is None
+    assert pgbin.newer_dump_warning("", "15.18", 15) is None

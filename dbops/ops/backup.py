@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbops import catalog, config, seam
+from dbops import catalog, config, pgbin, seam
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings, operator
 from dbops.errors import OpsError
@@ -345,6 +345,11 @@ def take_backup(
             f"could not write the manifest {mpath}: {exc}; the dump was removed",
             state="unchanged (no backup was recorded)",
         ) from None
+    newer = pgbin.newer_dump_warning(
+        result["pg_dump_version"], info["server_version"], info["server_version_num"] // 10000
+    )
+    if newer:
+        warn(newer)
     pruned: list[str] = []
     if prune:
         from dbops.ops import retention

@@ -100,9 +100,7 @@ def checked_manifest(path: Path) -> dict:
     return manifest
 
 
-# pg_restore 17 and newer send SET transaction_timeout, which servers before 17 reject (and with
-# --exit-on-error, or psql's ON_ERROR_STOP, that ends the restore): docs/postgres-majors.md.
-SENDS_TRANSACTION_TIMEOUT = 17
+SENDS_TRANSACTION_TIMEOUT = pgbin.SENDS_TRANSACTION_TIMEOUT
 UNTOUCHED = "unchanged (nothing was touched)"
 
 
