@@ -453,3 +453,42 @@ def test_backup_truncated_after_its_manifest(doc, invoke, ops_env, db_conn):
     subprocess.run(argv, check=True)
     healthy(doc())
     assert users(db_conn) == 1
+
+
+def test_a_killed_restores_new_copy_is_named_and_dropped(
+    doc, invoke, pg_cluster, db_conn, database
+):
+    """<db>_dbops_restoring_… left by a restore killed before its swap: in use while a session
+    loads it; then named with the command that drops it (or the next restore sweeps it), and
+    doctor ends healthy with the live database untouched."""
+    assert invoke("migrate").returncode == 0
+    seed_user(db_conn)
+    name = f"{database}_dbops_restoring_20260101T000000Z"
+    pg_cluster.create_database(name)
+    try:
+        with pg_cluster.connect(name, application_name="pg_restore"):
+            rep = doc()
+            c = rep["by"]["scratch"]
+            assert c["status"] == "ok" and rep["next"] == "nothing to do", (c, rep["next"])
+            assert "in use by invoke restore of" in c["details"][0], c["details"]
+            assert "1 session(s) connected; leave it" in c["details"][0]
+        rep = doc()
+        c = rep["by"]["scratch"]
+        assert c["status"] == "warn" and rep["next_check"] == "scratch", c
+        assert c["details"][0].startswith(f"{name} (") and (
+            f"left by invoke restore of {database} (its new copy, before the swap) that was killed"
+            in c["details"][0]
+        ), c["details"]
+        assert rep["next"] == (
+            f"invoke psql -c 'DROP DATABASE \"{name}\"'   (or: the next invoke restore of this "
+            f"database sweeps it)"
+        )
+        assert run_next(invoke, rep).returncode == 0
+        assert not db_conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+        ).fetchall()
+        healthy(doc())
+        assert db_conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+    finally:
+        with pg_cluster.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from dbops.agent import db
+from dbops.agent import db, lock
 from dbops.agent.backup import count_rows, table_names
 from dbops.agent.db import one_line
 from dbops.agent.lock import maintenance_db, require_lock
@@ -53,6 +53,43 @@ def _like(text: str) -> str:
 
 def _maint(app: str):
     return db.connect(maintenance_db(), application_name=app)
+
+
+def stale_targets(database: str) -> list[dict]:
+    """This database's restore targets (<db>_dbops_restoring_*) in the shape of
+    scratch.leftovers: in use while a dbops operation holds this database's lock or a session
+    is in one (a restore is loading it); else left by a killed restore, which the next restore
+    of this database sweeps."""
+    like = _like(_prefix(database, 63 - len(RESTORING) - 16) + RESTORING) + "%"
+    with _maint("dbops:restore targets") as m:
+        running = lock.holder(m, database)
+        rows = m.execute(
+            "SELECT d.datname, CASE WHEN has_database_privilege(d.oid, 'CONNECT') "
+            "THEN pg_database_size(d.oid) END, (SELECT count(*) FROM pg_stat_activity a "
+            "WHERE a.datname = d.datname AND a.pid <> pg_backend_pid()) "
+            "FROM pg_database d WHERE d.datname LIKE %s ORDER BY 1",
+            [like],
+        ).fetchall()
+    found = []
+    for name, size, connected in rows:
+        used = (
+            f"a dbops operation on {database} is running: {lock.describe_holder(running)}"
+            if running
+            else f"{connected} session(s) connected"
+            if connected
+            else None
+        )
+        found.append(
+            {
+                "name": name,
+                "bytes": None if size is None else int(size),
+                "purpose": "restoring",
+                "made_by": f"invoke restore of {database} (its new copy, before the swap)",
+                "in_use": used is not None,
+                "used_by": used,
+            }
+        )
+    return found
 
 
 def sessions(conn, database: str) -> list[dict]:

@@ -6,7 +6,8 @@ advisory lock on its name until it is dropped or the agent ends: a scratch datab
 nobody holds and that nobody is connected to is a leftover of a killed run (``leftovers``;
 doctor names it with the command that drops it).
 
-    scratch.leftovers   every dbops_scratch_* database on the server: its purpose, size, and
+    scratch.leftovers   every dbops_scratch_* database on the server, and this database's
+                        restore targets (<db>_dbops_restoring_*): its purpose, size, and
                         whether a running operation is using it
 """
 
@@ -152,4 +153,6 @@ def leftovers(prefix: str = PREFIX) -> list[dict]:
 
 @handler("scratch.leftovers")
 def list_leftovers(_ctx) -> dict:
-    return {"scratch": leftovers()}
+    from dbops.agent import restore  # it imports this module
+
+    return {"scratch": leftovers() + restore.stale_targets(db.database())}

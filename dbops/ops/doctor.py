@@ -606,10 +606,11 @@ def _drop_database(name: str) -> str:
 
 @needs_db
 def scratch(f: Facts) -> Check | None:
-    """Scratch databases (dbops_scratch_*) on the server: each named with what made it; one that
-    a running operation is using (its maker's lock held, or a session in it) is said to be in
-    use, never offered for dropping; the others were left by killed runs: the command that
-    drops the first is next (dbops/agent/scratch.py)."""
+    """Scratch databases (dbops_scratch_*) on the server and this database's restore targets
+    (<db>_dbops_restoring_*): each named with what made it; one that a running operation is
+    using (its maker's lock held, or a session in it) is said to be in use, never offered for
+    dropping; the others were left by killed runs: the command that drops the first is next
+    (dbops/agent/scratch.py)."""
     try:
         found = f.agent.call("scratch.leftovers")["scratch"]
     except AgentError as exc:
@@ -643,6 +644,8 @@ def scratch(f: Facts) -> Check | None:
         if first["purpose"] == "rehearse"
         else "   (or: the next touched-set run of its database sweeps it)"
         if first["purpose"] == "touched"
+        else "   (or: the next invoke restore of this database sweeps it)"
+        if first["purpose"] == "restoring"
         else ""
     )
     return Check(
