@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops import audit, catalog, seam
-from dbops.agent_client import Agent, AgentError
+from dbops.agent_client import Agent
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.backup import fmt_bytes
@@ -34,6 +34,7 @@ from dbops.ops.output import Out, print_line
 from dbops.ops.rehearse_verdict import fmt_s, judge, over
 from dbops.ops.restore import (
     check_pg_restore,
+    check_restored,
     checked_manifest,
     pg_restore_stream,
     resolve,
@@ -289,15 +290,7 @@ def rehearse(
                     state="unchanged (only the copy was written)",
                     next_command=f"invoke verify-backup {path} --restore-test",
                 )
-            try:
-                agent.call(
-                    "restore.check",
-                    name=name,
-                    tables=manifest["tables"],
-                    revisions=manifest["revisions"],
-                )
-            except AgentError as exc:
-                raise OpsError(exc.message, state="unchanged (only the copy was written)") from None
+            check_restored(agent, name, manifest, state="unchanged (only the copy was written)")
             restore_s = time.monotonic() - t_restore
             out(
                 f"restored into {name} in {restore_s:.1f} s; running {len(pending)} revision(s) "
