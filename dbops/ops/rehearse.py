@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops import audit, catalog, seam
+from dbops.agent.pglocks import MODES
 from dbops.agent_client import Agent
 from dbops.config import Settings
 from dbops.errors import OpsError
@@ -43,16 +44,6 @@ from dbops.ops.restore import (
 from dbops.ops.status import label
 from dbops.ops.steps import acquire_lock, planned
 
-STRENGTH = [
-    "AccessShareLock",
-    "RowShareLock",
-    "RowExclusiveLock",
-    "ShareUpdateExclusiveLock",
-    "ShareLock",
-    "ShareRowExclusiveLock",
-    "ExclusiveLock",
-    "AccessExclusiveLock",
-]
 ROOM_FACTOR = 1.2  # the copy is about the database's size; its rewrites need more on top
 DF_SCRIPT = r"""
 # dbops rehearse: the free space of the server's data directory
@@ -367,8 +358,7 @@ def format_report(report: dict, lim: dict | None = None) -> list[str]:
             for lk in r["locks"]:
                 if lk["statement"] == st["index"] and (
                     lk["relation"] not in strongest
-                    or STRENGTH.index(lk["mode"])
-                    > STRENGTH.index(strongest[lk["relation"]]["mode"])
+                    or MODES.index(lk["mode"]) > MODES.index(strongest[lk["relation"]]["mode"])
                 ):
                     strongest[lk["relation"]] = lk
             locks = ", ".join(
