@@ -122,6 +122,19 @@ def purpose_of(name: str) -> str:
     return name[len(PREFIX) :].split("_", 1)[0] if name.startswith(PREFIX) else "?"
 
 
+def leftover(name: str, size: int | None, purpose: str, made_by: str, used: str | None) -> dict:
+    """One row of ``scratch.leftovers`` (also restore.stale_targets'): ``used`` says by whom
+    it is in use, None when nothing is using it."""
+    return {
+        "name": name,
+        "bytes": None if size is None else int(size),
+        "purpose": purpose,
+        "made_by": made_by,
+        "in_use": used is not None,
+        "used_by": used,
+    }
+
+
 def leftovers(prefix: str = PREFIX) -> list[dict]:
     """Every scratch database whose name starts with ``prefix``: name, bytes, purpose (what made
     it), in_use (its maker's lock is held, or a session is connected to it) and by whom."""
@@ -138,16 +151,7 @@ def leftovers(prefix: str = PREFIX) -> list[dict]:
                 if sessions
                 else None
             )
-            found.append(
-                {
-                    "name": name,
-                    "bytes": None if size is None else int(size),
-                    "purpose": word,
-                    "made_by": PURPOSES.get(word, f"dbops ({word})"),
-                    "in_use": used is not None,
-                    "used_by": used,
-                }
-            )
+            found.append(leftover(name, size, word, PURPOSES.get(word, f"dbops ({word})"), used))
     return found
 
 
