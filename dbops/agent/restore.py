@@ -217,12 +217,7 @@ def scratch_create(_ctx) -> dict:
 def scratch_drop(_ctx, name: str) -> dict:
     from dbops.agent import scratch
 
-    if not name.startswith("dbops_scratch_"):
-        raise AgentFailure(
-            f"internal: refusing to drop {name!r} (not a scratch database)", kind="internal"
-        )
-    scratch.drop(name)
-    return {"dropped": name}
+    return scratch.drop_own(name, scratch.PREFIX, "a scratch database")
 
 
 @handler("restore.check")

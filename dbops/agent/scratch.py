@@ -22,7 +22,7 @@ from psycopg import sql
 
 from dbops.agent import db
 from dbops.agent.lock import maintenance_db
-from dbops.agent.protocol import handler
+from dbops.agent.protocol import AgentFailure, handler
 
 PREFIX = "dbops_scratch_"
 LOCK_CLASS = 0x7265  # pg_advisory_lock(LOCK_CLASS, hashtext(name)), held by the scratch's maker
@@ -91,6 +91,15 @@ def drop(name: str) -> None:
     holder = _held.pop(name, None)
     if holder is not None:
         holder.close()
+
+
+def drop_own(name: str, prefix: str, what: str) -> dict:
+    """A drop handler's body: drops ``name``, refused (a host bug) unless it starts with
+    ``prefix``, the start of the names of the handler's own scratch databases (``what``)."""
+    if not name.startswith(prefix):
+        raise AgentFailure(f"internal: refusing to drop {name!r} (not {what})", kind="internal")
+    drop(name)
+    return {"dropped": name}
 
 
 @contextlib.contextmanager

@@ -252,12 +252,7 @@ def scratch_create(ctx) -> dict:
 
 @handler("touched.drop")
 def scratch_drop(_ctx, name: str) -> dict:
-    if not name.startswith(SCRATCH_PREFIX):
-        raise AgentFailure(
-            f"internal: refusing to drop {name!r} (not a touched-set scratch)", kind="internal"
-        )
-    scratch.drop(name)
-    return {"dropped": name}
+    return scratch.drop_own(name, SCRATCH_PREFIX, "a touched-set scratch")
 
 
 @handler("touched.trace")
