@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC_INI = ROOT / "backend" / "alembic.ini"
 
 
+def offline_settings(tmp_path: Path, invoke_config: dict | None = None, **environ: str):
+    """Settings for user u on database d from ``environ`` alone (no .env file, no server
+    needed): for tests of what is derived from the settings."""
+    base = {"DBOPS_ENV_FILE": str(tmp_path / "none"), "POSTGRES_USER": "u", "POSTGRES_DB": "d"}
+    return load_settings(ROOT, invoke_config, environ={**base, **environ})
+
+
 def pytest_report_header():
     """Which PostgreSQL this run tests (scripts/test --pg=N or DBOPS_PG_BINDIR choose it)."""
     b = pgbin.bindir()

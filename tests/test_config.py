@@ -8,7 +8,7 @@ import pytest
 
 from dbops.config import load_settings
 from dbops.errors import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, offline_settings
 
 
 def test_process_environment_overrides_env_file(tmp_path):
@@ -19,15 +19,10 @@ def test_process_environment_overrides_env_file(tmp_path):
 
 
 def test_invoke_config_is_the_lowest_layer(tmp_path):
-    s = load_settings(
-        ROOT,
+    s = offline_settings(
+        tmp_path,
         {"dbops_db_service": "postgres-main", "dbops_target": "local"},
-        environ={
-            "DBOPS_ENV_FILE": str(tmp_path / "none"),
-            "POSTGRES_USER": "u",
-            "POSTGRES_DB": "d",
-            "DBOPS_TARGET": "compose",
-        },
+        DBOPS_TARGET="compose",
     )
     assert s.db_service == "postgres-main" and s.target == "compose"
 
@@ -67,14 +62,7 @@ def test_bad_configuration_is_refused(tmp_path, environ, needle):
 def test_every_declared_default_parses(tmp_path):
     from dbops.config import SETTINGS
 
-    s = load_settings(
-        ROOT,
-        environ={
-            "DBOPS_ENV_FILE": str(tmp_path / "none"),
-            "POSTGRES_USER": "u",
-            "POSTGRES_DB": "d",
-        },
-    )
+    s = offline_settings(tmp_path)
     for setting in SETTINGS:
         s.get(setting.name)  # raises ConfigError if a default does not parse
     assert s.get("DBOPS_BACKUP_RESERVE_MB") == 64.0 and s.get("DBOPS_BACKUP_RETENTION") is True
@@ -82,15 +70,7 @@ def test_every_declared_default_parses(tmp_path):
 
 
 def test_empty_value_means_the_default(tmp_path):
-    s = load_settings(
-        ROOT,
-        environ={
-            "DBOPS_ENV_FILE": str(tmp_path / "none"),
-            "POSTGRES_USER": "u",
-            "POSTGRES_DB": "d",
-            "DBOPS_LOCK_RETRIES": "",
-        },
-    )
+    s = offline_settings(tmp_path, DBOPS_LOCK_RETRIES="")
     assert s.lock_retries == 5
 
 

@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 
 from dbops import audit, localpg
-from tests.conftest import ALEMBIC_INI, ROOT
+from tests.conftest import ALEMBIC_INI, ROOT, offline_settings
 from tests.fixtures.processes import Sampler
 from tests.fixtures.projects import SAMPLE_HEAD, version_rows
 
@@ -342,19 +342,11 @@ def test_current_backup_and_doctor_run_per_database(fleet):
 
 
 def test_the_example_fleet_file_is_valid(monkeypatch, tmp_path):
-    from dbops.config import load_settings
     from dbops.fleet import plan
 
     monkeypatch.setenv("FLEET_PG_PASSWORD", "x")
     monkeypatch.setenv("US_EAST_PG_PASSWORD", "y")
-    s = load_settings(
-        ROOT,
-        environ={
-            "DBOPS_ENV_FILE": str(tmp_path / "none"),
-            "POSTGRES_USER": "u",
-            "POSTGRES_DB": "d",
-        },
-    )
+    s = offline_settings(tmp_path)
     members = plan.load(s, ROOT / "fleet.example.toml", discover=False)
     assert [(m.name, m.wave) for m in members] == [("staging", 0), ("eu-west", 1), ("us-east", 2)]
     staging = members[0]

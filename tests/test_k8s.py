@@ -37,6 +37,34 @@ def make(tmp_path, **env):
     return load_settings(ROOT, environ={**base, **env})
 
 
+# The agent as backend() settings run it in the backend pod, after `env` and its variables.
+AGENT = ["python", "-m", "dbops.agent", "--ini", "/app/alembic.ini"]
+
+
+def backend(tmp_path, fake_kubectl, **env):
+    """Settings whose agent runs in the stand-in's backend pod (app=backend, /srv/dbops)."""
+    return make(
+        tmp_path,
+        DBOPS_KUBECTL=fake_kubectl.kubectl,
+        DBOPS_K8S_BACKEND_SELECTOR="app=backend",
+        DBOPS_K8S_AGENT_PATH="/srv/dbops",
+        DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini",
+        **env,
+    )
+
+
+def through_pods(fake_kubectl) -> dict:
+    """The environment of `invoke` through the stand-in: this checkout as the agent's path in
+    the backend pod, and no password on this side (the pods hold it)."""
+    return {
+        "DBOPS_TARGET": "kubernetes",
+        "DBOPS_KUBECTL": fake_kubectl.kubectl,
+        "DBOPS_K8S_AGENT_PATH": str(ROOT),
+        "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
+        "POSTGRES_PASSWORD": "",
+    }
+
+
 @pytest.fixture
 def fake_kubectl(tmp_path, monkeypatch):
     """The stand-in, with a db pod and a backend pod; returns the recorded calls."""
@@ -107,13 +135,7 @@ def test_pg_tools_exec_into_the_db_pod_found_by_label(tmp_path, fake_kubectl):
 
 
 def test_agent_execs_into_the_backend_pod_with_its_own_secret(tmp_path, fake_kubectl):
-    s = make(
-        tmp_path,
-        DBOPS_KUBECTL=fake_kubectl.kubectl,
-        DBOPS_K8S_BACKEND_SELECTOR="app=backend",
-        DBOPS_K8S_AGENT_PATH="/srv/dbops",
-        DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini",
-    )
+    s = backend(tmp_path, fake_kubectl)
     launch = target_for(s).agent()
     assert launch.argv[2:] == [
         "--namespace",
@@ -126,11 +148,7 @@ def test_agent_execs_into_the_backend_pod_with_its_own_secret(tmp_path, fake_kub
         "PYTHONPATH=/srv/dbops",
         "POSTGRES_DB=shop",
         "PGDATABASE=shop",
-        "python",
-        "-m",
-        "dbops.agent",
-        "--ini",
-        "/app/alembic.ini",
+        *AGENT,
     ]
     assert SECRET not in " ".join(launch.argv) and SECRET not in json.dumps(launch.env)
     assert "backend pod app=backend" in target_for(s).describe()
@@ -139,14 +157,8 @@ def test_agent_execs_into_the_backend_pod_with_its_own_secret(tmp_path, fake_kub
 def test_agent_gets_the_direct_address_as_compose_passes_it(tmp_path, fake_kubectl):
     """DBOPS_DIRECT_HOST/_PORT (PgBouncer in front, docs/pgbouncer.md) reach the agent in the
     backend pod on `env`'s argv, overriding the pod's POSTGRES_HOST/_PORT, as compose's `-e`."""
-    s = make(
-        tmp_path,
-        DBOPS_KUBECTL=fake_kubectl.kubectl,
-        DBOPS_K8S_BACKEND_SELECTOR="app=backend",
-        DBOPS_K8S_AGENT_PATH="/srv/dbops",
-        DBOPS_BACKEND_ALEMBIC_INI="/app/alembic.ini",
-        DBOPS_DIRECT_HOST="pg-direct.shop.svc",
-        DBOPS_DIRECT_PORT="5433",
+    s = backend(
+        tmp_path, fake_kubectl, DBOPS_DIRECT_HOST="pg-direct.shop.svc", DBOPS_DIRECT_PORT="5433"
     )
     launch = target_for(s).agent()
     assert launch.argv[launch.argv.index("--") + 1 :] == [
@@ -158,11 +170,7 @@ def test_agent_gets_the_direct_address_as_compose_passes_it(tmp_path, fake_kubec
         "POSTGRES_PORT=5433",
         "DBOPS_DIRECT_HOST=pg-direct.shop.svc",
         "DBOPS_DIRECT_PORT=5433",
-        "python",
-        "-m",
-        "dbops.agent",
-        "--ini",
-        "/app/alembic.ini",
+        *AGENT,
     ]
     assert SECRET not in " ".join(launch.argv) and SECRET not in json.dumps(launch.env)
     # The db pod's tools use its local socket, as compose's exec: no direct address there.
@@ -203,13 +211,7 @@ def test_the_agent_in_the_pod_connects_to_the_direct_address(
             }
         )
     )
-    env = {
-        "DBOPS_TARGET": "kubernetes",
-        "DBOPS_KUBECTL": fake_kubectl.kubectl,
-        "DBOPS_K8S_AGENT_PATH": str(ROOT),
-        "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
-        "POSTGRES_PASSWORD": "",
-    }
+    env = through_pods(fake_kubectl)
     done = invoke("current", env=env)
     assert done.returncode == 1, done.stdout + done.stderr  # the pod's own address: nothing there
     done = invoke(
@@ -290,13 +292,7 @@ def test_migrate_through_the_kubernetes_target_against_real_postgresql(
             }
         )
     )
-    env = {
-        "DBOPS_TARGET": "kubernetes",
-        "DBOPS_KUBECTL": fake_kubectl.kubectl,
-        "DBOPS_K8S_AGENT_PATH": str(ROOT),
-        "DBOPS_BACKEND_ALEMBIC_INI": "alembic.ini",
-        "POSTGRES_PASSWORD": "",
-    }
+    env = through_pods(fake_kubectl)
     done = invoke("migrate", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert version_rows(db_conn) == [SAMPLE_HEAD]

@@ -3,12 +3,10 @@ autocommit_block revision), and a session holding a lock on comments while migra
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
-from tests.conftest import ROOT
+from tests.fixtures.processes import start_invoke
 from tests.fixtures.projects import REVS, SAMPLE_HEAD, catalog, make_project, seed, version_rows
 from tests.fixtures.records import audit_records
 
@@ -19,18 +17,7 @@ def test_ten_concurrent_migrates_from_base_one_applies_the_others_name_the_holde
     ini = make_project(tmp_path, "concurrent")
     gate = tmp_path / "gate"
     env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_FIXTURE_GATE": str(gate)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "invoke", "migrate"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(10)
-    ]
+    procs = [start_invoke(env, "migrate") for _ in range(10)]
     # The winner waits at the gate AFTER its CREATE INDEX CONCURRENTLY committed: the lock must
     # survive that commit while the nine others try.
     deadline = time.monotonic() + 120
@@ -154,15 +141,7 @@ def test_agent_killed_mid_run_is_reported_audited_and_releases_the_lock(
     ini = make_project(tmp_path, "concurrent")
     gate = tmp_path / "gate"
     env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "DBOPS_FIXTURE_GATE": str(gate)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "migrate", "--no-backup"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_invoke(env, "migrate", "--no-backup")
     rev = REVS["concurrent"].rev
     deadline = time.monotonic() + 60
     # Kill only once the revision's CREATE INDEX CONCURRENTLY has committed (a valid index) and

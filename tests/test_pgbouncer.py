@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from dbops import localpg
 from dbops.agent import lock
 from tests.conftest import ROOT
+from tests.fixtures.processes import start_invoke
 from tests.fixtures.projects import REVS, catalog, make_project, version_rows
 from tests.fixtures.records import audit_records
 
@@ -181,18 +181,7 @@ def test_six_concurrent_migrates_through_pgbouncer_one_applies_nothing_is_strand
         "DBOPS_DIRECT_HOST": "127.0.0.1",
         "DBOPS_DIRECT_PORT": str(pg_cluster.port),
     }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "invoke", "migrate"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(6)
-    ]
+    procs = [start_invoke(env, "migrate") for _ in range(6)]
     deadline = time.monotonic() + 120  # the winner waits at the gate, holding the lock
     while sum(p.poll() is not None for p in procs) < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -251,18 +240,7 @@ def test_six_concurrent_migrates_through_pgbouncer_without_direct_settings_all_r
     (or its refusal) still tells."""
     b = bouncers("transaction", stats)
     env = {**ops_env, "POSTGRES_PORT": str(b.port)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "invoke", "migrate"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(6)
-    ]
+    procs = [start_invoke(env, "migrate") for _ in range(6)]
     results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
     for code, _out, err in results:
         assert code == 1 and "set DBOPS_DIRECT_HOST" in err, err[-800:]

@@ -137,6 +137,30 @@ def test_a_check_with_an_sql_error_fails_and_no_backup_is_a_clear_error(invoke, 
     assert scratch_databases(db_conn) == []
 
 
+def test_a_restored_copy_unlike_its_manifest_fails_the_drill_and_the_restore_test(
+    invoke, watched, db_conn
+):
+    """restore.check against the manifest (ops/restore.check_restored): drill and
+    verify-backup --restore-test each say it in their own words, and drop the scratch copy."""
+    fill(db_conn)
+    assert invoke("backup", env=watched).returncode == 0
+    [entry] = catalog.list_backups(settings_of(watched))
+    mpath = catalog.manifest_path(Path(entry["path"]))
+    manifest = json.loads(mpath.read_text())
+    manifest["tables"]["public.items"] += 1  # the archive's sha256 still matches
+    mpath.write_text(json.dumps(manifest))
+    done = invoke("drill", env=watched)
+    assert done.returncode == 1
+    assert "error: the restored copy does not match the backup: " in done.stderr, done.stderr
+    assert "row counts differ: public.items 1000 (manifest 1001)" in done.stderr
+    assert "next: invoke backup   # a new verified backup, then invoke drill" in done.stderr
+    done = invoke("verify-backup", entry["path"], "--restore-test", env=watched)
+    assert done.returncode == 1
+    assert "row counts differ: public.items 1000 (manifest 1001)" in done.stderr, done.stderr
+    assert "database state: unchanged (a scratch database was used)" in done.stderr
+    assert scratch_databases(db_conn) == []
+
+
 def test_freshness_of_backups_follows_the_schedule(settings, invoke, ops_env):
     ok, message, nxt = freshness.backup_freshness(settings)
     assert not ok and nxt == "invoke backup"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dbops.agent_client import Agent
+from dbops.agent_client import Agent, AgentError
 from dbops.config import load_settings
 from dbops.ops.touched import touched_set
 from tests.conftest import ROOT
@@ -299,3 +299,17 @@ def test_what_a_rollback_would_put_back(case, tmp_path, ops_env):
     assert must <= got, (case, ts["lossy"])
     assert not (must_not & got), (case, ts["lossy"])
     assert got <= set(ts["relations"])
+
+
+def test_the_drop_handlers_drop_only_their_own_scratch_databases(ops_env, db_conn):
+    settings = load_settings(ROOT, environ=ops_env)
+    with Agent(settings) as agent:
+        name = agent.call("restore.scratch")["name"]  # dbops_scratch_restoretest_…
+        with pytest.raises(AgentError, match="not a touched-set scratch") as refused:
+            agent.call("touched.drop", name=name)
+        assert refused.value.kind == "internal"
+        with pytest.raises(AgentError, match="not a scratch database"):
+            agent.call("restore.scratch_drop", name=settings.database)
+        assert agent.call("restore.scratch_drop", name=name) == {"dropped": name}
+    left = db_conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [name])
+    assert left.fetchone()[0] == 0

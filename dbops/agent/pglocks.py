@@ -20,6 +20,9 @@ MODES = (
     "ExclusiveLock",
     "AccessExclusiveLock",
 )
+# RowExclusiveLock or stronger: what writing, altering or dropping a table takes
+WRITE_MODES = frozenset(MODES[MODES.index("RowExclusiveLock") :])
+READ_MODES = frozenset(MODES) - WRITE_MODES  # AccessShareLock, RowShareLock (SELECT … FOR …)
 
 _ALL = set(MODES)
 CONFLICTS: dict[str, set[str]] = {

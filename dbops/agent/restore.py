@@ -26,7 +26,7 @@ from dbops.agent.backup import count_rows, table_names
 from dbops.agent.db import one_line
 from dbops.agent.lock import maintenance_db, require_lock
 from dbops.agent.protocol import AgentFailure, handler
-from dbops.agent.scratch import like_database
+from dbops.agent.scratch import leftover, like_database
 
 RESTORING = "_dbops_restoring_"
 OLD = "_dbops_old_"
@@ -79,16 +79,8 @@ def stale_targets(database: str) -> list[dict]:
             if connected
             else None
         )
-        found.append(
-            {
-                "name": name,
-                "bytes": None if size is None else int(size),
-                "purpose": "restoring",
-                "made_by": f"invoke restore of {database} (its new copy, before the swap)",
-                "in_use": used is not None,
-                "used_by": used,
-            }
-        )
+        made_by = f"invoke restore of {database} (its new copy, before the swap)"
+        found.append(leftover(name, size, "restoring", made_by, used))
     return found
 
 
@@ -225,12 +217,7 @@ def scratch_create(_ctx) -> dict:
 def scratch_drop(_ctx, name: str) -> dict:
     from dbops.agent import scratch
 
-    if not name.startswith("dbops_scratch_"):
-        raise AgentFailure(
-            f"internal: refusing to drop {name!r} (not a scratch database)", kind="internal"
-        )
-    scratch.drop(name)
-    return {"dropped": name}
+    return scratch.drop_own(name, scratch.PREFIX, "a scratch database")
 
 
 @handler("restore.check")

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from dbops.agent import db
 from dbops.agent.lock import maintenance_db
-from dbops.agent.protocol import handler
+from dbops.agent.protocol import AgentFailure, handler
 
 PREFIX = "dbops_scratch_"
 LOCK_CLASS = 0x7265  # pg_advisory_lock(LOCK_CLASS, hashtext(name)), held by the scratch's maker
@@ -93,6 +93,15 @@ def drop(name: str) -> None:
         holder.close()
 
 
+def drop_own(name: str, prefix: str, what: str) -> dict:
+    """A drop handler's body: drops ``name``, refused (a host bug) unless it starts with
+    ``prefix``, the start of the names of the handler's own scratch databases (``what``)."""
+    if not name.startswith(prefix):
+        raise AgentFailure(f"internal: refusing to drop {name!r} (not {what})", kind="internal")
+    drop(name)
+    return {"dropped": name}
+
+
 @contextlib.contextmanager
 def scratch_database(purpose: str) -> Iterator[str]:
     name = create(purpose)
@@ -122,6 +131,19 @@ def purpose_of(name: str) -> str:
     return name[len(PREFIX) :].split("_", 1)[0] if name.startswith(PREFIX) else "?"
 
 
+def leftover(name: str, size: int | None, purpose: str, made_by: str, used: str | None) -> dict:
+    """One row of ``scratch.leftovers`` (also restore.stale_targets'): ``used`` says by whom
+    it is in use, None when nothing is using it."""
+    return {
+        "name": name,
+        "bytes": None if size is None else int(size),
+        "purpose": purpose,
+        "made_by": made_by,
+        "in_use": used is not None,
+        "used_by": used,
+    }
+
+
 def leftovers(prefix: str = PREFIX) -> list[dict]:
     """Every scratch database whose name starts with ``prefix``: name, bytes, purpose (what made
     it), in_use (its maker's lock is held, or a session is connected to it) and by whom."""
@@ -138,16 +160,7 @@ def leftovers(prefix: str = PREFIX) -> list[dict]:
                 if sessions
                 else None
             )
-            found.append(
-                {
-                    "name": name,
-                    "bytes": None if size is None else int(size),
-                    "purpose": word,
-                    "made_by": PURPOSES.get(word, f"dbops ({word})"),
-                    "in_use": used is not None,
-                    "used_by": used,
-                }
-            )
+            found.append(leftover(name, size, word, PURPOSES.get(word, f"dbops ({word})"), used))
     return found
 
 

@@ -31,18 +31,10 @@ from psycopg import sql
 from dbops.agent import db, scratch
 from dbops.agent.db import one_line
 from dbops.agent.lock import maintenance_db, require_lock
+from dbops.agent.pglocks import READ_MODES, WRITE_MODES
 from dbops.agent.protocol import AgentFailure, handler
 from dbops.agent.statement_trace import StatementTrace
 
-WRITE_MODES = {
-    "RowExclusiveLock",
-    "ShareUpdateExclusiveLock",
-    "ShareLock",
-    "ShareRowExclusiveLock",
-    "ExclusiveLock",
-    "AccessExclusiveLock",
-}
-READ_MODES = {"AccessShareLock", "RowShareLock"}
 SCRATCH_PREFIX = "dbops_scratch_touched_"
 
 # user relations: tables, partitioned tables, sequences (not catalogs, not extension members)
@@ -260,12 +252,7 @@ def scratch_create(ctx) -> dict:
 
 @handler("touched.drop")
 def scratch_drop(_ctx, name: str) -> dict:
-    if not name.startswith(SCRATCH_PREFIX):
-        raise AgentFailure(
-            f"internal: refusing to drop {name!r} (not a touched-set scratch)", kind="internal"
-        )
-    scratch.drop(name)
-    return {"dropped": name}
+    return scratch.drop_own(name, SCRATCH_PREFIX, "a touched-set scratch")
 
 
 @handler("touched.trace")

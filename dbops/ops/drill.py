@@ -19,7 +19,7 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_note
-from dbops.ops.restore import RestoreJob, check_pg_restore, checked_manifest
+from dbops.ops.restore import RestoreJob, check_pg_restore, check_restored, checked_manifest
 from dbops.progress import follow_file
 
 STATE = "unchanged (the drill restores into a scratch database, which was dropped)"
@@ -102,19 +102,14 @@ def run_drill(
                     f"invoke verify-backup {path}   # then take a new backup: invoke backup"
                 ),
             )
-        try:
-            res = agent.call(
-                "restore.check",
-                name=name,
-                tables=manifest["tables"],
-                revisions=manifest["revisions"],
-            )
-        except AgentError as exc:
-            raise OpsError(
-                f"the restored copy does not match the backup: {exc.message}",
-                state=STATE,
-                next_command="invoke backup   # a new verified backup, then invoke drill",
-            ) from None
+        res = check_restored(
+            agent,
+            name,
+            manifest,
+            state=STATE,
+            prefix="the restored copy does not match the backup: ",
+            next_command="invoke backup   # a new verified backup, then invoke drill",
+        )
         record.update(tables=res["tables"], rows=res["rows"])
         results = []
         for check in checks:

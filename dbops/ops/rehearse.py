@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops import audit, catalog, seam
-from dbops.agent_client import Agent, AgentError
+from dbops.agent.pglocks import MODES
+from dbops.agent_client import Agent
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.backup import fmt_bytes
@@ -34,6 +35,7 @@ from dbops.ops.output import Out, print_line
 from dbops.ops.rehearse_verdict import fmt_s, judge, over
 from dbops.ops.restore import (
     check_pg_restore,
+    check_restored,
     checked_manifest,
     pg_restore_stream,
     resolve,
@@ -42,16 +44,6 @@ from dbops.ops.restore import (
 from dbops.ops.status import label
 from dbops.ops.steps import acquire_lock, planned
 
-STRENGTH = [
-    "AccessShareLock",
-    "RowShareLock",
-    "RowExclusiveLock",
-    "ShareUpdateExclusiveLock",
-    "ShareLock",
-    "ShareRowExclusiveLock",
-    "ExclusiveLock",
-    "AccessExclusiveLock",
-]
 ROOM_FACTOR = 1.2  # the copy is about the database's size; its rewrites need more on top
 DF_SCRIPT = r"""
 # dbops rehearse: the free space of the server's data directory
@@ -289,15 +281,7 @@ def rehearse(
                     state="unchanged (only the copy was written)",
                     next_command=f"invoke verify-backup {path} --restore-test",
                 )
-            try:
-                agent.call(
-                    "restore.check",
-                    name=name,
-                    tables=manifest["tables"],
-                    revisions=manifest["revisions"],
-                )
-            except AgentError as exc:
-                raise OpsError(exc.message, state="unchanged (only the copy was written)") from None
+            check_restored(agent, name, manifest, state="unchanged (only the copy was written)")
             restore_s = time.monotonic() - t_restore
             out(
                 f"restored into {name} in {restore_s:.1f} s; running {len(pending)} revision(s) "
@@ -374,8 +358,7 @@ def format_report(report: dict, lim: dict | None = None) -> list[str]:
             for lk in r["locks"]:
                 if lk["statement"] == st["index"] and (
                     lk["relation"] not in strongest
-                    or STRENGTH.index(lk["mode"])
-                    > STRENGTH.index(strongest[lk["relation"]]["mode"])
+                    or MODES.index(lk["mode"]) > MODES.index(strongest[lk["relation"]]["mode"])
                 ):
                     strongest[lk["relation"]] = lk
             locks = ", ".join(

@@ -249,6 +249,29 @@ def pg_restore_stream(
     ).finish()
 
 
+def check_restored(
+    agent: Agent,
+    name: str,
+    manifest: dict,
+    *,
+    state: str,
+    prefix: str = "",
+    next_command: str | None = None,
+) -> dict:
+    """``restore.check`` of the restored copy *name* against *manifest* (tables, row counts,
+    alembic revision). A mismatch raises OpsError with the caller's *prefix*, state and next
+    command."""
+    try:
+        return agent.call(
+            "restore.check",
+            name=name,
+            tables=manifest["tables"],
+            revisions=manifest["revisions"],
+        )
+    except AgentError as exc:
+        raise OpsError(prefix + exc.message, state=state, next_command=next_command) from None
+
+
 def verify(
     settings: Settings, file: str, *, restore_test: bool = False, warn: Out = print_note
 ) -> dict:
@@ -295,17 +318,9 @@ def verify(
                     details=lines[-8:],
                     state="unchanged (a scratch database was used)",
                 )
-            try:
-                res = agent.call(
-                    "restore.check",
-                    name=name,
-                    tables=manifest["tables"],
-                    revisions=manifest["revisions"],
-                )
-            except AgentError as exc:
-                raise OpsError(
-                    exc.message, state="unchanged (a scratch database was used)"
-                ) from None
+            res = check_restored(
+                agent, name, manifest, state="unchanged (a scratch database was used)"
+            )
         finally:
             try:
                 agent.call("restore.scratch_drop", name=name)
