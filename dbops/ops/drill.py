@@ -106,8 +106,7 @@ def run_drill(
             agent,
             name,
             manifest,
-            state=STATE,
-            prefix="the restored copy does not match the backup: ",
+            state=STATE,  # the agent's message already says "does not match the backup"
             next_command="invoke backup   # a new verified backup, then invoke drill",
         )
         record.update(tables=res["tables"], rows=res["rows"])
