@@ -447,7 +447,13 @@ def restore(
                     f"{'+'.join(manifest['revisions']) or 'base'}, "
                     f"{len(manifest['tables'])} tables, {rows} rows",
                     f"over database {settings.database} ({settings.target}).",
-                    f"  1. {'a pre-restore backup of ' + settings.database + ' is taken (--pre-backup)' if pre_backup else 'no pre-restore dump (the old database is kept instead; --pre-backup for one)'}",  # noqa: E501
+                    "  1. "
+                    + (
+                        f"a pre-restore backup of {settings.database} is taken (--pre-backup)"
+                        if pre_backup
+                        else "no pre-restore dump (the old database is kept instead; "
+                        "--pre-backup for one)"
+                    ),
                     "  2. the backup is restored into a new database and checked",
                     f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} "
                     "are terminated, and the databases are swapped by rename",
@@ -492,11 +498,6 @@ def restore(
         return res
 
 
-# The pre-restore backup reads the live database while pg_restore fills the new one: they
-# touch different databases, and neither waits for the other. Both must succeed before the swap.
-CONCURRENT_PRE_BACKUP = True
-
-
 def _restore_locked(
     settings: Settings,
     agent: Agent,
@@ -523,8 +524,6 @@ def _restore_locked(
     pre = None
     job = None
     try:
-        if pre_backup and not CONCURRENT_PRE_BACKUP:
-            pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
         created = agent.call("restore.create")
         name = created["name"]
         for s in created["swept"]:
@@ -533,7 +532,9 @@ def _restore_locked(
             settings, agent.target, path, manifest, mode="restore", dbname=name, jobs=jobs
         )
         t_started = time.monotonic()
-        if pre_backup and pre is None:
+        # The pre-restore backup reads the live database while pg_restore (started above) fills
+        # the new one: different databases, neither waits. Both must succeed before the swap.
+        if pre_backup:
             try:
                 pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
             except OpsError as exc:
