@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
@@ -28,29 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import harness  # noqa: E402
 from gen_history import generate, rev_id  # noqa: E402
 
 from dbops import localpg  # noqa: E402
-
-
-def invoke_env(cluster, database: str, ini: Path, cache: Path, tmp: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))
-    }
-    env.update(cluster.env(database))
-    env.update(
-        {
-            "DBOPS_TARGET": "local",
-            "DBOPS_ENV_FILE": str(tmp / "no.env"),
-            "DBOPS_BACKUP_DIR": str(tmp / "backups"),
-            "DBOPS_ALEMBIC_INI": str(ini),
-            "DBOPS_CACHE_DIR": str(cache),
-            "DBOPS_QUIET": "1",
-        }
-    )
-    return env
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -71,7 +51,9 @@ def bench_size(cluster, n: int, runs: int, tmp: Path) -> dict:
     ini = generate(proj, n)
     database = f"bench{n}"
     cluster.create_database(database)
-    env = invoke_env(cluster, database, ini, tmp / f"cache{n}", tmp)
+    env = harness.invoke_env(
+        cluster, database, tmp, DBOPS_ALEMBIC_INI=str(ini), DBOPS_CACHE_DIR=str(tmp / f"cache{n}")
+    )
     done = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
         env=env,
