@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 from dbops.config import Settings, operator
@@ -18,6 +19,14 @@ class AgentError(OpsError):
         super().__init__(message)
         self.kind = kind
         self.agent_details = details
+
+
+class AgentDied(OpsError):
+    """The agent process ended before it answered (killed, OOM, container stopped)."""
+
+
+# How long an interrupted host waits for its agent to cancel, roll back and exit.
+STOP_WAIT = 30
 
 
 class Agent:
@@ -40,13 +49,18 @@ class Agent:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
+    def close(self, wait: float = 60) -> None:
+        """End the agent: close its input (an idle agent exits; one still working cancels its
+        queries and rolls back, see dbops/agent/lifeline.py) and wait for it to exit."""
         if self.proc is None:
             return
         try:
             if self.proc.stdin and not self.proc.stdin.closed:
-                self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+                try:
+                    self.proc.stdin.close()
+                except OSError:  # it is gone already (BrokenPipeError): nothing to tell it
+                    pass
+            self.proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -55,27 +69,32 @@ class Agent:
                 self.proc.stdout.close()
             self.proc = None
 
-    def call(self, op: str, **args: Any) -> dict:
-        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+    def _send(self, obj: dict) -> None:
+        assert self.proc is not None and self.proc.stdin
         try:
-            self.proc.stdin.write((json.dumps({"op": op, "args": args}) + "\n").encode())
+            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
             self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # reported below from the exit status
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise OpsError(
-                f"the dbops agent exited (status {code}) before answering '{op}'; "
-                f"its error output is above"
-            )
+        except OSError:  # BrokenPipeError: the agent is gone; said below from its exit status
+            pass
+
+    def call(self, op: str, *, on_ready: Callable[[dict], bool] | None = None, **args: Any) -> dict:
+        """Send one request, return its result. ``on_ready`` answers the agent's
+        ``ready_to_commit`` questions (the commit handshake): True lets it commit; without it
+        the agent is told not to. Interrupted (Ctrl-C, SIGTERM): the agent is stopped and has
+        exited (its work rolled back) before the interruption goes on."""
+        if self.proc is None:
+            raise AgentDied(f"the dbops agent was stopped before '{op}'")
         try:
-            resp = json.loads(line)
-        except json.JSONDecodeError:
-            raise OpsError(
-                f"the dbops agent answered '{op}' with something that is not JSON: "
-                f"{mask(line.decode(errors='replace')[:200], self.settings.secrets())}"
-            ) from None
+            self._send({"op": op, "args": args})
+            while True:
+                resp = self._read(op)
+                if "ready_to_commit" not in resp:
+                    break
+                go = bool(on_ready(resp["ready_to_commit"])) if on_ready else False
+                self._send({"commit": go})
+        except BaseException:
+            self.close(wait=STOP_WAIT)
+            raise
         if not resp.get("ok"):
             raise AgentError(
                 mask(resp.get("error", "unknown error"), self.settings.secrets()),
@@ -83,6 +102,23 @@ class Agent:
                 resp.get("details") or {},
             )
         return resp["result"]
+
+    def _read(self, op: str) -> dict:
+        assert self.proc is not None and self.proc.stdout
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise AgentDied(
+                f"the dbops agent exited (status {code}) before answering '{op}'"
+                + ("; its error output is above" if code not in (-9, 137) else " (killed)")
+            )
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise OpsError(
+                f"the dbops agent answered '{op}' with something that is not JSON: "
+                f"{mask(line.decode(errors='replace')[:200], self.settings.secrets())}"
+            ) from None
 
 
 def call_once(settings: Settings, op: str, **args: Any) -> dict:

@@ -77,7 +77,8 @@ def test_agent_died_names_what_completed(settings):
     assert "completed by this run: aaa;" in raised.value.state
     assert raised.value.details == ["migrate backup: /b/pre.dump"]
     [rec] = audit.read(settings)
-    assert rec["result"] == "failed" and rec["error_kind"] == "agent_died" and rec["to"] is None
+    assert rec["result"] == "failed" and rec["error_kind"] == "agent_died"
+    assert rec["to"] == [] and "now (read from the database after" in raised.value.state
 
 
 def test_interrupted_exits_130_and_is_audited(settings):
@@ -86,5 +87,5 @@ def test_interrupted_exits_130_and_is_audited(settings):
         audited(run, body(run, KeyboardInterrupt()), never)
     assert raised.value.exit_code == 130 and raised.value.message == "migrate interrupted"
     [rec] = audit.read(settings)
-    assert rec["result"] == "interrupted" and rec["to"] is None and "error" not in rec
+    assert rec["result"] == "interrupted" and rec["to"] == [] and "error" not in rec
     assert rec["revision_hashes"] == {"aaa": "h-a"}

@@ -55,6 +55,12 @@ class AgentContext:
             self._conn = db.connect(application_name=f"dbops:{self.purpose} {self.operator}")
         return self._conn
 
+    def cancel(self) -> None:
+        """Cancel what the agent's own connections are running (thread-safe: a new socket)."""
+        for c in (self._conn, self.snapshot_conn):
+            if c is not None and not c.closed:
+                c.cancel()
+
     def close(self) -> None:
         for c in (self._conn, self.snapshot_conn, self.lock_conn):
             if c is not None and not c.closed:

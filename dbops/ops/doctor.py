@@ -47,7 +47,7 @@ from dbops.agent import pglocks
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
-from dbops.ops import freshness
+from dbops.ops import freshness, settle
 from dbops.ops.doctor_connect import connectivity
 from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the module's API)
     FAIL,
@@ -805,6 +805,9 @@ def audit_record(f: Facts) -> Check:
         return Check("audit", UNKNOWN, f"cannot read {s.audit_log}: {exc.strerror}")
     if not records:
         return Check("audit", OK, f"no audit records yet ({s.audit_log})")
+    orphans = settle.unsettled(s)
+    if orphans:
+        return _unsettled(f, orphans)
     last = records[-1]
     line = (
         f"last: {last.get('action')} by {last.get('operator')} at {last.get('ts')}: "
@@ -813,6 +816,32 @@ def audit_record(f: Facts) -> Check:
     if last.get("result") not in (None, "ok", "success", "succeeded"):
         return Check("audit", WARN, line, [str(last.get("error") or last.get("message") or "")])
     return Check("audit", OK, line)
+
+
+def _unsettled(f: Facts, orphans: list[dict]) -> Check:
+    """An "applying" line with no outcome: its process died at the commit (dbops/ops/settle.py).
+    Whether the revision committed is read from the database."""
+    details = []
+    for rec in orphans:
+        said = ""
+        if f.agent is not None:
+            try:
+                facts = f.agent.call("settle.read", revisions=[rec.get("revision")])
+                did = settle.committed(rec, facts)
+                said = f"; the version row says it {'DID' if did else 'did NOT'} commit"
+            except OpsError as exc:
+                said = f"; whether it committed cannot be read now: {exc.message}"
+        details.append(settle.describe(rec) + said)
+    return Check(
+        "audit",
+        WARN,
+        f"{len(orphans)} operation(s) died while applying a revision: no outcome recorded",
+        details,
+        next=f"{settle.SETTLE_COMMAND}   (records the outcome the database shows; the next "
+        f"migrate, rollback or stamp does it too)",
+        why="an audit record without its outcome",
+        data={"unsettled": [r.get("op_id") for r in orphans]},
+    )
 
 
 # The runbook's order (docs/recovery.md): displayed in this order; the first proposal is next.

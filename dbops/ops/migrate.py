@@ -14,6 +14,7 @@ from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops import steps
 from dbops.ops.output import Out, print_line, print_note
+from dbops.ops.settle import settle
 from dbops.ops.status import label
 
 
@@ -70,6 +71,7 @@ def migrate(
 
         gate(settings, current, pending, out, accept_risk)
         steps.acquire_lock(agent, "migrate", current, "migrate")
+        settle(settings, agent, out, "migrate")  # a run that died applying: its outcome
         # Re-read under the lock: another migrate may have finished just before we got it.
         pre = agent.call("migrate.preflight", to=target)
         current, pending = pre["current"], pre["pending"]
@@ -124,6 +126,7 @@ def migrate(
             hashes=hashes,
             started=t0,
             hash_keys=("revision_hashes", "revision_hashes_applied"),
+            agent=agent,
         )
         out(
             f"upgrading (lock_timeout {settings.lock_timeout}, statement_timeout "
@@ -131,7 +134,15 @@ def migrate(
         )
 
         def upgrade() -> dict:
-            steps.run_steps(settings, agent, [p["revision"] for p in pending], "up", out, run.done)
+            steps.run_steps(
+                settings,
+                agent,
+                [p["revision"] for p in pending],
+                "up",
+                out,
+                run.done,
+                applying=run.applying,
+            )
             return _verify(agent, [target], target in pre["heads"])
 
         def failure(exc: AgentError) -> OpsError:

@@ -12,6 +12,7 @@ from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_line
 from dbops.ops.restore import check_pg_restore, restore_command
+from dbops.ops.settle import settle
 from dbops.ops.status import label
 from dbops.ops.steps import (
     Run,
@@ -156,6 +157,7 @@ def rollback(
             )
 
         acquire_lock(agent, "rollback", current, f"rollback --to={to}")
+        settle(settings, agent, out, "rollback")  # a run that died applying: its outcome
         again = agent.call("plan.downgrade", to=target or "base")
         if again["current"] != current:
             raise OpsError(
@@ -203,6 +205,7 @@ def rollback(
             },
             hashes=hashes,
             started=t0,
+            agent=agent,
         )
         out(
             f"downgrading (lock_timeout {settings.lock_timeout}, up to {settings.lock_retries} "
@@ -210,7 +213,15 @@ def rollback(
         )
 
         def downgrade() -> dict:
-            run_steps(settings, agent, [s["revision"] for s in steps], "down", out, run.done)
+            run_steps(
+                settings,
+                agent,
+                [s["revision"] for s in steps],
+                "down",
+                out,
+                run.done,
+                applying=run.applying,
+            )
             return agent.call("migrate.verify", targets=[target] if target else [], models=False)
 
         def failure(exc: AgentError) -> OpsError:

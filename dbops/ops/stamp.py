@@ -11,6 +11,7 @@ from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_line
+from dbops.ops.settle import settle
 from dbops.ops.status import label
 from dbops.ops.steps import acquire_lock, planned
 
@@ -49,6 +50,7 @@ def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = print_li
             next_command=f"invoke stamp --to={to} --yes",
         )
         acquire_lock(agent, "stamp", current, f"stamp --to={to}")
+        settle(settings, agent, out, "stamp")  # a run that died applying: its outcome
         record = {
             "from": current,
             "previous_version_rows": current,

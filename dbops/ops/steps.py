@@ -5,13 +5,14 @@ place that writes an operation's audit record on every outcome (ok, failed, inte
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from dbops import audit
-from dbops.agent_client import Agent, AgentError
+from dbops.agent_client import STOP_WAIT, Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.output import Out
@@ -110,10 +111,12 @@ def run_steps(
     direction: str,
     out: Out,
     done: list[dict],
+    applying: Callable[[dict], bool] | None = None,
 ) -> None:
     """Apply (up) or undo (down) each revision in order, each as its own alembic run, retrying a
     lock timeout with backoff up to DBOPS_LOCK_RETRIES times (the agent re-reads the current
-    revision before every attempt). Completed steps are appended to ``done``."""
+    revision before every attempt). Completed steps are appended to ``done``. ``applying``
+    (Run.applying) answers the agent's commit handshake: it records, then says commit."""
     retries = max(0, settings.lock_retries)
     first_wait = settings.get("DBOPS_LOCK_RETRY_WAIT")
     for rev in revisions:
@@ -153,6 +156,8 @@ def run_steps(
                     lock_timeout=settings.lock_timeout,
                     statement_timeout=settings.statement_timeout,
                     attempt=attempts,
+                    handshake=applying is not None,
+                    on_ready=applying,
                 )
         res["attempts"] = attempts
         res["wall_seconds"] = round(time.monotonic() - t0, 3)
@@ -226,24 +231,57 @@ def cut_short(before: list[str], done: list[str], how: str = "") -> str:
     )
 
 
+def read_back(run: Run) -> list[str] | None:
+    """The version rows read afresh once the run's agent has exited (its work committed or
+    rolled back by then): a new agent reads them. None when that cannot be done either."""
+    from dbops.agent_client import call_once
+
+    if run.agent is not None:
+        run.agent.close(wait=STOP_WAIT)
+    try:
+        return list(call_once(run.settings, "settle.read", revisions=[])["current"])
+    except (OpsError, KeyboardInterrupt):
+        return None
+
+
+def now_state(before: list[str], done: list[str], now: list[str] | None, how: str = "") -> str:
+    if now is None:
+        return cut_short(before, done, how) + "; the database could not be read afterwards"
+    return (
+        f"before: {label(before)}; completed by this run: {', '.join(done) or 'nothing'}; "
+        f"now (read from the database after the agent exited): {label(now)}"
+    )
+
+
 def agent_died(
-    action: str, exc: OpsError, before: list[str], done: list[str], backup: str | None
+    action: str,
+    exc: OpsError,
+    before: list[str],
+    done: list[str],
+    backup: str | None,
+    now: list[str] | None = None,
 ) -> OpsError:
     return OpsError(
         f"{action} stopped: {exc.message}",
-        state=cut_short(before, done, "by PostgreSQL when its connection ended"),
+        state=now_state(before, done, now, "by PostgreSQL when its connection ended"),
         details=[f"{action} backup: {backup}"] if backup else [],
         next_command="invoke current   (then invoke doctor)",
     )
 
 
-def interrupted(action: str, before: list[str], done: list[str], backup: str | None) -> OpsError:
-    """Ctrl-C mid-run: the agent died with the terminal's signal; the revision that was running
-    was rolled back if it ran in a transaction. Say what is known and how to find out the rest."""
+def interrupted(
+    action: str,
+    before: list[str],
+    done: list[str],
+    backup: str | None,
+    now: list[str] | None = None,
+) -> OpsError:
+    """Ctrl-C or SIGTERM mid-run: the agent was stopped (its transaction rolled back) and has
+    exited; the state is read back from the database."""
     return OpsError(
         f"{action} interrupted",
         exit_code=130,
-        state=cut_short(before, done),
+        state=now_state(before, done, now),
         details=[f"{action} backup: {backup}"] if backup else [],
         next_command="invoke current   (then invoke doctor if a revision used autocommit_block)",
     )
@@ -265,15 +303,33 @@ class Run:
     started: float
     hash_keys: tuple[str, ...] = ("revision_hashes",)
     done: list[dict] = field(default_factory=list)
+    agent: Agent | None = None  # stopped, then the state read afresh, when interrupted
+    op_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     def completed(self) -> list[str]:
         return [d["revision"] for d in self.done if not d.get("skipped")]
+
+    def applying(self, what: dict) -> bool:
+        """The commit handshake's host half: record that ``what`` (revision, direction) is
+        about to commit, durably (fsync), before the agent is told it may."""
+        audit.append(
+            self.settings,
+            self.action,
+            op_id=self.op_id,
+            result="applying",
+            revision=what.get("revision"),
+            direction=what.get("direction"),
+            transactional=what.get("transactional", True),
+            **{"from": self.before},
+        )
+        return True
 
     def write(self, **outcome) -> dict:
         applied = {r: self.hashes[r] for r in self.completed()}
         return audit.append(
             self.settings,
             self.action,
+            op_id=self.op_id,
             **self.record,
             **outcome,
             steps=self.done,
@@ -303,10 +359,12 @@ def audited(run: Run, body: Callable[[], dict], failure: Callable[[AgentError], 
         )
         raise err from None
     except OpsError as exc:
-        run.write(to=None, result="failed", error=exc.message, error_kind="agent_died")
-        raise agent_died(run.action, exc, run.before, run.completed(), run.backup) from None
+        now = read_back(run)
+        run.write(to=now, result="failed", error=exc.message, error_kind="agent_died")
+        raise agent_died(run.action, exc, run.before, run.completed(), run.backup, now) from None
     except KeyboardInterrupt:
-        run.write(to=None, result="interrupted")
-        raise interrupted(run.action, run.before, run.completed(), run.backup) from None
+        now = read_back(run)
+        run.write(to=now, result="interrupted")
+        raise interrupted(run.action, run.before, run.completed(), run.backup, now) from None
     run.write(to=res["current"], result="ok")
     return res

@@ -10,7 +10,9 @@ import importlib
 import json
 import os
 import pkgutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -44,6 +46,7 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        stop_on_signals()
         try:
             result = fn(*args, **kwargs)
             if isinstance(result, dict):
@@ -60,6 +63,25 @@ def guarded(fn):
             raise Exit(code=130) from None
 
     return wrapper
+
+
+def _stop(_signum, _frame):
+    # Once: a second signal (Ctrl-C reaches the whole process group; `docker stop` may follow
+    # with another) must not interrupt the clean-up the first one started (stopping the agent,
+    # reading the state back, the audit record).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM (docker stop, Kubernetes, CI cancel, timeout) stops a task as Ctrl-C does:
+    the agent rolls back what it was doing, the state is read back, the audit record says
+    interrupted, exit 130. Also as PID 1 in a container, where an unhandled SIGTERM is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
 
 
 LOG_FORMAT_HELP = "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"

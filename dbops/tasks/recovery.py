@@ -60,11 +60,18 @@ def recover(c, apply=False, yes=False, to=None, no_cache=False, json_=False):
     {
         "json": "print every check as JSON (for scripts)",
         "no_schema": "skip the live-schema check (no scratch database if not cached)",
+        "settle": "first record the outcome of an operation that died while applying a "
+        "revision (read from the database; writes the audit record only)",
     }
 )
-def doctor(c, json_=False, no_schema=False):
+def doctor(c, json_=False, no_schema=False, settle=False):
     """Read-only health check of the target: one screen, ending with the next command."""
     s = settings(c)
+    if settle:
+        from dbops.ops.settle import settle_now
+
+        if not settle_now(s, print_note):
+            print_note("nothing to settle: every applying record has its outcome")
     report = doctor_op.doctor(s, schema=not no_schema)
     metrics.save_doctor(s, report)  # the metrics file shows each check (written on exit)
     if json_:
