@@ -102,7 +102,11 @@ class Fleet:
 
     def audit(self, name: str) -> list[dict]:
         path = self.dir / "backups" / name / "audit.jsonl"
-        return [r for r in audit.read(None, path) if r["action"] == "migrate"]
+        return [
+            r
+            for r in audit.read(None, path)
+            if r["action"] == "migrate" and r.get("result") != "applying"
+        ]
 
     def state(self) -> dict:
         return json.loads((self.dir / "fleet" / "migrate.state.json").read_text())["databases"]

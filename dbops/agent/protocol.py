@@ -35,6 +35,7 @@ MODULES = {
     "rehearse": "rehearse",
     "scratch": "scratch",
     "settle": "settle",
+    "swap": "swap",
 }
 
 

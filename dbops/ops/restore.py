@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from dbops import audit, catalog, pgbin, seam
-from dbops.agent_client import Agent, AgentError
+from dbops.agent_client import Agent, AgentError, call_once
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
@@ -521,6 +521,7 @@ def _restore_locked(
     }
     name = None
     swapped = None
+    swapping = False
     pre = None
     job = None
     try:
@@ -569,30 +570,40 @@ def _restore_locked(
                     for s in sessions[:10]
                 )
             )
+        # The intent first: a swap cut short is then named by its record as well as by the
+        # catalog (doctor, restore-undo read the catalog: dbops/agent/swap.py).
+        audit.append(settings, "restore", result="swapping", new_database=name, **record)
+        swapping = True
         swapped = agent.call("restore.swap", name=name)
     except (OpsError, KeyboardInterrupt) as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
         message = exc.message if isinstance(exc, OpsError) else "interrupted"
         if job is not None:
             job.kill()
-        if name and swapped is None:
+        dropped_new = False
+        if name and swapped is None and not swapping:
             try:
                 agent.call("restore.drop", name=name)
+                dropped_new = True
             except Exception:
                 warn(f"warning: could not drop {name}; the next restore drops it")
+        pre_note = f"pre-restore backup: {pre['path']}" if pre else "no pre-restore backup was kept"
+        state, nxt = _state_after_failure(settings, name, dropped_new, swapping)
         audit.append(
             settings,
             "restore",
-            result="failed",
+            result="interrupted" if interrupted else "failed",
             error=message,
+            state=state,
             duration_s=round(time.monotonic() - t0, 3),
             **record,
         )
-        pre_note = f"pre-restore backup: {pre['path']}" if pre else "no pre-restore backup was kept"
         raise OpsError(
-            f"restore failed: {message}",
+            f"restore {'interrupted' if interrupted else 'failed: ' + message}",
             details=getattr(exc, "details", []),
-            state=f"{settings.database} is unchanged (the new database was dropped); {pre_note}",
-            next_command=f"invoke verify-backup {path} --restore-test",
+            state=f"{state}; {pre_note}",
+            next_command=nxt or f"invoke verify-backup {path} --restore-test",
+            exit_code=130 if interrupted else 1,
         ) from None
     old = swapped["old"]
     dropped = None
@@ -646,6 +657,9 @@ def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> d
     The database it replaces is kept in turn under a new <db>_dbops_old_<time> name."""
     t0 = time.monotonic()
     with Agent(settings) as agent:
+        swap_state = agent.call("swap.state")
+        if swap_state["interrupted"]:
+            return _repair_swap(settings, agent, swap_state, yes=yes, t0=t0)
         facts = agent.call("restore.facts")
         kept = facts["kept_old"]
         if name is None:
@@ -713,6 +727,86 @@ def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> d
         "old_database": old,
         "drop_command": _drop_command(old),
         "terminated": swapped["terminated"],
+    }
+
+
+def _state_after_failure(
+    settings: Settings, name: str | None, dropped_new: bool, swapping: bool
+) -> tuple[str, str | None]:
+    """What the failed restore left, read from the server's catalog by a fresh agent (the
+    operation's own may be dead); and the next command when it is not the default."""
+    try:
+        st = call_once(settings, "swap.state")
+    except (OpsError, KeyboardInterrupt):
+        return (
+            f"unknown: the server could not be read after the failure"
+            f"{' during the swap' if swapping else ''}",
+            "invoke doctor",
+        )
+    if st["interrupted"]:
+        return describe_swap(st), "invoke restore-undo"
+    if swapping:
+        return f"{settings.database} is open (read from the server after the failure)", (
+            "invoke doctor"
+        )
+    new = (
+        "the new database was dropped"
+        if dropped_new or not name
+        else f"the new database {name} is left (the next restore drops it)"
+    )
+    return f"{settings.database} is unchanged ({new})", None
+
+
+def describe_swap(st: dict) -> str:
+    """An interrupted swap's state, as the server's catalog shows it (dbops/agent/swap.py)."""
+    live, old = st["live"], st["old"]
+    return {
+        "closed": f"an interrupted restore swap left {live} refusing connections "
+        f"(datallowconn off); it was not renamed",
+        "moved_away": f"an interrupted restore swap renamed {live} to {old} (closed to "
+        f"connections) and did not put the restored copy in: {live} does not exist",
+        "old_closed": f"an interrupted restore swap completed but left the kept {old} closed to "
+        f"connections",
+    }.get(st["interrupted"] or "", "no interrupted swap")
+
+
+def _repair_swap(settings: Settings, agent: Agent, st: dict, *, yes: bool, t0: float) -> dict:
+    """restore-undo after an interrupted swap: finish what can only be finished one way, undo
+    the rest (live back in place, open again)."""
+    confirm(
+        settings,
+        f"{describe_swap(st)}.\nRepair it (reopen / rename back {settings.database})?",
+        yes=yes,
+        expect=settings.database,
+        state=describe_swap(st),
+        next_command="invoke restore-undo --yes",
+    )
+    try:
+        agent.call("lock.acquire", purpose="restore")
+    except AgentError as exc:
+        raise OpsError(
+            exc.message,
+            state=describe_swap(st),
+            next_command="wait for it to finish, then re-run: invoke restore-undo",
+        ) from None
+    res = agent.call("swap.repair")
+    audit.append(
+        settings,
+        "restore-undo",
+        result="ok",
+        repaired=res["repaired"],
+        old_database=res["old"],
+        said=res["said"],
+        duration_s=round(time.monotonic() - t0, 3),
+    )
+    return {
+        "database": settings.database,
+        "repaired": res["repaired"],
+        "said": res["said"],
+        "swapped_in": None,
+        "old_database": res["old"],
+        "drop_command": None,
+        "terminated": [],
     }
 
 
