@@ -234,3 +234,65 @@ def test_agent_killed_mid_revision_is_one_line_without_traceback(
     assert version(db_conn) == [SAMPLE_HEAD] and not marker(db_conn)
     last = records(settings)[-1]
     assert last["result"] == "failed" and last["error_kind"] == "agent_died"
+
+
+# --- crash states of a restore: the swap cut short, a drill's scratch copy left behind -----
+def allows_connections(pg_cluster, name: str) -> bool | None:
+    with pg_cluster.connect() as m:
+        row = m.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", [name])
+        found = row.fetchone()
+    return None if found is None else found[0]
+
+
+def doctor_connectivity(invoke) -> dict:
+    rep = invoke("doctor", "--json", "--no-schema")
+    return next(c for c in json.loads(rep.stdout)["checks"] if c["name"] == "connectivity")
+
+
+def test_swap_cut_short_after_closing_live_is_reopened_by_restore_undo(
+    pg_cluster, database, settings, invoke
+):
+    with pg_cluster.connect() as m:  # the swap's first step, then the agent died
+        m.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+    check = doctor_connectivity(invoke)
+    assert check["status"] == "fail" and check["next"] == "invoke restore-undo", check
+    assert "refusing connections" in check["summary"]
+    undo = invoke("restore-undo", "--yes")
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert allows_connections(pg_cluster, database) is True
+    last = records(settings)[-1]
+    assert last["action"] == "restore-undo" and last["repaired"] == "closed"
+    assert doctor_connectivity(invoke)["status"] != "fail"
+
+
+def test_swap_cut_short_after_renaming_live_away_is_undone_by_restore_undo(
+    pg_cluster, database, settings, invoke
+):
+    from dbops.agent.restore import OLD, derived_name
+
+    old = derived_name(database, OLD)
+    with pg_cluster.connect() as m:  # closed, renamed away; the restored copy never came in
+        m.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        m.execute(f'ALTER DATABASE "{database}" RENAME TO "{old}"')
+    check = doctor_connectivity(invoke)
+    assert check["status"] == "fail" and check["next"] == "invoke restore-undo", check
+    assert old in check["summary"] and "does not exist" in check["summary"]
+    undo = invoke("restore-undo", "--yes")
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert allows_connections(pg_cluster, database) is True
+    assert allows_connections(pg_cluster, old) is None
+    assert records(settings)[-1]["repaired"] == "moved_away"
+
+
+def test_a_killed_drills_scratch_copy_is_swept_by_the_next_restore_test(
+    pg_cluster, database, settings, invoke
+):
+    assert invoke("migrate").returncode == 0
+    assert invoke("backup", "--no-retention").returncode == 0
+    left = "dbops_scratch_restoretest_0badc0de"
+    with pg_cluster.connect() as m:  # what a drill killed with -9 leaves: nobody holds it
+        m.execute(f'CREATE DATABASE "{left}"')
+    done = invoke("verify-backup", "latest", "--restore-test")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"dropped {left}, left behind by a killed drill or restore-test" in done.stderr
+    assert allows_connections(pg_cluster, left) is None

@@ -161,8 +161,20 @@ def connection(ctx) -> dict:
             "too_many_for_database": bool(re.search(r"too many connections for database", full)),
             "user": db.params().get("user"),
             "database": db.database(),
+            "swap": _swap_state(ctx),
         }
     return {"ok": True}
+
+
+def _swap_state(ctx) -> dict | None:
+    """An interrupted restore swap (closed or renamed-away live database), read in the
+    maintenance database; None when that cannot be read either."""
+    from dbops.agent import swap
+
+    try:
+        return swap.state(ctx)
+    except Exception:  # noqa: BLE001 - the server itself is unreachable: the cause says so
+        return None
 
 
 def server(ctx) -> dict:

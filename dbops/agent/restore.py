@@ -207,10 +207,17 @@ def create(ctx) -> dict:
 
 @handler("restore.scratch")
 def scratch_create(_ctx) -> dict:
-    """An empty scratch database for verify-backup --restore-test (no lock: live is not touched)."""
+    """An empty scratch database for verify-backup --restore-test and drill (no lock: live is
+    not touched). First the copies killed runs left (their maker's lock free, nobody
+    connected) are dropped, as rehearse does with its own."""
     from dbops.agent import scratch
 
-    return {"name": scratch.create("restoretest")}
+    swept = []
+    for item in scratch.leftovers(scratch.PREFIX + "restoretest_"):
+        if not item["in_use"]:
+            scratch.drop(item["name"])
+            swept.append(item["name"])
+    return {"name": scratch.create("restoretest"), "swept": swept}
 
 
 @handler("restore.scratch_drop")

@@ -66,6 +66,19 @@ def _connect_failure(f: Facts, conn: dict) -> Check:
     where = f"{s.host}:{s.port}" if s.target == "local" else f"the '{s.db_service}' service"
     ready = seam.target_for(s).reach_hint()  # pg_isready -h … (local) / invoke up (compose)
     env = _env_file(s)
+    swap = conn.get("swap") or {}
+    if swap.get("interrupted") in ("closed", "moved_away"):
+        from dbops.ops.restore import describe_swap
+
+        return Check(
+            "connectivity",
+            FAIL,
+            f"{describe_swap(swap)}: every application connection is refused ({why})",
+            ["restore-undo reopens it, or renames it back and reopens it (RUNBOOK.md)"],
+            next="invoke restore-undo",
+            why="an interrupted restore swap",
+            data={"cause": "swap_interrupted", "swap": swap},
+        )
     if cause == "auth":
         return Check(
             "connectivity",

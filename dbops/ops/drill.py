@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from dbops import audit, catalog, seam
-from dbops.agent_client import Agent, AgentError
+from dbops.agent_client import Agent, AgentError, call_once
 from dbops.config import Settings
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_note
@@ -81,7 +81,10 @@ def run_drill(
             size=manifest["size"],
         )
         check_pg_restore(settings, agent.target, path, manifest, agent.call("restore.facts"))
-        name = agent.call("restore.scratch")["name"]
+        made = agent.call("restore.scratch")
+        name = made["name"]
+        for old in made.get("swept", []):
+            warn(f"dropped {old}, left behind by a killed drill or restore-test")
         t_restore = time.monotonic()
         job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name)
         try:
@@ -148,7 +151,10 @@ def _drop(agent: Agent, name: str | None, warn: Out) -> None:
     if not name:
         return
     try:
-        agent.call("restore.scratch_drop", name=name)
+        if agent.proc is None:  # stopped by an interruption: a fresh one drops it
+            call_once(agent.settings, "restore.scratch_drop", name=name)
+        else:
+            agent.call("restore.scratch_drop", name=name)
     except OpsError as exc:
         warn(f"warning: could not drop scratch database {name}: {exc.message}")
 

@@ -301,7 +301,10 @@ def verify(
                 )
             checks.append("full read (pg_restore to /dev/null): ok")
             return {"manifest": manifest, "checks": checks, "file": str(path)}
-        name = agent.call("restore.scratch")["name"]
+        made = agent.call("restore.scratch")
+        name = made["name"]
+        for old in made.get("swept", []):
+            warn(f"dropped {old}, left behind by a killed drill or restore-test")
         partial = bool(manifest.get("partial"))
         try:
             rc, lines = pg_restore_stream(
