@@ -89,3 +89,24 @@ def test_interrupted_exits_130_and_is_audited(settings):
     [rec] = audit.read(settings)
     assert rec["result"] == "interrupted" and rec["to"] == [] and "error" not in rec
     assert rec["revision_hashes"] == {"aaa": "h-a"}
+
+
+def test_an_applying_line_that_cannot_be_written_refuses_the_commit(ops_env):
+    from dbops.config import load_settings
+    from tests.fixtures.projects import ROOT
+
+    unwritable = load_settings(ROOT, environ={**ops_env, "DBOPS_AUDIT_LOG": "/dev/null/a.jsonl"})
+    run = new_run(unwritable)
+    with pytest.raises(OpsError) as raised:
+        run.applying({"revision": "aaa", "direction": "up"})
+    assert "aaa was not committed" in raised.value.message
+
+
+def test_the_applying_line_carries_the_runs_id_and_precedes_its_outcome(settings):
+    run = new_run(settings)
+    assert run.applying({"revision": "aaa", "direction": "up", "transactional": True}) is True
+    audited(run, body(run, {"current": ["aaa"]}), never)
+    applying, outcome = audit.read(settings)
+    assert applying["result"] == "applying" and applying["revision"] == "aaa"
+    assert applying["from"] == ["000"] and outcome["result"] == "ok"
+    assert applying["op_id"] == outcome["op_id"] == run.op_id

@@ -159,7 +159,9 @@ def _cancel(conn) -> None:
 
 
 def die_with_parent() -> None:
-    """Linux: SIGTERM when the parent process dies (a local agent whose invoke was killed)."""
+    """Linux: SIGTERM when the parent process dies (a local agent whose invoke was killed).
+    The kernel fires it when the parent's *thread* that started the agent ends: hosts start
+    agents from their main thread (a worker thread's agent would be stopped with the thread)."""
     if not sys.platform.startswith("linux"):
         return
     try:

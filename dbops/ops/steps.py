@@ -15,7 +15,7 @@ from dbops import audit
 from dbops.agent_client import STOP_WAIT, Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
-from dbops.ops.output import Out
+from dbops.ops.output import Out, print_note
 from dbops.ops.status import label
 
 
@@ -311,31 +311,46 @@ class Run:
 
     def applying(self, what: dict) -> bool:
         """The commit handshake's host half: record that ``what`` (revision, direction) is
-        about to commit, durably (fsync), before the agent is told it may."""
-        audit.append(
-            self.settings,
-            self.action,
-            op_id=self.op_id,
-            result="applying",
-            revision=what.get("revision"),
-            direction=what.get("direction"),
-            transactional=what.get("transactional", True),
-            **{"from": self.before},
-        )
+        about to commit, durably (fsync), before the agent is told it may. A record that
+        cannot be written stops the run: the agent is then told nothing and rolls back."""
+        try:
+            self._append(
+                op_id=self.op_id,
+                result="applying",
+                revision=what.get("revision"),
+                direction=what.get("direction"),
+                transactional=what.get("transactional", True),
+                **{"from": self.before},
+            )
+        except OSError as exc:
+            raise OpsError(
+                f"cannot write the audit record {self.settings.audit_log} ({exc.strerror}), so "
+                f"{what.get('revision')} was not committed"
+            ) from exc
         return True
+
+    def _append(self, **fields) -> dict:
+        return audit.append(self.settings, self.action, **fields)
 
     def write(self, **outcome) -> dict:
         applied = {r: self.hashes[r] for r in self.completed()}
-        return audit.append(
-            self.settings,
-            self.action,
-            op_id=self.op_id,
-            **self.record,
-            **outcome,
-            steps=self.done,
-            duration_s=round(time.monotonic() - self.started, 3),
-            **{key: dict(applied) for key in self.hash_keys},
-        )
+        try:
+            return audit.append(
+                self.settings,
+                self.action,
+                op_id=self.op_id,
+                **self.record,
+                **outcome,
+                steps=self.done,
+                duration_s=round(time.monotonic() - self.started, 3),
+                **{key: dict(applied) for key in self.hash_keys},
+            )
+        except OSError as exc:  # the outcome is still printed; say that it is not recorded
+            print_note(
+                f"warning: the audit record {self.settings.audit_log} could not be written "
+                f"({exc.strerror}): this {self.action}'s outcome is not recorded there"
+            )
+            return {}
 
 
 def audited(run: Run, body: Callable[[], dict], failure: Callable[[AgentError], OpsError]) -> dict:

@@ -46,7 +46,7 @@ def guarded(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        stop_on_signals()
+        previous = stop_on_signals()
         try:
             result = fn(*args, **kwargs)
             if isinstance(result, dict):
@@ -61,6 +61,10 @@ def guarded(fn):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise Exit(code=130) from None
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:  # None: not set from Python; left as it is
+                    signal.signal(sig, handler)
 
     return wrapper
 
@@ -74,14 +78,14 @@ def _stop(_signum, _frame):
     raise KeyboardInterrupt
 
 
-def stop_on_signals() -> None:
+def stop_on_signals() -> dict:
     """SIGTERM (docker stop, Kubernetes, CI cancel, timeout) stops a task as Ctrl-C does:
     the agent rolls back what it was doing, the state is read back, the audit record says
-    interrupted, exit 130. Also as PID 1 in a container, where an unhandled SIGTERM is ignored."""
+    interrupted, exit 130. Also as PID 1 in a container, where an unhandled SIGTERM is ignored.
+    Returns the handlers it replaced (restored when the task ends)."""
     if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop)
+        return {}
+    return {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 LOG_FORMAT_HELP = "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"
