@@ -129,41 +129,30 @@ def start_sleeping_migrate(env, db_conn):
     return proc, agents
 
 
-def test_kill_9_host_mid_revision_rolls_back_and_frees_the_lock(
+def kill_host(proc, agents, db_conn, database) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    wait_for(lambda: not any(alive(a) for a in agents), what="the agent to exit")
+    wait_for(lambda: quiet_server(db_conn, database), what="its sessions and lock to end")
+
+
+def orphans(settings) -> list[dict]:
+    from dbops.ops.settle import unsettled
+
+    return unsettled(settings)
+
+
+def test_kill_9_host_mid_revision_rolls_back_frees_the_lock_and_is_settled(
     ops_env, settings, db_conn, database, tmp_path, alembic_at, invoke
 ):
     env = project(tmp_path, ops_env, alembic_at, SLEEPING)
     proc, agents = start_sleeping_migrate(env, db_conn)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
-    wait_for(lambda: not any(alive(a) for a in agents), what="the agent to exit")
-    wait_for(lambda: quiet_server(db_conn, database), what="its sessions and lock to end")
+    kill_host(proc, agents, db_conn, database)
     assert version(db_conn) == [SAMPLE_HEAD] and not marker(db_conn)
-    assert not [r for r in records(settings) if r.get("result") == "applying"]
-    # the next run is not told "busy" and applies it (no sleep this time)
-    done = invoke("migrate", "--no-backup", env={**env, "LF_SLEEP": "0"})
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert version(db_conn) == [REV]
-    ops = [r for r in records(settings) if r.get("action") == "migrate"]
-    assert [r["result"] for r in ops] == ["applying", "ok"]  # the handshake, then the outcome
-    assert ops[0]["op_id"] == ops[1]["op_id"] and ops[0]["revision"] == REV
+    [applying] = orphans(settings)  # written before the step: the only trace of the run
+    assert applying["revision"] == REV and applying["direction"] == "up"
 
-
-def test_kill_9_host_while_applying_outside_a_transaction_is_named_and_settled(
-    ops_env, settings, db_conn, database, tmp_path, alembic_at, invoke
-):
-    env = project(tmp_path, ops_env, alembic_at, SLEEPING_AUTOCOMMIT)
-    proc, agents = start_sleeping_migrate(env, db_conn)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
-    wait_for(lambda: not any(alive(a) for a in agents), what="the agent to exit")
-    wait_for(lambda: quiet_server(db_conn, database), what="its sessions and lock to end")
-    assert version(db_conn) == [SAMPLE_HEAD]
-    [applying] = [r for r in records(settings) if r.get("result") == "applying"]
-    assert applying["revision"] == REV and applying["transactional"] is False
-
-    rep = invoke("doctor", "--json", "--no-schema", env=env)
-    report = json.loads(rep.stdout)
+    report = json.loads(invoke("doctor", "--json", "--no-schema", env=env).stdout)
     audit_check = next(c for c in report["checks"] if c["name"] == "audit")
     assert audit_check["status"] == "warn" and audit_check["unsettled"] == [applying["op_id"]]
     assert any(REV in d and "did NOT commit" in d for d in audit_check["details"])
@@ -174,24 +163,29 @@ def test_kill_9_host_while_applying_outside_a_transaction_is_named_and_settled(
     last = records(settings)[-1]
     assert last["result"] == "host_died" and last["op_id"] == applying["op_id"]
     assert last["committed"] is False and last["to"] == [SAMPLE_HEAD]
+    assert orphans(settings) == []
     again = json.loads(invoke("doctor", "--json", "--no-schema", env=env).stdout)
     assert "unsettled" not in next(c for c in again["checks"] if c["name"] == "audit")
+    # the next run is not told "busy" and applies it (no sleep this time)
+    done = invoke("migrate", "--no-backup", env={**env, "LF_SLEEP": "0"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert version(db_conn) == [REV]
 
 
-def test_next_migrate_settles_an_orphaned_applying_line(
+def test_next_migrate_settles_a_run_killed_outside_a_transaction(
     ops_env, settings, db_conn, database, tmp_path, alembic_at, invoke
 ):
     env = project(tmp_path, ops_env, alembic_at, SLEEPING_AUTOCOMMIT)
     proc, agents = start_sleeping_migrate(env, db_conn)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
-    wait_for(lambda: not any(alive(a) for a in agents), what="the agent to exit")
-    wait_for(lambda: quiet_server(db_conn, database), what="its sessions and lock to end")
+    kill_host(proc, agents, db_conn, database)
+    assert version(db_conn) == [SAMPLE_HEAD]
+    assert marker(db_conn)  # autocommit_block: its first statement had committed
     done = invoke("migrate", "--no-backup", env={**env, "LF_SLEEP": "0"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "settled:" in done.stdout and "did NOT commit" in done.stdout
-    results = [r["result"] for r in records(settings) if r.get("action") == "migrate"]
-    assert results == ["applying", "host_died", "applying", "ok"]
+    ops = [r for r in records(settings) if r.get("action") == "migrate"]
+    assert [r["result"] for r in ops] == ["applying", "host_died", "applying", "ok"]
+    assert ops[0]["op_id"] == ops[1]["op_id"] != ops[2]["op_id"] == ops[3]["op_id"]
     assert version(db_conn) == [REV]
 
 

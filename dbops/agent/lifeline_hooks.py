@@ -36,13 +36,9 @@ def client_check(ctx) -> dict[str, str]:
 @contextlib.contextmanager
 def commit_gate(what: dict | None) -> Iterator[None]:
     """While the block runs, every commit on an Engine connection first asks the host
-    (``what`` names the step); None: no gate. A step that is not transactional (its
-    autocommit_block commits as it goes) asks once, before it starts."""
+    (``what`` names the step); None: no gate. (A step that is not transactional commits as
+    it goes: the host recorded it before it started, and a host gone stops it.)"""
     if what is None:
-        yield
-        return
-    if not what.get("transactional", True):
-        LIFELINE.ask_commit(what)
         yield
         return
 

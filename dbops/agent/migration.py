@@ -282,11 +282,7 @@ def _step(
     appname = f"dbops:{'migrate' if direction == 'up' else 'rollback'} {revision}"
     saved_app = os.environ.get("PGAPPNAME")
     os.environ["PGAPPNAME"] = appname[:63]
-    gate = (
-        {"revision": revision, "direction": direction, "transactional": transactional}
-        if handshake
-        else None
-    )
+    gate = {"revision": revision, "direction": direction} if handshake and transactional else None
     try:
         with (
             db.pg_options(

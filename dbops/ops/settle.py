@@ -1,6 +1,7 @@
 """An "applying" audit line with no outcome after it: the host recorded that a revision was
-about to commit (the commit handshake, dbops/agent/lifeline.py) and then died (kill -9, the
-machine or container gone) before it could record what happened.
+about to be applied (steps.Run.applying; its commit waits for the host's word, see
+dbops/agent/lifeline.py) and then died (kill -9, the machine or container gone) before it
+could record what happened.
 
 The next migrate, rollback or stamp settles it once it holds the dbops lock (nothing else can
 be running then): it reads the version row and appends the missing outcome, ``result:

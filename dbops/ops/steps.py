@@ -116,7 +116,8 @@ def run_steps(
     """Apply (up) or undo (down) each revision in order, each as its own alembic run, retrying a
     lock timeout with backoff up to DBOPS_LOCK_RETRIES times (the agent re-reads the current
     revision before every attempt). Completed steps are appended to ``done``. ``applying``
-    (Run.applying) answers the agent's commit handshake: it records, then says commit."""
+    (Run.applying) records each revision before it starts; the agent then commits a
+    transactional one only when this host, still running this loop, says so (the handshake)."""
     retries = max(0, settings.lock_retries)
     first_wait = settings.get("DBOPS_LOCK_RETRY_WAIT")
     for rev in revisions:
@@ -146,6 +147,8 @@ def run_steps(
             reraise=True,
         )
         t0 = time.monotonic()
+        if applying is not None:
+            applying({"revision": rev, "direction": direction})
         for attempt in retrying:
             with attempt:
                 attempts = attempt.retry_state.attempt_number
@@ -157,7 +160,7 @@ def run_steps(
                     statement_timeout=settings.statement_timeout,
                     attempt=attempts,
                     handshake=applying is not None,
-                    on_ready=applying,
+                    on_ready=lambda what, rev=rev: what.get("revision") == rev,
                 )
         res["attempts"] = attempts
         res["wall_seconds"] = round(time.monotonic() - t0, 3)
@@ -310,16 +313,16 @@ class Run:
         return [d["revision"] for d in self.done if not d.get("skipped")]
 
     def applying(self, what: dict) -> bool:
-        """The commit handshake's host half: record that ``what`` (revision, direction) is
-        about to commit, durably (fsync), before the agent is told it may. A record that
-        cannot be written stops the run: the agent is then told nothing and rolls back."""
+        """Record, durably (fsync), that ``what`` (revision, direction) is about to be applied,
+        before the agent is asked to: no commit without an audit line. Written before the step,
+        outside its locks; the commit itself waits only for the host's word (run_steps). A
+        record that cannot be written stops the run before the step."""
         try:
             self._append(
                 op_id=self.op_id,
                 result="applying",
                 revision=what.get("revision"),
                 direction=what.get("direction"),
-                transactional=what.get("transactional", True),
                 **{"from": self.before},
             )
         except OSError as exc:
