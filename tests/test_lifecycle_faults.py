@@ -290,3 +290,32 @@ def test_a_killed_drills_scratch_copy_is_swept_by_the_next_restore_test(
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"dropped {left}, left behind by a killed drill or restore-test" in done.stderr
     assert allows_connections(pg_cluster, left) is None
+
+
+def test_serve_stopped_while_an_agent_query_waits_cancels_it_and_exits(
+    ops_env, settings, db_conn, pg_cluster, database, tmp_path, alembic_at
+):
+    from tests.test_service import serve_proc, stop
+
+    alembic_at(SAMPLE_HEAD)
+    env = {**ops_env, "DBOPS_BACKUP_SCHEDULE": "*/3 * * * * *", "DBOPS_DRILL_SCHEDULE": "off"}
+    with pg_cluster.connect(database) as blocker:  # backup.begin's read of the version row waits
+        blocker.autocommit = False
+        blocker.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+        log = tmp_path / "serve.log"
+        proc = serve_proc(env, log=log)
+        waiting = (
+            "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'dbops:backup snapshot%%' "
+            "AND wait_event_type = 'Lock'"
+        )
+        try:
+            wait_for(lambda: db_conn.execute(waiting).fetchall(), what="the agent's query to wait")
+        finally:
+            t0 = time.monotonic()
+            rc = stop(proc)
+            took = time.monotonic() - t0
+        blocker.rollback()
+    print(f"serve stopped {took:.2f} s after SIGTERM")
+    assert rc == 0, log.read_text()
+    assert took < 30, log.read_text()  # it waited out DBOPS_BACKUP_LOCK_WAIT (60 s) before
+    assert not db_conn.execute(waiting.replace(" AND wait_event_type = 'Lock'", "")).fetchall()
