@@ -14,6 +14,7 @@ transaction rolls back instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -103,19 +104,16 @@ class Lifeline:
             raise HostGone(f"the host did not say commit (it said {line[:80]!r})")
 
     # --- stopping ---------------------------------------------------------------------------
-    def busy(self):
-        lifeline = self
-
-        class Busy:
-            def __enter__(self):
-                lifeline._busy = True
-                if lifeline.eof.is_set():  # the host sent this and went: it waits for nothing
-                    lifeline.stop(HOST_GONE)
-
-            def __exit__(self, *exc):
-                lifeline._busy = False
-
-        return Busy()
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """A handler runs: the host's going now interrupts it."""
+        self._busy = True
+        try:
+            if self.eof.is_set():  # the host sent this and went: it waits for nothing
+                self.stop(HOST_GONE)
+            yield
+        finally:
+            self._busy = False
 
     def track(self, conn) -> None:
         """A DBAPI connection (psycopg or psycopg2) whose query is cancelled when we stop."""
