@@ -59,6 +59,27 @@ def backups_at(settings: Settings, revision: str | None) -> list[dict]:
     return found
 
 
+def _note_empty(settings: Settings, steps, target, empty: list[str], out: Out) -> None:
+    """Data an upgrade changed under an empty downgrade stays as it is (dbops cannot tell the
+    migration's changes from later writes); say where the rows of before are."""
+    from dbops.ops import putback as putback_op
+
+    found = putback_op.migrate_backup(settings, steps, target)
+    if "entry" not in found:
+        return
+    path, manifest = found["entry"]["path"], found["entry"]["manifest"]
+    how = (
+        f"{restore_command(path, '--yes')} after this rollback replaces the rows of "
+        f"{', '.join(sorted(manifest['tables']))} with the backup's"
+        if manifest.get("partial")
+        else f"the backup {path} holds the rows of before the migration"
+    )
+    out(
+        f"note: {', '.join(empty)} downgrade(s) are empty: data their upgrade changed is NOT "
+        f"put back (it cannot be told from later writes); {how}"
+    )
+
+
 def rollback(
     settings: Settings,
     to: str,
@@ -111,6 +132,9 @@ def rollback(
                 f"reason {b.get('reason', '?')}); restoring it instead brings back the schema AND "
                 f"the data of that moment (later writes are lost): {restore_command(b['path'])}"
             )
+        empty = [s["revision"] for s in steps if s["body"] == "empty"]
+        if empty:
+            _note_empty(settings, steps, target, empty, out)
         entry, doable = None, {}
         wanted = sorted(loss["putback"])
         if wanted and not putback:
