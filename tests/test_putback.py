@@ -243,3 +243,41 @@ def test_reading_dml(statement, countable, where, sets):
         assert got["where"] == where
     if sets is not None:
         assert got["sets"] == sets
+
+
+DROP_NOPK_COLUMN = (
+    "7d7d7d000006",
+    """
+def upgrade():
+    op.drop_column("legacy_nopk", "y")
+
+
+def downgrade():
+    op.add_column("legacy_nopk", sa.Column("y", sa.Text()))
+""",
+)
+NOOP = ("7d7d7d000007", "\ndef upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n")
+
+
+def test_a_column_of_a_table_without_primary_key_is_not_put_back_and_says_how(
+    invoke, seeded, tmp_path
+):
+    """Its values cannot be matched to live rows: the plan says so with the manual command;
+    the rollback goes on and changes none of its rows (never a truncate)."""
+    seeded.execute("CREATE TABLE legacy_nopk (x int, y text)")
+    seeded.execute("INSERT INTO legacy_nopk VALUES (1, 'a'), (2, 'b')")
+    ini = project(tmp_path / "p", DROP_NOPK_COLUMN, NOOP)
+    env = {"DBOPS_ALEMBIC_INI": ini, "DBOPS_PREMIGRATE_BACKUP": "full"}
+    done = invoke("migrate", f"--to={DROP_NOPK_COLUMN[0]}", env=env)  # not head: no models check
+    assert done.returncode == 0, done.stdout + done.stderr
+    seeded.execute("INSERT INTO legacy_nopk VALUES (3)")
+    rb = invoke("rollback", f"--to={SAMPLE_HEAD}", "--yes", env=env)
+    assert rb.returncode == 0, rb.stdout + rb.stderr
+    assert "public.legacy_nopk: NOT put back: no primary key" in rb.stdout
+    assert "pg_restore --data-only -n public -t legacy_nopk -f legacy_nopk.sql" in rb.stdout
+    assert "putting back from" not in rb.stdout
+    assert rows(seeded, "SELECT x, y FROM legacy_nopk ORDER BY x") == [
+        (1, None),
+        (2, None),
+        (3, None),
+    ]
