@@ -638,3 +638,18 @@ def test_rewrite_text_says_what_pg_repack_needs():
     found = judge(rev)["patterns"]
     assert [p["key"] for p in found] == ["rewrite"]
     assert "primary key or a NOT NULL unique index" in found[0]["safer"]
+
+
+def test_prepare_copy_turns_autovacuum_off_and_analyzes(small):
+    from dbops.agent.rehearse import prepare_copy
+
+    small.execute("CREATE MATERIALIZED VIEW mv AS SELECT id FROM t")
+    prepare_copy(small)
+    options = dict(
+        small.execute(
+            "SELECT relname, reloptions FROM pg_class WHERE relname IN ('t', 'nopk', 'mv')"
+        ).fetchall()
+    )
+    assert all(o == ["autovacuum_enabled=off"] for o in options.values()), options
+    assert one(small, "SELECT reltuples FROM pg_class WHERE relname = 'nopk'") == 2000
+    assert one(small, "SELECT current_setting('deadlock_timeout')") == "1s"  # put back
