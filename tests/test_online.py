@@ -22,9 +22,12 @@ import pytest
 from psycopg import sql
 
 from dbops.agent.fingerprint import collect, digest
-from dbops.ops.rehearse_verdict import judge
+from dbops.agent.rehearse import prefix_for
+from dbops.agent_client import Agent
+from dbops.config import load_settings
+from dbops.ops.rehearse_verdict import judge, over
 from tests.conftest import ROOT
-from tests.test_rehearse_corpus import rehearse_kind
+from tests.test_rehearse_corpus import project
 
 ENV_PY = """
 import os
@@ -496,10 +499,29 @@ def online_template(pg_cluster):
 
 
 def rehearse(pg_cluster, online_template, database, ops_env, tmp_path, code: str) -> dict:
+    """The revision ``code`` rehearsed (rehearse.run on a copy of the template) and judged;
+    with the schema fingerprint it ended at (``fingerprint_after``)."""
     lines = ["    import dbops.online  # noqa: F401"] + [
         f"    {line}" for line in textwrap.dedent(code).strip().splitlines()
     ]
-    return rehearse_kind(pg_cluster, online_template, database, ops_env, tmp_path, "\n".join(lines))
+    ini = project(tmp_path, "\n".join(lines))
+    settings = load_settings(ROOT, environ={**ops_env, "DBOPS_ALEMBIC_INI": str(ini)})
+    copy = f"{prefix_for(database)}{uuid.uuid4().hex[:8]}"
+    with pg_cluster.connect() as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(copy), sql.Identifier(online_template)
+            )
+        )
+    try:
+        with Agent(settings) as agent:
+            res = agent.call("rehearse.run", name=copy, revisions=["r0001"], lock_timeout="5s")
+    finally:
+        with pg_cluster.connect() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy))
+            )
+    return {**judge(res["revisions"][0]), "fingerprint_after": res["fingerprint_after"]}
 
 
 # kind: (online form, plain form, the pattern the plain form fires)
@@ -565,6 +587,9 @@ def test_rehearsal_online_safe_plain_flagged(
     assert plain_rev["flagged"] and pattern in keys, (kind, keys, plain_rev["verdict"])
     if kind == "primary_key":  # the safer way it names is the one that makes a primary key
         assert "PRIMARY KEY USING INDEX" in plain_rev["patterns"][0]["safer"]
+    # the production gate lets the online form through; both end at the same schema
+    assert over(rev, {"reads_s": 1.0, "writes_s": 5.0, "rewrite_mb": 1024}) == []
+    assert rev["fingerprint_after"] == plain_rev["fingerprint_after"], kind
 
 
 @pytest.mark.parametrize(
