@@ -14,6 +14,8 @@ failure or a kill leaves nothing half-built behind and a re-run continues:
     op.add_column_online(table, column, backfill=, server_default=)  nullable column, default for
                                                                 new rows, batched backfill, NOT NULL
     op.backfill(table, set=, where=, batch_rows=, pause=)       committed batches by primary key
+    op.change_column_type_online(table, column, type_, using=)  new column + sync trigger +
+                                                                backfill, swapped in one short lock
 and their reverses (for downgrade()): drop_index_online, drop_constraint_online,
 drop_not_null_online, drop_column_online.
 
@@ -872,3 +874,181 @@ def _drop_column_online(operations, op: DropColumnOnlineOp) -> None:
             f"ALTER TABLE {s.table(op.table_name, op.schema)} "
             f"DROP COLUMN IF EXISTS {s.q(op.column_name)}"
         )
+
+
+# --- ALTER COLUMN … TYPE (expand/contract) ----------------------------------------------------
+def _attnum(s: Steps, table: str, column: str, schema: str | None) -> int | None:
+    return s.value(
+        "SELECT a.attnum FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = :table "
+        "AND n.nspname = coalesce(:schema, current_schema()) AND a.attname = :column "
+        "AND NOT a.attisdropped",
+        table=table,
+        column=column,
+        schema=schema,
+    )
+
+
+def _dependents(s: Steps, table: str, column: str, schema: str | None) -> list[str]:
+    """What depends on the column (indexes, constraints, defaults, views, owned sequences):
+    a rename would leave them on the old column."""
+    return [
+        r[0]
+        for r in s.conn.execute(
+            sa.text(
+                "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
+                "JOIN pg_class c ON c.oid = d.refobjid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.refobjsubid "
+                "WHERE d.refclassid = 'pg_class'::regclass AND c.relname = :table "
+                "AND n.nspname = coalesce(:schema, current_schema()) AND a.attname = :column "
+                "AND d.deptype IN ('n', 'a') ORDER BY 1"
+            ),
+            {"table": table, "schema": schema, "column": column},
+        )
+    ]
+
+
+@Operations.register_operation("change_column_type_online")
+class ChangeColumnTypeOnlineOp(MigrateOperation):
+    """``op.change_column_type_online("t", "c", sa.BigInteger, using=None)``
+
+    Expand/contract: a new column ``c__new`` of the new type, a trigger keeping it equal to
+    ``using`` (an SQL expression of the row's columns; default ``CAST(c AS type)``) on every
+    insert and update, a batched backfill, then in one short transaction the swap: ``c`` becomes
+    ``c__old`` (nullable, no longer written), ``c__new`` becomes ``c``, the trigger goes. Drop
+    ``c__old`` in a later revision (``op.drop_column_online("t", "c__old")``; a later change of
+    the same column drops it at its swap). Only a column nothing depends on (no index,
+    constraint, default, view): refused otherwise, unchanged. A re-run after a kill continues
+    the backfill; one after the swap copies the column once more (``using`` must give the same
+    value from the new type: the default CAST does)."""
+
+    def __init__(
+        self,
+        table_name: str,
+        column_name: str,
+        type_,
+        *,
+        schema: str | None = None,
+        using: str | None = None,
+        existing_type=None,
+        batch_rows: int = BATCH_ROWS,
+        batch_seconds: float = BATCH_SECONDS,
+        pause: float = 0.0,
+        lock_timeout: str = LOCK_TIMEOUT,
+        attempts: int = ATTEMPTS,
+    ):
+        self.table_name, self.column_name, self.type_ = table_name, column_name, type_
+        self.schema, self.using, self.existing_type = schema, using, existing_type
+        self.batch_rows, self.batch_seconds, self.pause = batch_rows, batch_seconds, pause
+        self.lock_timeout, self.attempts = lock_timeout, attempts
+
+    @classmethod
+    def change_column_type_online(cls, operations, table_name, column_name, type_, **kw):
+        return operations.invoke(cls(table_name, column_name, type_, **kw))
+
+    def reverse(self):
+        if self.existing_type is None:
+            raise ValueError("change_column_type_online needs existing_type= to be reversed")
+        return ChangeColumnTypeOnlineOp(
+            self.table_name,
+            self.column_name,
+            self.existing_type,
+            schema=self.schema,
+            existing_type=self.type_,
+        )
+
+
+def _type_sql(s: Steps, type_) -> str:
+    if isinstance(type_, str):
+        return type_
+    if isinstance(type_, type):
+        type_ = type_()
+    return type_.compile(dialect=s.ctx.dialect)
+
+
+@Operations.implementation_for(ChangeColumnTypeOnlineOp)
+def _change_column_type_online(operations, op: ChangeColumnTypeOnlineOp) -> None:
+    s = Steps(operations, op.lock_timeout, op.attempts)
+    if s.offline:
+        raise OnlineOperationError(
+            f"change_column_type_online of {op.table_name}.{op.column_name} needs a live "
+            "connection (its backfill is chosen from the rows). Nothing was emitted for it."
+        )
+    table, col = op.table_name, op.column_name
+    new, old = f"{col}__new"[:63], f"{col}__old"[:63]
+    fn, trg = f"{table}_{col}__sync"[:63], f"{table}_{col}__sync"[:63]
+    target, kind = s.table(table, op.schema), _type_sql(s, op.type_)
+    using = op.using or f"CAST({s.q(col)} AS {kind})"
+    with s.session():
+        if not _attnum(s, table, new, op.schema):
+            blockers = _dependents(s, table, col, op.schema)
+            if blockers:
+                raise OnlineOperationError(
+                    f"change_column_type_online of {table}.{col}: {', '.join(blockers)} "
+                    f"depend(s) on it, and a swap of columns would leave them on the old one. "
+                    "Nothing was changed. Drop or move them first, or use a new column by hand."
+                )
+        was_not_null = s.not_null(table, col, op.schema)
+        s.run(f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {s.q(new)} {kind}")
+        s.run(
+            f"CREATE OR REPLACE FUNCTION {s.table(fn, op.schema)}() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $f$ BEGIN NEW.{s.q(new)} := (SELECT {using} FROM "
+            f"(SELECT NEW.*) AS row_); RETURN NEW; END $f$"
+        )
+        exists = s.value(
+            "SELECT count(*) FROM pg_trigger WHERE tgname = :t AND tgrelid = "
+            "(SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = :table AND n.nspname = coalesce(:schema, current_schema()))",
+            t=trg,
+            table=table,
+            schema=op.schema,
+        )
+        if not exists:
+            s.run(
+                f"CREATE TRIGGER {s.q(trg)} BEFORE INSERT OR UPDATE ON {target} FOR EACH ROW "
+                f"EXECUTE FUNCTION {s.table(fn, op.schema)}()"
+            )
+        _backfill(
+            s,
+            table,
+            f"{s.q(new)} = {using}",
+            f"{s.q(new)} IS NULL AND {s.q(col)} IS NOT NULL",
+            schema=op.schema,
+            key=None,
+            batch_rows=op.batch_rows,
+            pause=op.pause,
+            batch_seconds=op.batch_seconds,
+        )
+        if was_not_null:
+            _set_not_null(s, table, new, op.schema)
+        swap = [
+            f"ALTER TABLE {target} ALTER COLUMN {s.q(col)} DROP NOT NULL",
+            f"ALTER TABLE {target} DROP COLUMN IF EXISTS {s.q(old)}",  # an earlier change's
+            f"ALTER TABLE {target} RENAME COLUMN {s.q(col)} TO {s.q(old)}",
+            f"ALTER TABLE {target} RENAME COLUMN {s.q(new)} TO {s.q(col)}",
+            f"DROP TRIGGER IF EXISTS {s.q(trg)} ON {target}",
+            f"DROP FUNCTION IF EXISTS {s.table(fn, op.schema)}()",
+        ]
+        _in_one_transaction(s, swap)
+        _say(f"{table}.{col} is now {kind}; drop {old} in a later revision")
+
+
+def _in_one_transaction(s: Steps, statements: list[str]) -> None:
+    """``statements`` in one transaction (the first one's lock under lock_timeout), retried
+    as a whole on a lock timeout."""
+    pause = BACKOFF_S
+    for attempt in range(1, s.attempts + 1):
+        s.conn.execute(sa.text("BEGIN"))
+        try:
+            for statement in statements:
+                s.conn.execute(sql_text(statement))
+            s.conn.execute(sa.text("COMMIT"))
+            return
+        except sa.exc.DBAPIError as exc:
+            s.conn.execute(sa.text("ROLLBACK"))
+            if _sqlstate(exc) not in RETRY_STATES or attempt == s.attempts:
+                raise
+            _say(f"swap: lock not available (attempt {attempt}/{s.attempts}), again in {pause:g} s")
+            s.sleep(pause)
+            pause = min(pause * 2, BACKOFF_MAX_S)

@@ -49,7 +49,8 @@ PATTERNS = [
         "ALTER COLUMN … TYPE (table rewritten or scanned under ACCESS EXCLUSIVE)",
         r"\bALTER\s+(COLUMN\s+)?\S+\s+(SET\s+DATA\s+)?TYPE\b",
         "add a new column of the new type, fill it in batches (and a trigger for new writes), "
-        "switch readers, drop the old column in a later release",
+        "switch readers, drop the old column in a later release (dbops.online: "
+        "op.change_column_type_online)",
         "lock_scan",
     ),
     _p(
