@@ -1,6 +1,7 @@
 """Touched (partial) pre-migrate backups on real PostgreSQL: migrate takes one, backups shows it
-as partial, verify-backup --restore-test works on it, rollback puts the touched tables' rows
-back (same rows as before the migrate), restore of it refuses at another revision."""
+as partial, verify-backup --restore-test works on it, rollback of an empty downgrade names the
+restore that puts the touched tables' rows back (same rows as before the migrate), restore of it
+refuses at another revision."""
 
 from __future__ import annotations
 
@@ -100,19 +101,21 @@ def test_migrate_with_a_touched_backup_then_rollback_gives_the_same_rows(
     ver = invoke("verify-backup", str(path), "--restore-test", env=env)
     assert ver.returncode == 0, ver.stderr
     assert "5 tables" in ver.stdout
-    # A rollback to the backup's revision downgrades, then puts the touched tables back.
+    # A rollback to the backup's revision: the downgrade is empty, so the data change stays
+    # (it cannot be told from later writes); the plan names the restore that puts it back.
     rb = invoke("rollback", f"--to={SAMPLE_HEAD}", "--yes", env=env)
     assert rb.returncode == 0, rb.stdout + rb.stderr
-    assert "put back: 5 table(s)" in rb.stdout
-    assert checksums(db_conn, TOUCHED + UNTOUCHED) == before
+    assert f"note: {NEW_REV} downgrade(s) are empty" in rb.stdout
+    assert f"invoke restore {path} --yes after this rollback" in rb.stdout
+    assert "put back" not in rb.stdout.replace("NOT put back", "")
+    assert checksums(db_conn, TOUCHED) == changed
     assert db_conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SAMPLE_HEAD
+    assert audit.read(settings)[-1]["action"] == "rollback"
+    done = invoke("restore", str(path), "--yes", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert checksums(db_conn, TOUCHED + UNTOUCHED) == before
     recs = audit.read(settings)
-    assert recs[-2]["action"] == "rollback" and recs[-2]["result"] == "ok"
-    assert (
-        recs[-1]["action"] == "putback"
-        and recs[-1]["result"] == "ok"
-        and recs[-1]["file"] == str(path)
-    )
+    assert recs[-1]["action"] == "restore" and recs[-1]["file"] == str(path)
     # Sequences came back with the rows: new rows get fresh ids.
     db_conn.execute("INSERT INTO posts (title, content, author_id) VALUES ('new', 'c', 1)")
 

@@ -207,35 +207,10 @@ def ancestors(script, current: list[str]) -> list[str]:
     return out
 
 
-# --- what a downgrade does ------------------------------------------------------------
-LOSS_SQL = [
-    (re.compile(r"\bDROP\s+TABLE\b\s+(?:IF\s+EXISTS\s+)?([\w.\"]+)", re.I), "drops table"),
-    (
-        re.compile(
-            r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?([\w.\"]+)\s+DROP\s+(?:COLUMN\s+)?"
-            r"(?!CONSTRAINT\b)(?:IF\s+EXISTS\s+)?([\w\"]+)",
-            re.I,
-        ),
-        "drops column",
-    ),
-    (re.compile(r"\bTRUNCATE\b\s+(?:TABLE\s+)?([\w.\"]+)", re.I), "truncates"),
-    (re.compile(r"\bDELETE\s+FROM\s+([\w.\"]+)", re.I), "deletes rows from"),
-    (
-        re.compile(
-            r"\bDROP\s+(?:MATERIALIZED\s+VIEW|SCHEMA|TYPE|SEQUENCE)\b\s+(?:IF\s+EXISTS\s+)?"
-            r"([\w.\"]+)",
-            re.I,
-        ),
-        "drops",
-    ),
-]
-LOSS_TEXT = {
-    "drops table": "drops table {}",
-    "drops column": "drops column {}.{}",
-    "truncates": "truncates {}",
-    "deletes rows from": "deletes rows from {}",
-    "drops": "drops {}",
-}
+# --- what a downgrade does ---------------------------------------------------------------
+# What it DESTROYS is not read from its SQL text: the host runs it on a schema-only scratch
+# copy and reads the catalog and the statements (dbops/agent/downgrade_trace.py). Here only
+# the shape of downgrade(): empty, NotImplementedError, or code.
 
 
 def _downgrade_body(rev) -> tuple[str, list[str]]:
@@ -282,94 +257,16 @@ def offline_sql(ctx, rng: str, *, down: bool = False) -> str:
     return buf.getvalue()
 
 
-# Statements after which the live row counts no longer say what a later step will drop.
-WRITES_SQL = re.compile(r"\b(INSERT\s+INTO|UPDATE\s+[\w.\"]+\s+SET|COPY|RENAME)\b", re.I)
-COUNT_TIMEOUT = "5s"
+def downgrade_effects(rev) -> dict:
+    """The shape of ``rev``'s downgrade; what it loses is filled in by the host from the
+    downgrade trace (``data_loss``: would lose rows or values, ``drops_empty``: loses none)."""
+    kind, _ = _downgrade_body(rev)
+    return {"body": kind, "data_loss": [], "drops_empty": []}
 
 
-def _ident(name: str):
-    from psycopg import sql
-
-    return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
-
-
-def count_loss(conn, what: str, names: tuple[str, ...]) -> int | None:
-    """Rows (drops/truncates/deletes from a table) or non-NULL values (drops a column) that
-    ``what`` would lose in the live database; None when they cannot be counted (no such
-    table yet, a lock held, too slow, or a kind of object whose data cannot be counted)."""
-    from psycopg import sql
-
-    if what == "drops column" and len(names) == 2:
-        q = sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
-            _ident(names[0]), sql.Identifier(names[1])
-        )
-    elif what in ("drops table", "truncates", "deletes rows from") and len(names) == 1:
-        q = sql.SQL("SELECT count(*) FROM {}").format(_ident(names[0]))
-    else:
-        return None
-    try:
-        with conn.transaction(force_rollback=True):
-            conn.execute(
-                "SELECT set_config('statement_timeout', %s, true), "
-                "set_config('lock_timeout', '2s', true)",
-                [COUNT_TIMEOUT],
-            )
-            return int(conn.execute(q).fetchone()[0])
-    except Exception:  # noqa: BLE001 - "cannot count" is an answer: the plan keeps refusing
-        return None
-
-
-def _measure(conn, what: str, names: tuple[str, ...], trusted: bool) -> tuple[str, bool]:
-    """("drops table user_sessions: 0 rows", loses_data)."""
-    text = LOSS_TEXT[what].format(*names)
-    n = count_loss(conn, what, names) if trusted and conn is not None else None
-    if n is None:
-        why = "an earlier step writes data first" if not trusted else "cannot count"
-        return f"{text} ({why}: assume it drops data)", True
-    unit = "non-NULL value" if what == "drops column" else "row"
-    return f"{text}: {n} {unit}{'' if n == 1 else 's'}", n > 0
-
-
-def downgrade_effects(ctx, rev, *, trusted: bool = True) -> dict:
-    """What the downgrade of ``rev`` does; ``data_loss`` lists what would actually be lost
-    (counted in the live database, or not countable), ``drops_empty`` what is dropped empty.
-    ``trusted`` False: an earlier step writes data, so live counts say nothing."""
-    kind, calls = _downgrade_body(rev)
-    out = {"body": kind, "data_loss": [], "drops_empty": [], "sql_error": None, "writes": False}
-    if kind in ("empty", "not_implemented"):
-        return out
-    try:
-        sql = offline_sql(ctx, f"{rev.revision}:{rev.down_revision or 'base'}", down=True)
-    except Exception as exc:  # a downgrade that needs a live connection: judge from the source
-        out["sql_error"] = one_line(exc)
-        sql = ""
-    conn = None
-    try:
-        conn = ctx.conn
-    except Exception:  # noqa: BLE001 - no connection: nothing can be counted
-        pass
-    for stmt in re.split(r";\s*\n", sql):
-        if "alembic_version" in stmt:
-            continue
-        out["writes"] = out["writes"] or bool(WRITES_SQL.search(stmt))
-        for pattern, what in LOSS_SQL:
-            for m in pattern.finditer(stmt):
-                text, loses = _measure(conn, what, tuple(g.strip('"') for g in m.groups()), trusted)
-                out["data_loss" if loses else "drops_empty"].append(text)
-    if out["sql_error"]:
-        out["writes"] = True
-        for call in calls:
-            if call in ("drop_table", "drop_column", "execute"):
-                out["data_loss"].append(
-                    f"op.{call}(...) (could not render its SQL offline: assume it drops data)"
-                )
-    return out
-
-
-def downgrade_steps(ctx, script, current: str, target) -> list[dict]:
+def downgrade_steps(script, current: str, target) -> list[dict]:
     lower = target.revision if target is not None else "base"
     steps = []
-    trusted = True
     for rev in script.iterate_revisions(current, lower):
         if isinstance(rev.down_revision, (tuple, list)):
             raise AgentFailure(
@@ -379,8 +276,7 @@ def downgrade_steps(ctx, script, current: str, target) -> list[dict]:
                 revision=rev.revision,
             )
         step = info(rev)
-        step.update(downgrade_effects(ctx, rev, trusted=trusted))
-        trusted = trusted and not step["writes"]
+        step.update(downgrade_effects(rev))
         steps.append(step)
     return steps
 
@@ -396,13 +292,13 @@ def plan_downgrade(ctx, to: str) -> dict:
         current = read_current(ctx)
         check_current_known(script, current)
         try:
-            return _plan_downgrade(ctx, script, current, to)
+            return _plan_downgrade(script, current, to)
         except AgentFailure as exc:
             exc.details.setdefault("current", current)
             raise
 
 
-def _plan_downgrade(ctx, script, current: list[str], to: str) -> dict:
+def _plan_downgrade(script, current: list[str], to: str) -> dict:
     if not current:
         raise AgentFailure(
             "the database has no version row (it is at base): nothing to roll back",
@@ -431,13 +327,12 @@ def _plan_downgrade(ctx, script, current: list[str], to: str) -> dict:
             ]
             + [{"revision": "base", "message": "empty schema"}],
         )
-    steps = [] if target_id == current[0] else downgrade_steps(ctx, script, current[0], target)
+    steps = [] if target_id == current[0] else downgrade_steps(script, current[0], target)
     return {
         "current": current,
         "target": target_id,
         "target_info": info(target) if target else None,
         "steps": steps,
-        "data_loss": any(s["data_loss"] for s in steps),
         "not_implemented": [s["revision"] for s in steps if s["body"] == "not_implemented"],
     }
 

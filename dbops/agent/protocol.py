@@ -32,6 +32,7 @@ MODULES = {
     "doctor": "doctor",
     "touched": "touched",
     "putback": "putback",
+    "downgrade": "downgrade_trace",
     "rehearse": "rehearse",
     "scratch": "scratch",
     "settle": "settle",

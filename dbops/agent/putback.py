@@ -118,3 +118,137 @@ def _putback_sql(conn, names, tables, sequences, lock_timeout, fks, triggers, re
         "tables": names,
         "sequences": sequences,
     }
+
+
+# --- the put-back after a rollback: merge, never replace --------------------------------
+STAGE = "dbops_putback_{}"  # pg_temp.<stage>: one temp table per table, dropped at COMMIT
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _notice(*parts: str) -> str:
+    """RAISE NOTICE 'dbops-putback|a|b|…' with each part a PL/pgSQL expression."""
+    return "RAISE NOTICE '{}', {};".format(
+        "|".join(["dbops-putback"] + ["%"] * len(parts)), ", ".join(parts)
+    )
+
+
+@handler("putback.merge")
+def putback_merge(ctx, tables: dict, counts: dict, lock_timeout: str = "2s") -> dict:
+    """The SQL around a data-only restore of the backup's rows of ``tables`` (name -> {"insert",
+    "columns": {col: value the downgrade left, or None = the column's default}, "pk",
+    "printed"}) into temp tables (pg_temp.dbops_putback_N; the host rewrites each COPY's target),
+    run in ONE transaction by the host:
+      - every staged table's row count equals the backup manifest's ``counts`` (else rollback);
+      - a re-created table: the backup's rows missing by primary key are inserted (ON CONFLICT
+        DO NOTHING); without a primary key only into a table still empty; live count >= the
+        backup's after; its serial/identity sequences moved past the rows put back;
+      - a column: UPDATE by primary key, only where the live row still holds the value the
+        downgrade left; rows inserted or changed since keep theirs.
+    User triggers of these tables are disabled meanwhile (the values are the backup's)."""
+    require_lock(ctx)
+    conn = ctx.conn
+    names = sorted(tables)
+    missing = [
+        q
+        for q in names
+        if conn.execute("SELECT to_regclass(%s)", [_ident(q).as_string(conn)]).fetchone()[0] is None
+    ]
+    if missing:
+        raise AgentFailure(
+            f"the live database has no table {', '.join(missing)} after the downgrade",
+            kind="schema",
+            missing=missing,
+        )
+    pre = [sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)).as_string(conn)]
+    post = [  # pg_restore's preamble set both for the session: the notices carry the counts
+        sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)).as_string(conn),
+        "SET LOCAL client_min_messages = notice",
+    ]
+    enable: list[str] = []
+    mapping: list[str] = []
+    for i, q in enumerate(names):
+        spec = tables[q]
+        stage = STAGE.format(i)
+        live = _ident(q).as_string(conn)
+        mapping.append(f"{stage} {spec['printed']}")
+        pre.append(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT * FROM {live} WITH NO DATA")
+        name = sql.Literal(q).as_string(conn)
+        want = int(counts[q])
+        post.append(
+            f"DO $dbops$ DECLARE n bigint; BEGIN SELECT count(*) INTO n FROM pg_temp.{stage}; "
+            f"IF n <> {want} THEN RAISE EXCEPTION 'dbops: the backup gave % rows of %, its "
+            f"manifest says %', n, {name}, {want}; END IF; END $dbops$"
+        )
+        post.append(f"LOCK TABLE {live} IN SHARE ROW EXCLUSIVE MODE")
+        oid = conn.execute("SELECT %s::regclass::oid", [live]).fetchone()[0]
+        for (tg,) in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s AND NOT tgisinternal "
+            "AND tgenabled <> 'D' AND tgparentid = 0 ORDER BY 1",
+            [oid],
+        ).fetchall():
+            post.append(f"ALTER TABLE {live} DISABLE TRIGGER {_q(tg)}")
+            enable.append(f"ALTER TABLE {live} ENABLE TRIGGER {_q(tg)}")
+        cols = conn.execute(
+            "SELECT attname, pg_get_expr(d.adbin, d.adrelid), "
+            "pg_get_serial_sequence(%s, attname) FROM pg_attribute a "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND a.attgenerated = '' ORDER BY a.attnum",
+            [live, oid],
+        ).fetchall()
+        pk = spec.get("pk") or []
+        match = " AND ".join(f"l.{_q(c)} = s.{_q(c)}" for c in pk)
+        if spec["insert"]:
+            collist = ", ".join(_q(c) for c, _, _ in cols)
+            if pk:
+                body = (
+                    f"INSERT INTO {live} AS l ({collist}) OVERRIDING SYSTEM VALUE "
+                    f"SELECT {collist} FROM pg_temp.{stage} ON CONFLICT DO NOTHING; "
+                    f"GET DIAGNOSTICS n = ROW_COUNT; "
+                )
+            else:
+                body = (
+                    f"IF EXISTS (SELECT 1 FROM {live}) THEN RAISE EXCEPTION 'dbops: % has no "
+                    f"primary key and rows already: its backup rows cannot be matched', {name}; "
+                    f"END IF; INSERT INTO {live} ({collist}) OVERRIDING SYSTEM VALUE "
+                    f"SELECT {collist} FROM pg_temp.{stage}; GET DIAGNOSTICS n = ROW_COUNT; "
+                )
+            body += (
+                f"SELECT count(*) INTO k FROM {live}; IF k < {want} THEN RAISE EXCEPTION "
+                f"'dbops: % has % rows after the put-back, fewer than the backup''s %', "
+                f"{name}, k, {want}; END IF; " + _notice("'inserted'", name, "n", "k")
+            )
+            for c, _, seq in cols:
+                if seq:
+                    body += (
+                        f" PERFORM setval({sql.Literal(seq).as_string(conn)}, m) FROM (SELECT "
+                        f"max({_q(c)})::bigint AS m FROM {live}) x WHERE m IS NOT NULL AND m > "
+                        f"(SELECT last_value FROM {seq});"
+                    )
+            post.append(f"DO $dbops$ DECLARE n bigint; k bigint; BEGIN {body} END $dbops$")
+        defaults = {c: d for c, d, _ in cols}
+        for col, left in sorted(spec["columns"].items() if pk else []):
+            if col not in defaults:
+                continue
+            was = left if left is not None else (defaults[col] or "NULL")
+            c = _q(col)
+            post.append(
+                f"DO $dbops$ DECLARE n bigint; k bigint; BEGIN "
+                f"UPDATE {live} l SET {c} = s.{c} FROM pg_temp.{stage} s WHERE {match} "
+                f"AND l.{c} IS NOT DISTINCT FROM ({was}) AND s.{c} IS DISTINCT FROM l.{c}; "
+                f"GET DIAGNOSTICS n = ROW_COUNT; "
+                f"SELECT count(*) INTO k FROM {live} l JOIN pg_temp.{stage} s ON {match} "
+                f"WHERE l.{c} IS DISTINCT FROM s.{c}; "
+                + _notice("'updated'", name, sql.Literal(col).as_string(conn), "n", "k")
+                + " END $dbops$"
+            )
+    post += enable
+    return {
+        "prelude": ";\n".join(pre) + ";",
+        "postlude": ";\n".join(post) + ";",
+        "map": "\n".join(mapping),
+        "tables": names,
+    }

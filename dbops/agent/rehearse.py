@@ -176,6 +176,41 @@ class Probe(threading.Thread):
         }
 
 
+COPY_TABLES_SQL = """
+SELECT format('%s %s', CASE c.relkind WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END,
+              c.oid::regclass)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+"""
+
+
+def prepare_copy(conn) -> None:
+    """Before the run: autovacuum off on every table of the copy, then ANALYZE (a restore
+    leaves no row estimates).
+
+    A freshly restored copy is what autovacuum visits first (every table was just inserted),
+    and its VACUUM/ANALYZE holds SHARE UPDATE EXCLUSIVE: a plain ANALYZE, and any lock the
+    revision asks for, waits deadlock_timeout (1 s) before autovacuum is cancelled, and the
+    launcher comes back for the next table. ``autovacuum_enabled = off`` (a reloption: not in
+    the schema fingerprint; the copy is dropped after) keeps it off the copy for the whole
+    rehearsal; as a superuser the session's deadlock_timeout is lowered so the cancel of a
+    worker already at work takes milliseconds instead of a second."""
+    try:
+        conn.execute("SET deadlock_timeout = '10ms'")
+        lowered = True
+    except psycopg.errors.InsufficientPrivilege:
+        lowered = False  # a worker already on a table costs 1 s once; none comes back
+    for (target,) in conn.execute(COPY_TABLES_SQL).fetchall():
+        try:
+            conn.execute(f"ALTER {target} SET (autovacuum_enabled = off)")
+        except psycopg.errors.InsufficientPrivilege:
+            pass  # not the table's owner: ANALYZE skips it too
+    conn.execute("ANALYZE")
+    if lowered:
+        conn.execute("RESET deadlock_timeout")
+
+
 def _tables(conn) -> dict[int, dict]:
     return {
         r[0]: {
@@ -218,7 +253,7 @@ def run(
     _own(name)
     app = f"dbops:rehearse {ctx.operator}"
     with db.connect(name, application_name=app) as sc:
-        sc.execute("ANALYZE")  # row estimates of the restored tables (a restore leaves none)
+        prepare_copy(sc)  # autovacuum off on the copy, then row estimates (ANALYZE)
         before_heads = db.version_rows(sc)
         before_fp = _fingerprint(sc)
     results = []

@@ -47,6 +47,7 @@ class StatementTrace:
         self.rewrites: dict[int, int] = {}  # oid -> index of the statement
         self.tx_rows = 0  # rows written in the open transaction
         self.max_tx_rows = 0
+        self.tx = 0  # number of the open transaction (each autocommit statement is its own)
         self._t0: dict[int, float] = {}
 
     # --- hooks -------------------------------------------------------------------------
@@ -110,8 +111,11 @@ class StatementTrace:
                     "autocommit": autocommit,
                     "locks": sorted([oid, mode] for oid, mode in new),
                     "rewrites": rewritten,
+                    "tx": self.tx,
                 }
             )
+            if autocommit:
+                self.tx += 1
         if statement is not None:
             self.on_statement(statement, pairs, new)
 
@@ -128,6 +132,7 @@ class StatementTrace:
                 del self.first_seen[(k, oid, mode)]
         self.held.pop(key, None)
         self.tx_rows = 0
+        self.tx += 1
 
     # --- SQLAlchemy events ---------------------------------------------------------------
     def before_execute(self, conn, cursor, statement, parameters, context, executemany):

@@ -18,6 +18,7 @@ BLOCKS_WRITES = {"ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessE
 BACKFILL_ROWS = 100_000  # one transaction writing this many rows holds their row locks
 BACKFILL_SHARE = 0.5  # ... or this share of a table of at least BACKFILL_MIN_TABLE rows
 BACKFILL_MIN_TABLE = 10_000
+ALTER_TYPE_SCAN_S = 0.1  # an ALTER … TYPE that neither rewrote nor ran this long was catalog-only
 
 NOT_VALID = re.compile(r"\bNOT\s+VALID\b", re.I)
 ALTER = re.compile(r"^\s*ALTER\s+TABLE\b", re.I)
@@ -48,8 +49,9 @@ PATTERNS = [
         "ALTER COLUMN … TYPE (table rewritten or scanned under ACCESS EXCLUSIVE)",
         r"\bALTER\s+(COLUMN\s+)?\S+\s+(SET\s+DATA\s+)?TYPE\b",
         "add a new column of the new type, fill it in batches (and a trigger for new writes), "
-        "switch readers, drop the old column in a later release",
-        "lock",
+        "switch readers, drop the old column in a later release (dbops.online: "
+        "op.change_column_type_online)",
+        "lock_scan",
     ),
     _p(
         "set_not_null",
@@ -78,7 +80,7 @@ PATTERNS = [
         "ADD UNIQUE / PRIMARY KEY (index built under a blocking lock)",
         r"\bADD\s+(CONSTRAINT\s+\S+\s+)?(UNIQUE|PRIMARY\s+KEY)\b(?!.*\bUSING\s+INDEX\b)",
         "CREATE UNIQUE INDEX CONCURRENTLY (in autocommit_block), then ADD CONSTRAINT … UNIQUE "
-        "USING INDEX",
+        "USING INDEX (dbops.online: op.add_unique_online)",
         "lock",
     ),
     _p(
@@ -112,10 +114,25 @@ PATTERNS = [
         "text",
     ),
 ]
+SAFER_PRIMARY_KEY = (
+    "make the columns NOT NULL online (CHECK … NOT NULL NOT VALID, VALIDATE, SET NOT NULL), "
+    "CREATE UNIQUE INDEX CONCURRENTLY (in autocommit_block), then ADD CONSTRAINT … PRIMARY KEY "
+    "USING INDEX (dbops.online: op.add_unique_online(…, primary_key=True))"
+)
 REWRITE = {
     "key": "rewrite",
     "what": "table rewrite (VACUUM FULL, CLUSTER, SET TABLESPACE, …)",
-    "safer": "pg_repack / pg_squeeze, or a new table filled in batches and swapped",
+    "safer": "pg_repack / pg_squeeze, which need a primary key or a NOT NULL unique index on "
+    "the table (add one first: op.add_unique_online(…, primary_key=True)); without one, a new "
+    "table filled in batches and swapped",
+}
+VALIDATE = re.compile(r"\bVALIDATE\s+CONSTRAINT\s+(\"[^\"]+\"|\S+)", re.I)
+VALIDATE_SAME_TX = {
+    "key": "validate_same_tx",
+    "what": "VALIDATE CONSTRAINT in the transaction that added it NOT VALID (the scan runs under "
+    "the ADD's lock, held to commit)",
+    "safer": "commit between them: VALIDATE in its own transaction (autocommit_block, or a later "
+    "revision; dbops.online: op.add_check_online / op.add_foreign_key_online)",
 }
 
 
@@ -144,10 +161,14 @@ def judge(rev: dict) -> dict:
             needs = p["needs"]
             if needs == "rewrite" and not st["rewrites"]:
                 continue
-            if needs == "lock" and not (
+            if needs in ("lock", "lock_scan") and not (
                 strong and ALTER.match(text) or strong and text.lstrip()[:6].upper() == "CREATE"
             ):
                 continue
+            if needs == "lock_scan" and not (
+                st["rewrites"] or (st.get("seconds") or 0) >= ALTER_TYPE_SCAN_S
+            ):
+                continue  # catalog-only (varchar(n) -> varchar(m > n), varchar -> text)
             if needs == "lock_not_valid" and (NOT_VALID.search(text) or not strong):
                 continue
             if needs == "backfill" and not _big_write(st, rev, rows):
@@ -158,13 +179,23 @@ def judge(rev: dict) -> dict:
                 and not re.match(r"^\s*DROP\s+TABLE", text, re.I)
             ):
                 continue
+            safer = p["safer"]
+            if p["key"] == "add_unique" and re.search(r"\bPRIMARY\s+KEY\b", text, re.I):
+                safer = SAFER_PRIMARY_KEY
             found[p["key"]] = {
                 "key": p["key"],
                 "what": p["what"],
-                "safer": p["safer"],
+                "safer": safer,
                 "statement": st["index"],
                 "sql": text[:160],
             }
+    same_tx = _validate_same_tx(rev["statements"])
+    if same_tx is not None:
+        found["validate_same_tx"] = {
+            **VALIDATE_SAME_TX,
+            "statement": same_tx["index"],
+            "sql": same_tx["sql"][:160],
+        }
     if rev["rewrites"] and not ({"volatile_default", "alter_type"} & set(found)):
         st = (
             rev["statements"][rev["rewrites"][0]["statement"]] if rev["statements"] else {"sql": ""}
@@ -199,6 +230,28 @@ def judge(rev: dict) -> dict:
         verdict=verdict,
     )
     return rev
+
+
+def _validate_same_tx(statements: list[dict]) -> dict | None:
+    """The first VALIDATE CONSTRAINT run in the transaction whose earlier statement added that
+    constraint NOT VALID under a lock blocking writes on an existing table."""
+    for i, st in enumerate(statements):
+        m = VALIDATE.search(st["sql"])
+        if not m or st.get("autocommit") or st.get("tx") is None:
+            continue
+        name = re.escape(m.group(1).strip('"'))
+        added = re.compile(rf'\bADD\s+CONSTRAINT\s+"?{name}"?\s.*\bNOT\s+VALID\b', re.I | re.S)
+        for before in statements[:i]:
+            if (
+                before.get("tx") == st["tx"]
+                and not before.get("autocommit")
+                and added.search(before["sql"])
+                and any(
+                    lk["mode"] in BLOCKS_WRITES and not lk["new_table"] for lk in before["locks"]
+                )
+            ):
+                return st
+    return None
 
 
 def _big_write(st: dict, rev: dict, rows: dict) -> bool:

@@ -10,7 +10,7 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
-from dbops.ops.output import Out, print_line
+from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.restore import check_pg_restore, restore_command
 from dbops.ops.settle import settle
 from dbops.ops.status import label
@@ -60,6 +60,27 @@ def backups_at(settings: Settings, revision: str | None) -> list[dict]:
     return found
 
 
+def _note_empty(settings: Settings, steps, target, empty: list[str], out: Out) -> None:
+    """Data an upgrade changed under an empty downgrade stays as it is (dbops cannot tell the
+    migration's changes from later writes); say where the rows of before are."""
+    from dbops.ops import putback as putback_op
+
+    found = putback_op.migrate_backup(settings, steps, target)
+    if "entry" not in found:
+        return
+    path, manifest = found["entry"]["path"], found["entry"]["manifest"]
+    how = (
+        f"{restore_command(path, '--yes')} after this rollback replaces the rows of "
+        f"{', '.join(sorted(manifest['tables']))} with the backup's"
+        if manifest.get("partial")
+        else f"the backup {path} holds the rows of before the migration"
+    )
+    out(
+        f"note: {', '.join(empty)} downgrade(s) are empty: data their upgrade changed is NOT "
+        f"put back (it cannot be told from later writes); {how}"
+    )
+
+
 def rollback(
     settings: Settings,
     to: str,
@@ -69,6 +90,7 @@ def rollback(
     backup: bool = True,
     putback: bool = True,
     out: Out = print_line,
+    warn: Out = print_note,
 ) -> dict:
     t0 = time.monotonic()
     with Agent(settings) as agent:
@@ -88,6 +110,14 @@ def rollback(
                 "backup": None,
                 "target": target,
             }
+        from dbops.ops import downgrade_loss
+        from dbops.ops import putback as putback_op
+
+        if plan["not_implemented"]:
+            loss = {"steps": [], "putback": {}, "error": "a downgrade is not implemented"}
+        else:
+            loss = downgrade_loss.loss_set(settings, agent, current, target, warn)
+        data_loss = downgrade_loss.apply(steps, loss)
         out(
             f"rollback plan: {label(current)} -> {tlabel}, {len(steps)} revision(s) to downgrade, "
             f"newest first:"
@@ -103,25 +133,40 @@ def rollback(
                 f"reason {b.get('reason', '?')}); restoring it instead brings back the schema AND "
                 f"the data of that moment (later writes are lost): {restore_command(b['path'])}"
             )
-        from dbops.ops import touched
-
-        touched_backup = touched.backup_for_rollback(settings, target, steps) if putback else None
-        if touched_backup:  # its pg_restore must be able to put it back: refused now, not after
+        empty = [s["revision"] for s in steps if s["body"] == "empty"]
+        if empty:
+            _note_empty(settings, steps, target, empty, out)
+        entry, doable = None, {}
+        wanted = sorted(loss["putback"])
+        if wanted and not putback:
+            out(f"--no-putback: {', '.join(wanted)} keep what the downgrade leaves")
+        elif wanted and not plan["not_implemented"]:
+            found = putback_op.migrate_backup(settings, steps, target)
+            if "refused" in found:
+                raise OpsError(
+                    f"the downgrade leaves {', '.join(wanted)} without the data the migration "
+                    f"took, and it cannot be put back: {found['refused']}",
+                    state=f"unchanged at {label(current)}",
+                    next_command=f"invoke rollback --to={to} --no-putback   # the downgrade "
+                    "alone: what the migration dropped stays lost",
+                )
+            entry = found["entry"]
+            # its pg_restore must be able to read the archive: refused now, not after
             check_pg_restore(
                 settings,
                 agent.target,
-                Path(touched_backup["path"]),
-                touched_backup.get("manifest") or {},
+                Path(entry["path"]),
+                entry["manifest"],
                 agent.call("restore.facts"),
             )
-            lost = touched.lossy(touched_backup)
+            doable, cannot = putback_op.split(loss["putback"], entry["manifest"], entry["path"])
             out(
-                f"then: rows the migration lost are put back from {touched_backup['path']} (a "
-                f"partial pre-migrate backup at {tlabel}); rows written to these tables since are "
-                "replaced (--no-putback to skip):"
+                f"then: put back from {entry['path']} (the backup of the migrate that applied "
+                f"{steps[-1]['revision']}, {found['record'].get('ts', '?')}), never replacing "
+                "rows or values written since (--no-putback to skip):"
             )
-            for name, why in sorted(lost.items()):
-                out(f"  {name}: {why}")
+            for line in putback_op.describe(doable) + cannot:
+                out(line)
         if plan["not_implemented"]:
             raise OpsError(
                 f"cannot roll back to {tlabel}: the downgrade of "
@@ -134,7 +179,7 @@ def rollback(
                     "(invoke backups), or write the downgrade"
                 ),
             )
-        if plan["data_loss"]:
+        if data_loss:
             confirm(
                 settings,
                 f"This plan DROPS DATA ({sum(len(s['data_loss']) for s in steps)} item(s) above).",
@@ -166,9 +211,12 @@ def rollback(
                 state=f"at {label(again['current'])}",
                 next_command=f"invoke rollback --to={to}   (review the new plan)",
             )
-        if again["data_loss"] and not plan["data_loss"] and not accept_data_loss:
+        recount = [dict(s) for s in steps]
+        if downgrade_loss.apply(
+            recount, {**loss, "steps": downgrade_loss.counted(agent, loss)}
+        ) and not (data_loss or accept_data_loss):
             # counted again under the lock: rows arrived in a table the plan showed empty
-            lost = [x for st in again["steps"] for x in st["data_loss"]]
+            lost = [x for st in recount for x in st["data_loss"]]
             raise OpsError(
                 f"the plan showed no data loss, but counted again under the lock: "
                 f"{'; '.join(lost)}",
@@ -200,7 +248,8 @@ def rollback(
                 "backup": backup_path,
                 "planned_revision_hashes": hashes,
                 "data_loss": [x for s in steps for x in s["data_loss"]],
-                "accepted_data_loss": bool(plan["data_loss"]),
+                "accepted_data_loss": bool(data_loss),
+                "putback_from": entry["path"] if entry else None,
                 "lock_timeout": settings.lock_timeout,
             },
             hashes=hashes,
@@ -238,8 +287,8 @@ def rollback(
             )
 
         res = audited(run, downgrade, failure)
-        if touched_backup:  # its own audit record ("putback"); the downgrade's is written above
-            touched.putback_after_rollback(settings, agent, touched_backup, out, tlabel)
+        if doable:  # its own audit record ("putback"); the downgrade's is written above
+            putback_op.run(settings, agent, entry, doable, out, tlabel)
     return {
         "before": current,
         "after": res["current"],

@@ -144,10 +144,14 @@ def rehearse(c, to="head", from_="latest", keep=False, json_=False):
         "yes": (
             "do not ask for confirmation (a plan that drops data still needs --accept-data-loss)"
         ),
-        "accept_data_loss": "accept a plan whose downgrades drop tables or columns",
+        "accept_data_loss": (
+            "accept a plan whose downgrades lose rows or values (dropped tables or columns, "
+            "TRUNCATE, a type change, UPDATE/DELETE), or whose loss cannot be counted"
+        ),
         "no_backup": "skip the pre-rollback backup",
         "no_putback": (
-            "do not put back the touched tables' rows from a partial pre-migrate backup at REV"
+            "do not put back, from the migrate's backup, the tables and columns the downgrade "
+            "brings back empty"
         ),
     },
     notify=True,
