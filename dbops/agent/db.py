@@ -58,9 +58,18 @@ def connect(
     if dbname:
         p["dbname"] = dbname
     p.setdefault("connect_timeout", int(os.environ.get("PGCONNECT_TIMEOUT", "5")))
-    return psycopg.connect(
+    conn = psycopg.connect(
         **p, application_name=application_name[:63], autocommit=autocommit, **kwargs
     )
+    from dbops.agent import guard  # a step meant for one database: this one is checked too
+
+    if guard.active() is not None:
+        try:
+            guard.check_psycopg(conn, str(p["dbname"]))
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 def sa_url(dbname: str | None = None) -> URL:
