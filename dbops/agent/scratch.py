@@ -34,6 +34,7 @@ PURPOSES = {
     "restoretest": "invoke verify-backup --restore-test or invoke drill",
     "check": "invoke check (the stairway)",
     "recover": "invoke recover or doctor (the expected schemas)",
+    "probe": "invoke doctor (where env.py connects)",
 }
 
 _held: dict[str, psycopg.Connection] = {}  # name -> the connection holding its lock
