@@ -280,23 +280,20 @@ def test_the_guard_stops_a_connection_before_its_first_statement(
 def test_a_scratch_step_that_changed_live_fails_loudly(pg_cluster, database, live, monkeypatch):
     """The read-back after a scratch step (guard.live_unchanged): a change to the live
     database's schema or version row fails with kind live_changed, whatever the step raised."""
-    from types import SimpleNamespace
-
     from dbops.agent import guard
     from dbops.agent.protocol import AgentFailure
 
     for k, v in pg_cluster.env(database).items():
         monkeypatch.setenv(k, v)
-    ctx = SimpleNamespace(conn=live)
-    with guard.live_unchanged(ctx, "a read-only step"):
+    with guard.live_unchanged("a read-only step"):
         live.execute("SELECT 1")
-    with pytest.raises(AgentFailure) as err, guard.live_unchanged(ctx, "a scratch step"):
+    with pytest.raises(AgentFailure) as err, guard.live_unchanged("a scratch step"):
         live.execute("CREATE TABLE leaked (x int)")
         raise RuntimeError("the step's own failure")
     assert err.value.kind == "live_changed"
     assert f"the LIVE database {database} changed: its schema changed" in err.value.message
     live.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
-    with pytest.raises(AgentFailure) as err, guard.live_unchanged(ctx, "a scratch step"):
+    with pytest.raises(AgentFailure) as err, guard.live_unchanged("a scratch step"):
         live.execute("INSERT INTO alembic_version VALUES ('a1')")
     assert "its version rows went from ['base'] to ['a1']" in err.value.message
 
@@ -324,3 +321,16 @@ def test_the_url_dbops_sets_survives_configparser(password, tmp_path, monkeypatc
     url = make_url(cfg.get_main_option("sqlalchemy.url"))
     assert url.password == password and url.database == "dbops_scratch_x"
     assert url.drivername == "postgresql+asyncpg" and (url.host, url.port) == ("db.example", 6543)
+
+
+def test_expected_schemas_as_an_agents_first_request(at_first, live):
+    """recover.expected first in its agent (no live connection opened before the scratch one
+    is pointed at): the read-back still reads the live database, by name."""
+    from dbops.agent_client import Agent
+
+    settings = at_first("database_url")
+    before = state(live)
+    with Agent(settings) as agent:
+        steps = agent.call("recover.expected")["steps"]
+    assert [s["revision"] for s in steps] == [None, *COMMON_REVS]
+    assert state(live) == before

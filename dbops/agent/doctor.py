@@ -356,7 +356,7 @@ def env_target(ctx) -> dict:
         with scratch.scratch_database("probe") as name, db.pointed_at(name), quiet_alembic():
             try:
                 with (
-                    guard.scratch_step(ctx, name, "the probe of env.py"),
+                    guard.scratch_step(name, "the probe of env.py"),
                     guard.aimed_config(ctx, name) as cfg,
                 ):
 

@@ -17,11 +17,11 @@ meant for database X:
   dbops meant, and the fix (README "Your own project"). The refusal is raised again when the
   block ends, so code that catches every exception (a rehearsed revision's failure, a touched
   set's fallback) cannot turn it into an ordinary result.
-- ``live_unchanged(ctx, step)``: the live database's version rows and schema fingerprint read
+- ``live_unchanged(step)``: the live database's version rows and schema fingerprint read
   before and after a scratch or read-only step; a change fails loudly (kind "live_changed").
 - ``aimed_config(ctx, X)``: the Config for a step on X (``sqlalchemy.url`` set, % escaped for
   configparser; the shared connection in ``attributes`` when ``share``).
-- ``scratch_step(ctx, X, step)``: the three together, what every scratch step uses.
+- ``scratch_step(X, step)``: the three together, what every scratch step uses.
 """
 
 from __future__ import annotations
@@ -189,12 +189,16 @@ def live_state(conn) -> dict:
 
 
 @contextlib.contextmanager
-def live_unchanged(ctx, step: str) -> Iterator[None]:
+def live_unchanged(step: str) -> Iterator[None]:
     """The live version rows and schema fingerprint are the same after the block, or the step
-    fails loudly (whatever the block raised). A live database that cannot be read at all
-    (``invoke check`` in CI may have none) is not compared: env.py cannot reach it either."""
+    fails loudly (whatever the block raised). Read on a connection of its own, opened to the
+    live database by name (a handler's lazy ``ctx.conn``, first opened inside
+    ``db.pointed_at``, would reach the scratch database). A live database that cannot be read
+    at all (``invoke check`` in CI may have none) is not compared: env.py cannot reach it."""
+    live = db.live_database()
     try:
-        before = live_state(ctx.conn)
+        conn = db.connect(live, application_name=f"dbops:guard read-back {step}"[:63])
+        before = live_state(conn)
     except Exception as exc:  # noqa: BLE001 - said, and the step runs guarded all the same
         print(f"dbops: the live database is not read back after {step}: {db.one_line(exc)}")
         yield
@@ -204,7 +208,10 @@ def live_unchanged(ctx, step: str) -> Iterator[None]:
         yield
     except BaseException as exc:
         failed = exc
-    after = live_state(ctx.conn)
+    try:
+        after = live_state(conn)
+    finally:
+        conn.close()
     if after != before:
         what = (
             f"its version rows went from {before['version'] or ['base']} to "
@@ -214,7 +221,7 @@ def live_unchanged(ctx, step: str) -> Iterator[None]:
         )
         raise AgentFailure(
             f"{step} was meant for a scratch database but the LIVE database "
-            f"{db.database()} changed: {what}. Stop and read its state (invoke doctor); "
+            f"{live} changed: {what}. Stop and read its state (invoke doctor); "
             f"{README_FIX}",
             kind="live_changed",
             before=before,
@@ -270,7 +277,7 @@ def aimed_config(ctx, dbname: str, *, share: bool = True) -> Iterator[Config]:
 
 
 @contextlib.contextmanager
-def scratch_step(ctx, dbname: str, step: str) -> Iterator[Expectation]:
+def scratch_step(dbname: str, step: str) -> Iterator[Expectation]:
     """A scratch or read-only step on ``dbname``: guarded, and the live database read back."""
-    with live_unchanged(ctx, step), expecting(dbname, step) as exp:
+    with live_unchanged(step), expecting(dbname, step) as exp:
         yield exp

@@ -497,7 +497,7 @@ def _stairway(ctx) -> dict:
     with (
         scratch.scratch_database("check") as name,
         db.pointed_at(name),
-        guard.scratch_step(ctx, name, "the stairway of invoke check"),
+        guard.scratch_step(name, "the stairway of invoke check"),
     ):
         for rev in order:
             up = heads_of(applied | {rev.revision})

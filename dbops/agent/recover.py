@@ -220,7 +220,7 @@ def build_expected(ctx, purpose: str = "recover") -> dict:
             with (
                 db.pointed_at(name),
                 quiet_alembic(),
-                guard.scratch_step(ctx, name, "building the expected schemas"),
+                guard.scratch_step(name, "building the expected schemas"),
             ):
                 sconn = db.connect(name, application_name="dbops:recover scratch")
                 try:

@@ -213,7 +213,7 @@ def run(
     judges (dbops/ops/rehearse_verdict.py). Stops at the first that fails. Every connection
     is checked to reach the copy and the live database is read back (guard.scratch_step)."""
     _own(name)
-    with guard.scratch_step(ctx, name, "rehearse"):
+    with guard.scratch_step(name, "rehearse"):
         return _run(ctx, name, revisions, lock_timeout, statement_timeout, probe)
 
 

@@ -286,7 +286,7 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
     tracer = LockTrace()
     full = None
     error = None
-    with guard.scratch_step(ctx, name, "the touched-set run of migrate"):
+    with guard.scratch_step(name, "the touched-set run of migrate"):
         try:
             with tracer, quiet(), db.pointed_at(name):
                 for rev in pending:  # one at a time, as migrate runs them: each its own transaction
