@@ -334,3 +334,32 @@ def test_expected_schemas_as_an_agents_first_request(at_first, live):
         steps = agent.call("recover.expected")["steps"]
     assert [s["revision"] for s in steps] == [None, *COMMON_REVS]
     assert state(live) == before
+
+
+def test_migrate_refuses_an_env_py_aimed_at_another_database(shape_env, live, pg_cluster, database):
+    """The live steps are guarded too: env.py (MYAPP_DB_URL) aimed at another database than the
+    one dbops backed up and locked is stopped before its first statement; neither changes."""
+    import os
+
+    from dbops.errors import OpsError
+    from dbops.ops import migrate as migrate_op
+
+    settings, _ = shape_env("custom_var")
+    alembic(settings.alembic_ini, "upgrade", "a1")
+    other = f"{database}_staging"
+    pg_cluster.create_database(other)
+    os.environ["MYAPP_DB_URL"] = live_url(pg_cluster, other)  # restored by shape_env's monkeypatch
+    before = state(live)
+    lines: list[str] = []
+    try:
+        with pytest.raises(OpsError) as err:
+            migrate_op.migrate(settings, out=lines.append, warn=lines.append)
+        with pg_cluster.connect(other) as c:
+            assert state(c)["rows"] == {} and version_of(c) == []  # nothing ran there either
+    finally:
+        with pg_cluster.connect() as m:
+            m.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+    assert f"env.py connected to database '{other}'" in err.value.message
+    assert f"dbops meant database '{database}'" in err.value.message
+    assert err.value.state == "before migrate: a1; now: a1"  # read from the database
+    assert state(live) == before

@@ -290,7 +290,10 @@ def _step(
                 command.upgrade(cfg, revision)
             else:
                 command.downgrade(cfg, rev.down_revision or "base")
-    except guard.WrongDatabase:
+    except guard.WrongDatabase as exc:  # nothing of this step ran: the state is read, not assumed
+        exc.details.update(
+            revision=revision, direction=direction, before=before, after=ctx.current_heads()
+        )
         raise
     except Exception as exc:
         seconds = round(time.monotonic() - t0, 3)
