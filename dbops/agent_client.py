@@ -11,12 +11,26 @@ from dbops.config import Settings, operator
 from dbops.errors import OpsError
 from dbops.seam import Target, mask, start, target_for
 
+# The connection guard's refusals (dbops/agent/guard.py): the same state and next command
+# whichever operation hit them.
+GUARD_KINDS = {
+    "wrong_database": (
+        "unchanged (the guard closed env.py's connection before its first statement)",
+        "invoke doctor   (check isolation: the env.py change in README 'Your own project')",
+    ),
+    "live_changed": (
+        "CHANGED: a step meant for a scratch database changed the live one (read it now)",
+        "invoke doctor",
+    ),
+}
+
 
 class AgentError(OpsError):
     """The agent answered with a failure; ``kind`` says which (locked, connect, upgrade, …)."""
 
     def __init__(self, message: str, kind: str, details: dict):
-        super().__init__(message)
+        state, next_command = GUARD_KINDS.get(kind, (None, None))
+        super().__init__(message, state=state, next_command=next_command)
         self.kind = kind
         self.agent_details = details
 

@@ -25,6 +25,7 @@ CHECK_NAMES = [
     "dbops lock",
     "indexes",
     "revision files",
+    "isolation",
     "schema",
     "heads",
     "sessions",

@@ -106,7 +106,7 @@ def current(conn) -> list[str]:
 
 def test_every_scenario_has_commands_and_a_test():
     found = scenarios()
-    assert sorted(found) == list(range(1, 16))
+    assert sorted(found) == list(range(1, 17))
     assert all(found.values())
     tested = {int(m) for m in re.findall(r"def test_scenario_(\d+)_", Path(__file__).read_text())}
     assert tested == set(found)
@@ -459,3 +459,44 @@ def test_scenario_15_before_a_risky_deploy(invoke, ops_env, db_conn, tmp_path):
     assert "predicted duration" in results[0].stdout and "index_not_concurrent" in results[0].stdout
     assert "rehearsal " in results[1].stdout and "verified" in results[1].stdout
     assert current(db_conn) != [HEAD]
+
+
+def test_scenario_16_a_scratch_step_refused(
+    invoke, ops_env, db_conn, tmp_path, pg_cluster, database
+):
+    """A project whose env.py reads MYAPP_DB_URL (tests/projects/custom_var): doctor names the
+    isolation failure and the file; after README's few lines, doctor and rehearse pass."""
+    from tests.test_foreign_projects import copy_shape, live_url
+
+    url = live_url(pg_cluster, database)
+    ini = copy_shape(tmp_path, "custom_var", url)
+    env = {**ops_env, "DBOPS_ALEMBIC_INI": str(ini), "MYAPP_DB_URL": url}
+    assert invoke("migrate", "--to=a1", "--no-backup", env=env).returncode == 0
+    env_py = ini.parent / "env.py"
+
+    def fix_env_py():
+        text = env_py.read_text()
+        fixed = text.replace(
+            'def run_migrations_online():\n    engine = create_engine(os.environ["MYAPP_DB_URL"]',
+            "def run_migrations_online():\n"
+            '    given = config.attributes.get("connection")\n'
+            "    if given is not None:\n"
+            "        context.configure(connection=given, target_metadata=metadata)\n"
+            "        with context.begin_transaction():\n"
+            "            context.run_migrations()\n"
+            "        return\n"
+            '    url = config.get_main_option("sqlalchemy.url") or os.environ["MYAPP_DB_URL"]\n'
+            "    engine = create_engine(url",
+        )
+        assert fixed != text
+        env_py.write_text(fixed)
+
+    results = Scenario(16, env, ini.parent).run(
+        {}, may_fail=("invoke doctor",), before={1: fix_env_py}
+    )
+    assert "FAIL  isolation" in results[0].stdout
+    assert f"next: ${{EDITOR:-vi}} {env_py}" in results[0].stdout
+    assert "ok    isolation" in results[1].stdout
+    assert "ok    schema" in results[1].stdout
+    assert results[2].returncode == 0
+    assert current(db_conn) == ["a1"]

@@ -58,9 +58,18 @@ def connect(
     if dbname:
         p["dbname"] = dbname
     p.setdefault("connect_timeout", int(os.environ.get("PGCONNECT_TIMEOUT", "5")))
-    return psycopg.connect(
+    conn = psycopg.connect(
         **p, application_name=application_name[:63], autocommit=autocommit, **kwargs
     )
+    from dbops.agent import guard  # a step meant for one database: this one is checked too
+
+    if guard.active() is not None:
+        try:
+            guard.check_psycopg(conn, str(p["dbname"]))
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 def sa_url(dbname: str | None = None) -> URL:
@@ -88,17 +97,28 @@ def engine(dbname: str | None = None) -> Engine:
     )
 
 
+_replaced: list[str] = []  # the databases pointed_at replaced, outermost first
+
+
+def live_database() -> str:
+    """The live database's name, also inside ``pointed_at`` (where ``database()`` is the
+    scratch one)."""
+    return _replaced[0] if _replaced else database()
+
+
 @contextlib.contextmanager
 def pointed_at(dbname: str) -> Iterator[None]:
     """Point every way an env.py may read its URL at another database (a scratch one)."""
     keys = ("POSTGRES_DB", "DATABASE_URL", "PGDATABASE")
     saved = {k: os.environ.get(k) for k in keys}
+    _replaced.append(database())
     os.environ["POSTGRES_DB"] = dbname
     os.environ["PGDATABASE"] = dbname
     os.environ["DATABASE_URL"] = sa_url(dbname).render_as_string(hide_password=False)
     try:
         yield
     finally:
+        _replaced.pop()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

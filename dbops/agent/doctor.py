@@ -344,3 +344,55 @@ def models(ctx) -> dict:
 
     with quiet():
         return {"diff": model_diff(ctx)}
+
+
+@handler("doctor.env_target")
+def env_target(ctx) -> dict:
+    """Does env.py follow dbops' target? Probed on two scratch databases in turn (an env.py
+    whose URL was fixed at import follows at most the first): env.py's online path runs with
+    the Config dbops builds for a scratch step (``sqlalchemy.url``, the shared connection,
+    POSTGRES_DB/DATABASE_URL/PGDATABASE pointed), migrating nothing (``dont_mutate``, no
+    revision), every connection checked by the guard before its first statement and the live
+    database read back. {"follows": True/False/None, "via", "connected_to", "error"}."""
+    from pathlib import Path
+
+    from alembic.runtime.environment import EnvironmentContext
+
+    from dbops.agent import guard, scratch
+
+    script = ctx.script()
+    env_py = str(Path(script.dir) / "env.py")
+    via = None
+    for _ in range(2):
+        seen: dict = {}
+        with scratch.scratch_database("probe") as name, db.pointed_at(name), quiet_alembic():
+            try:
+                with (
+                    guard.scratch_step(name, "the probe of env.py"),
+                    guard.aimed_config(ctx, name) as cfg,
+                ):
+
+                    def capture(_rev, mc, cfg=cfg, seen=seen):
+                        seen["shared"] = mc.connection is cfg.attributes.get("connection")
+                        seen["where"] = mc.connection.exec_driver_sql(guard.IDENTITY_SQL).one()
+                        return []
+
+                    with EnvironmentContext(cfg, script, fn=capture, dont_mutate=True):
+                        script.run_env()
+            except guard.WrongDatabase as exc:
+                return {"follows": False, "error": exc.message, "env_py": env_py, **exc.details}
+            except AgentFailure as exc:
+                return {"follows": None, "error": exc.message, "kind": exc.kind}
+            except Exception as exc:  # env.py failed for a reason of its own
+                return {"follows": None, "error": f"env.py failed: {one_line(exc)}"}
+        if "where" not in seen:
+            return {"follows": None, "error": "env.py ran but never ran its migrations online"}
+        if seen["where"][0] != name:  # a connection the guard never saw open (a reused one)
+            return {
+                "follows": False,
+                "env_py": env_py,
+                "error": f"env.py ran on database {seen['where'][0]!r}, dbops meant {name!r}: "
+                f"{guard.README_FIX}",
+            }
+        via = "connection" if seen["shared"] else "url"
+    return {"follows": True, "via": via}

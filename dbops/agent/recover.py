@@ -5,8 +5,9 @@
   the host turns into a cache key.
 - ``recover.expected``: one linear pass on a scratch database created on the same server:
   upgrade one revision at a time from base with alembic's command API (env.py pointed at the
-  scratch database through ``db.pointed_at``) and fingerprint after each step. The live
-  database is never written; the scratch database is always dropped.
+  scratch database through ``db.pointed_at`` and ``guard.aimed_config``, every connection
+  checked by ``guard.scratch_step``) and fingerprint after each step. The live database is
+  never written (read back after the pass); the scratch database is always dropped.
 - ``recover.stamp``: under the dbops lock, re-check that nothing moved since the analysis,
   then ``alembic stamp --purge`` to the matching revision(s). Changes no schema.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from alembic import command
 from alembic.runtime.environment import EnvironmentContext
 
-from dbops.agent import db, fingerprint, scratch
+from dbops.agent import db, fingerprint, guard, scratch
 from dbops.agent.db import one_line
 from dbops.agent.lock import require_lock
 from dbops.agent.protocol import AgentFailure, handler
@@ -216,11 +217,11 @@ def build_expected(ctx, purpose: str = "recover") -> dict:
             ) from None
         with contextlib.ExitStack() as stack:
             stack.push(scratch_cm)
-            with db.pointed_at(name), quiet_alembic():
-                if db.database() != name:  # never upgrade anything but the scratch database
-                    raise AgentFailure(
-                        "internal: the scratch database is not the target", kind="internal"
-                    )
+            with (
+                db.pointed_at(name),
+                quiet_alembic(),
+                guard.scratch_step(name, "building the expected schemas"),
+            ):
                 sconn = db.connect(name, application_name="dbops:recover scratch")
                 try:
                     if () not in seen:
@@ -236,7 +237,8 @@ def build_expected(ctx, purpose: str = "recover") -> dict:
                         seen.add(())
                     for rev in revs:
                         try:
-                            upgrade_one(ctx.config(), script, rev)
+                            with guard.aimed_config(ctx, name) as cfg:
+                                upgrade_one(cfg, script, rev)
                         except Exception as exc:
                             raise AgentFailure(
                                 f"building the expected schemas: upgrading a scratch database "
@@ -291,8 +293,15 @@ def stamp(
         )
     targets = [r for r in revisions if r] or ["base"]
     try:
-        with db.pg_options(lock_timeout=lock_timeout), quiet_alembic():
-            command.stamp(ctx.config(), targets if len(targets) > 1 else targets[0], purge=True)
+        with (
+            db.pg_options(lock_timeout=lock_timeout),
+            quiet_alembic(),
+            guard.expecting(db.database(), "recover --apply (stamp)"),
+        ):
+            cfg = guard.aim(ctx.config(), db.database())
+            command.stamp(cfg, targets if len(targets) > 1 else targets[0], purge=True)
+    except guard.WrongDatabase:
+        raise
     except Exception as exc:
         raise AgentFailure(
             f"stamp failed: {one_line(exc)}",

@@ -25,7 +25,7 @@ import zlib
 import psycopg
 from psycopg import sql
 
-from dbops.agent import db, scratch
+from dbops.agent import db, guard, scratch
 from dbops.agent.db import one_line
 from dbops.agent.protocol import AgentFailure, handler
 from dbops.agent.statement_trace import StatementTrace
@@ -245,12 +245,18 @@ def run(
     probe: bool = True,
 ) -> dict:
     """Apply ``revisions`` in order on the copy ``name``; per revision the facts the host
-    judges (dbops/ops/rehearse_verdict.py). Stops at the first that fails."""
+    judges (dbops/ops/rehearse_verdict.py). Stops at the first that fails. Every connection
+    is checked to reach the copy and the live database is read back (guard.scratch_step)."""
+    _own(name)
+    with guard.scratch_step(name, "rehearse"):
+        return _run(ctx, name, revisions, lock_timeout, statement_timeout, probe)
+
+
+def _run(ctx, name, revisions, lock_timeout, statement_timeout, probe) -> dict:
     from alembic import command
 
     from dbops.agent.migration import quiet
 
-    _own(name)
     app = f"dbops:rehearse {ctx.operator}"
     with db.connect(name, application_name=app) as sc:
         prepare_copy(sc)  # autovacuum off on the copy, then row estimates (ANALYZE)
@@ -278,7 +284,8 @@ def run(
                 db.pointed_at(name),
                 db.pg_options(lock_timeout=lock_timeout, statement_timeout=statement_timeout),
             ):
-                command.upgrade(ctx.config(), rev)
+                with guard.aimed_config(ctx, name) as cfg:
+                    command.upgrade(cfg, rev)
         except Exception as exc:  # noqa: BLE001 - reported as the revision's failure
             error = one_line(exc)
         finally:

@@ -35,6 +35,7 @@ PURPOSES = {
     "check": "invoke check (the stairway)",
     "recover": "invoke recover or doctor (the expected schemas)",
     "downgrade": "the downgrade trace of a rollback plan (what the downgrades destroy)",
+    "probe": "invoke doctor (where env.py connects)",
 }
 
 _held: dict[str, psycopg.Connection] = {}  # name -> the connection holding its lock

@@ -135,17 +135,24 @@ class StatementTrace:
         self.tx += 1
 
     # --- SQLAlchemy events ---------------------------------------------------------------
+    @staticmethod
+    def _dbapi(conn, cursor):
+        """The cursor's DBAPI connection; an async engine's adapted cursor has none: its
+        connection's adapted DBAPI connection (driven synchronously in the greenlet)."""
+        return getattr(cursor, "connection", None) or conn.connection.dbapi_connection
+
     def before_execute(self, conn, cursor, statement, parameters, context, executemany):
-        self._t0[id(cursor.connection)] = self.clock()
+        self._t0[id(self._dbapi(conn, cursor))] = self.clock()
 
     def after_execute(self, conn, cursor, statement, parameters, context, executemany):
         self.statements += 1
-        started = self._t0.pop(id(cursor.connection), None)
+        dbapi = self._dbapi(conn, cursor)
+        started = self._t0.pop(id(dbapi), None)
         try:
             rowcount = cursor.rowcount
         except Exception:
             rowcount = -1
-        self._sample(cursor.connection, statement, started, rowcount)
+        self._sample(dbapi, statement, started, rowcount)
 
     def before_commit(self, conn):
         dbapi = conn.connection.dbapi_connection

@@ -28,7 +28,7 @@ import re
 
 from psycopg import sql
 
-from dbops.agent import db, scratch
+from dbops.agent import db, guard, scratch
 from dbops.agent.db import one_line
 from dbops.agent.lock import maintenance_db, require_lock
 from dbops.agent.pglocks import READ_MODES, WRITE_MODES
@@ -286,14 +286,19 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
     tracer = LockTrace()
     full = None
     error = None
-    try:
-        with tracer, quiet(), db.pointed_at(name):
-            for rev in pending:  # one at a time, as migrate runs them: each its own transaction
-                tracer.revision = rev.revision
-                command.upgrade(ctx.config(), rev.revision)
-    except Exception as exc:  # noqa: BLE001 - a migration that needs data to run
-        error = one_line(exc)
-        full = f"the migration failed on the schema-only copy ({error}): cannot tell what it writes"
+    with guard.scratch_step(name, "the touched-set run of migrate"):
+        try:
+            with tracer, quiet(), db.pointed_at(name):
+                for rev in pending:  # one at a time, as migrate runs them: each its own transaction
+                    tracer.revision = rev.revision
+                    with guard.aimed_config(ctx, name) as cfg:
+                        command.upgrade(cfg, rev.revision)
+        except Exception as exc:  # noqa: BLE001 - a migration that needs data to run
+            error = one_line(exc)
+            full = (
+                f"the migration failed on the schema-only copy ({error}): "
+                f"cannot tell what it writes"
+            )
     touched: dict[str, str] = {}
     for oid, modes in tracer.seen.items():
         if oid not in before:

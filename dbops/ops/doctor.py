@@ -16,22 +16,24 @@ in doctor_connect.py; Check and Facts, what they return and read, in doctor_fact
  2. dbops lock      another dbops operation holds this database's lock: wait for it
  3. indexes         an INVALID index: drop it
  4. revision files  a revision file that does not parse, or was edited after it was applied
- 5. schema          the live schema vs the current revision: recover; the database ahead of
+ 5. isolation       env.py follows dbops' target (probed on scratch databases): else every
+                    scratch step refuses; the env.py change (README "Your own project")
+ 6. schema          the live schema vs the current revision: recover; the database ahead of
                     the code: find the code; a half-applied revision's leftover index: drop it
- 6. heads           several heads: merge them
- 7. sessions        sessions holding a lock that conflicts with a mode the pending revisions
+ 7. heads           several heads: merge them
+ 8. sessions        sessions holding a lock that conflicts with a mode the pending revisions
                     need: terminate (after checking who owns it)
- 8. pg_dump         a pg_dump whose locks conflict with the pending revisions: wait for it
- 9. models          the models differ from the migrations (at head): write the revision
-10. revision        pending revisions: migrate
-11. scratch         a scratch database (dbops_scratch_*: touched set, rehearsal, restore test
-                    or drill, check, recover) left by a killed run: drop it; one in use by a
-                    running operation is said, never dropped
-12. rehearsal       pending revisions never rehearsed (said, not a command: migrate stays next)
-13. backups         no verified backup of this database within 1.5 × the backup schedule; an
+ 9. pg_dump         a pg_dump whose locks conflict with the pending revisions: wait for it
+10. models          the models differ from the migrations (at head): write the revision
+11. revision        pending revisions: migrate
+12. scratch         a scratch database (dbops_scratch_*: touched set, rehearsal, restore test
+                    or drill, check, recover, probe) left by a killed run: drop it; one in use
+                    by a running operation is said, never dropped
+13. rehearsal       pending revisions never rehearsed (said, not a command: migrate stays next)
+14. backups         no verified backup of this database within 1.5 × the backup schedule; an
                     interrupted or damaged backup file (named): backup
-14. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
-15. audit           the last audit record (never a command)
+15. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
+16. audit           the last audit record (never a command)
 """
 
 from __future__ import annotations
@@ -209,7 +211,48 @@ def _unreadable_script(f: Facts) -> Check:
     )
 
 
-# --- 5. schema ------------------------------------------------------------------------------------
+# --- 5. isolation ---------------------------------------------------------------------------------
+@needs_db
+def isolation(f: Facts) -> Check | None:
+    """env.py follows dbops' target: probed on two scratch databases in turn (agent op
+    doctor.env_target, dbops/agent/guard.py). When it does not, every scratch step (rehearse,
+    recover's expected schemas, check's stairway, migrate's touched backup) is refused by the
+    guard before env.py's first statement: the fix is a few lines of env.py."""
+    if f.kinds.get("status") == "script":
+        return None  # env.py's revisions do not load: the revision files check says so
+    try:
+        r = f.agent.call("doctor.env_target")
+    except AgentError as exc:
+        return Check("isolation", UNKNOWN, f"could not probe env.py: {exc.message}")
+    if r.get("follows"):
+        how = (
+            "it uses the connection dbops hands it"
+            if r.get("via") == "connection"
+            else "it connects where dbops points it"
+        )
+        return Check("isolation", OK, f"env.py follows dbops' target ({how}; probed on scratch)")
+    if r.get("follows") is None:
+        return Check("isolation", UNKNOWN, f"could not probe env.py: {r.get('error')}")
+    env_py = r.get("env_py") or str(f.settings.alembic_ini.parent / "env.py")
+    return Check(
+        "isolation",
+        FAIL,
+        "env.py does not follow dbops' target: rehearse, recover, check and migrate's touched "
+        "backup refuse to run (the guard stops env.py before its first statement)",
+        [
+            r.get("error") or "",
+            "in env.py's run_migrations_online: use config.attributes.get('connection') when "
+            "set, else the URL config.get_main_option('sqlalchemy.url') (dbops sets both); keep "
+            "your own variable as the last fallback",
+        ],
+        next=f"${{EDITOR:-vi}} {shlex.quote(env_py)}   (README: Your own project; then: "
+        f"invoke doctor)",
+        why="env.py connects somewhere else than dbops aims it",
+        data={"connected_to": r.get("connected_to"), "expected": r.get("expected")},
+    )
+
+
+# --- 6. schema ------------------------------------------------------------------------------------
 @needs_db
 def schema(f: Facts) -> Check | None:
     if not f.status:
@@ -850,6 +893,7 @@ CHECKS: tuple[Callable[[Facts], Check | None], ...] = (
     dbops_lock,
     indexes,
     revision_files,
+    isolation,
     schema,
     heads,
     sessions,

@@ -93,6 +93,8 @@ def expected_steps(
     try:
         built = agent.call("recover.expected")
     except AgentError as exc:
+        if exc.kind in ("wrong_database", "live_changed"):
+            raise  # the guard's refusal: its own state and next command
         if exc.kind == "scratch":
             raise OpsError(
                 exc.message,

@@ -1,0 +1,29 @@
+"""URL from a settings object the application builds once, at import (FastAPI templates)."""
+
+from alembic import context
+from models import metadata
+from settings import settings
+from sqlalchemy import create_engine, pool
+
+config = context.config
+
+
+def run_migrations_offline():
+    context.configure(url=settings.database_url, target_metadata=metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online():
+    engine = create_engine(settings.database_url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

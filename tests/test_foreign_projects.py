@@ -1,0 +1,365 @@
+"""Foreign Alembic projects (tests/projects/<shape>/): dbops on env.py files it did not write.
+
+After every read-only or scratch step (doctor, rehearse, recover) the live database's version
+row, schema fingerprint and row counts are what they were: the connection guard
+(dbops/agent/guard.py) stops an env.py that connects anywhere else before its first statement.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dbops.agent.fingerprint import collect, digest
+from dbops.config import load_settings
+from tests.conftest import ROOT
+
+PROJECTS = ROOT / "tests" / "projects"
+
+
+def live_url(pg_cluster, database: str) -> str:
+    return (
+        f"postgresql+psycopg://{pg_cluster.user}:{pg_cluster.password}"
+        f"@127.0.0.1:{pg_cluster.port}/{database}"
+    )
+
+
+def copy_shape(tmp_path: Path, shape: str, url: str) -> Path:
+    """tests/projects/<shape> (and _common) under tmp_path, alembic.ini's @LIVE_URL@ filled
+    in; returns the copy's alembic.ini."""
+    dest = tmp_path / "projects"
+    for name in ("_common", shape):
+        shutil.copytree(PROJECTS / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    ini = dest / shape / "alembic.ini"
+    ini.write_text(ini.read_text().replace("@LIVE_URL@", url.replace("%", "%%")))
+    return ini
+
+
+def version_of(conn) -> list[str]:
+    """The version rows, wherever the shape keeps them."""
+    for table in ("public.alembic_version", "meta.myapp_version"):
+        if conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is not None:
+            return sorted(r[0] for r in conn.execute(f"SELECT version_num FROM {table}"))
+    return []
+
+
+def state(conn) -> dict:
+    """What no read-only or scratch step may change: version rows, schema, row counts."""
+    counts = {}
+    for schema, name in conn.execute(
+        "SELECT schemaname, relname FROM pg_stat_user_tables ORDER BY 1, 2"
+    ).fetchall():
+        counts[f"{schema}.{name}"] = conn.execute(
+            f'SELECT count(*) FROM "{schema}"."{name}"'
+        ).fetchone()[0]
+    return {"version": version_of(conn), "schema": digest(collect(conn)), "rows": counts}
+
+
+@pytest.fixture
+def shape_env(pg_cluster, database, ops_env, tmp_path, monkeypatch):
+    """make(shape) -> settings for the local target on that project; the live URL is also in
+    DATABASE_URL and MYAPP_DB_URL (as the application's own environment would have it)."""
+
+    def make(shape: str):
+        url = live_url(pg_cluster, database)
+        ini = copy_shape(tmp_path, shape, url)
+        env = {
+            **ops_env,
+            "DBOPS_ALEMBIC_INI": str(ini),
+            "DBOPS_CACHE_DIR": str(tmp_path / "cache"),
+            "DATABASE_URL": url,
+            "MYAPP_DB_URL": url,
+        }
+        for k, v in env.items():  # the agent inherits them; alembic() below reads them too
+            if k.startswith(("POSTGRES_", "DATABASE_URL", "MYAPP_")):
+                monkeypatch.setenv(k, v)
+        return load_settings(ROOT, environ=env), env
+
+    return make
+
+
+@pytest.fixture
+def live(pg_cluster, database):
+    with pg_cluster.connect(database) as conn:
+        yield conn
+
+
+def alembic(ini: Path, how: str, rev: str) -> None:
+    """alembic in this process; the projects' own modules (models, settings: one name, several
+    projects) are forgotten before and after."""
+    import sys
+
+    from alembic import command
+    from alembic.config import Config
+
+    for name in ("models", "settings"):
+        sys.modules.pop(name, None)
+    try:
+        getattr(command, how)(Config(str(ini)), rev)
+    finally:
+        for name in ("models", "settings"):
+            sys.modules.pop(name, None)
+
+
+# Shapes dbops aims at a scratch database by construction, and the one it cannot follow.
+FOLLOWED = ["database_url", "postgres_vars", "ini_url", "async_ini", "attributes", "schemas"]
+REFUSED = ["custom_var"]
+# Follows only the first database it is aimed at in a process: doctor's probe (two scratch
+# databases in turn) names it; rehearse and recover, whose first env.py run is on scratch, work.
+CACHED = ["settings_cached"]
+# dbops reads the version row from alembic_version only: here the invariant alone is checked.
+OWN_VERSION_TABLE = ["version_table"]
+ALL = FOLLOWED + REFUSED + CACHED + OWN_VERSION_TABLE
+REVS = {"schemas": ["s1", "s2"]}
+COMMON_REVS = ["a1", "b2", "c3"]
+
+
+def revs(shape: str) -> list[str]:
+    return REVS.get(shape, COMMON_REVS)
+
+
+def seed(live, shape: str) -> None:
+    if shape == "schemas":
+        live.execute("INSERT INTO app.accounts (email) VALUES ('a@x.org'), ('b@x.org')")
+    else:
+        live.execute("INSERT INTO authors (name) VALUES ('Le Guin'), ('Lem')")
+
+
+@pytest.fixture
+def at_first(shape_env, live):
+    """make(shape): the live database at the shape's first revision, with rows; its settings."""
+
+    def make(shape: str):
+        settings, env = shape_env(shape)
+        alembic(settings.alembic_ini, "upgrade", revs(shape)[0])
+        seed(live, shape)
+        return settings
+
+    return make
+
+
+def refused(exc) -> None:
+    assert exc.kind == "wrong_database", exc.message
+    assert "env.py connected to database" in exc.message
+    assert "config.attributes.get('connection')" in exc.message
+    assert "README: Your own project" in exc.message
+    if hasattr(exc, "next_command"):  # the host's AgentError (the agent's own has neither)
+        assert exc.next_command.startswith("invoke doctor")
+        assert exc.state.startswith("unchanged")
+
+
+@pytest.mark.parametrize("shape", ALL)
+def test_doctor_is_read_only_and_says_whether_env_py_follows(shape, at_first, live):
+    from dbops.ops import doctor as doctor_op
+
+    settings = at_first(shape)
+    before = state(live)
+    rep = doctor_op.doctor(settings)
+    assert state(live) == before
+    by = {c["name"]: c for c in rep["checks"]}
+    if shape in REFUSED + CACHED:
+        assert by["isolation"]["status"] == "fail", by["isolation"]
+        assert "env.py connected to database" in by["isolation"]["details"][0]
+        assert "could not build the expected schemas" in by["schema"]["summary"]
+        assert rep["next_check"] == "isolation"
+        assert rep["next"].endswith("(README: Your own project; then: invoke doctor)")
+    elif shape in OWN_VERSION_TABLE:
+        assert by["isolation"]["status"] == "ok", by["isolation"]
+    else:
+        assert by["isolation"]["status"] == "ok", by["isolation"]
+        assert by["schema"]["status"] == "ok", by["schema"]
+        assert rep["pending"] == revs(shape)[1:] and rep["next"] == "invoke migrate"
+
+
+@pytest.mark.parametrize("shape", ALL)
+def test_rehearse_runs_on_the_copy_only(shape, at_first, live):
+    from dbops.agent_client import AgentError
+    from dbops.ops import rehearse as rehearse_op
+
+    settings = at_first(shape)
+    before = state(live)
+    lines: list[str] = []
+    if shape in REFUSED:
+        with pytest.raises(AgentError) as err:
+            rehearse_op.rehearse(settings, source="fresh", out=lines.append)
+        refused(err.value)
+    else:
+        rep = rehearse_op.rehearse(settings, source="fresh", out=lines.append)
+        assert rep["complete"], rep["revisions"]
+        if shape not in OWN_VERSION_TABLE:
+            assert [r["revision"] for r in rep["revisions"]] == revs(shape)[1:]
+    assert state(live) == before
+
+
+@pytest.mark.parametrize("shape", ALL)
+def test_recover_builds_its_expected_schemas_on_scratch(shape, at_first, live):
+    from dbops.agent_client import AgentError
+    from dbops.ops import recover as recover_op
+
+    settings = at_first(shape)
+    before = state(live)
+    notes: list[str] = []
+    if shape in REFUSED:
+        with pytest.raises(AgentError) as err:
+            recover_op.recover(settings, use_cache=False, warn=notes.append)
+        refused(err.value)
+    else:
+        rep = recover_op.recover(settings, use_cache=False, warn=notes.append)
+        if shape not in OWN_VERSION_TABLE:
+            assert [m["revision"] for m in rep["matches"]] == [revs(shape)[0]], rep
+    assert state(live) == before
+
+
+@pytest.mark.parametrize("shape", FOLLOWED + REFUSED + CACHED)
+def test_migrate_still_migrates_the_live_database(shape, at_first, live):
+    from dbops.ops import migrate as migrate_op
+
+    settings = at_first(shape)
+    rows = state(live)["rows"]
+    lines: list[str] = []
+    rep = migrate_op.migrate(settings, out=lines.append, warn=lines.append)
+    assert version_of(live) == [revs(shape)[-1]], rep
+    after = state(live)["rows"]
+    assert {k: v for k, v in after.items() if k in rows} == rows
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_guard_stops_a_connection_before_its_first_statement(
+    kind, pg_cluster, database, live, monkeypatch
+):
+    """In-process: an engine env.py might make (sync, or async through run_sync) aimed at the
+    live database while a step expects another one is refused at connect time, before any
+    statement of its caller (and before the dialect's own first queries), and closed."""
+    import asyncio
+
+    from sqlalchemy import create_engine, event, text
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from dbops.agent import guard
+
+    for k, v in pg_cluster.env(database).items():
+        monkeypatch.setenv(k, v)
+    other = f"{database}_other"
+    pg_cluster.create_database(other)
+    url = live_url(pg_cluster, database)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *a):
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        with pytest.raises(guard.WrongDatabase) as err, guard.expecting(other, "a scratch step"):
+            if kind == "sync":
+                with create_engine(url).connect() as c:
+                    c.execute(text("CREATE TABLE should_not_exist (x int)"))
+            else:
+
+                async def main():
+                    eng = create_async_engine(url)
+                    async with eng.connect() as c:
+                        await c.execute(text("CREATE TABLE should_not_exist (x int)"))
+
+                asyncio.run(main())
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+        with pg_cluster.connect() as m:
+            m.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+    assert statements == []
+    refused(err.value)
+    assert f"database {database!r}" in err.value.message and repr(other) in err.value.message
+    assert live.execute("SELECT to_regclass('should_not_exist')").fetchone()[0] is None
+    # and a connection that reaches the expected database passes
+    with guard.expecting(database, "a live step"), create_engine(url).connect() as c:
+        assert c.execute(text("SELECT current_database()")).scalar() == database
+
+
+def test_a_scratch_step_that_changed_live_fails_loudly(pg_cluster, database, live, monkeypatch):
+    """The read-back after a scratch step (guard.live_unchanged): a change to the live
+    database's schema or version row fails with kind live_changed, whatever the step raised."""
+    from dbops.agent import guard
+    from dbops.agent.protocol import AgentFailure
+
+    for k, v in pg_cluster.env(database).items():
+        monkeypatch.setenv(k, v)
+    with guard.live_unchanged("a read-only step"):
+        live.execute("SELECT 1")
+    with pytest.raises(AgentFailure) as err, guard.live_unchanged("a scratch step"):
+        live.execute("CREATE TABLE leaked (x int)")
+        raise RuntimeError("the step's own failure")
+    assert err.value.kind == "live_changed"
+    assert f"the LIVE database {database} changed: its schema changed" in err.value.message
+    live.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    with pytest.raises(AgentFailure) as err, guard.live_unchanged("a scratch step"):
+        live.execute("INSERT INTO alembic_version VALUES ('a1')")
+    assert "its version rows went from ['base'] to ['a1']" in err.value.message
+
+
+@pytest.mark.parametrize("password", ["p%40ss", "a%b@c:d/e#f g'h\"i\\j"])
+def test_the_url_dbops_sets_survives_configparser(password, tmp_path, monkeypatch):
+    """sqlalchemy.url in the Config of a step: % escaped for configparser, so env.py reads the
+    URL back exactly, with the project's own driver."""
+    from alembic.config import Config
+    from sqlalchemy.engine import make_url
+
+    from dbops.agent import guard
+
+    for k, v in {
+        "POSTGRES_HOST": "db.example",
+        "POSTGRES_PORT": "6543",
+        "POSTGRES_USER": "u",
+        "POSTGRES_PASSWORD": password,
+        "POSTGRES_DB": "live",
+    }.items():
+        monkeypatch.setenv(k, v)
+    ini = tmp_path / "alembic.ini"
+    ini.write_text("[alembic]\nscript_location = x\nsqlalchemy.url = postgresql+asyncpg://h/d\n")
+    cfg = guard.aim(Config(str(ini)), "dbops_scratch_x")
+    url = make_url(cfg.get_main_option("sqlalchemy.url"))
+    assert url.password == password and url.database == "dbops_scratch_x"
+    assert url.drivername == "postgresql+asyncpg" and (url.host, url.port) == ("db.example", 6543)
+
+
+def test_expected_schemas_as_an_agents_first_request(at_first, live):
+    """recover.expected first in its agent (no live connection opened before the scratch one
+    is pointed at): the read-back still reads the live database, by name."""
+    from dbops.agent_client import Agent
+
+    settings = at_first("database_url")
+    before = state(live)
+    with Agent(settings) as agent:
+        steps = agent.call("recover.expected")["steps"]
+    assert [s["revision"] for s in steps] == [None, *COMMON_REVS]
+    assert state(live) == before
+
+
+def test_migrate_refuses_an_env_py_aimed_at_another_database(shape_env, live, pg_cluster, database):
+    """The live steps are guarded too: env.py (MYAPP_DB_URL) aimed at another database than the
+    one dbops backed up and locked is stopped before its first statement; neither changes."""
+    import os
+
+    from dbops.errors import OpsError
+    from dbops.ops import migrate as migrate_op
+
+    settings, _ = shape_env("custom_var")
+    alembic(settings.alembic_ini, "upgrade", "a1")
+    other = f"{database}_staging"
+    pg_cluster.create_database(other)
+    os.environ["MYAPP_DB_URL"] = live_url(pg_cluster, other)  # restored by shape_env's monkeypatch
+    before = state(live)
+    lines: list[str] = []
+    try:
+        with pytest.raises(OpsError) as err:
+            migrate_op.migrate(settings, out=lines.append, warn=lines.append)
+        with pg_cluster.connect(other) as c:
+            assert state(c)["rows"] == {} and version_of(c) == []  # nothing ran there either
+    finally:
+        with pg_cluster.connect() as m:
+            m.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+    assert f"env.py connected to database '{other}'" in err.value.message
+    assert f"dbops meant database '{database}'" in err.value.message
+    assert err.value.state == "before migrate: a1; now: a1"  # read from the database
+    assert state(live) == before
