@@ -31,6 +31,7 @@ from dbops.fleet import plan
 from dbops.fleet.state import State
 
 VERBS = ("migrate", "backup", "doctor", "current", "rehearse")
+CHANGING_VERBS = ("migrate", "backup", "rehearse")  # zero members is an error for these
 Out = Callable[[str], None]
 
 
@@ -93,6 +94,15 @@ class FleetRun:
         self.parallel, self.canary, self.max_failures = parallel, canary, max_failures
         self.dir: Path = settings.get("DBOPS_FLEET_DIR")
         self.members = plan.load(settings)
+        if not self.members and verb in CHANGING_VERBS:
+            fleet_file = settings.get("DBOPS_FLEET_FILE")
+            raise ConfigError(
+                f"{fleet_file}: no databases (no [[database]] entry, and no [[discover]] "
+                f"matched any): invoke fleet {verb} would change nothing and report success",
+                state="nothing was started",
+                next_command="invoke fleet current   # lists the members; then add [[database]] "
+                "entries (docs/scaling.md)",
+            )
         if only:
             known = {m.name for m in self.members}
             missing = [n for n in only if n not in known]
