@@ -77,10 +77,15 @@ class Agent:
                 f"{mask(line.decode(errors='replace')[:200], self.settings.secrets())}"
             ) from None
         if not resp.get("ok"):
-            raise AgentError(
-                mask(resp.get("error", "unknown error"), self.settings.secrets()),
-                resp.get("kind", "failed"),
-                resp.get("details") or {},
+            from dbops.ops.failures import explain  # doctor's words for a known cause
+
+            raise explain(
+                self.settings,
+                AgentError(
+                    mask(resp.get("error", "unknown error"), self.settings.secrets()),
+                    resp.get("kind", "failed"),
+                    resp.get("details") or {},
+                ),
             )
         return resp["result"]
 

@@ -80,11 +80,11 @@ def manifest_path(dump: Path) -> Path:
 
 # --- files -------------------------------------------------------------------
 def ensure_dir(path: Path) -> Path:
-    """The backup folder, 0700 (tightened if it exists with wider permissions)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
-    return path
+    """The backup folder, 0700: created, or checked (owned by this user, not group- or
+    world-writable: else refused with the chown/chmod to run; wider read bits are tightened)."""
+    from dbops import safefile
+
+    return safefile.folder(path)
 
 
 def fsync_dir(path: Path) -> None:
@@ -96,15 +96,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Replace ``path`` through a private 0600 temporary file (O_EXCL|O_NOFOLLOW, a random
+    name) and a rename: a symlink planted at a fixed name is never followed."""
+    from dbops import safefile
+
+    safefile.write_json(path, data)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -84,7 +84,7 @@ def _bounded(minimum: float = 0.0, maximum: float = 1e9, *, above: bool = False)
     return parse
 
 
-_number = _bounded(0.0, 1e9)  # any count of MB, seconds or days: finite, 0 or more
+_number = _bounded(0.0, 1e12)  # any count of MB, seconds or days: finite, 0 or more
 
 
 def _flag(raw: str) -> bool:

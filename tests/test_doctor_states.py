@@ -318,15 +318,15 @@ def test_unparsable_revision_file(doc, invoke, backend_copy, db_conn, cache):
     assert rf["status"] == "fail" and rep["rc"] == 1
     assert f"{path.name}: merge-conflict markers at line(s)" in rf["summary"]
     assert (
-        rep["next"] == f"${{EDITOR:-vi}} {path}   (resolve the merge-conflict markers; then: "
-        f"invoke doctor)"
+        rep["next"] == f"${{EDITOR:-vi}} {path}   # resolve the merge-conflict markers; then: "
+        f"invoke doctor"
     )
     done = invoke("recover", env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"error: the revision scripts cannot be read: {path}" in done.stderr
     assert "merge-conflict markers at line(s)" in done.stderr
     assert "database state: unchanged" in done.stderr
-    assert f"next: ${{EDITOR:-vi}} {path}" in done.stderr
+    assert f'next: "${{EDITOR:-vi}}" {path}' in done.stderr
     path.write_text(good)  # the markers resolved in the editor
     healthy(doc(env=env))
 

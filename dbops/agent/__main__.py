@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from dbops.agent import db
+from dbops.agent import classify, db
 from dbops.agent.context import AgentContext
 from dbops.agent.protocol import AgentFailure, lookup
 
@@ -36,9 +36,15 @@ def serve(ctx: AgentContext, requests, out) -> None:
                 "ok": False,
                 "kind": exc.kind,
                 "error": _masked(exc.message),
-                "details": exc.details,
+                "details": classify.with_cause(exc.kind, exc.message, exc.details),
             }
         except Exception as exc:  # a bug or an unforeseen failure: say what, keep serving
+            known = classify.classify(ctx, exc)  # connection, read-only, the project's code
+            if known is not None:
+                resp = {**known, "error": _masked(known["error"])}
+                out.write(json.dumps(resp, default=str) + "\n")
+                out.flush()
+                continue
             traceback.print_exc(file=sys.stderr)
             resp = {
                 "ok": False,

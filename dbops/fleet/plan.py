@@ -327,6 +327,7 @@ def discover_databases(settings: Settings, server: Member, where: str) -> list[s
             f"discovery on {server.where} ({where}) failed: "
             f"{why.splitlines()[-1] if why else 'no output'}",
             state="nothing was started",
-            next_command="fix the [[discover]] entry (server, credentials, where), then re-run",
+            next_command="invoke fleet current   # after fixing the [[discover]] entry "
+            "(server, credentials, where)",
         )
     return [ln for ln in done.stdout.decode().splitlines() if ln.strip()]

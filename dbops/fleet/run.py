@@ -159,8 +159,8 @@ class FleetRun:
             raise ConfigError(
                 f"another invoke fleet {self.verb} is running on {self.dir} ({holder})",
                 state="nothing was started by this run",
-                next_command=f"wait for it (its state: {self.dir / (self.verb + '.state.json')}), "
-                f"then: invoke fleet {self.verb} --resume",
+                next_command=f"invoke fleet {self.verb} --resume   # once it has finished "
+                f"(its state: {self.dir / (self.verb + '.state.json')})",
             ) from None
         self._lock_file.seek(0)
         self._lock_file.truncate()

@@ -698,6 +698,20 @@ def rehearsal(f: Facts) -> Check | None:
 # --- 12. backups ----------------------------------------------------------------------------------
 def backups(f: Facts) -> Check:
     s = f.settings
+    from dbops import safefile  # read-only look: doctor writes nothing into the backup folder
+
+    unfit = safefile.problem(
+        Path(s.backup_dir), min_free=int(s.get("DBOPS_BACKUP_RESERVE_MB") * 1e6)
+    )
+    if unfit is not None:
+        return Check(
+            "backups",
+            FAIL,
+            f"the next backup cannot be written: {unfit.message}",
+            next=unfit.next_command,
+            why=f"backup folder {unfit.kind.replace('_', '-')}",
+            data={"folder_problem": unfit.kind},
+        )
     try:
         entries = catalog.list_backups(s, database=s.database)
         folder = Path(s.backup_dir)
