@@ -350,6 +350,9 @@ def take_backup(
         }
     mpath = catalog.manifest_path(final)
     try:
+        seen = catalog.hash_cache(settings)  # the digest computed while writing: no re-hash
+        seen.put(final, manifest["sha256"])
+        seen.save()
         catalog.write_json_atomic(mpath, manifest)
     except BaseException as exc:
         _remove(mpath, mpath.with_name(f".{mpath.name}.partial"), final)

@@ -68,7 +68,9 @@ def backups(c, json_=False, check=False, all_=False):
     from dbops import catalog
 
     s = settings(c)
-    entries = catalog.list_backups(s, database=None if all_ else s.database, full=check)
+    entries = catalog.list_backups(
+        s, database=None if all_ else s.database, full=check, hash_missing=True
+    )
     if json_:
         print(json.dumps(entries, indent=2, default=str))
         return
