@@ -89,3 +89,19 @@ def test_a_password_with_every_special_character_works_and_never_shows(
         for form in _forms(secret):
             for i, text in enumerate(texts):
                 assert form not in text, (form, i, text[:2000])
+
+
+def test_the_agent_masks_every_form_before_anything_leaves_it(monkeypatch):
+    from sqlalchemy import URL
+
+    from dbops.agent.__main__ import _masked
+
+    monkeypatch.setenv("POSTGRES_USER", "u")
+    monkeypatch.setenv("POSTGRES_DB", "d")
+    monkeypatch.setenv("POSTGRES_PASSWORD", PASSWORD)
+    url = URL.create("postgresql+psycopg", "u", PASSWORD, "h", 5432, "d")
+    rendered = url.render_as_string(hide_password=False)
+    text = _masked(f"could not parse {rendered!r}; {rendered.replace('%', '%%')}; {PASSWORD}")
+    for form in secret_forms(PASSWORD):
+        assert form not in text, (form, text)
+    assert text.count("****") == 3

@@ -14,11 +14,21 @@ from dbops.agent.protocol import AgentFailure, lookup
 
 
 def _masked(text: str) -> str:
+    """``text`` with every form of the password (raw, percent-encoded as urllib and SQLAlchemy
+    write it, %-doubled for configparser) replaced; the host masks again with the same forms."""
     try:
         pw = db.password()
     except Exception:
         pw = None
-    return text.replace(pw, "****") if pw else text
+    if not pw:
+        return text
+    from urllib.parse import quote, quote_plus
+
+    forms = {pw, quote(pw, safe=""), quote(pw), quote_plus(pw), quote(pw, safe=" +")}
+    forms |= {f.replace("%", "%%") for f in forms}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "****")
+    return text
 
 
 def serve(ctx: AgentContext, requests, out) -> None:
@@ -45,7 +55,7 @@ def serve(ctx: AgentContext, requests, out) -> None:
                 out.write(json.dumps(resp, default=str) + "\n")
                 out.flush()
                 continue
-            traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(_masked(traceback.format_exc()))
             resp = {
                 "ok": False,
                 "kind": "internal",
