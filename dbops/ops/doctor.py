@@ -46,7 +46,7 @@ from dbops.agent import fingerprint as fpmod
 from dbops.agent import pglocks
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
-from dbops.errors import OpsError
+from dbops.errors import OpsError, as_command
 from dbops.ops import freshness
 from dbops.ops.doctor_connect import connectivity
 from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the module's API)
@@ -889,7 +889,7 @@ def doctor(settings: Settings, *, schema: bool = True) -> dict:
     first = next((c for c in checks if c.next), None)
     result.update(
         checks=[c.as_dict() for c in checks],
-        next=first.next if first else "nothing to do",
+        next=as_command(first.next) if first else "nothing to do",
         next_reason=first.why if first else "all checks passed",
         next_check=first.name if first else None,
     )
