@@ -110,10 +110,15 @@ class Agent:
             self.close(wait=STOP_WAIT)
             raise
         if not resp.get("ok"):
-            raise AgentError(
-                mask(resp.get("error", "unknown error"), self.settings.secrets()),
-                resp.get("kind", "failed"),
-                resp.get("details") or {},
+            from dbops.ops.failures import explain  # doctor's words for a known cause
+
+            raise explain(
+                self.settings,
+                AgentError(
+                    mask(resp.get("error", "unknown error"), self.settings.secrets()),
+                    resp.get("kind", "failed"),
+                    resp.get("details") or {},
+                ),
             )
         return resp["result"]
 

@@ -6,15 +6,23 @@ who, when, what, from -> to, the backup used, the result, the duration."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dbops import safefile
 from dbops.config import Settings, operator
 
 
 def utcnow() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def masked_json(record: dict, secrets: list[str]) -> str:
+    """One JSON line with every form of every secret replaced (as JSON escapes it)."""
+    line = json.dumps(record, default=str, sort_keys=True)
+    for secret in secrets:
+        line = line.replace(json.dumps(secret)[1:-1], "****")
+    return line
 
 
 def append(settings: Settings, action: str, **fields) -> dict:
@@ -28,12 +36,7 @@ def append(settings: Settings, action: str, **fields) -> dict:
     }
     path = settings.audit_log
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(record, default=str, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    safefile.append(path, masked_json(record, settings.secrets()) + "\n")  # O_NOFOLLOW, 0600
     return record
 
 

@@ -80,11 +80,11 @@ def manifest_path(dump: Path) -> Path:
 
 # --- files -------------------------------------------------------------------
 def ensure_dir(path: Path) -> Path:
-    """The backup folder, 0700 (tightened if it exists with wider permissions)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
-    return path
+    """The backup folder, 0700: created, or checked (owned by this user, not group- or
+    world-writable: else refused with the chown/chmod to run; wider read bits are tightened)."""
+    from dbops import safefile
+
+    return safefile.folder(path)
 
 
 def fsync_dir(path: Path) -> None:
@@ -96,15 +96,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Replace ``path`` through a private 0600 temporary file (O_EXCL|O_NOFOLLOW, a random
+    name) and a rename: a symlink planted at a fixed name is never followed."""
+    from dbops import safefile
+
+    safefile.write_json(path, data)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -145,9 +141,90 @@ def dump_for(manifest_file: Path, manifest: dict) -> Path:
     return manifest_file.with_name(Path(manifest["file"]).name)
 
 
-def check_backup(dump: Path, *, full: bool = False) -> tuple[dict | None, list[str]]:
+ARCHIVE_MAGIC = {".dump": (0, b"PGDMP"), ".dir.tar": (257, b"ustar")}
+
+
+def archive_looks_right(dump: Path) -> bool:
+    """The first bytes of a dump are what pg_dump (custom format) or tar writes: a cheap check
+    that a 0-byte or garbage file never counts as a backup, whatever its manifest says."""
+    for suffix, (offset, magic) in ARCHIVE_MAGIC.items():
+        if dump.name.endswith(suffix):
+            try:
+                with open(dump, "rb") as f:
+                    f.seek(offset)
+                    return f.read(len(magic)) == magic
+            except OSError:
+                return False
+    return False
+
+
+class HashCache:
+    """sha256 of backup files, keyed by path and checked against the file's size, mtime and
+    inode: a file is hashed again only when it changed. Kept 0600 in DBOPS_CACHE_DIR (a 0700
+    folder, dbops/safefile.py); losing it only costs a re-hash."""
+
+    def __init__(self, path: Path | None, *, fill: bool = False):
+        self.path, self.fill, self.changed = path, fill, False
+        self.data: dict[str, dict] = {}
+        if path is not None:
+            try:
+                self.data = json.loads(path.read_text()).get("files", {})
+            except (OSError, ValueError, AttributeError):
+                self.data = {}
+
+    @staticmethod
+    def _stamp(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+    def get(self, dump: Path) -> str | None:
+        """The cached digest when the file is unchanged; else (``fill``) hash it now."""
+        try:
+            st = dump.stat()
+        except OSError:
+            return None
+        hit = self.data.get(str(dump))
+        if hit and hit.get("stat") == self._stamp(st):
+            return hit.get("sha256")
+        if not self.fill:
+            return None
+        digest = sha256_file(dump)
+        self.put(dump, digest, st)
+        return digest
+
+    def put(self, dump: Path, digest: str, st: os.stat_result | None = None) -> None:
+        st = st or dump.stat()
+        self.data[str(dump)] = {"stat": self._stamp(st), "sha256": digest}
+        self.changed = True
+
+    def save(self) -> str | None:
+        """Write the cache if it changed; returns why it could not (never raises)."""
+        if self.path is None or not self.changed:
+            return None
+        from dbops import safefile
+
+        try:
+            safefile.folder(self.path.parent)
+            live = {k: v for k, v in self.data.items() if Path(k).exists()}
+            safefile.write_json(self.path, {"files": live})
+        except (OSError, safefile.FolderError) as exc:
+            return getattr(exc, "message", None) or str(exc)
+        self.changed = False
+        return None
+
+
+def hash_cache(settings, *, fill: bool = False) -> HashCache:
+    get = getattr(settings, "get", None)
+    folder = get("DBOPS_CACHE_DIR") if get else None
+    return HashCache(Path(folder) / "backup-sha256.json" if folder else None, fill=fill)
+
+
+def check_backup(
+    dump: Path, *, full: bool = False, hashes: HashCache | None = None
+) -> tuple[dict | None, list[str]]:
     """(manifest, problems) for a dump file: manifest present and well-formed, the file's
-    size equal to the manifest's, and with ``full`` its sha256 as well."""
+    size equal to the manifest's and its first bytes an archive's (always, cheap), its sha256
+    the manifest's when known (``hashes``: cached by size/mtime/inode, or hashed when the cache
+    fills) and with ``full`` always re-hashed."""
     mpath = manifest_path(dump)
     try:
         manifest = read_manifest(mpath)
@@ -165,13 +242,21 @@ def check_backup(dump: Path, *, full: bool = False) -> tuple[dict | None, list[s
             f"size {size} bytes differs from the manifest's {manifest['size']} "
             f"({'truncated' if size < manifest['size'] else 'grown'})"
         )
-    elif full:
+        return manifest, problems
+    if not archive_looks_right(dump):
+        problems.append("its first bytes are not a pg_dump archive's (a 0-byte or forged file)")
+        return manifest, problems
+    if full:
         digest = sha256_file(dump)
-        if digest != manifest["sha256"]:
-            problems.append(
-                f"sha256 {digest[:16]}… differs from the manifest's "
-                f"{manifest['sha256'][:16]}… (the file changed after it was written)"
-            )
+        if hashes is not None:
+            hashes.put(dump, digest)
+    else:
+        digest = hashes.get(dump) if hashes is not None else None
+    if digest is not None and digest != manifest["sha256"]:
+        problems.append(
+            f"sha256 {digest[:16]}… differs from the manifest's "
+            f"{manifest['sha256'][:16]}… (the file changed after it was written)"
+        )
     return manifest, problems
 
 
@@ -201,20 +286,28 @@ def _entry(path: Path, manifest: dict | None, problems: list[str]) -> dict:
 
 
 def list_backups(
-    settings, *, database: str | None = None, full: bool = False, include_invalid: bool = True
+    settings,
+    *,
+    database: str | None = None,
+    full: bool = False,
+    include_invalid: bool = True,
+    hash_missing: bool = False,
 ) -> list[dict]:
     """Every backup in DBOPS_BACKUP_DIR, newest first: path, manifest, verified, created_at
     (ISO UTC), database, revisions, reason, size, problems. ``verified`` means: a well-formed
-    manifest recording a passed full read, and the file's size (``full``: sha256) matching it.
-    Dumps without a valid manifest come last-by-time with verified False (``include_invalid``)."""
+    manifest recording a passed full read, the file's size and first bytes matching it, and
+    its sha256 too when known (cached by size/mtime/inode; ``hash_missing`` hashes the files
+    not cached yet, as ``invoke backups`` does; ``full`` re-hashes every one). Dumps without a
+    valid manifest come last-by-time with verified False (``include_invalid``)."""
     folder = Path(settings.backup_dir)
     if not folder.is_dir():
         return []
     entries = []
+    hashes = hash_cache(settings, fill=hash_missing)  # a cached sha256 that differs: not verified
     for path in folder.iterdir():
         if path.name.startswith(".") or not path.name.endswith(DUMP_SUFFIXES):
             continue
-        manifest, problems = check_backup(path, full=full)
+        manifest, problems = check_backup(path, full=full, hashes=hashes)
         if manifest is None and not include_invalid:
             continue
         entry = _entry(path, manifest, problems)
@@ -244,6 +337,7 @@ def list_backups(
                 {**_entry(mpath, m, [f"{dump.name} is missing"]), "path": str(dump), "size": 0}
             )
     entries.sort(key=lambda e: e["created_at"], reverse=True)
+    hashes.save()
     return entries
 
 

@@ -11,16 +11,20 @@ sample backend: paths, service names and credentials all come from configuration
 from __future__ import annotations
 
 import getpass
+import io
+import math
 import os
 import re
 import shlex
 import socket
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from dbops.errors import ConfigError
 
@@ -36,17 +40,22 @@ def _required(raw: str) -> str:
     return raw.strip()
 
 
+INT_MAX = 2**31 - 1  # PostgreSQL's integer settings and most counts dbops passes on
+
+
 def _whole(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
+    top = INT_MAX if maximum is None else maximum
+
     def parse(raw: str) -> int:
-        try:
-            n = int(raw.strip())
-        except ValueError:
-            raise ValueError("is not a whole number") from None
-        if n < minimum or (maximum is not None and n > maximum):
+        v = raw.strip()
+        if not re.fullmatch(r"[+-]?\d+", v):  # no 1e3, 2.0, "1 0", nan
+            raise ValueError("is not a whole number")
+        n = int(v)
+        if n < minimum or n > top:
             raise ValueError(
                 f"must be between {minimum} and {maximum}"
                 if maximum is not None
-                else f"must be {minimum} or more"
+                else f"must be {minimum} or more (at most {top})"
             )
         return n
 
@@ -54,14 +63,28 @@ def _whole(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]
     return parse
 
 
-def _number(raw: str) -> float:
-    try:
-        n = float(raw.strip())
-    except ValueError:
-        raise ValueError("is not a number") from None
-    if n < 0:
-        raise ValueError("must be 0 or more")
-    return n
+def _bounded(minimum: float = 0.0, maximum: float = 1e9, *, above: bool = False):
+    """A finite decimal number in [minimum, maximum] (``above``: strictly more than minimum);
+    nan, inf, 1e400 and negative values are refused."""
+
+    def parse(raw: str) -> float:
+        v = raw.strip()
+        if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", v):
+            raise ValueError("is not a number")
+        n = float(v)
+        if not math.isfinite(n):
+            raise ValueError("is not a finite number")
+        low_ok = n > minimum if above else n >= minimum
+        if not low_ok or n > maximum:
+            low = f"more than {minimum:g}" if above else f"{minimum:g}"
+            raise ValueError(f"must be between {low} and {maximum:g}")
+        return n
+
+    parse.__doc__ = "a number"
+    return parse
+
+
+_number = _bounded(0.0, 1e12)  # any count of MB, seconds or days: finite, 0 or more
 
 
 def _flag(raw: str) -> bool:
@@ -73,14 +96,50 @@ def _flag(raw: str) -> bool:
     raise ValueError("is not on/off (1/0, yes/no, true/false)")
 
 
-DURATION = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?")
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?")
+DURATION_MS = {"us": 0.001, "ms": 1, None: 1, "s": 1000, "min": 60_000, "h": 3_600_000}
+DURATION_MS["d"] = 86_400_000
+
+
+def duration_ms(value: str) -> float:
+    """Milliseconds in a duration as ``_duration`` returns it (a bare number is ms, as
+    lock_timeout takes it)."""
+    m = DURATION.fullmatch(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a duration")
+    return float(m.group(1)) * DURATION_MS[m.group(2)]
 
 
 def _duration(raw: str) -> str:
-    """A PostgreSQL duration as lock_timeout takes it: 0, 500ms, 2s, 5min, 1h."""
-    v = raw.strip()
-    if not DURATION.fullmatch(v):
+    """A PostgreSQL duration as lock_timeout takes it: 0, 500ms, 2s, 5min, 1h; normalised
+    (no space, lower case; a fraction of a unit in whole ms) and at most INT_MAX ms, the
+    largest value lock_timeout/statement_timeout accept, so the server never refuses it."""
+    v = raw.strip().lower()
+    m = DURATION.fullmatch(v)
+    if not m:
         raise ValueError("is not a duration such as 0, 500ms, 2s, 5min or 1h")
+    ms = duration_ms(v)
+    if ms > INT_MAX:
+        raise ValueError(f"is longer than PostgreSQL accepts ({INT_MAX} ms, about 24 days)")
+    number, unit = m.group(1), m.group(2) or "ms"
+    if unit == "us" or not float(number).is_integer():
+        return f"{max(1, round(ms)) if ms > 0 else 0}ms"  # never rounded down to 0 (= off)
+    return f"{int(float(number))}{unit}"
+
+
+def _timezone(raw: str) -> str:
+    """An IANA time zone name that this machine's tz database resolves (UTC, Europe/Paris)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    v = raw.strip()
+    try:
+        if not v or v.startswith(("/", ".")) or ".." in v:
+            raise ValueError
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            "is not a known time zone (an IANA name such as UTC or Europe/Paris)"
+        ) from None
     return v
 
 
@@ -285,7 +344,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBOPS_LOCK_RETRIES", _whole(0), "5", "retries of a migration that hit lock_timeout"),
     Setting(
         "DBOPS_LOCK_RETRY_WAIT",
-        _number,
+        _bounded(0, 3600),
         "1",
         "first backoff between lock-timeout retries (seconds)",
     ),
@@ -357,7 +416,9 @@ SETTINGS: tuple[Setting, ...] = (
         "30 4 * * 0",
         "when invoke serve runs a restore drill (cron; off: never)",
     ),
-    Setting("DBOPS_SCHEDULE_TIMEZONE", _text, "UTC", "time zone of the cron schedules (IANA name)"),
+    Setting(
+        "DBOPS_SCHEDULE_TIMEZONE", _timezone, "UTC", "time zone of the cron schedules (IANA name)"
+    ),
     Setting(
         "DBOPS_DRILL_CHECKS",
         _path,
@@ -365,7 +426,10 @@ SETTINGS: tuple[Setting, ...] = (
         "folder of *.sql checks a drill runs on the restored copy; each returns true",
     ),
     Setting(
-        "DBOPS_DRILL_MAX_AGE_DAYS", _number, "8", "doctor warns when the last passed drill is older"
+        "DBOPS_DRILL_MAX_AGE_DAYS",
+        _bounded(0, 36500),
+        "8",
+        "doctor warns when the last passed drill is older",
     ),
     Setting(
         "DBOPS_METRICS_FILE",
@@ -387,7 +451,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "DBOPS_NOTIFY_TIMEOUT",
-        _number,
+        _bounded(0, 600, above=True),
         "5",
         "seconds a notify ping may take (it never fails the operation)",
     ),
@@ -513,8 +577,26 @@ class Settings:
         return self.environment.lower() in ("production", "prod")
 
     def secrets(self) -> list[str]:
-        """Values that must never be printed."""
-        return [s for s in (self.password, self.raw.get("DBOPS_NOTIFY_URL", "").strip()) if s]
+        """Values that must never be printed: the password and the notify URL in every form
+        dbops (or a library it hands them to) writes them — raw, percent-encoded as urllib,
+        SQLAlchemy's URL and a form post do, and with %% doubled as configparser needs —
+        longest first, so that masking one form never leaves part of another."""
+        return secret_forms(self.password, self.raw.get("DBOPS_NOTIFY_URL", "").strip())
+
+
+def secret_forms(*secrets: str) -> list[str]:
+    """Every spelling of each secret that can end up in an output, longest first."""
+    forms: set[str] = set()
+    for secret in filter(None, secrets):
+        encoded = {
+            secret,
+            urllib.parse.quote(secret, safe=""),
+            urllib.parse.quote(secret),
+            urllib.parse.quote_plus(secret),
+            urllib.parse.quote(secret, safe=" +"),  # SQLAlchemy's URL.render_as_string
+        }
+        forms |= encoded | {f.replace("%", "%%") for f in encoded}
+    return sorted(forms, key=lambda f: (-len(f), f))
 
 
 def parse_setting(setting: Setting, raw: str | None) -> Any:
@@ -538,6 +620,42 @@ def parse_setting(setting: Setting, raw: str | None) -> Any:
         raise ConfigError(
             f"{setting.name}={shown} {exc} ({setting.meaning}): fix it in .env or the environment"
         ) from None
+
+
+def whole_flag(flag: str, value: Any, minimum: int = 1, maximum: int = 1024) -> int | None:
+    """A task's whole-number flag (``--jobs 4``): None when not given, else an int in range,
+    or a ConfigError naming the flag (never a traceback, before anything is touched)."""
+    if value is None or value == "":
+        return None
+    try:
+        return _whole(minimum, maximum)(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{flag}={value!r} {exc}; nothing was touched") from None
+
+
+def read_env_file(path: Path) -> dict[str, str | None]:
+    """A .env file as python-dotenv reads it, except that a line it cannot parse (an
+    unterminated quote, ...) is an error naming the file and the line instead of the library's
+    warning and a skipped value. A byte order mark and CRLF line ends are accepted."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: cannot be read as UTF-8 text ({exc})",
+            next_command=f"file {shlex.quote(str(path))}",
+        ) from None
+    text = text.replace("\r\n", "\n")
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            line = binding.original.line
+            name = re.match(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)", binding.original.string)
+            what = f"the value of {name.group(1)}" if name else "a line that is not NAME=value"
+            raise ConfigError(  # the value itself is never shown: it may be the password
+                f"{path}, line {line}: {what} cannot be parsed (an unterminated quote?); "
+                "nothing was touched",
+                next_command=f"sed -n {line}p {shlex.quote(str(path))}",
+            )
+    return dict(dotenv_values(stream=io.StringIO(text)))
 
 
 def operator() -> str:
@@ -569,7 +687,7 @@ def load_settings(
 
     layer("invoke config", ((k.upper(), v) for k, v in (invoke_config or {}).items()))
     if env_file.is_file():
-        layer(str(env_file), dotenv_values(env_file).items())
+        layer(str(env_file), read_env_file(env_file).items())
     layer(
         "environment",
         (

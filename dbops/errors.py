@@ -3,6 +3,36 @@ is in, and the exact next command. Tasks print it and exit non-zero."""
 
 from __future__ import annotations
 
+import shlex
+
+
+def command(*argv: object, why: str | None = None) -> str:
+    """A command as printed after ``next:`` (or anywhere dbops shows one to paste): built from
+    argv with shell quoting (a path with a space or ``$(...)`` stays one inert word), and any
+    explanation after ``#``, so the line runs as printed."""
+    line = shlex.join(str(a) for a in argv)
+    return f"{line}   # {why}" if why else line
+
+
+def as_command(text: str) -> str:
+    """An older next-command text in the runnable form: ``cmd   (why)`` -> ``cmd   # why``
+    (the explanation of a command was written in parentheses, which a shell reads as a
+    subshell). Text already in the form, or with no such explanation, is returned as is."""
+    if "#" in text or "   (" not in text:
+        return text
+    cmd, _, why = text.partition("   (")
+    depth, close = 1, None
+    for i, ch in enumerate(why):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            close = i
+            break
+    if close is None:
+        return text
+    rest = why[close + 1 :].strip()
+    why = why[:close] + ("" if not rest or rest[0] in ",.;:" else " ") + rest
+    return f"{cmd.rstrip()}   # {why.strip()}"
+
 
 class OpsError(Exception):
     def __init__(
@@ -27,7 +57,7 @@ class OpsError(Exception):
         if self.state:
             lines.append(f"database state: {self.state}")
         if self.next_command:
-            lines.append(f"next: {self.next_command}")
+            lines.append(f"next: {as_command(self.next_command)}")
         return "\n".join(lines)
 
 

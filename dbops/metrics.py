@@ -19,7 +19,6 @@ from dbops import audit, catalog
 from dbops.config import Settings
 from dbops.ops import schedule
 
-DOCTOR_STATE = ".dbops-doctor.json"
 DOCTOR_STATUS = {"ok": 0, "warn": 1, "fail": 2, "unknown": 3}
 OPERATIONS = ("migrate", "rollback", "restore", "stamp", "recover")
 
@@ -30,20 +29,30 @@ def _ts(text: str | None) -> float | None:
 
 
 def doctor_state_path(settings: Settings) -> Path:
-    return Path(settings.backup_dir) / DOCTOR_STATE
+    """Doctor's last check statuses: in the cache folder, never in the backup folder (doctor
+    is read-only there: it must report on a full, read-only or unsafe backup volume)."""
+    return Path(settings.get("DBOPS_CACHE_DIR")) / f"doctor.{catalog.slug(settings.database)}.json"
 
 
-def save_doctor(settings: Settings, report: dict) -> None:
-    """Keep doctor's check statuses (names and statuses only) for the metrics file."""
-    catalog.ensure_dir(Path(settings.backup_dir))
-    catalog.write_json_atomic(
-        doctor_state_path(settings),
-        {
-            "at": schedule.iso(datetime.now(UTC)),
-            "database": settings.database,
-            "checks": {c["name"]: c["status"] for c in report.get("checks", [])},
-        },
-    )
+def save_doctor(settings: Settings, report: dict) -> str | None:
+    """Keep doctor's check statuses (names and statuses only) for the metrics file. Fails soft:
+    returns why it could not (doctor still reports), None when written."""
+    from dbops import safefile
+
+    path = doctor_state_path(settings)
+    try:
+        safefile.folder(path.parent)
+        safefile.write_json(
+            path,
+            {
+                "at": schedule.iso(datetime.now(UTC)),
+                "database": settings.database,
+                "checks": {c["name"]: c["status"] for c in report.get("checks", [])},
+            },
+        )
+    except (OSError, safefile.FolderError) as exc:
+        return getattr(exc, "message", None) or str(exc)
+    return None
 
 
 def registry(settings: Settings, now: datetime | None = None) -> CollectorRegistry:

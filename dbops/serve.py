@@ -162,7 +162,8 @@ class Service:
             raise OpsError(
                 "nothing to schedule: DBOPS_BACKUP_SCHEDULE and DBOPS_DRILL_SCHEDULE are both off",
                 state="unchanged",
-                next_command="set DBOPS_BACKUP_SCHEDULE (e.g. '0 3 * * *') in .env",
+                next_command="invoke settings   # then set DBOPS_BACKUP_SCHEDULE "
+                "(e.g. '0 3 * * *') in .env",
             )
         self.scheduler.add_job(
             metrics.write_quietly,

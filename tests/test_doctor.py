@@ -161,7 +161,8 @@ def test_only_sessions_whose_locks_conflict_are_blockers(
             f"pid {harmless} 'reporting-job'" in d and "no conflict" in d for d in s["details"]
         )
         assert rep["next"].startswith(
-            f"invoke psql -c 'SELECT pg_terminate_backend({blocker})'   (after checking who owns it"
+            f"invoke psql -c 'SELECT pg_terminate_backend({blocker})'   "
+            "# after checking who owns it"
         )
         assert run_next(invoke, rep).returncode == 0
         console.close()
@@ -200,7 +201,7 @@ def test_a_running_pg_dump_gets_wait_not_terminate(
         assert rep["by"]["sessions"]["blockers"] == []  # not offered for termination
         assert rep["by"]["pg_dump"]["status"] == "warn"
         assert "its locks conflict with the pending migrations" in rep["by"]["pg_dump"]["summary"]
-        assert rep["next"] == f"invoke migrate   (after pg_dump pid {pid} finishes)"
+        assert rep["next"] == f"invoke migrate   # after pg_dump pid {pid} finishes"
         dump.commit()  # the dump finishes
     assert run_next(invoke, rep).returncode == 0
     rep = doc()

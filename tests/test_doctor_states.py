@@ -71,7 +71,7 @@ def test_wrong_password(doc, invoke, db_conn):
     c = rep["by"]["connectivity"]
     assert c["cause"] == "auth" and "rejects role dbops" in c["summary"]
     assert "not-the-password" not in json.dumps(rep)
-    assert rep["next"].startswith("invoke doctor   (after setting POSTGRES_USER/POSTGRES_PASSWORD")
+    assert rep["next"].startswith("invoke doctor   # after setting POSTGRES_USER/POSTGRES_PASSWORD")
     healthy(doc())  # the next command, with the right password in place
 
 
@@ -131,7 +131,7 @@ def test_database_missing(doc, invoke, pg_cluster, ops_env):
     c = rep["by"]["connectivity"]
     assert c["cause"] == "database_missing" and f"database {name} does not exist" in c["summary"]
     assert rep["next"].startswith(
-        f"POSTGRES_DB=postgres invoke psql -c 'CREATE DATABASE {name}'   (if the name is right"
+        f"POSTGRES_DB=postgres invoke psql -c 'CREATE DATABASE {name}'   # if the name is right"
     )
     try:
         assert run_next(invoke, rep).returncode == 0
@@ -153,8 +153,8 @@ def test_read_only_database(doc, invoke, db_conn, database):
     assert c["cause"] == "read_only" and "set on database" in c["summary"]
     assert rep["next"] == (
         f"invoke psql -c 'BEGIN READ WRITE; ALTER DATABASE {database} RESET "
-        f"default_transaction_read_only; COMMIT'   (if nobody made it read-only "
-        f"on purpose)"
+        f"default_transaction_read_only; COMMIT'   # if nobody made it read-only "
+        f"on purpose"
     )
     assert run_next(invoke, rep).returncode == 0
     healthy(doc())
@@ -204,7 +204,7 @@ def test_lock_held_by_another_deploy(doc, invoke, alembic_at, pg_cluster, databa
             f"a dbops migrate is running: pid {pid} 'dbops:migrate alice@deploy-2' "
             f"(migrate by alice@deploy-2" in lk["summary"]
         )
-        assert rep["next"] == f"invoke doctor   (after the dbops migrate pid {pid} finishes)"
+        assert rep["next"] == f"invoke doctor   # after the dbops migrate pid {pid} finishes"
     finally:
         holder.close()  # the other deploy ends
     rep = doc()  # the next command, once it has finished
@@ -242,8 +242,8 @@ def test_a_killed_touched_set_runs_scratch_database(doc, invoke, pg_cluster, db_
             in c["details"][0]
         ), c["details"]
         assert rep["next"] == (
-            f"invoke psql -c 'DROP DATABASE \"{name}\"'   (or: the next "
-            f"touched-set run of its database sweeps it)"
+            f"invoke psql -c 'DROP DATABASE \"{name}\"'   # or: the next "
+            f"touched-set run of its database sweeps it"
         )
         assert run_next(invoke, rep).returncode == 0
         assert not db_conn.execute(
@@ -318,15 +318,15 @@ def test_unparsable_revision_file(doc, invoke, backend_copy, db_conn, cache):
     assert rf["status"] == "fail" and rep["rc"] == 1
     assert f"{path.name}: merge-conflict markers at line(s)" in rf["summary"]
     assert (
-        rep["next"] == f"${{EDITOR:-vi}} {path}   (resolve the merge-conflict markers; then: "
-        f"invoke doctor)"
+        rep["next"] == f"${{EDITOR:-vi}} {path}   # resolve the merge-conflict markers; then: "
+        f"invoke doctor"
     )
     done = invoke("recover", env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"error: the revision scripts cannot be read: {path}" in done.stderr
     assert "merge-conflict markers at line(s)" in done.stderr
     assert "database state: unchanged" in done.stderr
-    assert f"next: ${{EDITOR:-vi}} {path}" in done.stderr
+    assert f'next: "${{EDITOR:-vi}}" {path}' in done.stderr
     path.write_text(good)  # the markers resolved in the editor
     healthy(doc(env=env))
 
@@ -350,7 +350,7 @@ def test_database_ahead_of_the_code(doc, invoke, tmp_path, db_conn):
     s = rep["by"]["schema"]
     assert rep["rc"] == 1 and s["status"] == "fail" and s["ahead_of_code"] == ["a1f1a9000001"]
     assert "the database is AHEAD of this code" in s["summary"]
-    assert rep["next"].startswith("git log --all --oneline -S a1f1a9000001   (find the commit")
+    assert rep["next"].startswith("git log --all --oneline -S a1f1a9000001   # find the commit")
     assert not any(w in rep["next"] for w in ("restore", "drop", "stamp"))
     _, argv = split_next(rep["next"])
     found = subprocess.run([*git, *argv[1:]], capture_output=True, text=True, check=True).stdout
@@ -448,7 +448,9 @@ def test_backup_truncated_after_its_manifest(doc, invoke, ops_env, db_conn):
     assert rep["next"] == "invoke backup"
     assert run_next(invoke, rep).returncode == 0
     rep = doc()
-    assert rep["next"].startswith(f"rm -- {dump} {catalog.manifest_path(dump)}   (a newer verified")
+    assert rep["next"].startswith(
+        f"rm -- {dump} {catalog.manifest_path(dump)}   # a newer verified"
+    )
     assign, argv = split_next(rep["next"])
     subprocess.run(argv, check=True)
     healthy(doc())
@@ -480,8 +482,8 @@ def test_a_killed_restores_new_copy_is_named_and_dropped(
             in c["details"][0]
         ), c["details"]
         assert rep["next"] == (
-            f"invoke psql -c 'DROP DATABASE \"{name}\"'   (or: the next invoke restore of this "
-            f"database sweeps it)"
+            f"invoke psql -c 'DROP DATABASE \"{name}\"'   # or: the next invoke restore of this "
+            f"database sweeps it"
         )
         assert run_next(invoke, rep).returncode == 0
         assert not db_conn.execute(

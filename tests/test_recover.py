@@ -272,7 +272,7 @@ def test_a_role_that_cannot_create_the_scratch_database_is_told_what_to_do(
         )
         assert done.returncode != 0
         assert "cannot create a scratch database" in done.stderr
-        assert "next: ALTER ROLE t_app CREATEDB" in done.stderr
+        assert "ALTER ROLE t_app CREATEDB" in done.stderr and "next: POSTGRES_USER=" in done.stderr
     finally:
         db_conn.execute("DROP OWNED BY t_app")
         db_conn.execute("DROP ROLE t_app")

@@ -434,7 +434,7 @@ def test_scenario_14_the_dbops_lock_is_held_by_another_deploy(
         {}, may_fail=("invoke doctor",), before={2: other.close}
     )  # the other deploy ends
     assert "a dbops migrate is running" in results[0].stdout and "ci@runner-7" in results[0].stdout
-    assert "next: invoke doctor   (after the dbops migrate pid" in results[0].stdout
+    assert "next: invoke doctor   # after the dbops migrate pid" in results[0].stdout
     assert "dbops:migrate ci@runner-7" in results[1].stdout and other.closed
     assert "next: invoke migrate" in results[2].stdout
     assert "verified: database is at" in results[3].stdout and current(db_conn) == [HEAD]

@@ -9,18 +9,28 @@ import signal
 import sys
 import traceback
 
-from dbops.agent import db
+from dbops.agent import classify, db
 from dbops.agent.context import AgentContext
 from dbops.agent.lifeline import LIFELINE, HostGone
 from dbops.agent.protocol import AgentFailure, lookup
 
 
 def _masked(text: str) -> str:
+    """``text`` with every form of the password (raw, percent-encoded as urllib and SQLAlchemy
+    write it, %-doubled for configparser) replaced; the host masks again with the same forms."""
     try:
         pw = db.password()
     except Exception:
         pw = None
-    return text.replace(pw, "****") if pw else text
+    if not pw:
+        return text
+    from urllib.parse import quote, quote_plus
+
+    forms = {pw, quote(pw, safe=""), quote(pw), quote_plus(pw), quote(pw, safe=" +")}
+    forms |= {f.replace("%", "%%") for f in forms}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "****")
+    return text
 
 
 def serve(ctx: AgentContext, requests) -> None:
@@ -50,12 +60,15 @@ def answer(ctx: AgentContext, line) -> dict:
             "ok": False,
             "kind": exc.kind,
             "error": _masked(exc.message),
-            "details": exc.details,
+            "details": classify.with_cause(exc.kind, exc.message, exc.details),
         }
     except Exception as exc:  # a bug or an unforeseen failure: say what, keep serving
         if LIFELINE.gone.is_set():  # the failure is our own cancellation: nobody to tell
             raise HostGone(LIFELINE.reason) from exc
-        traceback.print_exc(file=sys.stderr)
+        known = classify.classify(ctx, exc)  # connection, read-only, the project's code
+        if known is not None:
+            return {**known, "error": _masked(known["error"])}
+        sys.stderr.write(_masked(traceback.format_exc()))
         return {
             "ok": False,
             "kind": "internal",

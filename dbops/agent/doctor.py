@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 
 from dbops.agent import db, lock, pglocks
+from dbops.agent.classify import CONNECT_CAUSES, connect_cause  # noqa: F401 (re-exported)
 from dbops.agent.db import one_line
 from dbops.agent.protocol import AgentFailure, handler
 from dbops.agent.recover import quiet_alembic, script_failure
@@ -97,53 +98,6 @@ INDEX_TABLE_SQL = """
 SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
 WHERE i.indexrelid = to_regclass(%s)
 """
-
-# libpq / server messages by cause (the SQLSTATE is not always there on a failed connect).
-CONNECT_CAUSES = (
-    ("database_missing", ("3D000",), (r'database ".*" does not exist',)),
-    (
-        "auth",
-        ("28P01", "28000"),
-        (
-            r"password authentication failed",
-            r"no pg_hba\.conf entry",
-            r'role ".*" does not exist',
-            r"no password supplied",
-            r"authentication failed",
-            r"is not permitted to log in",
-        ),
-    ),
-    (
-        "too_many",
-        ("53300",),
-        (r"too many connections", r"too many clients", r"remaining connection slots are reserved"),
-    ),
-    ("starting", ("57P03",), (r"the database system is (starting up|shutting down|in recovery)",)),
-    (
-        "refused",
-        (),
-        (
-            r"Connection refused",
-            r"No such file or directory",
-            r"could not translate host",
-            r"timeout expired",
-            r"Network is unreachable",
-            r"No route to host",
-            r"could not connect to server",
-            r"server closed the connection",
-        ),
-    ),
-)
-
-
-def connect_cause(exc: BaseException) -> str:
-    """refused / auth / too_many / database_missing / starting / other."""
-    state = getattr(exc, "sqlstate", None)
-    text = str(exc)
-    for cause, states, patterns in CONNECT_CAUSES:
-        if state in states or any(re.search(p, text, re.IGNORECASE) for p in patterns):
-            return cause
-    return "other"
 
 
 def connection(ctx) -> dict:

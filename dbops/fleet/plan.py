@@ -125,6 +125,7 @@ def load(settings: Settings, path: Path | None = None, *, discover: bool = True)
             f"{path}: unknown section(s) {', '.join(sorted(unknown))} "
             f"(expected [defaults], [[database]], [[discover]])"
         )
+    _check_shape(path, doc)
     defaults = doc.get("defaults", {})
     _check_keys(path, "[defaults]", defaults, ENTRY_KEYS - {"name"})
     members: list[Member] = []
@@ -175,6 +176,58 @@ def load(settings: Settings, path: Path | None = None, *, discover: bool = True)
             f"(give each entry its own name = ...)"
         )
     return sorted(members, key=lambda m: (m.wave, m.order))
+
+
+# The schema of an entry: each key's TOML type (bool is an int in Python: refused apart).
+KEY_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "wave": (int,),
+    "password_env": (str,),
+    "settings": (dict,),
+    "target": (str,),
+    "host": (str,),
+    "port": (int, str),
+    "user": (str,),
+    "db": (str,),
+    "backup_dir": (str,),
+    "where": (str,),
+}
+TYPE_WORDS = {str: "a string", int: "a whole number", dict: "a table"}
+
+
+def _check_shape(path: Path, doc: dict) -> None:
+    """fleet.toml against its schema: [defaults] a table, [[database]]/[[discover]] arrays of
+    tables, every known key of its type, every settings value a string, number or boolean."""
+    if not isinstance(doc.get("defaults", {}), dict):
+        raise ConfigError(f"{path}: [defaults] must be a table")
+    entries = [("[defaults]", doc.get("defaults", {}))]
+    for section in ("database", "discover"):
+        items = doc.get(section, [])
+        if not isinstance(items, list) or not all(isinstance(e, dict) for e in items):
+            raise ConfigError(
+                f"{path}: {section} must be written as [[{section}]] tables "
+                f"(one per entry), not {type(items).__name__}"
+            )
+        entries += [(f"[[{section}]] #{i + 1}", e) for i, e in enumerate(items)]
+    for label, entry in entries:
+        for key, value in entry.items():
+            types = KEY_TYPES.get(key)
+            if types is None:
+                continue  # unknown keys: _check_keys names them with the allowed ones
+            if isinstance(value, bool) or not isinstance(value, types):
+                want = " or ".join(TYPE_WORDS[t] for t in types)
+                raise ConfigError(
+                    f"{path}: {label}: {key} must be {want}, not {type(value).__name__} "
+                    f"({value!r})"[:300]
+                )
+            if key in ("name", "db", "host", "user", "target") and not value.strip():
+                raise ConfigError(f"{path}: {label}: {key} is empty")
+        for key, value in (entry.get("settings") or {}).items():
+            if not isinstance(value, str | int | float | bool):
+                raise ConfigError(
+                    f"{path}: {label}: settings.{key} must be a string, number or boolean, "
+                    f"not {type(value).__name__}"
+                )
 
 
 def _check_keys(path: Path, label: str, entry: dict, allowed: set[str]) -> None:
@@ -274,6 +327,7 @@ def discover_databases(settings: Settings, server: Member, where: str) -> list[s
             f"discovery on {server.where} ({where}) failed: "
             f"{why.splitlines()[-1] if why else 'no output'}",
             state="nothing was started",
-            next_command="fix the [[discover]] entry (server, credentials, where), then re-run",
+            next_command="invoke fleet current   # after fixing the [[discover]] entry "
+            "(server, credentials, where)",
         )
     return [ln for ln in done.stdout.decode().splitlines() if ln.strip()]

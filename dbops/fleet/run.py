@@ -31,6 +31,7 @@ from dbops.fleet import plan
 from dbops.fleet.state import State
 
 VERBS = ("migrate", "backup", "doctor", "current", "rehearse")
+CHANGING_VERBS = ("migrate", "backup", "rehearse")  # zero members is an error for these
 Out = Callable[[str], None]
 
 
@@ -93,6 +94,15 @@ class FleetRun:
         self.parallel, self.canary, self.max_failures = parallel, canary, max_failures
         self.dir: Path = settings.get("DBOPS_FLEET_DIR")
         self.members = plan.load(settings)
+        if not self.members and verb in CHANGING_VERBS:
+            fleet_file = settings.get("DBOPS_FLEET_FILE")
+            raise ConfigError(
+                f"{fleet_file}: no databases (no [[database]] entry, and no [[discover]] "
+                f"matched any): invoke fleet {verb} would change nothing and report success",
+                state="nothing was started",
+                next_command="invoke fleet current   # lists the members; then add [[database]] "
+                "entries (docs/scaling.md)",
+            )
         if only:
             known = {m.name for m in self.members}
             missing = [n for n in only if n not in known]
@@ -149,8 +159,8 @@ class FleetRun:
             raise ConfigError(
                 f"another invoke fleet {self.verb} is running on {self.dir} ({holder})",
                 state="nothing was started by this run",
-                next_command=f"wait for it (its state: {self.dir / (self.verb + '.state.json')}), "
-                f"then: invoke fleet {self.verb} --resume",
+                next_command=f"invoke fleet {self.verb} --resume   # once it has finished "
+                f"(its state: {self.dir / (self.verb + '.state.json')})",
             ) from None
         self._lock_file.seek(0)
         self._lock_file.truncate()

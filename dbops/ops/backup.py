@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,15 @@ def sweep_partials(settings: Settings, database: str) -> list[str]:
     return removed
 
 
+def backup_folder(settings: Settings) -> Path:
+    """The backup folder, checked before any lock or snapshot: created 0700 or safe (owner,
+    not group/world-writable), writable (read-only and full told apart, each with its own next
+    command; dbops/safefile.py)."""
+    from dbops import safefile
+
+    return safefile.writable(catalog.ensure_dir(Path(settings.backup_dir)))
+
+
 def check_free_space(
     settings: Settings,
     database: str,
@@ -149,7 +159,8 @@ def check_free_space(
             f"{fmt_bytes(reserve)} (DBOPS_BACKUP_RESERVE_MB)",
             state="unchanged (nothing was written)",
             next_command=(
-                "free space (invoke backups; delete old ones) or point DBOPS_BACKUP_DIR elsewhere"
+                f"df -h {shlex.quote(str(settings.backup_dir))}   # free space (invoke backups "
+                "lists old ones) or point DBOPS_BACKUP_DIR elsewhere"
             ),
         )
     return {"free": free, "estimate": estimate}
@@ -246,7 +257,7 @@ def take_backup(
     if jobs is not None and jobs < 1:
         raise OpsError("--jobs must be 1 or more")
     z = compression_setting(settings, compression)
-    folder = catalog.ensure_dir(Path(settings.backup_dir))
+    folder = backup_folder(settings)  # before the snapshot: unsafe, read-only or full
     started = datetime.now(UTC)
     t0 = time.monotonic()
     try:
@@ -255,7 +266,8 @@ def take_backup(
         raise OpsError(
             f"backup not started: {exc.message}",
             state="unchanged",
-            next_command="invoke current   # is the database reachable?",
+            details=exc.details,
+            next_command=exc.next_command or "invoke current   # is the database reachable?",
         ) from None
     database = info["database"]
     try:
@@ -338,6 +350,9 @@ def take_backup(
         }
     mpath = catalog.manifest_path(final)
     try:
+        seen = catalog.hash_cache(settings)  # the digest computed while writing: no re-hash
+        seen.put(final, manifest["sha256"])
+        seen.save()
         catalog.write_json_atomic(mpath, manifest)
     except BaseException as exc:
         _remove(mpath, mpath.with_name(f".{mpath.name}.partial"), final)
@@ -408,7 +423,7 @@ def _dump(
             *extra,
         ]
     )
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     fd_open = True
     state: dict = {}
     stderr_lines: list[str] = []
@@ -543,11 +558,15 @@ def _next_for(problem: str, settings: Settings) -> str:
     too_old = re.search(r"older than the server \(PostgreSQL (\d+)", problem)
     if too_old:
         return (
-            f"install pg_dump {too_old.group(1)} or newer and set DBOPS_PG_BINDIR to its "
-            f"folder, or use DBOPS_TARGET=compose (pg_dump runs in the db container)"
+            f"DBOPS_PG_BINDIR=/usr/lib/postgresql/{too_old.group(1)}/bin invoke backup   "
+            f"# with pg_dump {too_old.group(1)} or newer installed there, or use "
+            f"DBOPS_TARGET=compose (pg_dump runs in the db container)"
         )
     if problem.startswith("writing"):
-        return f"df -h {settings.backup_dir}   # free space, then re-run: invoke backup"
+        return (
+            f"df -h {shlex.quote(str(settings.backup_dir))}   # free space, then re-run: "
+            "invoke backup"
+        )
     return "invoke current   # is the server up? then re-run: invoke backup"
 
 
@@ -560,13 +579,16 @@ def backup(
     warn: Out = print_note,
 ) -> dict:
     """Standalone ``invoke backup``: its own agent, the lock with purpose "backup"."""
+    backup_folder(settings)  # nothing is locked or snapshotted for a folder that cannot take it
     with Agent(settings) as agent:
         try:
             agent.call("lock.acquire", purpose="backup")
         except AgentError as exc:
+            if exc.kind != "locked":  # busy only when the lock query said so
+                raise
             raise OpsError(
                 exc.message,
                 state="unchanged",
-                next_command="wait for it to finish, then re-run: invoke backup",
+                next_command="invoke backup   # once the holder above has finished",
             ) from None
         return take_backup(settings, agent, reason, jobs=jobs, prune=prune, warn=warn)

@@ -197,6 +197,6 @@ def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> 
         raise OpsError(
             f"check failed: {len(failures)} problem(s)",
             details=failures,
-            next_command="fix the problems above, then: invoke check",
+            next_command="invoke check   # after fixing the problems above",
         )
     return {"ok": True}

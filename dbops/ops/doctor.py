@@ -48,7 +48,7 @@ from dbops.agent import fingerprint as fpmod
 from dbops.agent import pglocks
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
-from dbops.errors import OpsError
+from dbops.errors import OpsError, as_command
 from dbops.ops import freshness, settle
 from dbops.ops.doctor_connect import connectivity
 from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the module's API)
@@ -741,6 +741,20 @@ def rehearsal(f: Facts) -> Check | None:
 # --- 12. backups ----------------------------------------------------------------------------------
 def backups(f: Facts) -> Check:
     s = f.settings
+    from dbops import safefile  # read-only look: doctor writes nothing into the backup folder
+
+    unfit = safefile.problem(
+        Path(s.backup_dir), min_free=int(s.get("DBOPS_BACKUP_RESERVE_MB") * 1e6)
+    )
+    if unfit is not None:
+        return Check(
+            "backups",
+            FAIL,
+            f"the next backup cannot be written: {unfit.message}",
+            next=unfit.next_command,
+            why=f"backup folder {unfit.kind.replace('_', '-')}",
+            data={"folder_problem": unfit.kind},
+        )
     try:
         entries = catalog.list_backups(s, database=s.database)
         folder = Path(s.backup_dir)
@@ -948,7 +962,7 @@ def doctor(settings: Settings, *, schema: bool = True) -> dict:
     first = next((c for c in checks if c.next), None)
     result.update(
         checks=[c.as_dict() for c in checks],
-        next=first.next if first else "nothing to do",
+        next=as_command(first.next) if first else "nothing to do",
         next_reason=first.why if first else "all checks passed",
         next_check=first.name if first else None,
     )

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from dbops import catalog, seam
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
-from dbops.errors import OpsError
+from dbops.errors import OpsError, as_command
 from dbops.ops import recover as recover_op
 
 OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"
@@ -41,7 +41,7 @@ class Check:
             **self.data,
         }
         if self.next:
-            out.update(next=self.next, next_reason=self.why)
+            out.update(next=as_command(self.next), next_reason=self.why)
         return out
 
 

@@ -169,8 +169,12 @@ def drill(
         try:
             agent.call("lock.acquire", purpose="drill", scope="drill")
         except AgentError as exc:
+            if exc.kind != "locked":  # busy only when the lock query said so
+                raise
             raise OpsError(
-                exc.message, state="unchanged", next_command="wait for the running drill to finish"
+                exc.message,
+                state="unchanged",
+                next_command="invoke drill   # once the running drill has finished",
             ) from None
         return run_drill(settings, agent, file=file, progress=progress, warn=warn)
 

@@ -70,6 +70,8 @@ def migrate(
         from dbops.ops.rehearse import gate  # the newest matching rehearsal; production limits
 
         gate(settings, current, pending, out, accept_risk)
+        if backup:  # a read-only, full or unsafe backup folder: refused before the lock
+            steps.backup_folder_ready(settings, current, "migrate")
         steps.acquire_lock(agent, "migrate", current, "migrate")
         settle(settings, agent, out, "migrate")  # a run that died applying: its outcome
         # Re-read under the lock: another migrate may have finished just before we got it.
@@ -196,6 +198,6 @@ def _verify_failure(exc: AgentError, before: list[str], backup: str | None) -> O
         exc.message,
         state=f"before: {label(before)}; now: {label(d.get('current', []))}",
         details=details,
-        next_command=f"add a revision for the difference (alembic revision "
-        f"--autogenerate) or fix the models; to undo this run: {undo}",
+        next_command=f"alembic revision --autogenerate -m 'match the models'   # add a "
+        f"revision for the difference, or fix the models; to undo this run: {undo}",
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -59,10 +58,12 @@ def cache_load(path: Path) -> list[dict] | None:
 
 
 def cache_store(path: Path, insp: dict, steps: list[dict], warn: Out = print_note) -> None:
+    from dbops import safefile
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(
+        safefile.folder(path.parent)  # 0700, owned by this user, not group/world-writable
+        safefile.write_atomic(  # a private 0600 temporary file, renamed into place
+            path,
             json.dumps(
                 {
                     "key": path.stem,
@@ -71,9 +72,10 @@ def cache_store(path: Path, insp: dict, steps: list[dict], warn: Out = print_not
                     "created_at": audit.utcnow(),
                     "steps": steps,
                 }
-            )
+            ),
         )
-        os.replace(tmp, path)
+    except safefile.FolderError as exc:
+        warn(f"note: the recover cache is not kept: {exc.message} (fix: {exc.next_command})")
     except OSError as exc:  # a read-only checkout: works, just not cached
         warn(f"note: could not write the recover cache {path}: {exc.strerror}")
 
@@ -96,11 +98,16 @@ def expected_steps(
         if exc.kind in ("wrong_database", "live_changed"):
             raise  # the guard's refusal: its own state and next command
         if exc.kind == "scratch":
+            from dbops.ops.doctor_facts import _ident, psql_command
+
             raise OpsError(
                 exc.message,
                 state="unchanged",
-                next_command=f"ALTER ROLE {settings.user} CREATEDB   (as a superuser; "
-                f"recover needs a scratch database)",
+                next_command=psql_command(
+                    f"ALTER ROLE {_ident(settings.user)} CREATEDB",
+                    env="POSTGRES_USER=<superuser>",
+                )
+                + "   # as a superuser: recover needs a scratch database",
             ) from None
         raise OpsError(
             exc.message,
@@ -350,9 +357,9 @@ def script_error(exc: AgentError) -> OpsError:
         exc.message,
         state="unchanged (the history could not be read; nothing was compared or stamped)",
         next_command=(
-            f"${{EDITOR:-vi}} {shlex.quote(path)}   ({fix}; then: invoke recover)"
+            f'"${{EDITOR:-vi}}" {shlex.quote(path)}   # {fix}; then: invoke recover'
             if path
-            else "invoke check   (after fixing the script directory)"
+            else "invoke check   # after fixing the script directory"
         ),
     )
 
@@ -375,7 +382,12 @@ def recover(
             insp = scoped_inspect(settings, agent.call("recover.inspect"))
         except AgentError as exc:
             if exc.kind == "connect":
-                raise OpsError(exc.message, next_command="invoke doctor") from None
+                raise OpsError(
+                    exc.message,
+                    details=exc.details,
+                    state=exc.state,
+                    next_command=exc.next_command or "invoke doctor",
+                ) from None
             if exc.kind == "script":
                 raise script_error(exc) from None
             raise
@@ -404,7 +416,7 @@ def _choose(report: dict, to: str | None) -> list[str]:
             "refusing to stamp: no revision matches the live schema exactly",
             details=report["differences"][:20],
             state="unchanged (nothing was stamped)",
-            next_command="invoke backup   (then reconcile the differences by hand)",
+            next_command="invoke backup   # then reconcile the differences by hand",
         )
     if to is None:
         if report["ambiguous"]:
@@ -414,7 +426,7 @@ def _choose(report: dict, to: str | None) -> list[str]:
                 f" say which one with --to",
                 state="unchanged (nothing was stamped)",
                 next_command=f"invoke recover --apply --to {report['matches'][0]['revision']}"
-                f"   (or another of: {names})",
+                f"   # or another of: {names}",
             )
         return report["stamp_to"]
     chosen = [m for m in report["matches"] if m["revision"] == to] or [
@@ -464,10 +476,12 @@ def _apply(
     try:
         agent.call("lock.acquire", purpose="recover")
     except AgentError as exc:
+        if exc.kind != "locked":  # busy only when the lock query said so
+            raise
         raise OpsError(
             exc.message,
             state="unchanged (nothing was stamped)",
-            next_command="wait for it to finish, then re-run: invoke recover --apply",
+            next_command="invoke recover --apply   # once the holder above has finished",
         ) from None
     started = time.monotonic()
     record = {

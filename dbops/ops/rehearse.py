@@ -200,9 +200,9 @@ def key_of(hashes: dict[str, str], source_sha: str, fingerprint: str) -> str:
 def save(settings: Settings, report: dict) -> Path:
     folder = catalog.ensure_dir(store_dir(settings))
     path = folder / f"{report['key']}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    tmp.replace(path)
+    from dbops import safefile
+
+    safefile.write_atomic(path, json.dumps(report, indent=1, default=str))
     return path
 
 
@@ -437,8 +437,8 @@ def gate(
                 "the rehearsal's verdict is over the production limits: " + "; ".join(breaches),
                 state=f"unchanged at {label(current)}",
                 details=[f"{p['revision']}: {p['verdict']}" for p in rep["revisions"]],
-                next_command="rewrite the revision the safer way (invoke rehearse shows how), "
-                'or knowingly: invoke migrate --accept-risk="why"',
+                next_command="invoke rehearse   # shows how to rewrite the revision the "
+                'safer way; or knowingly: invoke migrate --accept-risk="why"',
             )
         audit.append(
             settings,

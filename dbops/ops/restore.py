@@ -21,7 +21,7 @@ from dbops import audit, catalog, pgbin, seam
 from dbops.agent_client import Agent, AgentError, call_once
 from dbops.config import Settings
 from dbops.confirm import confirm
-from dbops.errors import OpsError
+from dbops.errors import OpsError, command
 from dbops.ops.backup import _drain, _stop, fmt_bytes, take_backup
 from dbops.ops.output import Out, print_note
 from dbops.progress import follow_file
@@ -117,11 +117,12 @@ def pg_restore_refusal(
     "unsupported version (1.16) in file header"); pg_restore 17+ fails against a server before
     17. One line naming both versions, and the fix: a pg_restore of the dump's major."""
     how = (
-        "set DBOPS_PG_BINDIR to its folder (python scripts/lib/pg_majors.py bindir {m} "
-        "installs one)"
+        "python scripts/lib/pg_majors.py bindir {m}   # installs one; set DBOPS_PG_BINDIR to "
+        "the folder it prints"
         if settings.target == "local"
-        else f"use a db image whose pg_restore is {{m}} (DBOPS_TARGET={settings.target} runs the "
-        f"server's own tools), or DBOPS_TARGET=local with DBOPS_PG_BINDIR"
+        else f"invoke settings   # use a db image whose pg_restore is {{m}} "
+        f"(DBOPS_TARGET={settings.target} runs the server's own tools), or DBOPS_TARGET=local "
+        f"with DBOPS_PG_BINDIR"
     )
     if (
         server
@@ -145,8 +146,8 @@ def pg_restore_refusal(
             f"pg_restore {restore[1]} cannot read {file}: it was written by pg_dump "
             f"{dump[1]}, whose archive format only pg_restore {dump[0]} or newer reads",
             state=UNTOUCHED,
-            next_command=f"restore with pg_restore {dump[0]} (the dump's pg_dump major): "
-            + how.format(m=dump[0]),
+            next_command=how.format(m=dump[0])
+            + f"   # restore with pg_restore {dump[0]}, the dump's pg_dump major",
         )
     if server and server[0] < SENDS_TRANSACTION_TIMEOUT <= restore[0]:
         want = dump[0] if dump else server[0]
@@ -155,8 +156,9 @@ def pg_restore_refusal(
             f"pg_restore 17 and newer send SET transaction_timeout, which servers "
             f"before 17 reject",
             state=UNTOUCHED,
-            next_command=f"restore with pg_restore {want} (the major of the pg_dump "
-            f"{dump[1] if dump else '?'} that wrote {file}): " + how.format(m=want),
+            next_command=how.format(m=want)
+            + f"   # restore with pg_restore {want}, the major of the pg_dump "
+            f"{dump[1] if dump else '?'} that wrote the file",
         )
     return None
 
@@ -342,6 +344,14 @@ def verify(
     return {"manifest": manifest, "checks": checks, "file": str(path)}
 
 
+def psql_create(name: str) -> str:
+    """How to create an empty database, on either target (invoke psql, from postgres)."""
+    quoted = '"' + name.replace('"', '""') + '"'
+    return "POSTGRES_DB=postgres " + shlex.join(
+        ["invoke", "psql", "-c", f"CREATE DATABASE {quoted}"]
+    )
+
+
 def _drop_command(name: str) -> str:
     """How to drop a kept database, on either target (`invoke psql` goes through the seam)."""
     quoted = '"' + name.replace('"', '""') + '"'
@@ -353,10 +363,12 @@ def lock_for_restore(agent: Agent, path) -> None:
     try:
         agent.call("lock.acquire", purpose="restore")
     except AgentError as exc:
+        if exc.kind != "locked":  # busy only when the lock query said so
+            raise
         raise OpsError(
             exc.message,
             state="unchanged",
-            next_command=f"wait for it to finish, then re-run: {restore_command(path)}",
+            next_command=f"{restore_command(path)}   # once the holder above has finished",
         ) from None
 
 
@@ -436,7 +448,8 @@ def restore(
                 f"database {settings.database} does not exist: restore replaces an existing "
                 f"database",
                 state="unchanged",
-                next_command=f"create it empty first (createdb {settings.database}), then re-run",
+                next_command=psql_create(settings.database)
+                + "   # create it empty first, then re-run the restore",
             )
         if manifest.get("partial"):
             return _restore_partial(settings, agent, path, manifest, facts, yes=yes, t0=t0)
@@ -698,11 +711,19 @@ def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> d
         try:
             agent.call("lock.acquire", purpose="restore")
         except AgentError as exc:
+            if exc.kind != "locked":  # busy only when the lock query said so
+                raise
             raise OpsError(
                 exc.message,
                 state="unchanged",
                 next_command=(
-                    f"wait for it to finish, then re-run: invoke restore-undo --name {name}"
+                    command(
+                        "invoke",
+                        "restore-undo",
+                        "--name",
+                        name,
+                        why="once the holder above has finished",
+                    )
                 ),
             ) from None
         try:

@@ -175,8 +175,8 @@ def rollback(
                 next_command=(
                     restore_command(at_target[0]["path"])
                     if at_target
-                    else "restore a backup taken at that revision "
-                    "(invoke backups), or write the downgrade"
+                    else "invoke backups   # restore a backup taken at that revision, "
+                    "or write the downgrade"
                 ),
             )
         if data_loss:

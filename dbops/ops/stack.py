@@ -3,7 +3,7 @@ server is checked), through the seam."""
 
 from __future__ import annotations
 
-from dbops import seam
+from dbops import seam, sqltext
 from dbops.config import Settings
 
 
@@ -16,7 +16,9 @@ def down(settings: Settings, volumes: bool = False) -> None:
 
 
 def psql(settings: Settings, sql: str) -> int:
-    """One SQL command on the target database, through the seam (psql next to the server)."""
+    """One SQL statement on the target database, through the seam (psql next to the server):
+    several statements or a psql meta-command are refused before anything runs."""
+    sqltext.one_statement(sql)
     target = seam.target_for(settings)
     target.ensure_available()
     return seam.run(

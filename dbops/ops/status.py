@@ -19,8 +19,11 @@ def call_status(agent: Agent) -> dict:
         if exc.kind == "connect":
             raise OpsError(
                 exc.message,
-                next_command=f"check POSTGRES_* in .env and that the "
-                f"server is up ({agent.target.reach_hint()})",
+                details=exc.details,
+                state=exc.state,
+                next_command=exc.next_command
+                or f"check POSTGRES_* in .env and that the server is up "
+                f"({agent.target.reach_hint()})",
             ) from None
         raise
 

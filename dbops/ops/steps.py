@@ -14,7 +14,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from dbops import audit
 from dbops.agent_client import STOP_WAIT, Agent, AgentError
 from dbops.config import Settings
-from dbops.errors import OpsError
+from dbops.errors import OpsError, command
 from dbops.ops.output import Out, print_note
 from dbops.ops.status import label
 
@@ -37,8 +37,8 @@ def refusal(exc: AgentError, current: list[str] | None = None, action: str = "mi
         details.append("known revisions (newest first):")
         details += [f"  {c['revision']}  {c['message']}" for c in d.get("candidates", [])]
         nxt = (
-            "invoke doctor   (find which revision the schema really matches), then: "
-            "invoke stamp --to=<that revision>   (stamp changes no schema)"
+            "invoke doctor   # finds which revision the schema really matches; then: "
+            "invoke stamp --to=REV with it (stamp changes no schema)"
         )
     elif exc.kind == "bad_target":
         cands = d.get("candidates") or []
@@ -52,10 +52,23 @@ def refusal(exc: AgentError, current: list[str] | None = None, action: str = "mi
         if d.get("reason") == "below_current":
             nxt = "invoke rollback --to=REV   (rollback goes down; migrate only goes up)"
         else:
-            nxt = f"invoke {action} --to=<one of the candidates>"
+            nxt = (
+                command(
+                    "invoke",
+                    action,
+                    f"--to={cands[0]['revision']}",
+                    why="or another of the candidates above",
+                )
+                if cands
+                else f"invoke history   # then: invoke {action} --to=REV"
+            )
+    elif exc.kind in ("connect", "read_only", "script") and exc.next_command:
+        return OpsError(  # doctor's words (dbops/ops/failures.py)
+            exc.message, state=exc.state, next_command=exc.next_command, details=exc.details
+        )
     elif exc.kind == "connect":
         state = "unknown (the database was not reached; nothing was done)"
-        nxt = "check POSTGRES_* in .env and that the server is up (invoke up; invoke current)"
+        nxt = "invoke doctor   # check POSTGRES_* in .env and that the server is up"
     return OpsError(exc.message, state=state, next_command=nxt, details=details)
 
 
@@ -67,6 +80,21 @@ def planned(agent: Agent, op: str, action: str = "migrate", **args) -> dict:
         raise refusal(exc, action=action) from None
 
 
+def backup_folder_ready(settings: Settings, current: list[str], action: str) -> None:
+    """The backup folder can take the backup before a change: checked before the lock."""
+    from dbops.ops import backup as backup_op
+    from dbops.safefile import FolderError
+
+    try:
+        backup_op.backup_folder(settings)
+    except FolderError as exc:
+        raise OpsError(
+            f"the backup before {action} cannot be written, so nothing was changed: {exc.message}",
+            state=f"unchanged at {label(current)}",
+            next_command=exc.next_command,
+        ) from None
+
+
 def acquire_lock(agent: Agent, purpose: str, current: list[str], action: str) -> None:
     try:
         agent.call("lock.acquire", purpose=purpose)
@@ -75,8 +103,8 @@ def acquire_lock(agent: Agent, purpose: str, current: list[str], action: str) ->
             raise OpsError(
                 exc.message,
                 state=f"unchanged at {label(current)}",
-                next_command=f"wait for it to finish (invoke current shows the result), "
-                f"then re-run: invoke {action}",
+                next_command=f"invoke current   # once the holder above has finished "
+                f"(it shows the result), then re-run: invoke {action}",
             ) from None
         raise
 
@@ -96,7 +124,7 @@ def backup_before(
             f"the {reason} backup failed, so nothing was changed: {exc.message}",
             state=f"unchanged at {label(current)}",
             details=exc.details,
-            next_command=f"fix the backup (invoke backup), or knowingly skip it: "
+            next_command=f"invoke backup   # fix the backup; or knowingly skip it: "
             f"invoke {action} --no-backup",
         ) from None
     path = str(res["path"])
@@ -215,8 +243,8 @@ def step_failure(
     state = f"before {action}: {label(before)}; now: {label(after)}"
     if exc.kind == "lock_timeout":
         nxt = (
-            f"end or wait for the blocking session(s) above (SELECT pg_terminate_backend(pid) "
-            f"only if you own them), then re-run: invoke {action}"
+            f"invoke {action}   # after the blocking session(s) above end (or end them: "
+            f"SELECT pg_terminate_backend(pid), only if you own them)"
         )
     elif d.get("transactional") is False:
         nxt = f"invoke doctor   (see what {rev} left behind), then {fix_hint}"

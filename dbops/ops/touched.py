@@ -179,7 +179,7 @@ def premigrate_backup(
             f"the pre-migrate (touched) backup failed, so nothing was changed: {exc.message}",
             state=f"unchanged at {'+'.join(current) or 'base'}",
             details=exc.details,
-            next_command="fix the backup (invoke backup), or knowingly skip it: "
+            next_command="invoke backup   # fix the backup; or knowingly skip it: "
             "invoke migrate --no-backup",
         ) from None
     out(f"backup (touched, partial): {res['path']}")

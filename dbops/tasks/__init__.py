@@ -33,10 +33,9 @@ def write_result(result) -> None:
     path = os.environ.get("DBOPS_RESULT_FILE")
     if not path:
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, default=str)
-    os.replace(tmp, path)
+    from dbops import safefile
+
+    safefile.write_atomic(Path(path), json.dumps(result, default=str))
 
 
 def guarded(fn):

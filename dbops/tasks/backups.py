@@ -7,6 +7,7 @@ import json
 from invoke import task
 
 from dbops import events
+from dbops.config import whole_flag
 from dbops.ops import backup as backup_op
 from dbops.ops import restore as restore_op
 from dbops.ops.output import print_note
@@ -37,7 +38,7 @@ def backup(c, jobs=None, reason="manual", no_retention=False):
     """Take a verified backup of the database (pg_dump next to the server, read back in full)."""
     s = settings(c)
     res = backup_op.backup(
-        s, reason=reason, jobs=int(jobs) if jobs else None, prune=not no_retention, warn=print_note
+        s, reason=reason, jobs=whole_flag("--jobs", jobs), prune=not no_retention, warn=print_note
     )
     m = res["manifest"]
     events.note(backup=res["path"], revisions=m["revisions"], size=m["size"])
@@ -67,7 +68,9 @@ def backups(c, json_=False, check=False, all_=False):
     from dbops import catalog
 
     s = settings(c)
-    entries = catalog.list_backups(s, database=None if all_ else s.database, full=check)
+    entries = catalog.list_backups(
+        s, database=None if all_ else s.database, full=check, hash_missing=True
+    )
     if json_:
         print(json.dumps(entries, indent=2, default=str))
         return
@@ -149,7 +152,7 @@ def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=Fals
         file,
         yes=yes,
         other_database=other_database,
-        jobs=int(jobs) if jobs else None,
+        jobs=whole_flag("--jobs", jobs),
         pre_backup=pre_backup,
         drop_old=drop_old,
         out=print_note,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-from dbops.config import Settings, load_settings
+from dbops.config import Settings, load_settings, whole_flag
 from dbops.errors import ConfigError
 from dbops.fleet import run as fleet_run
 from dbops.ops import k8s_job as k8s_job_op
@@ -23,6 +23,13 @@ def settings(c) -> Settings:
     cfg = dict(c.config.get("dbops", {}) or {})
     project_dir = cfg.pop("project_dir", None) or Path.cwd()
     return load_settings(project_dir, {"POSTGRES_USER": "-", "POSTGRES_DB": "-", **cfg})
+
+
+def _count(flag: str, value, minimum: int, default: int) -> int:
+    """A whole-number flag (its default when not given); a bad one is a ConfigError, not a
+    traceback (invoke's own int flags raise ValueError)."""
+    n = whole_flag(flag, value, minimum, 100_000)
+    return default if n is None else n
 
 
 @task(
@@ -42,14 +49,14 @@ def settings(c) -> Settings:
 def fleet(
     c,
     verb,
-    parallel=1,
-    canary=0,
-    max_failures=1,
+    parallel=None,
+    canary=None,
+    max_failures=None,
     resume=False,
     only=None,
     to=None,
     json_=False,
-    per_server=0,
+    per_server=None,
 ):
     """Run migrate|backup|doctor|current|rehearse on every database of fleet.toml.
 
@@ -70,13 +77,13 @@ def fleet(
         settings(c),
         verb,
         flags=flags,
-        parallel=int(parallel),
-        canary=int(canary),
-        max_failures=int(max_failures),
+        parallel=_count("--parallel", parallel, 1, 1),
+        canary=_count("--canary", canary, 0, 0),
+        max_failures=_count("--max-failures", max_failures, 0, 1),
         resume=resume,
         only=[n.strip() for n in only.split(",") if n.strip()] if only else None,
         out=out,
-        per_server=int(per_server),
+        per_server=_count("--per-server", per_server, 0, 0),
     )
     report = runner.run()
     print(json.dumps(report, indent=2) if json_ else "\n" + fleet_run.format_summary(report))

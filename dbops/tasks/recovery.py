@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from invoke import Exit, task
 
@@ -73,7 +74,9 @@ def doctor(c, json_=False, no_schema=False, settle=False):
         if not settle_now(s, print_note):
             print_note("nothing to settle: every applying record has its outcome")
     report = doctor_op.doctor(s, schema=not no_schema)
-    metrics.save_doctor(s, report)  # the metrics file shows each check (written on exit)
+    why = metrics.save_doctor(s, report)  # the metrics file shows each check (on exit)
+    if why:
+        print(f"note: doctor's record for the metrics file not kept: {why}", file=sys.stderr)
     if json_:
         print(json.dumps(report, indent=2, default=str))
     elif render.is_terminal():

@@ -27,7 +27,12 @@ def down(c, volumes=False):
     stack.down(settings(c), volumes=volumes)
 
 
-@task(help={"command": "the SQL to run (one statement; psql -c)"})
+@task(
+    help={
+        "command": "the SQL to run: exactly one statement (several, or a psql backslash "
+        "command, are refused; BEGIN …; one statement; COMMIT is allowed)"
+    }
+)
 @guarded
 def psql(c, command):
     """Run one SQL statement on the target database (psql next to the server)."""
