@@ -386,10 +386,28 @@ SETTINGS: tuple[Setting, ...] = (
         "pinged on start (URL/start), success (URL) and failure (URL/fail)",
     ),
     Setting(
+        "DBOPS_NOTIFY_URL_BACKUP",
+        _text,
+        None,
+        "pings of backups (invoke backup, scheduled backups) instead of DBOPS_NOTIFY_URL",
+    ),
+    Setting(
+        "DBOPS_NOTIFY_URL_DRILL",
+        _text,
+        None,
+        "pings of restore drills instead of DBOPS_NOTIFY_URL",
+    ),
+    Setting(
+        "DBOPS_NOTIFY_URL_MIGRATE",
+        _text,
+        None,
+        "pings of invoke migrate instead of DBOPS_NOTIFY_URL",
+    ),
+    Setting(
         "DBOPS_NOTIFY_TIMEOUT",
         _number,
         "5",
-        "seconds a notify ping may take (it never fails the operation)",
+        "seconds a notify ping may take in all (connect, send, answer); never fails the operation",
     ),
     # --- fleet (docs/scaling.md) ---
     Setting(
@@ -514,7 +532,16 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Values that must never be printed."""
-        return [s for s in (self.password, self.raw.get("DBOPS_NOTIFY_URL", "").strip()) if s]
+        urls = [self.raw.get(name, "").strip() for name in NOTIFY_URLS]
+        return [s for s in (self.password, *urls) if s]
+
+
+NOTIFY_URLS = (
+    "DBOPS_NOTIFY_URL",
+    "DBOPS_NOTIFY_URL_BACKUP",
+    "DBOPS_NOTIFY_URL_DRILL",
+    "DBOPS_NOTIFY_URL_MIGRATE",
+)
 
 
 def parse_setting(setting: Setting, raw: str | None) -> Any:
@@ -615,7 +642,7 @@ def describe(settings: Settings) -> list[dict]:
     rows = []
     for s in SETTINGS:
         value = settings.get(s.name)
-        if s.name in ("POSTGRES_PASSWORD", "DBOPS_NOTIFY_URL"):  # the URL is a token
+        if s.name in ("POSTGRES_PASSWORD", *NOTIFY_URLS):  # a ping URL is a token
             value = "****" if value else ""
         elif isinstance(value, tuple):
             value = " ".join(value) if s.name == "DBOPS_COMPOSE" else ",".join(value)

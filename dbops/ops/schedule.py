@@ -183,6 +183,9 @@ def run_tick(settings: Settings, job: str, tick: datetime) -> dict:
         done = last_tick(settings, job)
         if done is not None and done >= tick:
             return {"result": "skipped", "why": f"tick {iso(tick)} already ran (another instance)"}
+        from dbops import events
+
+        events.begin()  # the tick runs here: now its /start ping
         try:
             if job == "backup":
                 from dbops.ops.backup import take_backup
