@@ -35,6 +35,7 @@ def settings(c) -> Settings:
         "resume": "continue the last run of this verb: skip every database it completed",
         "only": "comma-separated member names (rerun one database with the fleet's settings)",
         "to": "migrate: target revision (default head)",
+        "from": "rehearse: the data, latest (default) or fresh (a new verified backup first)",
         "json": "print the result as JSON (progress goes to stderr)",
     }
 )
@@ -50,6 +51,7 @@ def fleet(
     to=None,
     json_=False,
     per_server=0,
+    from_=None,
 ):
     """Run migrate|backup|doctor|current|rehearse on every database of fleet.toml.
 
@@ -61,6 +63,15 @@ def fleet(
         if verb != "migrate":
             raise ConfigError("--to applies to invoke fleet migrate only")
         flags = ["--to", to]
+    if from_:
+        if verb != "rehearse":
+            raise ConfigError("--from applies to invoke fleet rehearse only")
+        if from_ not in ("latest", "fresh"):
+            raise ConfigError(
+                f"--from={from_}: a fleet rehearses from latest or fresh (a file belongs to one "
+                "database: invoke rehearse --from=FILE on it alone)"
+            )
+        flags += [f"--from={from_}"]
     out = (
         (lambda line: print(line, file=sys.stderr, flush=True))
         if json_
