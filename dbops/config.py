@@ -486,6 +486,24 @@ SETTINGS: tuple[Setting, ...] = (
         "1800",
         "k8s-job: activeDeadlineSeconds of the migrate Job",
     ),
+    Setting(
+        "DBOPS_K8S_JOB_TTL",
+        _whole(0),
+        "604800",
+        "k8s-job: ttlSecondsAfterFinished (a finished Job and its pod are removed after it)",
+    ),
+    Setting(
+        "DBOPS_K8S_REQUESTS",
+        _text,
+        "cpu=100m,memory=256Mi",
+        "k8s-job: the container's resource requests (resource=quantity, comma-separated; none)",
+    ),
+    Setting(
+        "DBOPS_K8S_LIMITS",
+        _text,
+        "memory=1Gi",
+        "k8s-job: the container's resource limits (none: no limits)",
+    ),
 )
 DECLARED: dict[str, Setting] = {s.name: s for s in SETTINGS}
 

@@ -102,14 +102,19 @@ def fleet(
     help={
         "render": "print the Job manifest (YAML) on stdout",
         "task": "the invoke task the Job runs (default migrate)",
+        "schedule": "backup or drill: render a CronJob on this cron schedule instead of a Job",
+        "namespace": "metadata.namespace (default DBOPS_K8S_NAMESPACE when set, else none)",
     },
 )
 @guarded
-def k8s_job(c, render=False, task_="migrate"):
+def k8s_job(c, render=False, task_="migrate", schedule=None, namespace=None):
     """Print a Kubernetes Job that runs `invoke migrate` as a Helm pre-upgrade / Argo CD PreSync hook."""  # noqa: E501
     if not render:
         raise ConfigError(
             "invoke k8s-job needs --render (it prints the manifest; it applies nothing)",
             next_command="invoke k8s-job --render --task migrate > migrate-job.yaml",
         )
-    print(k8s_job_op.render(settings(c), task=task_), end="")
+    print(
+        k8s_job_op.render(settings(c), task=task_, schedule=schedule, namespace_flag=namespace),
+        end="",
+    )
