@@ -34,6 +34,7 @@ CHECK_NAMES = [
     "scratch",
     "rehearsal",
     "backups",
+    "schedule",
     "restore drill",
     "audit",
 ]

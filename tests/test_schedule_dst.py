@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -79,3 +80,63 @@ def test_new_york_hourly_across_both_transitions(after, until, count):
     fires = between("30 * * * *", "America/New_York", after, until)
     local = walls(fires, ny)
     assert len(local) == len(set(local)) == count, local
+
+
+# --- doctor's schedule check: a missed tick named at once ----------------------------------
+def test_a_missed_backup_tick_is_named_before_the_backup_is_stale(settings, invoke, ops_env):
+    from dbops.config import load_settings
+    from dbops.ops import doctor_schedule, freshness
+    from tests.conftest import ROOT
+
+    assert invoke("backup").returncode == 0
+    hourly = load_settings(ROOT, environ={**ops_env, "DBOPS_BACKUP_SCHEDULE": "0 * * * *"})
+    now = datetime.now(UTC)
+    assert doctor_schedule.missed_backup_tick(hourly, now) is None  # fresh
+    # 1 h 40 min later: the tick before is 40 min old (> the 30 min grace), its backup missing;
+    # the backups check (1.5 x 1 h = 90 min) may still call the newest one fresh at 80 min
+    later = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1, minutes=40)
+    missed = doctor_schedule.missed_backup_tick(hourly, later)
+    assert missed is not None and missed["tick"] == later.replace(minute=0)
+    assert missed["result"] is None  # never ran: the service is not running
+    # within the grace after the tick: its backup may still be running
+    early = later.replace(minute=10)
+    assert doctor_schedule.missed_backup_tick(hourly, early) is None
+    # a failed run of that tick is named with its error
+    schedule.record_tick(hourly, "backup", missed["tick"], "failed", error="disk full")
+    again = doctor_schedule.missed_backup_tick(hourly, later)
+    assert again["result"] == "failed" and again["error"] == "disk full"
+    daily = load_settings(ROOT, environ={**ops_env, "DBOPS_BACKUP_SCHEDULE": "0 3 * * *"})
+    # daily at 03:00: 30 h after a backup taken just after a tick, the next tick is missed,
+    # while 1.5 x the schedule (36 h) has not passed
+    tick = schedule.last_fire(schedule.trigger_for(daily, "backup"), now)
+    assert doctor_schedule.missed_backup_tick(daily, tick + timedelta(hours=30)) is not None
+    off = load_settings(ROOT, environ={**ops_env, "DBOPS_BACKUP_SCHEDULE": "off"})
+    assert doctor_schedule.missed_backup_tick(off, later) is None
+    assert freshness.backup_freshness(hourly, now=now + timedelta(minutes=80))[0] is True
+
+
+def test_doctor_shows_the_missed_tick_with_backup_as_next(invoke, settings):
+    import json
+
+    from dbops import catalog
+
+    assert invoke("backup").returncode == 0
+    env = {"DBOPS_BACKUP_SCHEDULE": "0 0 1 1 *"}  # the last tick: 1 January, long before
+    rep = json.loads(invoke("doctor", "--json", "--no-schema", env=env).stdout)
+    [check] = [c for c in rep["checks"] if c["name"] == "schedule"]
+    assert check["status"] == "ok", check  # a backup after this year's tick
+    # the backup was taken a day ago; the daily tick 2-3 hours ago has none
+    [entry] = catalog.list_backups(settings)
+    mpath = catalog.manifest_path(Path(entry["path"]))
+    manifest = json.loads(mpath.read_text())
+    manifest["started_at"] = schedule.iso(datetime.now(UTC) - timedelta(days=1))
+    mpath.write_text(json.dumps(manifest))
+    hour = (datetime.now(UTC) - timedelta(hours=3)).hour
+    env = {"DBOPS_BACKUP_SCHEDULE": f"0 {hour} * * *"}
+    done = invoke("doctor", "--json", "--no-schema", env=env)
+    rep = json.loads(done.stdout)
+    [check] = [c for c in rep["checks"] if c["name"] == "schedule"]
+    assert check["status"] == "warn" and "was missed" in check["summary"], check
+    assert check["next"] == "invoke backup"
+    assert "is the dbops service (or the cron job) running?" in check["details"][0]
+    assert [c for c in rep["checks"] if c["name"] == "backups"][0]["status"] == "ok"  # < 36 h
