@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from datetime import UTC, datetime
 
 import pytest
 
@@ -247,3 +248,58 @@ def test_a_failure_in_json_mode_is_events_only(invoke):
     summary = evs[-1]
     assert summary["event"] == "summary" and summary["result"] == "failed"
     assert "no such file" in summary["error"] and summary["state"] and summary["next_command"]
+
+
+def test_a_failed_tick_then_a_late_instance_sends_no_success(ops_env, settings, catcher):
+    """Two instances, one tick: the first fails it (/fail); the late one finds the tick already
+    ran and sends a /log note — never a success that would flip the check back to up."""
+    import subprocess
+    import sys
+
+    from dbops.ops import schedule
+    from tests.conftest import ROOT
+
+    c = catcher("ok")
+    tick = schedule.iso(datetime.now(UTC).replace(microsecond=0))
+    argv = [sys.executable, "-m", "dbops.serve", "job", "backup", "--tick", tick]
+    argv += ["--project-dir", str(ROOT)]
+    env = {**ops_env, "DBOPS_NOTIFY_URL": c.url}
+    failing = {**env, "DBOPS_BACKUP_RESERVE_MB": "100000000"}  # no disk has that much room
+    first = subprocess.run(argv, cwd=ROOT, env=failing, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 1, first.stderr
+    late = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert late.returncode == 0 and "already ran" in late.stderr, late.stderr
+    paths = [urllib.parse.urlsplit(p).path for p, _ in c.got]
+    assert paths == [
+        "/ping/secret-token/start",
+        "/ping/secret-token/fail",
+        "/ping/secret-token/log",
+    ], paths
+    assert catalog.list_backups(settings) == []
+    row = metrics.read_runs(settings)["backup"]
+    assert row["runs"] == 1 and row["failures"] == 1  # the skipped tick is not a run
+
+
+def test_json_mode_is_json_only_for_tasks_that_pass_and_fail(invoke, ops_env):
+    """Every line of stderr parses, for successes and failures; each ends with its summary."""
+    runs = [
+        (("migrate", "--no-backup"), 0),
+        (("backup",), 0),
+        (("verify-backup", "no-such.dump"), 1),
+        (("drill", "--file", "no-such.dump"), 1),
+        (("doctor", "--no-schema"), None),
+        (("rollback", "--to", "nope", "--yes"), 1),
+    ]
+    for args, code in runs:
+        done = invoke(*args, "--log-format", "json", env={"DBOPS_BACKUP_RESERVE_MB": "0"})
+        if code is not None:
+            assert done.returncode == code, (args, done.stderr)
+        lines = done.stderr.splitlines()
+        bad = [ln for ln in lines if not ln.startswith("{")]
+        assert not bad, (args, bad)
+        evs = [json.loads(ln) for ln in lines]
+        summary = [e for e in evs if e["event"] == "summary"]
+        assert len(summary) == 1 and summary[0] is evs[-1], args
+        if done.returncode:
+            assert summary[0]["result"] == "failed" and summary[0]["error"], args
+            assert summary[0]["state"] and summary[0]["next_command"] is not None, args
