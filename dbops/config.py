@@ -450,10 +450,28 @@ SETTINGS: tuple[Setting, ...] = (
         "pinged on start (URL/start), success (URL) and failure (URL/fail)",
     ),
     Setting(
+        "DBOPS_NOTIFY_URL_BACKUP",
+        _text,
+        None,
+        "pings of backups (invoke backup, scheduled backups) instead of DBOPS_NOTIFY_URL",
+    ),
+    Setting(
+        "DBOPS_NOTIFY_URL_DRILL",
+        _text,
+        None,
+        "pings of restore drills instead of DBOPS_NOTIFY_URL",
+    ),
+    Setting(
+        "DBOPS_NOTIFY_URL_MIGRATE",
+        _text,
+        None,
+        "pings of invoke migrate instead of DBOPS_NOTIFY_URL",
+    ),
+    Setting(
         "DBOPS_NOTIFY_TIMEOUT",
         _bounded(0, 600, above=True),
         "5",
-        "seconds a notify ping may take (it never fails the operation)",
+        "seconds a notify ping may take in all (connect, send, answer); never fails the operation",
     ),
     # --- fleet (docs/scaling.md) ---
     Setting(
@@ -532,6 +550,24 @@ SETTINGS: tuple[Setting, ...] = (
         "1800",
         "k8s-job: activeDeadlineSeconds of the migrate Job",
     ),
+    Setting(
+        "DBOPS_K8S_JOB_TTL",
+        _whole(0),
+        "604800",
+        "k8s-job: ttlSecondsAfterFinished (a finished Job and its pod are removed after it)",
+    ),
+    Setting(
+        "DBOPS_K8S_REQUESTS",
+        _text,
+        "cpu=100m,memory=256Mi",
+        "k8s-job: the container's resource requests (resource=quantity, comma-separated; none)",
+    ),
+    Setting(
+        "DBOPS_K8S_LIMITS",
+        _text,
+        "memory=1Gi",
+        "k8s-job: the container's resource limits (none: no limits)",
+    ),
 )
 DECLARED: dict[str, Setting] = {s.name: s for s in SETTINGS}
 
@@ -581,7 +617,8 @@ class Settings:
         dbops (or a library it hands them to) writes them — raw, percent-encoded as urllib,
         SQLAlchemy's URL and a form post do, and with %% doubled as configparser needs —
         longest first, so that masking one form never leaves part of another."""
-        return secret_forms(self.password, self.raw.get("DBOPS_NOTIFY_URL", "").strip())
+        urls = [self.raw.get(name, "").strip() for name in NOTIFY_URLS]
+        return secret_forms(self.password, *urls)
 
 
 def secret_forms(*secrets: str) -> list[str]:
@@ -597,6 +634,14 @@ def secret_forms(*secrets: str) -> list[str]:
         }
         forms |= encoded | {f.replace("%", "%%") for f in encoded}
     return sorted(forms, key=lambda f: (-len(f), f))
+
+
+NOTIFY_URLS = (
+    "DBOPS_NOTIFY_URL",
+    "DBOPS_NOTIFY_URL_BACKUP",
+    "DBOPS_NOTIFY_URL_DRILL",
+    "DBOPS_NOTIFY_URL_MIGRATE",
+)
 
 
 def parse_setting(setting: Setting, raw: str | None) -> Any:
@@ -733,7 +778,7 @@ def describe(settings: Settings) -> list[dict]:
     rows = []
     for s in SETTINGS:
         value = settings.get(s.name)
-        if s.name in ("POSTGRES_PASSWORD", "DBOPS_NOTIFY_URL"):  # the URL is a token
+        if s.name in ("POSTGRES_PASSWORD", *NOTIFY_URLS):  # a ping URL is a token
             value = "****" if value else ""
         elif isinstance(value, tuple):
             value = " ".join(value) if s.name == "DBOPS_COMPOSE" else ",".join(value)

@@ -2,22 +2,45 @@
 exporter's textfile collector) with prometheus_client.
 
 Every value is derived from durable state — the backup folder (manifests), the audit
-record (migrate, rollback, restore, drill), doctor's last report (a state file) and the
-schedule state — never from in-process counters: the file is written by whichever process
-ran last (a task, the service's job, the service's refresh), and says the same thing.
+record (migrate, rollback, restore, drill), doctor's last report (a state file), the
+schedule state and the run record — never from in-process counters: the file is written by
+whichever process ran last (a task, the service's job, the service's refresh), and says the
+same thing.
+
+The run record (``<backup dir>/.dbops-runs.<db>.json``, updated under an flock by every
+observed task as it finishes) gives, per job and database, the series an alert can use at
+once: ``dbops_job_last_{attempt,success,failure}_timestamp_seconds`` (0: never),
+``dbops_job_runs_total``, ``dbops_job_failures_total``, ``dbops_job_interrupted_total`` and
+``dbops_job_last_duration_seconds``. A failure is ``last_failure > last_success``; an
+interrupted run (SIGTERM, ``docker compose stop``) is an attempt, neither a success nor a
+failure; a skipped tick (another instance ran it) is not recorded at all. The backup and
+drill series exist from the first write, at 0, so "never passed" is an expression.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    disable_created_metrics,
+    write_to_textfile,
+)
 
 from dbops import audit, catalog
 from dbops.config import Settings
 from dbops.ops import schedule
+
+disable_created_metrics()  # a counter's _created would be this process's start, not the job's
 
 DOCTOR_STATUS = {"ok": 0, "warn": 1, "fail": 2, "unknown": 3}
 OPERATIONS = ("migrate", "rollback", "restore", "stamp", "recover")
@@ -26,6 +49,114 @@ OPERATIONS = ("migrate", "rollback", "restore", "stamp", "recover")
 def _ts(text: str | None) -> float | None:
     t = schedule.parse_iso(text)
     return t.timestamp() if t else None
+
+
+RUNS_STATE = ".dbops-runs.{}.json"
+ALWAYS_SHOWN_JOBS = ("backup", "drill")  # 0 series from the start: "never" is expressible
+
+
+# --- the run record: per job, attempts and outcomes (durable, shared by every process) ----
+def runs_path(settings: Settings) -> Path:
+    return Path(settings.backup_dir) / RUNS_STATE.format(catalog.slug(settings.database))
+
+
+def read_runs(settings: Settings) -> dict:
+    try:
+        data = json.loads(runs_path(settings).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive flock on ``path``.lock: read-modify-write of the run record, one at a time
+    across processes (the service's jobs, a manual task, fleet children)."""
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def record_run(
+    settings: Settings, job: str, result: str, started: datetime, duration_s: float
+) -> dict:
+    """Count one finished run of ``job`` (result ok | failed | interrupted)."""
+    path = runs_path(settings)
+    catalog.ensure_dir(path.parent)
+    with _locked(path):
+        runs = read_runs(settings)
+        row = runs.setdefault(job, {})
+        row["runs"] = int(row.get("runs", 0)) + 1
+        row["last_attempt"] = started.timestamp()
+        row["last_result"] = result
+        row["last_duration_s"] = duration_s
+        if result == "ok":
+            row["last_success"] = started.timestamp() + duration_s
+        elif result == "failed":
+            row["failures"] = int(row.get("failures", 0)) + 1
+            row["last_failure"] = started.timestamp() + duration_s
+        else:
+            row["interrupted"] = int(row.get("interrupted", 0)) + 1
+        catalog.write_json_atomic(path, runs)
+    return row
+
+
+def record_run_quietly(
+    settings: Settings, job: str, result: str, started: datetime, duration_s: float
+) -> None:
+    import sys
+
+    try:
+        record_run(settings, job, result, started, duration_s)
+    except Exception as exc:  # noqa: BLE001 - the record never fails the operation
+        print(f"warning: run record not written: {exc}", file=sys.stderr)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dbops")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _job_series(reg: CollectorRegistry, settings: Settings) -> None:
+    db = settings.database
+    runs = read_runs(settings)
+    labels = ["database", "job"]
+    stamps = {
+        key: Gauge(f"dbops_job_last_{key}_timestamp_seconds", doc, labels, registry=reg)
+        for key, doc in (
+            ("attempt", "when the job last started (0: never)"),
+            ("success", "when the job last succeeded (0: never)"),
+            ("failure", "when the job last failed (0: never)"),
+        )
+    }
+    counters = {
+        key: Counter(f"dbops_job_{key}", doc, labels, registry=reg)
+        for key, doc in (
+            ("runs", "runs of the job (ok, failed or interrupted; skipped ticks not counted)"),
+            ("failures", "failed runs of the job"),
+            ("interrupted", "runs stopped by a signal (neither success nor failure)"),
+        )
+    }
+    duration = Gauge(
+        "dbops_job_last_duration_seconds",
+        "how long the last run of the job took",
+        labels,
+        registry=reg,
+    )
+    for job in sorted(set(ALWAYS_SHOWN_JOBS) | set(runs)):
+        row = runs.get(job, {})
+        for key, g in stamps.items():
+            g.labels(db, job).set(float(row.get(f"last_{key}", 0) or 0))
+        for key, c in counters.items():
+            c.labels(db, job).inc(int(row.get(key, 0) or 0))
+        duration.labels(db, job).set(float(row.get("last_duration_s", 0) or 0))
 
 
 def doctor_state_path(settings: Settings) -> Path:
@@ -155,6 +286,10 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
         )
     gauge("dbops_metrics_written_timestamp_seconds", "when this file was written").labels(db).set(
         now.timestamp()
+    )
+    _job_series(reg, settings)
+    Info("dbops_build", "the dbops that wrote this file", registry=reg).info(
+        {"version": _version(), "python": platform.python_version()}
     )
     return reg
 

@@ -234,9 +234,17 @@ def run_job(settings: Settings, job: str, tick: datetime, log_format: str | None
         return res
 
     try:
-        events.run_command(f"scheduled-{job}", settings, body, log_format=log_format, notify=True)
+        events.run_command(
+            f"scheduled-{job}",
+            settings,
+            body,
+            log_format=log_format,
+            notify=True,
+            defer_start=True,  # /start once the tick holds its lock and is due
+        )
     except OpsError as exc:
-        print(exc.render(), file=sys.stderr, flush=True)
+        if not getattr(exc, "reported", False):  # JSON mode: the summary event carries it
+            print(exc.render(), file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{job}: interrupted; nothing partial was left", file=sys.stderr, flush=True)
@@ -264,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_job(settings, a.job, tick, log_format)
         return serve(settings, log_format)
     except OpsError as exc:
+        if a.command == "job":  # a bad setting: the job's /fail ping (when the URL reads)
+            fmt = log_format or events._raw_setting("DBOPS_LOG_FORMAT") or "text"
+            failed = events.Command(
+                f"scheduled-{a.job}", None, "json" if fmt == "json" else "text", notify=True
+            )
+            failed.finish("failed", exc)
+            if failed.json:
+                return exc.exit_code
         print(exc.render(), file=sys.stderr, flush=True)
         return exc.exit_code
 

@@ -35,6 +35,7 @@ CHECK_NAMES = [
     "scratch",
     "rehearsal",
     "backups",
+    "schedule",
     "restore drill",
     "audit",
 ]

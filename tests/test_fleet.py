@@ -207,6 +207,7 @@ def test_canary_then_waves_max_failures_stops_new_work_then_resume(fleet):
         assert not (f.dir / "backups" / "b" / db).exists()
     assert state["gone"]["status"] == "pending"
     assert "stopping: 1 failure(s) reached --max-failures 1" in out
+    assert out.count("stopping:") == 1  # said once, never again with a stale count
     # the failure: what happened, the database state, the exact commands; no password anywhere
     assert f"b/{drift} (local:127.0.0.1:{f.b.port}/{drift}): failed" in out, out
     assert f"rerun: invoke fleet migrate --only b/{drift}" in out
@@ -266,14 +267,22 @@ def test_killed_run_resumes_applying_each_remaining_database_once(fleet):
         ):
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner's group: its children have their own
     proc.wait()
     before = f.state()
     completed = [n for n, d in before.items() if d["status"] == "ok"]
     assert 2 <= len(completed) < len(dbs)
+    orphans = [d["pid"] for d in before.values() if d["status"] == "running" and d.get("pid")]
+    assert orphans
 
+    # at once: the children got SIGINT (their death signal); --resume waits for them, naming
+    # each, instead of calling their databases busy
     done = f.invoke("migrate", "--resume", "--parallel", "2")
     assert done.returncode == 0, done.stdout + done.stderr
+    for pid in orphans:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "busy" not in done.stdout and "locked" not in done.stdout
     after = f.state()
     assert all(d["status"] == "ok" for d in after.values())
     for i, db in enumerate(dbs):
@@ -321,6 +330,10 @@ def test_bad_fleet_files_are_refused_before_anything_runs(fleet):
     assert "pid 4242" in done.stderr and f.rows(f.a, db) == []
     done = f.invoke("explode")
     assert done.returncode == 1 and "not a fleet verb" in done.stderr
+    done = f.invoke("migrate", "--from", "fresh")
+    assert done.returncode == 1 and "--from applies to invoke fleet rehearse only" in done.stderr
+    done = f.invoke("rehearse", "--from", "backups/x.dump")
+    assert done.returncode == 1 and "from latest or fresh" in done.stderr
 
 
 def test_current_backup_and_doctor_run_per_database(fleet):
@@ -333,16 +346,24 @@ def test_current_backup_and_doctor_run_per_database(fleet):
     assert done.returncode == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)["databases"]}
     assert rows[one]["before"] == rows[two]["after"] == "base"
+    f.env["DBOPS_METRICS_FILE"] = str(f.dir / "metrics" / "dbops.prom")
     done = f.invoke("backup")
     assert done.returncode == 0, done.stdout + done.stderr
     for name in (one, two):
         [dump] = (f.dir / "backups" / name).glob("*.dump")
         assert str(dump) in done.stdout  # the table names each database's own backup
+        # one metrics file per member: the fleet's view is complete after the run
+        text = (f.dir / "metrics" / f"dbops.{name}.prom").read_text()
+        assert f'dbops_job_runs_total{{database="{name}",job="backup"}} 1.0' in text
     done = f.invoke("doctor", "--json")  # at base with pending revisions: a warning, not a failure
     report = json.loads(done.stdout)
     assert [r["status"] for r in report["databases"]] == ["ok", "ok"], report
     for r in report["databases"]:  # each database's own doctor, ending with its next command
         assert "next: invoke migrate" in Path(r["log"]).read_text()
+        assert r["warnings"], r  # its warnings travel with it
+    done = f.invoke("doctor")
+    assert "ok, " in done.stdout and "warning(s)" in done.stdout
+    assert f"warning: {one}: " in done.stdout, done.stdout
 
 
 def test_the_example_fleet_file_is_valid(monkeypatch, tmp_path):

@@ -379,6 +379,70 @@ def test_rendered_job_validates_against_the_kubernetes_schema(tmp_path):
     assert {"name": "DBOPS_ALEMBIC_INI", "value": "/app/alembic.ini"} in c["env"]  # ops.Dockerfile
     assert c["workingDir"] == "/opt/dbops"
     assert SECRET not in text and "PASSWORD" not in json.dumps(c["env"])
+    # issue 20: ENVIRONMENT is the Secret's (an env: entry would override production's)
+    assert "ENVIRONMENT" not in {e["name"] for e in c["env"]}
+    assert c["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["ttlSecondsAfterFinished"] == 604800
+    assert job["metadata"]["namespace"] == "shop"  # DBOPS_K8S_NAMESPACE was set
+    # python is not PID 1 (the pause container is): the deadline's SIGTERM is delivered
+    assert pod["shareProcessNamespace"] is True and pod["terminationGracePeriodSeconds"] >= 60
+
+
+def test_production_environment_and_namespace_come_from_outside_the_manifest(tmp_path):
+    s = make(tmp_path, DBOPS_K8S_IMAGE="x:1", ENVIRONMENT="development")
+    job = yaml.safe_load(k8s_job.render(s))
+    assert "namespace" not in job["metadata"]  # the context's, or Helm's release namespace
+    assert "development" not in json.dumps(job)
+    job = yaml.safe_load(k8s_job.render(s, namespace_flag="billing"))
+    assert job["metadata"]["namespace"] == "billing"
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_resources_are_settable_and_a_bad_list_is_refused(tmp_path):
+    s = make(
+        tmp_path,
+        DBOPS_K8S_IMAGE="x:1",
+        DBOPS_K8S_REQUESTS="cpu=1,memory=2Gi",
+        DBOPS_K8S_LIMITS="none",
+    )
+    [c] = yaml.safe_load(k8s_job.render(s))["spec"]["template"]["spec"]["containers"]
+    assert c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
+    bad = make(tmp_path, DBOPS_K8S_IMAGE="x:1", DBOPS_K8S_LIMITS="lots")
+    with pytest.raises(ConfigError, match="DBOPS_K8S_LIMITS='lots': expected resource=quantity"):
+        k8s_job.render(bad)
+
+
+@pytest.mark.parametrize(("task", "cron"), [("backup", "0 3 * * *"), ("drill", "30 4 * * 0")])
+def test_scheduled_backup_and_drill_render_a_valid_cronjob(tmp_path, task, cron):
+    s = make(tmp_path, DBOPS_K8S_IMAGE="x:1", DBOPS_SCHEDULE_TIMEZONE="Europe/Berlin")
+    text = k8s_job.render(s, task=task, schedule=cron)
+    cj = yaml.safe_load(text)
+    kubernetes_validate.validate(cj, K8S_VERSION, strict=True)
+    assert cj["kind"] == "CronJob" and "annotations" not in cj["metadata"]  # not a hook
+    spec = cj["spec"]
+    assert spec["schedule"] == cron and spec["timeZone"] == "Europe/Berlin"
+    assert spec["concurrencyPolicy"] == "Forbid" and spec["startingDeadlineSeconds"] > 0
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0 and job["ttlSecondsAfterFinished"] > 0
+    [c] = job["template"]["spec"]["containers"]
+    assert c["command"][:4] == ["python", "-m", "invoke", task]
+
+
+def test_a_job_runs_a_drill_and_a_cronjob_refuses_migrate_or_a_bad_cron(tmp_path):
+    s = make(tmp_path, DBOPS_K8S_IMAGE="x:1")
+    job = yaml.safe_load(k8s_job.render(s, task="drill"))
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    with pytest.raises(ConfigError, match="a CronJob runs backup or drill"):
+        k8s_job.render(s, task="migrate", schedule="0 3 * * *")
+    with pytest.raises(ConfigError, match="is not a cron schedule"):
+        k8s_job.render(s, task="backup", schedule="*/5 * * * * *")
+    with pytest.raises(ConfigError, match="is not a cron schedule"):
+        k8s_job.render(s, task="backup", schedule="every day")
 
 
 def test_a_broken_job_fails_the_schema_check(tmp_path):
@@ -399,6 +463,20 @@ def test_k8s_job_task_prints_the_manifest_and_refuses_without_image(invoke):
     assert done.returncode == 1 and done.stderr.startswith("error: DBOPS_K8S_IMAGE is not set")
     done = invoke("k8s-job", "--render", "--task", "restore", env={"DBOPS_K8S_IMAGE": "x"})
     assert done.returncode == 1 and "a Job runs one of" in done.stderr
+    done = invoke(
+        "k8s-job",
+        "--render",
+        "--task",
+        "backup",
+        "--schedule",
+        "0 3 * * *",
+        "--namespace",
+        "shop",
+        env={"DBOPS_K8S_IMAGE": "x"},
+    )
+    assert done.returncode == 0, done.stderr
+    cj = yaml.safe_load(done.stdout)
+    assert cj["kind"] == "CronJob" and cj["metadata"]["namespace"] == "shop"
     done = invoke("k8s-job")
     assert done.returncode == 1 and "needs --render" in done.stderr
 

@@ -134,6 +134,8 @@ def test_a_check_with_an_sql_error_fails_and_no_backup_is_a_clear_error(invoke, 
     (Path(watched["DBOPS_DRILL_CHECKS"]) / "bad.sql").write_text("SELECT * FROM no_such_table;")
     done = invoke("drill", env=watched)
     assert done.returncode == 1 and "bad.sql: error:" in done.stderr
+    # PostgreSQL's ERROR line, not psql's caret line under it
+    assert 'bad.sql: error: ERROR: relation "no_such_table" does not exist' in done.stderr
     assert scratch_databases(db_conn) == []
 
 
@@ -190,7 +192,7 @@ class _Pings(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).got.append((self.path, json.loads(body or b"{}")))
+        type(self).got.append((self.path.split("?")[0], json.loads(body or b"{}")))
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b"OK")

@@ -5,7 +5,15 @@ Each database's operation is the ordinary task — ``invoke <verb>`` in a child 
 environment points it at that database (its password travels in the environment, never on
 argv) — so it takes its own advisory lock, its own verified backup, writes its own audit
 record and verifies itself exactly as a single ``invoke migrate`` does. The child's result comes
-back through DBOPS_RESULT_FILE; its output goes to one log per database.
+back through DBOPS_RESULT_FILE; its output goes to one log per database, its metrics to one
+file per member (``<DBOPS_METRICS_FILE stem>.<member>.prom`` beside it: node exporter's
+textfile collector reads them all, so the fleet's view is complete after every run).
+
+Children die with the runner: each runs in its own process group (a terminal's Ctrl-C reaches
+the runner only, which passes one SIGINT on) with PR_SET_PDEATHSIG = SIGINT, so a runner killed
+with SIGKILL still interrupts every child, which cleans up as after Ctrl-C. The state file
+names each running child's pid: ``--resume`` (or a new run) waits for a previous run's
+children that are still winding down instead of calling their database busy.
 """
 
 from __future__ import annotations
@@ -33,6 +41,30 @@ from dbops.fleet.state import State
 VERBS = ("migrate", "backup", "doctor", "current", "rehearse")
 CHANGING_VERBS = ("migrate", "backup", "rehearse")  # zero members is an error for these
 Out = Callable[[str], None]
+ORPHAN_WAIT_S = 600  # how long a new run waits for a killed run's children to finish
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid is not our child: it must still be an invoke of this fleet verb
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return b"invoke" in b" ".join(cmd)
+
+
+def metrics_file_for(settings: Settings, member: str) -> Path | None:
+    """The member's own metrics file beside DBOPS_METRICS_FILE (None when that is unset)."""
+    path = settings.get("DBOPS_METRICS_FILE")
+    if path is None:
+        return None
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in member)
+    return path.with_name(f"{path.stem}.{safe}{path.suffix or '.prom'}")
 
 
 @dataclass
@@ -50,6 +82,7 @@ class Outcome:
     rerun: str = ""
     alone: str = ""
     log: str = ""
+    warnings: list[str] | None = None  # doctor: the checks that warn (the run is still ok)
 
 
 def label(revs) -> str:
@@ -187,7 +220,12 @@ class FleetRun:
             log=str(log),
         )
         env = {**m.environ(dict(os.environ)), "DBOPS_RESULT_FILE": str(result_file)}
-        argv = [sys.executable, "-m", "invoke", self.verb, *self.flags]
+        own_metrics = metrics_file_for(self.settings, m.name)
+        if own_metrics is not None:
+            env["DBOPS_METRICS_FILE"] = str(own_metrics)
+        # dbops.fleet.child sets the death signal, then execs `python -m invoke VERB FLAGS`
+        argv = [sys.executable, "-m", "dbops.fleet.child", self.verb, *self.flags]
+        env["DBOPS_FLEET_RUNNER_PID"] = str(os.getpid())
         t0 = time.monotonic()
         with self._count_lock:
             self.running_now += 1
@@ -207,8 +245,10 @@ class FleetRun:
                     stdout=f,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    process_group=0,  # Ctrl-C reaches the runner, which passes it on once
                 )
                 self.procs[m.name] = proc
+                self.state.update(m.name, pid=proc.pid)
                 code = proc.wait()
         finally:
             with self._count_lock:
@@ -230,6 +270,11 @@ class FleetRun:
             res = None
         if res is not None:
             data = res.get("result") or {}
+            outcome.warnings = [
+                f"{c.get('name')}: {c.get('summary', '')}".strip()
+                for c in data.get("checks", []) or []
+                if isinstance(c, dict) and c.get("status") == "warn"
+            ] or None
             outcome.before, outcome.after = _revisions(data)
             outcome.backup = str(data.get("backup") or data.get("path") or "")
             outcome.error, outcome.state, outcome.next = (
@@ -239,11 +284,16 @@ class FleetRun:
             )
         if code != 0 and not outcome.error:
             outcome.error = _last_line(log) or f"exited with status {code}"
+        if code != 0 and not outcome.state:
+            outcome.state = "unknown: the task wrote no result (read its log)"
+        if code != 0 and not outcome.next:
+            outcome.next = f"invoke fleet {self.verb} --only {m.name}   # after reading its log"
         if code != 0 and (self.stopping or code in (130, -signal.SIGINT, -signal.SIGTERM)):
             outcome.status = "interrupted"
         self.state.update(
             m.name,
             status=outcome.status,
+            pid=None,
             finished=utcnow(),
             seconds=seconds,
             exit_code=code,
@@ -251,6 +301,8 @@ class FleetRun:
             after=outcome.after,
             backup=outcome.backup,
             error=outcome.error,
+            state=outcome.state,
+            next=outcome.next,
         )
         return outcome
 
@@ -276,6 +328,32 @@ class FleetRun:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGINT)
             raise
+
+    def wait_for_previous_children(self, previous: State) -> None:
+        """A killed run's children get SIGINT (their death signal) and wind down; until they
+        have, their databases' locks are held by them. Wait for them, naming each."""
+        left = {
+            name: d["pid"]
+            for name, d in previous.databases.items()
+            if d.get("status") == "running" and d.get("pid") and d["pid"] != os.getpid()
+        }
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        for name, pid in left.items():
+            if not _alive(pid):
+                continue
+            self.out(
+                f"waiting for pid {pid}: the previous run's invoke {self.verb} on {name}, "
+                f"interrupted when that run died, is still finishing"
+            )
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"pid {pid} (the previous run's invoke {self.verb} on {name}) is still "
+                        f"running after {ORPHAN_WAIT_S} s",
+                        state="nothing was started by this run",
+                        next_command=f"kill -INT {pid}; then: invoke fleet {self.verb} --resume",
+                    )
+                time.sleep(0.5)
 
     # --- the run -------------------------------------------------------------------------
     def phases(self) -> list[tuple[str, list[plan.Member]]]:
@@ -319,6 +397,9 @@ class FleetRun:
                     log=prev.get("log", ""),
                 )
         failures, stop_reason, finished = 0, "", 0
+        on_disk = State.load(self.state.path)  # the last run's, until this one writes
+        if on_disk is not None:
+            self.wait_for_previous_children(on_disk)
         self.state.plan({m.name: m.where for m in self.members})
         previous_term = _sigterm_as_interrupt()
         try:
@@ -347,6 +428,7 @@ class FleetRun:
                             )
                             if o.status != "ok":
                                 failures += 1
+                                already = bool(stop_reason)
                                 if phase == "canary" and not stop_reason:
                                     stop_reason = f"canary {m.name} failed"
                                 elif (
@@ -358,7 +440,7 @@ class FleetRun:
                                         f"{failures} failure(s) reached "
                                         f"--max-failures {self.max_failures}"
                                     )
-                                if stop_reason:
+                                if stop_reason and not already:  # said once
                                     self.out(
                                         f"stopping: {stop_reason}; no new database is started, "
                                         f"{len(running)} running one(s) finish"
@@ -383,6 +465,8 @@ class FleetRun:
                         st.get("seconds"),
                         st.get("backup", ""),
                         st.get("error", ""),
+                        st.get("state", ""),
+                        st.get("next", ""),
                         log=st.get("log", ""),
                         rerun=f"invoke fleet {self.verb} --only {m.name}",
                         alone=m.command(self.verb, self.flags),
@@ -438,7 +522,7 @@ def format_summary(report: dict) -> str:
         (
             r["name"],
             f"{r['before'] or '?'} → {r['after'] or '?'}" if r["seconds"] is not None else "",
-            r["status"],
+            r["status"] + (f", {len(r['warnings'])} warning(s)" if r.get("warnings") else ""),
             f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
             r["backup"] or "",
         )
@@ -457,6 +541,9 @@ def format_summary(report: dict) -> str:
         f"at most {report['max_running']} at once (--parallel {report['parallel']})"
         + (f"; stopped: {report['stopped']}" if report["stopped"] else "")
     )
+    for r in rows:
+        for w in r.get("warnings") or []:
+            lines.append(f"warning: {r['name']}: {w}")
     for r in rows:
         if r["status"] in ("failed", "interrupted"):
             lines.append(f"\n{r['name']} ({r['where']}): {r['status']}: {r['error']}")

@@ -32,8 +32,10 @@ in doctor_connect.py; Check and Facts, what they return and read, in doctor_fact
 13. rehearsal       pending revisions never rehearsed (said, not a command: migrate stays next)
 14. backups         no verified backup of this database within 1.5 × the backup schedule; an
                     interrupted or damaged backup file (named): backup
-15. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
-16. audit           the last audit record (never a command)
+15. schedule        the last tick of DBOPS_BACKUP_SCHEDULE (more than the grace ago) has no
+                    verified backup: backup (doctor_schedule.py)
+16. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
+17. audit           the last audit record (never a command)
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the 
     pg_dump_version,
     psql_command,
 )
+from dbops.ops.doctor_schedule import schedule
 
 DUMP_APPS = ("pg_dump", "pg_dumpall", "pg_restore")
 
@@ -917,6 +920,7 @@ CHECKS: tuple[Callable[[Facts], Check | None], ...] = (
     scratch,
     rehearsal,
     backups,
+    schedule,
     restore_drill,
     audit_record,
 )

@@ -38,6 +38,21 @@ def user_checks(settings: Settings) -> list[Path]:
     return sorted(folder.glob("*.sql"))
 
 
+def failure_reason(stderr: str) -> str:
+    """PostgreSQL's ``ERROR:`` line out of psql's stderr (not the ``LINE 1:`` and caret lines
+    that follow it), without psql's ``psql:<stdin>:N:`` prefix; else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        _, sep, rest = line.partition("ERROR:")
+        if sep:
+            return "ERROR: " + rest.strip()
+    for line in lines:
+        _, sep, rest = line.partition("FATAL:")
+        if sep:
+            return "FATAL: " + rest.strip()
+    return lines[-1] if lines else ""
+
+
 def run_check(settings: Settings, target: seam.Target, dbname: str, path: Path) -> tuple[bool, str]:
     """(passed, what it returned): the file's last statement must return true."""
     launch = target.pg(["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", dbname])
@@ -45,7 +60,7 @@ def run_check(settings: Settings, target: seam.Target, dbname: str, path: Path) 
     out = done.stdout.decode(errors="replace").strip().splitlines()
     if done.returncode != 0:
         err = seam.mask(done.stderr.decode(errors="replace").strip(), settings.secrets())
-        return False, f"error: {err.splitlines()[-1] if err else f'psql exited {done.returncode}'}"
+        return False, f"error: {failure_reason(err) or f'psql exited {done.returncode}'}"
     last = out[-1].strip() if out else ""
     return last == "t", f"returned {last or 'nothing'}"
 

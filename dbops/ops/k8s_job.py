@@ -10,6 +10,21 @@ from a Secret (DBOPS_K8S_SECRET) through ``envFrom`` — nothing secret in the m
 Inside the pod the target is ``local``: the image holds dbops, the Alembic project and the
 PostgreSQL client tools (pg_dump at least as new as the server): ops.Dockerfile's image is one
 (dbops and tasks.py in /opt/dbops, the Alembic project in /app).
+
+What the pod never does: set ``ENVIRONMENT`` (it comes from the Secret, so ``production``
+keeps its safeguards); run without ``resources`` (DBOPS_K8S_REQUESTS / _LIMITS), without
+``seccompProfile: RuntimeDefault`` (Pod Security "restricted") or as PID 1 — with
+``shareProcessNamespace`` the pause container is PID 1, so the deadline's SIGTERM reaches
+python as an ordinary signal (PID 1 ignores signals it has no handler for) and the task's
+interruption cleanup runs within ``terminationGracePeriodSeconds``. The namespace is the
+``--namespace`` flag, else DBOPS_K8S_NAMESPACE when it is set, else left out (kubectl's context
+or Helm's release namespace decides). ``ttlSecondsAfterFinished`` (DBOPS_K8S_JOB_TTL) removes
+a finished Job.
+
+``--schedule "CRON"`` (backup or drill) renders a CronJob instead: ``concurrencyPolicy:
+Forbid`` (never two at once: the advisory lock would refuse the second anyway),
+``startingDeadlineSeconds`` (a tick missed by more is skipped, not run late in a pile),
+history limits, ``timeZone`` from DBOPS_SCHEDULE_TIMEZONE.
 """
 
 from __future__ import annotations
@@ -21,15 +36,65 @@ from dbops.config import Settings
 from dbops.errors import ConfigError
 
 BACKUP_MOUNT = "/backups"
-RUNNABLE = ("migrate", "backup", "doctor", "current", "check", "rehearse")
+RUNNABLE = ("migrate", "backup", "drill", "doctor", "current", "check", "rehearse")
+SCHEDULABLE = ("backup", "drill")
+GRACE_S = 120  # SIGTERM to SIGKILL: a backup removes its .partial, a drill drops its scratch
+STARTING_DEADLINE_S = 600
+TASK_ARGS = {"backup": ["--reason", "scheduled"]}
 
 
-def manifest(settings: Settings, task: str = "migrate") -> dict:
+def resource_list(text: str, name: str) -> dict[str, str]:
+    """``cpu=250m,memory=256Mi`` -> {"cpu": "250m", "memory": "256Mi"}."""
+    out: dict[str, str] = {}
+    if text.strip().lower() == "none":
+        return out
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(
+                f"{name}={text!r}: expected resource=quantity pairs, e.g. cpu=250m,memory=256Mi"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resources(settings: Settings) -> dict:
+    res = {}
+    for key, name in (("requests", "DBOPS_K8S_REQUESTS"), ("limits", "DBOPS_K8S_LIMITS")):
+        values = resource_list(settings.get(name) or "", name)
+        if values:
+            res[key] = values
+    return res
+
+
+def namespace(settings: Settings, flag: str | None = None) -> str | None:
+    """The flag, else DBOPS_K8S_NAMESPACE when set anywhere, else None (the context's)."""
+    if flag:
+        return flag
+    if "DBOPS_K8S_NAMESPACE" in settings.sources:
+        return settings.get("DBOPS_K8S_NAMESPACE")
+    return None
+
+
+def manifest(
+    settings: Settings,
+    task: str = "migrate",
+    *,
+    schedule: str | None = None,
+    namespace_flag: str | None = None,
+) -> dict:
     if task not in RUNNABLE:
         raise ConfigError(
             f"--task {task}: a Job runs one of: {', '.join(RUNNABLE)} "
-            f"(tasks that ask for confirmation do not belong in a hook)"
+            f"(tasks that ask for confirmation do not belong in a Job)"
         )
+    if schedule is not None and task not in SCHEDULABLE:
+        raise ConfigError(
+            f"--schedule with --task {task}: a CronJob runs {' or '.join(SCHEDULABLE)} "
+            "(a migration belongs to a deploy: the Job as a hook, without --schedule)"
+        )
+    if schedule is not None:
+        _check_cron(schedule)
     image = settings.get("DBOPS_K8S_IMAGE")
     if not image:
         raise ConfigError(
@@ -51,16 +116,84 @@ def manifest(settings: Settings, task: str = "migrate") -> dict:
         },
         {"name": "DBOPS_CACHE_DIR", "value": "/tmp/dbops-cache"},
         {"name": "DBOPS_ENV_FILE", "value": "/dev/null"},
-        {"name": "ENVIRONMENT", "value": settings.environment},
+        # no ENVIRONMENT here: it comes from the Secret (an env: entry would override it)
         {"name": "HOME", "value": "/tmp"},
     ]
+    container = {
+        "name": "dbops",
+        "image": image,
+        "workingDir": workdir,
+        "command": ["python", "-m", "invoke", task, *TASK_ARGS.get(task, [])],
+        "envFrom": [{"secretRef": {"name": settings.get("DBOPS_K8S_SECRET")}}],
+        "env": env,
+        "volumeMounts": [
+            {"name": "backups", "mountPath": BACKUP_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if res := resources(settings):
+        container["resources"] = res
+    job_spec = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": settings.get("DBOPS_K8S_JOB_DEADLINE"),
+        "ttlSecondsAfterFinished": settings.get("DBOPS_K8S_JOB_TTL"),
+        "template": {
+            "metadata": {"labels": dict(labels)},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                # the pause container is PID 1: python gets SIGTERM as an ordinary signal
+                "shareProcessNamespace": True,
+                "terminationGracePeriodSeconds": GRACE_S,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 10001,
+                    "runAsGroup": 10001,
+                    "fsGroup": 10001,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [container],
+                "volumes": [
+                    {
+                        "name": "backups",
+                        "persistentVolumeClaim": {
+                            "claimName": settings.get("DBOPS_K8S_BACKUP_CLAIM")
+                        },
+                    },
+                    {"name": "tmp", "emptyDir": {}},
+                ],
+            },
+        },
+    }
+    metadata: dict = {"name": name}
+    if ns := namespace(settings, namespace_flag):
+        metadata["namespace"] = ns
+    metadata["labels"] = labels
+    if schedule is not None:
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {**metadata, "name": f"{name}-scheduled"},
+            "spec": {
+                "schedule": schedule,
+                "timeZone": settings.get("DBOPS_SCHEDULE_TIMEZONE"),
+                "concurrencyPolicy": "Forbid",
+                "startingDeadlineSeconds": STARTING_DEADLINE_S,
+                "successfulJobsHistoryLimit": 3,
+                "failedJobsHistoryLimit": 3,
+                "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": job_spec},
+            },
+        }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": name,
-            "namespace": settings.get("DBOPS_K8S_NAMESPACE"),
-            "labels": labels,
+            **metadata,
             "annotations": {
                 # Helm: run before install/upgrade; replace the previous Job (kept until then,
                 # with its logs, for inspection).
@@ -72,60 +205,45 @@ def manifest(settings: Settings, task: str = "migrate") -> dict:
                 "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
             },
         },
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": settings.get("DBOPS_K8S_JOB_DEADLINE"),
-            "template": {
-                "metadata": {"labels": dict(labels)},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 10001,
-                        "runAsGroup": 10001,
-                        "fsGroup": 10001,
-                    },
-                    "containers": [
-                        {
-                            "name": "dbops",
-                            "image": image,
-                            "workingDir": workdir,
-                            "command": ["python", "-m", "invoke", task],
-                            "envFrom": [{"secretRef": {"name": settings.get("DBOPS_K8S_SECRET")}}],
-                            "env": env,
-                            "volumeMounts": [
-                                {"name": "backups", "mountPath": BACKUP_MOUNT},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                        }
-                    ],
-                    "volumes": [
-                        {
-                            "name": "backups",
-                            "persistentVolumeClaim": {
-                                "claimName": settings.get("DBOPS_K8S_BACKUP_CLAIM")
-                            },
-                        },
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
-                },
-            },
-        },
+        "spec": job_spec,
     }
 
 
-def render(settings: Settings, task: str = "migrate") -> str:
+def _check_cron(expr: str) -> None:
+    """Five fields, as Kubernetes reads them (a 6th, seconds, is the service's, not a CronJob's)."""
+    from dbops.ops import schedule as sched
+
+    fields = expr.split()
+    try:
+        if len(fields) != 5:
+            raise ValueError(f"{len(fields)} fields (a CronJob takes 5)")
+        sched.cron_trigger(expr)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--schedule {expr!r} is not a cron schedule: {exc}",
+            next_command='invoke k8s-job --render --task backup --schedule "0 3 * * *"',
+        ) from None
+
+
+def render(
+    settings: Settings,
+    task: str = "migrate",
+    *,
+    schedule: str | None = None,
+    namespace_flag: str | None = None,
+) -> str:
+    doc = manifest(settings, task, schedule=schedule, namespace_flag=namespace_flag)
+    what = (
+        f"a CronJob: invoke {task} on '{schedule}'"
+        if schedule
+        else f"invoke {task} as a Helm pre-upgrade / Argo CD PreSync hook"
+    )
     head = (
-        f"# invoke {task} as a Helm pre-upgrade / Argo CD PreSync hook (rendered by invoke "
-        f"k8s-job).\n# Secret {settings.get('DBOPS_K8S_SECRET')} holds POSTGRES_HOST, "
-        "POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB.\n"
+        f"# {what} (rendered by invoke k8s-job).\n"
+        f"# Secret {settings.get('DBOPS_K8S_SECRET')} holds POSTGRES_HOST, POSTGRES_PORT, "
+        "POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB and ENVIRONMENT; it and the claim "
+        f"{settings.get('DBOPS_K8S_BACKUP_CLAIM')} must exist first (docs/scaling.md).\n"
     )
     import yaml  # only here: the images that run tasks need no YAML library
 
-    return head + yaml.safe_dump(manifest(settings, task), sort_keys=False)
+    return head + yaml.safe_dump(doc, sort_keys=False)

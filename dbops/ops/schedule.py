@@ -54,13 +54,35 @@ def trigger_for(settings: Settings, job: str):
 
 
 def fires_between(trigger, after: datetime, until: datetime, limit: int = 100_000):
-    """The trigger's fire times in (after, until], oldest first."""
-    t = trigger.get_next_fire_time(None, after + timedelta(microseconds=1))
+    """The trigger's fire times in (after, until], oldest first: each wall-clock tick once.
+
+    Daylight saving: APScheduler, asked for the fire after ``t`` with ``previous_fire_time=t``
+    inside the repeated autumn hour, answers ``t`` again (it spun to ``limit``). So each step
+    asks from the instant after the last fire with no previous fire (which APScheduler maps
+    to the right absolute time), always strictly forward, and a fire in the second pass of a
+    repeated hour (``fold=1``: its wall-clock time already came once) is not a new tick. In
+    the spring gap a missing wall-clock time fires once, at the first instant after it."""
+    tz = getattr(trigger, "timezone", None)
+    # in UTC throughout: two datetimes of ONE zone compare by wall clock, ignoring the fold
+    cursor = after.astimezone(UTC) + timedelta(microseconds=1)
+    until = until.astimezone(UTC)
     n = 0
-    while t is not None and t <= until and n < limit:
-        yield t
+    while n < limit:
+        fire = trigger.get_next_fire_time(None, cursor)
+        if fire is None or fire.astimezone(UTC) > until:
+            return
+        t = fire.astimezone(UTC)
+        cursor = max(t, cursor) + timedelta(microseconds=1)  # strictly forward, always
         n += 1
-        t = trigger.get_next_fire_time(t, t + timedelta(microseconds=1))
+        if tz is not None and _repeated(t, tz):
+            continue
+        yield t
+
+
+def _repeated(t: datetime, tz) -> bool:
+    """``t`` is the second time its wall-clock reading happens (the autumn fold)."""
+    local = t.astimezone(tz)
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
 def last_fire(trigger, now: datetime | None = None) -> datetime | None:
@@ -77,17 +99,11 @@ def last_fire(trigger, now: datetime | None = None) -> datetime | None:
 
 def interval_s(trigger, now: datetime | None = None) -> float | None:
     """The longest gap between the next few fire times: what "1.5 × the schedule" scales."""
+    import itertools
+
     now = now or datetime.now(UTC)
-    t = trigger.get_next_fire_time(None, now)
-    gaps = []
-    for _ in range(8):
-        if t is None:
-            break
-        n = trigger.get_next_fire_time(t, t + timedelta(microseconds=1))
-        if n is None:
-            break
-        gaps.append((n - t).total_seconds())
-        t = n
+    fires = list(itertools.islice(fires_between(trigger, now, now + timedelta(days=800)), 9))
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires)]
     return max(gaps) if gaps else None
 
 
@@ -183,6 +199,9 @@ def run_tick(settings: Settings, job: str, tick: datetime) -> dict:
         done = last_tick(settings, job)
         if done is not None and done >= tick:
             return {"result": "skipped", "why": f"tick {iso(tick)} already ran (another instance)"}
+        from dbops import events
+
+        events.begin()  # the tick runs here: now its /start ping
         try:
             if job == "backup":
                 from dbops.ops.backup import take_backup

@@ -55,7 +55,8 @@ def guarded(fn):
             write_result(
                 {"ok": False, "error": exc.message, "state": exc.state, "next": exc.next_command}
             )
-            print(exc.render(), file=sys.stderr, flush=True)
+            if not getattr(exc, "reported", False):  # JSON mode: the summary event said it
+                print(exc.render(), file=sys.stderr, flush=True)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -42,6 +42,7 @@ def _count(flag: str, value, minimum: int, default: int) -> int:
         "resume": "continue the last run of this verb: skip every database it completed",
         "only": "comma-separated member names (rerun one database with the fleet's settings)",
         "to": "migrate: target revision (default head)",
+        "from": "rehearse: the data, latest (default) or fresh (a new verified backup first)",
         "json": "print the result as JSON (progress goes to stderr)",
     }
 )
@@ -57,6 +58,7 @@ def fleet(
     to=None,
     json_=False,
     per_server=None,
+    from_=None,
 ):
     """Run migrate|backup|doctor|current|rehearse on every database of fleet.toml.
 
@@ -68,6 +70,15 @@ def fleet(
         if verb != "migrate":
             raise ConfigError("--to applies to invoke fleet migrate only")
         flags = ["--to", to]
+    if from_:
+        if verb != "rehearse":
+            raise ConfigError("--from applies to invoke fleet rehearse only")
+        if from_ not in ("latest", "fresh"):
+            raise ConfigError(
+                f"--from={from_}: a fleet rehearses from latest or fresh (a file belongs to one "
+                "database: invoke rehearse --from=FILE on it alone)"
+            )
+        flags += [f"--from={from_}"]
     out = (
         (lambda line: print(line, file=sys.stderr, flush=True))
         if json_
@@ -98,14 +109,19 @@ def fleet(
     help={
         "render": "print the Job manifest (YAML) on stdout",
         "task": "the invoke task the Job runs (default migrate)",
+        "schedule": "backup or drill: render a CronJob on this cron schedule instead of a Job",
+        "namespace": "metadata.namespace (default DBOPS_K8S_NAMESPACE when set, else none)",
     },
 )
 @guarded
-def k8s_job(c, render=False, task_="migrate"):
+def k8s_job(c, render=False, task_="migrate", schedule=None, namespace=None):
     """Print a Kubernetes Job that runs `invoke migrate` as a Helm pre-upgrade / Argo CD PreSync hook."""  # noqa: E501
     if not render:
         raise ConfigError(
             "invoke k8s-job needs --render (it prints the manifest; it applies nothing)",
             next_command="invoke k8s-job --render --task migrate > migrate-job.yaml",
         )
-    print(k8s_job_op.render(settings(c), task=task_), end="")
+    print(
+        k8s_job_op.render(settings(c), task=task_, schedule=schedule, namespace_flag=namespace),
+        end="",
+    )
