@@ -34,10 +34,12 @@ CHECK_NAMES = [
     "scratch",
     "rehearsal",
     "backups",
+    "archiving",
     "restore drill",
     "audit",
 ]
 QUIET_WHEN_FINE = ("scratch", "rehearsal")  # no row at all when there is nothing to say
+QUIET_WHEN_FINE += ("archiving",)  # WAL archiving off and no pitr-enable: nothing to say
 
 
 @pytest.fixture

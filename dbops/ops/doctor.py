@@ -30,6 +30,9 @@ in doctor_connect.py; Check and Facts, what they return and read, in doctor_fact
 12. rehearsal       pending revisions never rehearsed (said, not a command: migrate stays next)
 13. backups         no verified backup of this database within 1.5 × the backup schedule; an
                     interrupted or damaged backup file (named): backup
+    archiving       WAL archiving to pgBackRest failing (pg_stat_archiver: the last failure,
+                    the archive_command), waiting for a restart, or a side instance left by an
+                    interrupted point-in-time restore; quiet when archiving is off (ops/pitr.py)
 14. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
 15. audit           the last audit record (never a command)
 """
@@ -66,6 +69,7 @@ from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the 
     pg_dump_version,
     psql_command,
 )
+from dbops.ops.pitr import archiving
 
 DUMP_APPS = ("pg_dump", "pg_dumpall", "pg_restore")
 
@@ -830,6 +834,7 @@ CHECKS: tuple[Callable[[Facts], Check | None], ...] = (
     scratch,
     rehearsal,
     backups,
+    needs_db(archiving),
     restore_drill,
     audit_record,
 )

@@ -21,6 +21,7 @@ from dbops.ops.steps import (
     refusal,
     run_steps,
     step_failure,
+    wal_position,
 )
 
 
@@ -200,6 +201,7 @@ def rollback(
                 "data_loss": [x for s in steps for x in s["data_loss"]],
                 "accepted_data_loss": bool(plan["data_loss"]),
                 "lock_timeout": settings.lock_timeout,
+                **wal_position(agent),
             },
             hashes=hashes,
             started=t0,
