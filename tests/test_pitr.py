@@ -72,6 +72,9 @@ def pitr(tmp_path_factory):
         restart = next(
             ln.strip() for ln in first.stdout.splitlines() if "pg_ctl" in ln and "restart" in ln
         )
+        waiting = json.loads(run("doctor", "--json").stdout)
+        check = {c["name"]: c for c in waiting["checks"]}["archiving"]
+        assert check["status"] == "warn" and check["next"].startswith(restart)
         pid_before = postmaster_pid(cluster)
         done = subprocess.run(restart, shell=True, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr + done.stdout
@@ -211,6 +214,7 @@ def test_a_broken_archive_command_is_named_by_doctor(pitr):
         conn.execute("SELECT pg_reload_conf()")
     try:
         time.sleep(1)
+        insert(cluster, "E")  # something to archive: a switch with no WAL since is a no-op
         with cluster.connect(DB) as conn:
             conn.execute("SELECT pg_switch_wal()")
         deadline = time.monotonic() + 60
@@ -220,6 +224,7 @@ def test_a_broken_archive_command_is_named_by_doctor(pitr):
             if failed:
                 break
             time.sleep(0.5)
+        assert failed, "the archiver never ran the broken archive_command"
         rep = json.loads(run("doctor", "--json").stdout)
         check = {c["name"]: c for c in rep["checks"]}["archiving"]
         assert check["status"] == "fail"
@@ -233,3 +238,20 @@ def test_a_broken_archive_command_is_named_by_doctor(pitr):
             conn.execute("SELECT pg_reload_conf()")
     rep = json.loads(run("doctor", "--json").stdout)
     assert {c["name"]: c for c in rep["checks"]}["archiving"]["status"] == "ok"
+
+
+def test_refusals_without_pitr_set_up(invoke, tmp_path):
+    """On the shared session cluster (no pitr-enable): each refusal is one line, nothing
+    touched, and names the next command."""
+    done = invoke("restore", "--to-time=2026-01-01 00:00:00+00", "--yes")
+    assert done.returncode == 1
+    assert "not set up" in done.stderr and "next: invoke pitr-enable" in done.stderr
+    done = invoke("backup", "--physical")
+    assert done.returncode == 1 and "next: invoke pitr-enable" in done.stderr
+    done = invoke("backup", "--physical", "--type=weekly")
+    assert done.returncode == 1 and "not one of full, diff, incr" in done.stderr
+    done = invoke("pitr-enable", "--yes", env={"DBOPS_TARGET": "compose"})
+    assert done.returncode == 1 and "DBOPS_TARGET=local" in done.stderr
+    done = invoke("restore")
+    assert done.returncode != 0 and "file" in done.stderr  # FILE still required without a time
+    assert not (tmp_path / "pgbackrest").exists()

@@ -30,11 +30,11 @@ in doctor_connect.py; Check and Facts, what they return and read, in doctor_fact
 12. rehearsal       pending revisions never rehearsed (said, not a command: migrate stays next)
 13. backups         no verified backup of this database within 1.5 × the backup schedule; an
                     interrupted or damaged backup file (named): backup
-    archiving       WAL archiving to pgBackRest failing (pg_stat_archiver: the last failure,
+14. archiving       WAL archiving to pgBackRest failing (pg_stat_archiver: the last failure,
                     the archive_command), waiting for a restart, or a side instance left by an
                     interrupted point-in-time restore; quiet when archiving is off (ops/pitr.py)
-14. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
-15. audit           the last audit record (never a command)
+15. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
+16. audit           the last audit record (never a command)
 """
 
 from __future__ import annotations

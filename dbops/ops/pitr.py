@@ -415,6 +415,7 @@ def physical_backup(settings: Settings, kind: str = "full", *, out: Out = print_
     backup = new[-1]
     t1 = time.monotonic()
     done = br.run("verify")
+    verify_s = round(time.monotonic() - t1, 3)
     verified = read_verified(settings)
     verified[backup["label"]] = {"ok": done.returncode == 0, "at": audit.utcnow()}
     path = verified_path(settings)
@@ -429,6 +430,7 @@ def physical_backup(settings: Settings, kind: str = "full", *, out: Out = print_
         type=backup["type"],
         size=entry["size"],
         duration_s=took,
+        verify_s=verify_s,
         verified=verified[backup["label"]]["ok"],
     )
     if done.returncode != 0:
@@ -436,7 +438,7 @@ def physical_backup(settings: Settings, kind: str = "full", *, out: Out = print_
             f"warning: pgbackrest verify failed (status {done.returncode}): "
             + " ".join(_lines(done)[-2:])
         )
-    return {**entry, "duration_s": took, "verify_s": round(time.monotonic() - t1, 3)}
+    return {**entry, "duration_s": took, "verify_s": verify_s}
 
 
 def describe(b: dict, verified: dict) -> dict:
@@ -935,9 +937,10 @@ def archiving(f):
     command = f"archive_command: {st.get('archive_command') or '(empty)'}"
     if pending or not on:
         data = Path(st["data_directory"])
-        restart = (
-            restart_command(s, data, owner_of(data)) if data.exists() else "restart the server"
-        )
+        try:
+            restart = restart_command(s, data, owner_of(data))
+        except (OSError, OpsError):  # not on this machine, or not ours to run as its user
+            restart = "restart the server"
         return Check(
             "archiving",
             WARN,
@@ -982,10 +985,11 @@ def archiving(f):
     ]
     if left:
         x = left[0]
-        owner = owner_of(Path(x["path"]))
-        stop = shlex.join(
-            pg_ctl_argv(s, owner, "-D", str(Path(x["path"]) / "data"), "-m", "immediate", "stop")
-        )
+        stop_args = ("-D", str(Path(x["path"]) / "data"), "-m", "immediate", "stop")
+        try:
+            stop = shlex.join(pg_ctl_argv(s, owner_of(Path(x["path"])), *stop_args))
+        except (OSError, OpsError):
+            stop = shlex.join(["pg_ctl", *stop_args])
         return Check(
             "archiving",
             WARN,

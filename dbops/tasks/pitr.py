@@ -112,7 +112,7 @@ def backup_physical(s, kind: str) -> dict:
     print(
         f"  {fmt_bytes(res['size'] or 0)} (stored {fmt_bytes(res['stored'] or 0)}), WAL "
         f"{res['wal_start']} - {res['wal_stop']}, {res['duration_s']:.1f} s, "
-        f"{verified[res['verified']]}"
+        f"{verified[res['verified']]} in {res['verify_s']:.1f} s"
     )
     print("restore to any later moment with: invoke restore --to-time='YYYY-MM-DD HH:MM:SS+00'")
     return {k: res[k] for k in ("label", "type", "size", "verified")}
