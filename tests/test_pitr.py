@@ -199,6 +199,7 @@ def test_bad_input_is_refused_before_anything(pitr):
         (("--to-time=yesterday-ish",), "--to-time"),
         (("--before=nosuchrev",), "no migrate or rollback"),
         (("--to-time=2020-01-01 00:00:00+00",), "no physical backup finished before"),
+        (("--to-time=2999-01-01 00:00:00+00",), "is in the future"),
         (("latest", "--to-time=2020-01-01"), "not both"),
     ]:
         done = run("restore", *args, "--yes")

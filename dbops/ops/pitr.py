@@ -780,6 +780,13 @@ def restore_to(
     with Agent(settings) as agent:
         target = resolve_target(settings, agent, to_time, to_lsn, before)
         facts = server_facts(agent, "restore")
+        now = datetime.fromisoformat(facts["archiver"]["now"])
+        if target.get("at") is not None and target["at"] > now:
+            raise OpsError(
+                f"--to-time={to_time}: {target['value']} is in the future (the server's "
+                f"clock says {now.isoformat()})",
+                state="unchanged (nothing was touched)",
+            )
         backups = br.info()
         backup = pick_backup(backups, lsn=target.get("lsn"), at=target.get("at"))
         if backup is None:
