@@ -567,6 +567,32 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "memory=1Gi",
         "k8s-job: the container's resource limits (none: no limits)",
+    # --- point-in-time recovery (pgBackRest; docs/pitr.md) ---
+    Setting(
+        "DBOPS_PITR_REPO",
+        _path,
+        None,
+        "pgBackRest's folder: configuration, repository, logs, side instances (0700, owned by "
+        "the server's OS user; default: the backup folder's sibling pgbackrest/)",
+    ),
+    Setting(
+        "DBOPS_PITR_STANZA",
+        _text,
+        "",
+        "pgBackRest stanza of the server (default: POSTGRES_DB)",
+    ),
+    Setting(
+        "DBOPS_PITR_RETENTION_FULL",
+        _whole(1),
+        "2",
+        "pgBackRest repo1-retention-full: full physical backups kept (older ones and their WAL "
+        "are expired by pgBackRest)",
+    ),
+    Setting(
+        "DBOPS_PITR_ARCHIVE_TIMEOUT",
+        _duration,
+        "60s",
+        "archive_timeout pitr-enable sets: the most committed writes a lost server can lose",
     ),
 )
 DECLARED: dict[str, Setting] = {s.name: s for s in SETTINGS}

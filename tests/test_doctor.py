@@ -36,10 +36,12 @@ CHECK_NAMES = [
     "rehearsal",
     "backups",
     "schedule",
+    "archiving",
     "restore drill",
     "audit",
 ]
 QUIET_WHEN_FINE = ("scratch", "rehearsal")  # no row at all when there is nothing to say
+QUIET_WHEN_FINE += ("archiving",)  # WAL archiving off and no pitr-enable: nothing to say
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ MODULES = {
     "scratch": "scratch",
     "settle": "settle",
     "swap": "swap",
+    "pitr": "pitr",
 }
 
 

@@ -34,8 +34,11 @@ in doctor_connect.py; Check and Facts, what they return and read, in doctor_fact
                     interrupted or damaged backup file (named): backup
 15. schedule        the last tick of DBOPS_BACKUP_SCHEDULE (more than the grace ago) has no
                     verified backup: backup (doctor_schedule.py)
-16. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
-17. audit           the last audit record (never a command)
+16. archiving       WAL archiving to pgBackRest failing (pg_stat_archiver: the last failure,
+                    the archive_command), waiting for a restart, or a side instance left by an
+                    interrupted point-in-time restore; quiet when archiving is off (ops/pitr.py)
+17. restore drill   the last drill failed or is older than DBOPS_DRILL_MAX_AGE_DAYS: drill
+18. audit           the last audit record (never a command)
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ from dbops.ops.doctor_facts import (  # noqa: F401  (Facts, Check, helpers: the 
     psql_command,
 )
 from dbops.ops.doctor_schedule import schedule
+from dbops.ops.pitr import archiving
 
 DUMP_APPS = ("pg_dump", "pg_dumpall", "pg_restore")
 
@@ -921,6 +925,7 @@ CHECKS: tuple[Callable[[Facts], Check | None], ...] = (
     rehearsal,
     backups,
     schedule,
+    needs_db(archiving),
     restore_drill,
     audit_record,
 )

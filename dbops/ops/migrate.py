@@ -124,6 +124,7 @@ def migrate(
                 "planned_revision_hashes": hashes,
                 "lock_timeout": settings.lock_timeout,
                 "statement_timeout": settings.statement_timeout,
+                **steps.wal_position(agent),
             },
             hashes=hashes,
             started=t0,

@@ -22,6 +22,7 @@ from dbops.ops.steps import (
     refusal,
     run_steps,
     step_failure,
+    wal_position,
 )
 
 
@@ -251,6 +252,7 @@ def rollback(
                 "accepted_data_loss": bool(data_loss),
                 "putback_from": entry["path"] if entry else None,
                 "lock_timeout": settings.lock_timeout,
+                **wal_position(agent),
             },
             hashes=hashes,
             started=t0,

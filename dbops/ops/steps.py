@@ -132,6 +132,16 @@ def backup_before(
     return path
 
 
+def wal_position(agent: Agent) -> dict:
+    """The server's WAL position and clock just before a run's first statement: the target of
+    ``invoke restore --before=`` (point-in-time recovery, docs/pitr.md); empty when the server
+    cannot say."""
+    try:
+        return agent.call("pitr.position")
+    except OpsError:
+        return {}
+
+
 def run_steps(
     settings: Settings,
     agent: Agent,

@@ -91,14 +91,14 @@ def stop_on_signals() -> dict:
 LOG_FORMAT_HELP = "text or json: JSON events on stderr (default DBOPS_LOG_FORMAT)"
 
 
-def observed_task(flags: dict[str, str], *, notify: bool = False):
+def observed_task(flags: dict[str, str], *, notify: bool = False, **task_options):
     """``@task(help=flags)`` over ``guarded`` over ``events.observed(notify)``: a task whose run
     is observed (events, pings, metrics) and that has the --log-format flag, documented here
     once."""
     from dbops import events
 
     def deco(fn):
-        return task(help={**flags, "log-format": LOG_FORMAT_HELP})(
+        return task(help={**flags, "log-format": LOG_FORMAT_HELP}, **task_options)(
             guarded(events.observed(notify)(fn))
         )
 

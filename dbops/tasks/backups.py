@@ -13,6 +13,7 @@ from dbops.ops import restore as restore_op
 from dbops.ops.output import print_note
 from dbops.ops.status import label
 from dbops.tasks import guarded, observed_task, render, settings
+from dbops.tasks.pitr import RestoreTask
 
 
 def _partial_note(e: dict) -> list[str]:
@@ -31,12 +32,18 @@ def _partial_note(e: dict) -> list[str]:
         "jobs": "parallel dump with N workers (directory format, stored as a .dir.tar)",
         "reason": "recorded in the manifest (default: manual)",
         "no-retention": "do not apply the retention policy after this backup",
+        "physical": "a pgBackRest backup of the whole server instead (invoke pitr-enable first)",
+        "type": "with --physical: full, diff or incr (default full)",
     },
     notify=True,
 )
-def backup(c, jobs=None, reason="manual", no_retention=False):
+def backup(c, jobs=None, reason="manual", no_retention=False, physical=False, type=None):  # noqa: A002
     """Take a verified backup of the database (pg_dump next to the server, read back in full)."""
     s = settings(c)
+    if physical or type:
+        from dbops.tasks.pitr import backup_physical
+
+        return backup_physical(s, type or "full")
     res = backup_op.backup(
         s, reason=reason, jobs=whole_flag("--jobs", jobs), prune=not no_retention, warn=print_note
     )
@@ -71,11 +78,14 @@ def backups(c, json_=False, check=False, all_=False):
     entries = catalog.list_backups(
         s, database=None if all_ else s.database, full=check, hash_missing=True
     )
+    from dbops.tasks.pitr import physical_rows  # pgBackRest's, when PITR is set up
+
     if json_:
-        print(json.dumps(entries, indent=2, default=str))
+        print(json.dumps(entries + physical_rows(s, as_json=True), indent=2, default=str))
         return
     if not entries:
         print(f"no backups of {s.database} in {s.backup_dir}")
+        physical_rows(s)
         return
     if render.is_terminal():
         render.table(
@@ -104,6 +114,7 @@ def backups(c, json_=False, check=False, all_=False):
             },
             styles={i: "red" for i, e in enumerate(entries) if not e["verified"]},
         )
+        physical_rows(s)
         return
     print(f"{'created (UTC)':20}  {'size':>9}  {'revision':14} {'reason':13} {'verified':11} file")
     for e in entries:
@@ -117,6 +128,7 @@ def backups(c, json_=False, check=False, all_=False):
             print(f"{'':24}{note}")
         for p in e["problems"]:
             print(f"{'':24}NOT A BACKUP: {p}")
+    physical_rows(s)
 
 
 @observed_task(
@@ -142,11 +154,35 @@ def verify_backup(c, file, restore_test=False):
             "also dump the live database first (the kept old database is already the undo)"
         ),
         "drop-old": "drop the previous database after the swap (needs --pre-backup)",
+        "to-time": "point in time (pgBackRest, no FILE): the database as it was at T",
+        "to-lsn": "point in time (pgBackRest, no FILE): the database as of WAL position L",
+        "before": "point in time (pgBackRest, no FILE): just before a migrate/rollback "
+        "(its audit record's ts, or a revision it ran)",
+        "keep-side": "keep the side instance a point-in-time restore recovered into",
     },
     notify=True,
+    klass=RestoreTask,
 )
-def restore(c, file, yes=False, other_database=False, jobs=None, pre_backup=False, drop_old=False):
+def restore(
+    c,
+    file,
+    yes=False,
+    other_database=False,
+    jobs=None,
+    pre_backup=False,
+    drop_old=False,
+    to_time=None,
+    to_lsn=None,
+    before=None,
+    keep_side=False,
+):
     """Restore a backup (FILE, or 'latest'): into a new database, checked, swapped by rename."""
+    if to_time or to_lsn or before or keep_side or not file:
+        from dbops.tasks.pitr import restore_point_in_time
+
+        return restore_point_in_time(
+            settings(c), file, to_time, to_lsn, before, yes=yes, keep_side=keep_side
+        )
     res = restore_op.restore(
         settings(c),
         file,

@@ -1,0 +1,258 @@
+"""Point-in-time recovery with real pgBackRest on a dedicated throwaway cluster (archive_mode
+needs a restart, so not the shared session cluster): enable, restart with the printed command,
+physical backup, restore to a time and to the moment before a migrate, the live server never
+stopped; a broken archive_command named by doctor; bad input refused before anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dbops import localpg
+from tests.conftest import ALEMBIC_INI, ROOT, InvokeRunner
+from tests.fixtures.projects import SAMPLE_REVS as REVS
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("pgbackrest") is None,
+    reason="pgbackrest is not installed (apt-get install -y --no-install-recommends pgbackrest; "
+    "scripts/test installs it)",
+)
+DB = "app"
+
+
+def postmaster_pid(cluster: localpg.Cluster) -> int:
+    return int((cluster.data / "postmaster.pid").read_text().split()[0])
+
+
+def rows(cluster: localpg.Cluster, dbname: str = DB) -> list[str]:
+    with cluster.connect(dbname) as conn:
+        return [r[0] for r in conn.execute("SELECT note FROM pitr_probe ORDER BY id")]
+
+
+def insert(cluster: localpg.Cluster, note: str) -> None:
+    with cluster.connect(DB) as conn:
+        conn.execute("INSERT INTO pitr_probe (note) VALUES (%s)", (note,))
+
+
+@pytest.fixture(scope="module")
+def pitr(tmp_path_factory):
+    """A cluster with archiving on (pitr-enable, the printed restart, pitr-enable again), a
+    database at REVS[2] with a probe table, and one full physical backup."""
+    cluster = localpg.new_cluster(fast=False)
+    work = tmp_path_factory.mktemp("pitr")
+    try:
+        cluster.create_database(DB)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("POSTGRES_", "DBOPS_", "PG", "DATABASE_URL"))
+        }
+        env.update(cluster.env(DB))
+        env.update(
+            DBOPS_TARGET="local",
+            DBOPS_ENV_FILE=str(work / "no.env"),
+            DBOPS_BACKUP_DIR=str(work / "backups"),
+            DBOPS_ALEMBIC_INI=str(ALEMBIC_INI),
+            # the server's user must reach it: under the cluster's folder (pytest's is root's)
+            DBOPS_PITR_REPO=str(Path(cluster.root) / "pgbackrest"),
+            DBOPS_PITR_ARCHIVE_TIMEOUT="30s",
+        )
+        run = InvokeRunner(env)
+        first = run("pitr-enable", "--yes")
+        assert first.returncode == 0, first.stderr
+        assert "restart" in first.stdout
+        restart = next(
+            ln.strip() for ln in first.stdout.splitlines() if "pg_ctl" in ln and "restart" in ln
+        )
+        waiting = json.loads(run("doctor", "--json").stdout)
+        check = {c["name"]: c for c in waiting["checks"]}["archiving"]
+        assert check["status"] == "warn" and check["next"].startswith(restart)
+        pid_before = postmaster_pid(cluster)
+        done = subprocess.run(restart, shell=True, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert postmaster_pid(cluster) != pid_before  # really restarted
+        second = run("pitr-enable", "--yes")
+        assert second.returncode == 0, second.stderr
+        assert "archiving works" in second.stdout
+        again = run("pitr-enable")  # idempotent: nothing to change, no question asked
+        assert again.returncode == 0, again.stderr
+        assert "archiving works" in again.stdout and "ALTER SYSTEM" not in again.stderr
+        repo = Path(env["DBOPS_PITR_REPO"])
+        assert repo.stat().st_mode & 0o777 == 0o700
+        assert (repo / "pgbackrest.conf").stat().st_mode & 0o777 == 0o600
+        assert run("migrate", "--to", REVS[2], "--no-backup").returncode == 0
+        with cluster.connect(DB) as conn:
+            conn.execute("CREATE TABLE pitr_probe (id serial PRIMARY KEY, note text)")
+        backup = run("backup", "--physical")
+        assert backup.returncode == 0, backup.stderr
+        assert "physical backup:" in backup.stdout and "verified" in backup.stdout
+        yield {"cluster": cluster, "run": run, "env": env}
+    finally:
+        cluster.destroy()
+
+
+def test_backups_lists_the_physical_backup_next_to_the_dumps(pitr):
+    listing = pitr["run"]("backups")
+    assert listing.returncode == 0, listing.stderr
+    assert "physical (pgBackRest):" in listing.stdout
+    row = listing.stdout.split("physical (pgBackRest):")[1]
+    assert "full" in row and " yes " in row and "F" in row  # type, verified, label …F
+    data = json.loads(pitr["run"]("backups", "--json").stdout)
+    phys = [e for e in data if e.get("kind") == "physical"]
+    assert phys and phys[0]["type"] == "full" and phys[0]["wal_start"] and phys[0]["verified"]
+    settings = pitr["run"]("settings")
+    assert "DBOPS_PITR_RETENTION_FULL" in settings.stdout
+
+
+def test_restore_to_time_keeps_rows_before_and_the_live_server_running(pitr):
+    cluster, run = pitr["cluster"], pitr["run"]
+    pid = postmaster_pid(cluster)
+    insert(cluster, "A")
+    with cluster.connect(DB) as conn:
+        (t,) = conn.execute("SELECT clock_timestamp()::text").fetchone()
+    time.sleep(0.2)
+    insert(cluster, "B")
+    done = run("restore", f"--to-time={t}", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert rows(cluster) == ["A"]
+    assert postmaster_pid(cluster) == pid  # the live server never stopped
+    assert "previous database kept as" in done.stdout
+    # the side instance is gone; the dump of that moment is a verified backup
+    side = Path(pitr["env"]["DBOPS_PITR_REPO"]) / "side"
+    assert list(side.iterdir()) == []
+    assert "dump of that moment" in done.stdout
+
+
+def test_restore_before_a_migrate_lands_at_the_revision_before(pitr):
+    cluster, run = pitr["cluster"], pitr["run"]
+    pid = postmaster_pid(cluster)
+    insert(cluster, "before-migrate")
+    done = run("migrate", "--to", REVS[3], "--no-backup")
+    assert done.returncode == 0, done.stderr
+    insert(cluster, "after-migrate")
+    audit_log = Path(pitr["env"]["DBOPS_BACKUP_DIR"]) / "audit.jsonl"
+    record = [json.loads(ln) for ln in audit_log.read_text().splitlines() if '"migrate"' in ln][-1]
+    assert record["wal_lsn"] and record["wal_at"]  # recorded before its first statement
+    done = run("restore", f"--before={record['ts']}", "--yes", "--keep-side")
+    assert done.returncode == 0, done.stderr
+    with cluster.connect(DB) as conn:
+        (rev,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert rev == REVS[2]
+    assert rows(cluster)[-1] == "before-migrate" and "after-migrate" not in rows(cluster)
+    assert postmaster_pid(cluster) == pid
+    assert "side instance kept" in done.stdout
+    side = next((Path(pitr["env"]["DBOPS_PITR_REPO"]) / "side").iterdir())
+    remove = next(ln for ln in done.stdout.splitlines() if "remove it when done" in ln)
+    rm = subprocess.run(remove.split(": ", 1)[1], shell=True, capture_output=True, text=True)
+    assert rm.returncode == 0, rm.stderr
+    assert not side.exists()
+
+
+def test_an_interrupted_restore_leaves_the_live_database_and_its_side_instance_is_named(pitr):
+    cluster, env = pitr["cluster"], pitr["env"]
+    insert(cluster, "C")
+    before = rows(cluster)
+    with cluster.connect(DB) as conn:
+        (t,) = conn.execute("SELECT clock_timestamp()::text").fetchone()
+    insert(cluster, "D")
+    side = Path(env["DBOPS_PITR_REPO"]) / "side"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "restore", f"--to-time={t}", "--yes"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(side.glob("*/data/postmaster.pid")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # dbops dies; the side instance it started does not
+        proc.wait()
+    assert rows(cluster) == before + ["D"]  # the live database is untouched
+    rep = json.loads(pitr["run"]("doctor", "--json").stdout)
+    check = {c["name"]: c for c in rep["checks"]}["archiving"]
+    left = next(side.iterdir())
+    assert check["status"] == "warn" and "interrupted" in check["summary"]
+    assert str(left) in check["next"] and "running" in " ".join(check["details"])
+    again = pitr["run"]("restore", f"--to-time={t}", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert f"removed side instance {left}" in again.stderr
+    assert rows(cluster) == before and list(side.iterdir()) == []
+
+
+def test_bad_input_is_refused_before_anything(pitr):
+    run = pitr["run"]
+    for args, says in [
+        (("--to-lsn=nonsense",), "not a WAL position"),
+        (("--to-time=yesterday-ish",), "--to-time"),
+        (("--before=nosuchrev",), "no migrate or rollback"),
+        (("--to-time=2020-01-01 00:00:00+00",), "no physical backup finished before"),
+        (("--to-time=2999-01-01 00:00:00+00",), "is in the future"),
+        (("latest", "--to-time=2020-01-01"), "not both"),
+    ]:
+        done = run("restore", *args, "--yes")
+        assert done.returncode == 1, (args, done.stdout)
+        assert says in done.stderr, (args, done.stderr)
+        assert "nothing was touched" in done.stderr or "unchanged" in done.stderr
+
+
+def test_a_broken_archive_command_is_named_by_doctor(pitr):
+    cluster, run = pitr["cluster"], pitr["run"]
+    with cluster.connect() as conn:
+        conn.execute("ALTER SYSTEM SET archive_command = 'false'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(1)
+        insert(cluster, "E")  # something to archive: a switch with no WAL since is a no-op
+        with cluster.connect(DB) as conn:
+            conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with cluster.connect() as conn:
+                (failed,) = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+            if failed:
+                break
+            time.sleep(0.5)
+        assert failed, "the archiver never ran the broken archive_command"
+        rep = json.loads(run("doctor", "--json").stdout)
+        check = {c["name"]: c for c in rep["checks"]}["archiving"]
+        assert check["status"] == "fail"
+        assert "false" in " ".join(check["details"])  # the archive_command named
+        assert check["next"] == "invoke pitr-enable --yes"
+        fixed = run("pitr-enable", "--yes")
+        assert fixed.returncode == 0, fixed.stderr
+        assert "archiving works" in fixed.stdout
+    finally:
+        with cluster.connect() as conn:
+            conn.execute("SELECT pg_reload_conf()")
+    rep = json.loads(run("doctor", "--json").stdout)
+    assert {c["name"]: c for c in rep["checks"]}["archiving"]["status"] == "ok"
+
+
+def test_refusals_without_pitr_set_up(invoke, tmp_path):
+    """On the shared session cluster (no pitr-enable): each refusal is one line, nothing
+    touched, and names the next command."""
+    done = invoke("restore", "--to-time=2026-01-01 00:00:00+00", "--yes")
+    assert done.returncode == 1
+    assert "not set up" in done.stderr and "next: invoke pitr-enable" in done.stderr
+    done = invoke("backup", "--physical")
+    assert done.returncode == 1 and "next: invoke pitr-enable" in done.stderr
+    done = invoke("backup", "--physical", "--type=weekly")
+    assert done.returncode == 1 and "not one of full, diff, incr" in done.stderr
+    done = invoke("pitr-enable", "--yes", env={"DBOPS_TARGET": "compose"})
+    assert done.returncode == 1 and "DBOPS_TARGET=local" in done.stderr
+    done = invoke("restore")
+    assert done.returncode != 0 and "file" in done.stderr  # FILE still required without a time
+    assert not (tmp_path / "pgbackrest").exists()
