@@ -261,12 +261,30 @@ class ComposeTarget(Target):
         launch = self.compose("ps", "-q")
         why = _fails(launch.argv, launch.env, launch.cwd)
         if why is not None:
-            raise ConfigError(
-                "DBOPS_TARGET=compose but no container engine answers to "
-                f"'{' '.join(self.settings.compose)}' ({why}); start the engine, set "
-                "DBOPS_COMPOSE, or use DBOPS_TARGET=local"
-            )
+            raise ConfigError(self._unavailable(why))
         ComposeTarget._checked = True
+
+    def _unavailable(self, why: str) -> str:
+        """Why compose did not answer, as what it is: a refused compose file or .env (compose
+        itself ran: `config -q` fails too, without any engine) or no engine answering."""
+        compose = " ".join(self.settings.compose)
+        check = self.compose("config", "-q")
+        refused = None if "command not found" in why else _fails(check.argv, check.env, check.cwd)
+        if refused is not None:
+            hint = (
+                " (a host folder such as DBOPS_BACKUP_DIR must start with ./ or /: compose reads "
+                "a bare name as a named volume)"
+                if "named volume" in refused.lower()
+                else ""
+            )
+            return (
+                f"compose refuses the project in {self.settings.project_dir}: {refused}{hint}; "
+                f"fix docker-compose.yml or .env, check with: {compose} config -q"
+            )
+        return (
+            f"DBOPS_TARGET=compose but no container engine answers to '{compose}' ({why}); "
+            "start the engine, set DBOPS_COMPOSE, or use DBOPS_TARGET=local"
+        )
 
     def up(self, build: bool = False) -> None:
         s = self.settings
