@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dbops import pgbin
-from dbops.config import Settings
+from dbops.config import Settings, no_project_message
 from dbops.errors import ConfigError, OpsError
 
 AGENT_MOUNT = "/opt/dbops"
@@ -179,6 +179,8 @@ class LocalTarget(Target):
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")])
         )
+        if s.alembic_ini is None:
+            raise ConfigError(no_project_message(s))
         argv = [sys.executable, "-m", "dbops.agent", "--ini", str(s.alembic_ini)]
         if not s.alembic_ini.is_file():
             raise ConfigError(f"DBOPS_ALEMBIC_INI: {s.alembic_ini} does not exist")

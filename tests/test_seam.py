@@ -79,7 +79,9 @@ def test_compose_command_is_configurable(tmp_path):
 
 
 def test_local_runs_the_same_argv_with_the_password_in_the_environment(tmp_path):
-    t = target_for(make(tmp_path, DBOPS_TARGET="local"))
+    t = target_for(
+        make(tmp_path, DBOPS_TARGET="local", DBOPS_ALEMBIC_INI=str(ROOT / "backend/alembic.ini"))
+    )
     assert isinstance(t, LocalTarget)
     launch = t.pg(["pg_dump", "--format=custom"])
     assert launch.argv == ["pg_dump", "--format=custom"]

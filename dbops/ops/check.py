@@ -85,7 +85,9 @@ def run_squawk(
         f"SET statement_timeout = '{settings.statement_timeout}';\n"
     )
     exclude = settings.get("DBOPS_SQUAWK_EXCLUDE")
-    cfg = settings.get("DBOPS_SQUAWK_CONFIG") or settings.alembic_ini.parent / ".squawk.toml"
+    cfg = settings.get("DBOPS_SQUAWK_CONFIG") or (
+        settings.alembic_ini.parent / ".squawk.toml" if settings.alembic_ini else Path("-")
+    )
     by_file: dict[str, str] = {}
     texts: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="dbops-squawk-") as tmp:
