@@ -327,6 +327,13 @@ SETTINGS: tuple[Setting, ...] = (
         "squawk binary for invoke check (default: beside python, then PATH)",
     ),
     Setting(
+        "DBOPS_MODELS_IGNORE",
+        _text,
+        "",
+        "objects the database has on purpose, left out of the models check "
+        "(KIND:NAME or NAME, comma-separated; * globs)",
+    ),
+    Setting(
         "DBOPS_SQUAWK_ACCEPT",
         _path,
         "squawk-accept.toml",

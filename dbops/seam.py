@@ -182,6 +182,7 @@ class LocalTarget(Target):
         if s.alembic_ini is None:
             raise ConfigError(no_project_message(s))
         argv = [sys.executable, "-m", "dbops.agent", "--ini", str(s.alembic_ini)]
+        env.update(agent_settings(s))
         if not s.alembic_ini.is_file():
             raise ConfigError(f"DBOPS_ALEMBIC_INI: {s.alembic_ini} does not exist")
         return Launch(argv, env, s.alembic_ini.parent, tuple(s.secrets()))
@@ -233,7 +234,11 @@ class ComposeTarget(Target):
 
     def agent(self) -> Launch:
         s = self.settings
-        direct = [a for k, v in direct_address(s).items() for a in ("-e", f"{k}={v}")]
+        direct = [
+            a
+            for k, v in {**direct_address(s), **agent_settings(s)}.items()
+            for a in ("-e", f"{k}={v}")
+        ]
         full = [
             *s.compose,
             "run",
@@ -483,6 +488,13 @@ def direct_address(s: Settings) -> dict[str, str]:
         "DBOPS_DIRECT_HOST": host,
         "DBOPS_DIRECT_PORT": port,
     }
+
+
+def agent_settings(s: Settings) -> dict[str, str]:
+    """Settings the agent reads from its environment (it never reads .env): the models
+    check's ignore list."""
+    ignore = (s.get("DBOPS_MODELS_IGNORE") or "").strip()
+    return {"DBOPS_MODELS_IGNORE": ignore} if ignore else {}
 
 
 def connection_env(s: Settings) -> dict[str, str]:

@@ -34,6 +34,7 @@ MODULES = {
     "putback": "putback",
     "rehearse": "rehearse",
     "scratch": "scratch",
+    "batch": "batch",
 }
 
 

@@ -12,7 +12,7 @@ import time
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
-from dbops.ops import steps
+from dbops.ops import batch, steps
 from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.status import label
 
@@ -37,10 +37,19 @@ def migrate(
         )
         if not pending:
             out(f"nothing to do: already at {label(current)}")
+            if sql:  # --sql changes nothing and checks nothing: there is no SQL to print
+                return {
+                    "before": current,
+                    "after": current,
+                    "applied": [],
+                    "sql": "",
+                    "backup": None,
+                    "target": target,
+                }
             try:
                 res = _verify(agent, [target], target in pre["heads"])
             except AgentError as exc:
-                raise _verify_failure(exc, current, None) from None
+                raise _verify_failure(exc, current, None, applied=False) from None
             return {
                 "before": current,
                 "after": res["current"],
@@ -131,12 +140,14 @@ def migrate(
         )
 
         def upgrade() -> dict:
-            steps.run_steps(settings, agent, [p["revision"] for p in pending], "up", out, run.done)
+            revisions = [p["revision"] for p in pending]
+            batch.upgrade_all(settings, agent, revisions, target, out, run.done)
             return _verify(agent, [target], target in pre["heads"])
 
         def failure(exc: AgentError) -> OpsError:
-            if exc.kind in ("verify", "schema_diff"):
-                return _verify_failure(exc, current, backup_path)
+            step_verify = exc.kind == "verify" and "revision" in exc.agent_details
+            if exc.kind in ("verify", "schema_diff") and not step_verify:
+                return _verify_failure(exc, current, backup_path, applied=bool(run.completed()))
             return steps.step_failure(
                 exc,
                 action="migrate",
@@ -162,6 +173,11 @@ def migrate(
 def _fix_hint(exc: AgentError, before: list[str], applied: list[str]) -> str:
     rev = exc.agent_details.get("revision", "?")
     hint = f"fix revision {rev}, then re-run: invoke migrate"
+    if exc.kind == "verify":  # the version row dbops reads did not move
+        hint = (
+            "make env.py connect to the database dbops points it at (DATABASE_URL / POSTGRES_* "
+            "in its environment), then: invoke current"
+        )
     if applied:
         undo = before[0] if before else "base"
         hint += f"   (or undo what this run applied: invoke rollback --to={undo})"
@@ -172,19 +188,50 @@ def _verify(agent: Agent, targets: list[str], models: bool) -> dict:
     return agent.call("migrate.verify", targets=targets, models=models)
 
 
-def _verify_failure(exc: AgentError, before: list[str], backup: str | None) -> OpsError:
+def _verify_failure(
+    exc: AgentError, before: list[str], backup: str | None, *, applied: bool = True
+) -> OpsError:
+    """The database is where it should be but its schema is not what the models say. The way
+    out depends on which side has the object: the models only (a revision is missing:
+    autogenerate writes it), the database only (declare it in the models, or list it in
+    DBOPS_MODELS_IGNORE when it is there on purpose — autogenerate would drop it). Undo advice
+    only when this run applied something."""
     d = exc.agent_details
+    diff = d.get("diff") or []
+    only_db = [x for x in diff if x.startswith("remove_")]
+    other = [x for x in diff if not x.startswith("remove_")]
     details = []
-    if d.get("diff"):
-        details.append("differences between the live schema and the models (autogenerate):")
-        details += [f"  {x}" for x in d["diff"]]
+    if other:
+        details.append("in the models, not in the database (autogenerate):")
+        details += [f"  {x}" for x in other]
+    if only_db:
+        details.append("only in the database, not in the models:")
+        details += [f"  {x}" for x in only_db]
     if backup:
         details.append(f"pre-migrate backup: {backup}")
-    undo = f"invoke rollback --to={before[0]}" if before else "invoke rollback --to=base"
+    ways = []
+    if other:
+        ways.append("add a revision for it (alembic revision --autogenerate, then review it)")
+    if only_db:
+        names = ",".join(_ignore_entry(x) for x in only_db)
+        ways.append(
+            "declare what only the database has in the models, or, if it is there on purpose, "
+            f"DBOPS_MODELS_IGNORE={names}"
+        )
+    if not ways:
+        ways.append("fix the models")
+    if applied:
+        undo = f"invoke rollback --to={before[0]}" if before else "invoke rollback --to=base"
+        ways.append(f"to undo this run: {undo}")
     return OpsError(
         exc.message,
         state=f"before: {label(before)}; now: {label(d.get('current', []))}",
         details=details,
-        next_command=f"add a revision for the difference (alembic revision "
-        f"--autogenerate) or fix the models; to undo this run: {undo}",
+        next_command="; or ".join(ways),
     )
+
+
+def _ignore_entry(diff: str) -> str:
+    """'remove_index ix_raw' -> 'index:ix_raw' (the DBOPS_MODELS_IGNORE syntax)."""
+    kind, _, name = diff.partition(" ")
+    return f"{kind.removeprefix('remove_')}:{name.split(' ')[0]}"
