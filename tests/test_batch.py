@@ -88,3 +88,48 @@ def test_env_py_holding_one_transaction_goes_one_revision_per_run(tmp_path, invo
     assert "one alembic run per revision instead" in done.stdout
     assert done.returncode == 1
     assert version(db_conn) == ["r003"]
+
+
+def test_an_env_py_that_cannot_load_fails_in_the_preflight_with_its_whole_error(
+    tmp_path, invoke, ops_env, db_conn
+):
+    """A settings object validated at import: every field named, before any backup."""
+    settings_first = (
+        "from pydantic import BaseModel\n"
+        "class Settings(BaseModel):\n"
+        "    db_host: str\n"
+        "    db_port: int\n"
+        "Settings()\n"
+    )
+    ini = project(tmp_path, 3, env_py=settings_first + ENV_PY)
+    done = invoke("migrate", env={"DBOPS_ALEMBIC_INI": str(ini)})
+    assert done.returncode == 1
+    assert "env.py failed before anything ran" in done.stderr
+    assert "2 validation errors for Settings" in done.stderr
+    assert "db_host" in done.stderr and "db_port" in done.stderr
+    assert "unchanged" in done.stderr
+    backups = Path(ops_env["DBOPS_BACKUP_DIR"])
+    assert not backups.exists() or not list(backups.glob("*.dump"))  # before any backup
+    assert not db_conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0]
+
+
+def test_an_env_py_connected_elsewhere_is_named_not_reported_as_a_stuck_version_row(
+    tmp_path, invoke, pg_cluster, database, db_conn
+):
+    """env.py that builds its URL from something dbops does not set lands in another database:
+    the version row dbops reads did not move, and the failure says where env.py went."""
+    other = f"{database}_elsewhere"
+    pg_cluster.create_database(other)
+    try:
+        elsewhere = ENV_PY.replace(
+            'os.environ["DATABASE_URL"]',
+            f'os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/{other}"',
+        )
+        ini = project(tmp_path, 3, env_py=elsewhere)
+        done = invoke("migrate", "--no-backup", env={"DBOPS_ALEMBIC_INI": str(ini)})
+        assert done.returncode == 1
+        assert other in done.stderr
+        assert not db_conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0]
+    finally:
+        with pg_cluster.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')

@@ -36,6 +36,7 @@ from dbops.agent.migration import (
     invalid_indexes,
     quiet,
     sqlstate,
+    whole,
 )
 from dbops.agent.plan import check_current_known, uses_autocommit_block
 from dbops.agent.protocol import AgentFailure, handler
@@ -261,7 +262,7 @@ def _failure(
             **details,
         )
     return AgentFailure(
-        f"{revision} (upgrade) failed: {one_line(exc)}",
+        f"{revision} (upgrade) failed: {whole(exc)}",
         kind="step_failed",
         error_type=type(exc).__name__,
         **details,

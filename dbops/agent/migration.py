@@ -79,8 +79,9 @@ def sqlstate(exc: BaseException) -> str | None:
 
 @handler("migrate.preflight")
 @quietly
-def preflight(ctx, to: str = "head") -> dict:
-    """Read-only: reachable, one head, current known, the pending revisions in order."""
+def preflight(ctx, to: str = "head", load_env: bool = True) -> dict:
+    """Read-only: reachable, one head, current known, the pending revisions in order; with
+    some pending, env.py loads (load_env_py)."""
     script = ctx.script()
     try:
         server = ctx.conn.execute("SHOW server_version").fetchone()[0]
@@ -135,6 +136,8 @@ def preflight(ctx, to: str = "head") -> dict:
             reason="not_descendant",
             candidates=candidates(script),
         ) from None
+    if pending and load_env:
+        load_env_py(ctx)
     return {
         "database": db.database(),
         "server_version": server,
@@ -143,6 +146,31 @@ def preflight(ctx, to: str = "head") -> dict:
         "target": target.revision,
         "pending": pending,
     }
+
+
+def whole(exc: BaseException) -> str:
+    """The exception's whole text on one line (a pydantic ValidationError names each field on
+    its own line: one_line kept only "4 validation errors for Settings"), password masked."""
+    text = str(getattr(exc, "orig", None) or exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    msg = "; ".join(lines) if lines else ""
+    msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    pw = db.password()
+    return msg.replace(pw, "****") if pw else msg
+
+
+def load_env_py(ctx) -> None:
+    """Run the project's env.py once, read-only, as `alembic current` does (dont_mutate: no
+    version table is created, no revision runs): an env.py that cannot load (a settings class
+    that fails validation, a missing variable, an import error) fails here, in the preflight,
+    before any backup or lock wait, with its whole error."""
+    try:
+        command.current(ctx.config())
+    except Exception as exc:
+        raise AgentFailure(
+            f"the project's env.py failed before anything ran: {whole(exc)}",
+            kind="env_py",
+        ) from None
 
 
 @handler("migrate.sql")

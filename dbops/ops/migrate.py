@@ -80,7 +80,7 @@ def migrate(
         gate(settings, current, pending, out, accept_risk)
         steps.acquire_lock(agent, "migrate", current, "migrate")
         # Re-read under the lock: another migrate may have finished just before we got it.
-        pre = agent.call("migrate.preflight", to=target)
+        pre = agent.call("migrate.preflight", to=target, load_env=False)  # loaded above
         current, pending = pre["current"], pre["pending"]
         if not pending:
             out(f"nothing to do: another run brought the database to {label(current)}")
