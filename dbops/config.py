@@ -251,7 +251,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBOPS_COMPOSE", _argv, "docker compose", "the compose command"),
     Setting("DBOPS_DB_SERVICE", _required, "db", "compose service running PostgreSQL"),
     Setting("DBOPS_BACKEND_SERVICE", _required, "backend", "compose service where alembic runs"),
-    Setting("DBOPS_ALEMBIC_INI", _path, "backend/alembic.ini", "alembic.ini on this machine"),
+    Setting(
+        "DBOPS_ALEMBIC_INI",
+        _path,
+        None,
+        "alembic.ini on this machine (unset: found from the working directory upward)",
+    ),
     Setting(
         "DBOPS_BACKEND_ALEMBIC_INI",
         _required,
@@ -379,6 +384,13 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "",
         "squawk binary for invoke check (default: beside python, then PATH)",
+    ),
+    Setting(
+        "DBOPS_MODELS_IGNORE",
+        _text,
+        "",
+        "objects the database has on purpose, left out of the models check "
+        "(KIND:NAME or NAME, comma-separated; * globs)",
     ),
     Setting(
         "DBOPS_SQUAWK_ACCEPT",
@@ -567,6 +579,7 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "memory=1Gi",
         "k8s-job: the container's resource limits (none: no limits)",
+    ),
     # --- point-in-time recovery (pgBackRest; docs/pitr.md) ---
     Setting(
         "DBOPS_PITR_REPO",
@@ -605,7 +618,7 @@ class Settings:
     compose: tuple[str, ...]
     db_service: str
     backend_service: str
-    alembic_ini: Path
+    alembic_ini: Path | None  # None: no project found (ALEMBIC_INI_SEARCH says where it looked)
     backend_alembic_ini: str
     backup_dir: Path
     host: str
@@ -621,13 +634,18 @@ class Settings:
     environment: str
     raw: dict[str, str] = field(repr=False, default_factory=dict)
     sources: dict[str, str] = field(repr=False, default_factory=dict)
+    # where a relative path of each setting is taken from (see relative_base)
+    path_bases: dict[str, Path] = field(repr=False, default_factory=dict)
+    # the folders searched for alembic.ini when DBOPS_ALEMBIC_INI is not set
+    alembic_ini_search: tuple[Path, ...] = field(repr=False, default=())
 
     def get(self, name: str) -> Any:
         """The typed value of a declared setting (its default when unset; None when it has
-        none). Paths come back absolute, taken from the project directory."""
+        none). Paths come back absolute: a relative one is taken from where it was written
+        (relative_base)."""
         value = parse_setting(DECLARED[name], self.raw.get(name))
         if isinstance(value, Path) and not value.is_absolute():
-            value = self.project_dir / value
+            value = self.path_bases.get(name, self.project_dir) / value
         return value
 
     @property
@@ -729,6 +747,42 @@ def read_env_file(path: Path) -> dict[str, str | None]:
     return dict(dotenv_values(stream=io.StringIO(text)))
 
 
+def relative_base(source: str, project_dir: Path, cwd: Path) -> Path:
+    """Where a relative path is taken from: the folder of the .env file it was written in;
+    the working directory for the process environment (the shell it was typed in); the
+    project directory for defaults and the invoke config. So `DBOPS_ALEMBIC_INI=backend/
+    alembic.ini` means the project's backend/, never a folder of the dbops checkout."""
+    if source == "environment":
+        return cwd
+    if source in ("default", "invoke config"):
+        return project_dir
+    return Path(source).resolve().parent  # a .env file
+
+
+def find_alembic_ini(start: Path) -> tuple[Path | None, tuple[Path, ...]]:
+    """alembic.ini in ``start`` or the nearest folder above it (as git finds .git), and
+    the folders searched: what a refusal names when there is none."""
+    searched = []
+    for folder in (start, *start.parents):
+        searched.append(folder)
+        if (folder / "alembic.ini").is_file():
+            return folder / "alembic.ini", tuple(searched)
+    return None, tuple(searched)
+
+
+def no_project_message(settings: Settings) -> str:
+    """The refusal when there is no Alembic project to work on: never the bundled sample app
+    by default, against whatever database the settings name."""
+    searched = settings.alembic_ini_search
+    where = f"in {searched[0]} nor any folder above it" if searched else "in the working directory"
+    return (
+        f"no Alembic project: DBOPS_ALEMBIC_INI is not set and there is no alembic.ini {where}; "
+        "run from your project's folder, pass --ini PATH (the dbops command) or set "
+        "DBOPS_ALEMBIC_INI (this bundle's sample app: DBOPS_ALEMBIC_INI=backend/alembic.ini, "
+        "as in .env.example)"
+    )
+
+
 def operator() -> str:
     try:
         user = getpass.getuser()
@@ -741,10 +795,13 @@ def load_settings(
     project_dir: Path | str,
     invoke_config: dict | None = None,
     environ: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
 ) -> Settings:
     """Layer the sources, then parse every declared setting: a bad value is refused here,
-    before any task has touched anything."""
+    before any task has touched anything. ``cwd`` (default: the working directory) is where
+    relative paths from the environment are taken from and alembic.ini is looked for."""
     project_dir = Path(project_dir).resolve()
+    cwd = Path(cwd or Path.cwd()).resolve()
     environ = dict(os.environ if environ is None else environ)
     env_file = Path(environ.get("DBOPS_ENV_FILE") or project_dir / ".env")
     values: dict[str, str] = {}
@@ -768,10 +825,21 @@ def load_settings(
         ),
     )
     typed = {s.name: parse_setting(s, values.get(s.name)) for s in SETTINGS}
+    bases = {
+        s.name: relative_base(sources[s.name], project_dir, cwd)
+        for s in SETTINGS
+        if s.parse is _path and s.name in sources
+    }
 
     def path(key: str) -> Path:
         p = typed[key]
-        return p if p.is_absolute() else project_dir / p
+        return p if p.is_absolute() else bases.get(key, project_dir) / p
+
+    searched: tuple[Path, ...] = ()
+    if typed["DBOPS_ALEMBIC_INI"] is None:
+        alembic_ini, searched = find_alembic_ini(cwd)
+    else:
+        alembic_ini = path("DBOPS_ALEMBIC_INI")
 
     return Settings(
         project_dir=project_dir,
@@ -779,7 +847,7 @@ def load_settings(
         compose=typed["DBOPS_COMPOSE"],
         db_service=typed["DBOPS_DB_SERVICE"],
         backend_service=typed["DBOPS_BACKEND_SERVICE"],
-        alembic_ini=path("DBOPS_ALEMBIC_INI"),
+        alembic_ini=alembic_ini,
         backend_alembic_ini=typed["DBOPS_BACKEND_ALEMBIC_INI"],
         backup_dir=path("DBOPS_BACKUP_DIR"),
         host=typed["POSTGRES_HOST"],
@@ -795,6 +863,8 @@ def load_settings(
         environment=typed["ENVIRONMENT"],
         raw=values,
         sources=sources,
+        path_bases=bases,
+        alembic_ini_search=searched,
     )
 
 
@@ -810,11 +880,15 @@ def describe(settings: Settings) -> list[dict]:
             value = " ".join(value) if s.name == "DBOPS_COMPOSE" else ",".join(value)
         elif value is None:
             value = ""
+        source = settings.sources.get(s.name, "default")
+        if s.name == "DBOPS_ALEMBIC_INI" and source == "default":
+            value = settings.alembic_ini or "(none found)"
+            source = "found from the working directory"
         rows.append(
             {
                 "name": s.name,
                 "value": str(value),
-                "source": settings.sources.get(s.name, "default"),
+                "source": source,
                 "meaning": s.meaning,
             }
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dbops import pgbin
-from dbops.config import Settings
+from dbops.config import Settings, no_project_message
 from dbops.errors import ConfigError, OpsError
 
 AGENT_MOUNT = "/opt/dbops"
@@ -179,7 +179,10 @@ class LocalTarget(Target):
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")])
         )
+        if s.alembic_ini is None:
+            raise ConfigError(no_project_message(s))
         argv = [sys.executable, "-m", "dbops.agent", "--ini", str(s.alembic_ini)]
+        env.update(agent_settings(s))
         if not s.alembic_ini.is_file():
             raise ConfigError(f"DBOPS_ALEMBIC_INI: {s.alembic_ini} does not exist")
         return Launch(argv, env, s.alembic_ini.parent, tuple(s.secrets()))
@@ -231,7 +234,11 @@ class ComposeTarget(Target):
 
     def agent(self) -> Launch:
         s = self.settings
-        direct = [a for k, v in direct_address(s).items() for a in ("-e", f"{k}={v}")]
+        direct = [
+            a
+            for k, v in {**direct_address(s), **agent_settings(s)}.items()
+            for a in ("-e", f"{k}={v}")
+        ]
         full = [
             *s.compose,
             "run",
@@ -261,12 +268,30 @@ class ComposeTarget(Target):
         launch = self.compose("ps", "-q")
         why = _fails(launch.argv, launch.env, launch.cwd)
         if why is not None:
-            raise ConfigError(
-                "DBOPS_TARGET=compose but no container engine answers to "
-                f"'{' '.join(self.settings.compose)}' ({why}); start the engine, set "
-                "DBOPS_COMPOSE, or use DBOPS_TARGET=local"
-            )
+            raise ConfigError(self._unavailable(why))
         ComposeTarget._checked = True
+
+    def _unavailable(self, why: str) -> str:
+        """Why compose did not answer, as what it is: a refused compose file or .env (compose
+        itself ran: `config -q` fails too, without any engine) or no engine answering."""
+        compose = " ".join(self.settings.compose)
+        check = self.compose("config", "-q")
+        refused = None if "command not found" in why else _fails(check.argv, check.env, check.cwd)
+        if refused is not None:
+            hint = (
+                " (a host folder such as DBOPS_BACKUP_DIR must start with ./ or /: compose reads "
+                "a bare name as a named volume)"
+                if "named volume" in refused.lower()
+                else ""
+            )
+            return (
+                f"compose refuses the project in {self.settings.project_dir}: {refused}{hint}; "
+                f"fix docker-compose.yml or .env, check with: {compose} config -q"
+            )
+        return (
+            f"DBOPS_TARGET=compose but no container engine answers to '{compose}' ({why}); "
+            "start the engine, set DBOPS_COMPOSE, or use DBOPS_TARGET=local"
+        )
 
     def up(self, build: bool = False) -> None:
         s = self.settings
@@ -463,6 +488,13 @@ def direct_address(s: Settings) -> dict[str, str]:
         "DBOPS_DIRECT_HOST": host,
         "DBOPS_DIRECT_PORT": port,
     }
+
+
+def agent_settings(s: Settings) -> dict[str, str]:
+    """Settings the agent reads from its environment (it never reads .env): the models
+    check's ignore list."""
+    ignore = (s.get("DBOPS_MODELS_IGNORE") or "").strip()
+    return {"DBOPS_MODELS_IGNORE": ignore} if ignore else {}
 
 
 def connection_env(s: Settings) -> dict[str, str]:

@@ -66,3 +66,48 @@ def test_check_fails_on_two_heads_and_on_models_that_do_not_match(invoke, tmp_pa
     assert done.returncode != 0
     assert "models do not match the migrations" in done.stdout
     assert "comments.flagged" in done.stdout
+
+
+INSPECTING = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{rev}"
+down_revision = {down!r}
+branch_labels = None
+depends_on = None
+
+def upgrade():
+    if sa.inspect(op.get_bind()).has_table("t1"):  # reads the database: no offline SQL
+        op.create_index("ix_t1_id", "t1", ["id"])
+
+def downgrade():
+    op.drop_index("ix_t1_id", table_name="t1")
+"""
+
+
+def test_a_revision_that_inspects_the_database_is_linted_from_what_it_executed_then_baselined(
+    invoke, tmp_path
+):
+    from tests.test_batch import project
+
+    ini = project(tmp_path, 2)
+    (tmp_path / "migrations" / "versions" / "r003.py").write_text(
+        INSPECTING.format(rev="r003", down="r002")
+    )
+    accept = tmp_path / "accept.toml"
+    env = {"DBOPS_ALEMBIC_INI": str(ini), "DBOPS_SQUAWK_ACCEPT": str(accept)}
+    done = invoke("check", env=env)
+    assert done.returncode == 1
+    assert "note  r003: no offline SQL" in done.stdout
+    assert "squawk r003: require-concurrent-index-creation" in done.stdout
+    # the statement shown is the one squawk means (its line numbers start at 0)
+    finding = done.stdout.split("squawk r003: require-concurrent-index-creation")[1]
+    assert finding.splitlines()[1].strip().startswith("CREATE INDEX ix_t1_id ON t1")
+    done = invoke("check", "--baseline", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "baseline:" in done.stdout and str(accept) in done.stdout
+    text = accept.read_text()
+    assert 'revision = "r003"' in text and 'rule = "require-concurrent-index-creation"' in text
+    done = invoke("check", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr

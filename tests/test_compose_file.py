@@ -77,3 +77,20 @@ def test_env_example_documents_every_setting():
     text = (ROOT / ".env.example").read_text()
     missing = [s.name for s in SETTINGS if f"{s.name}=" not in text]
     assert not missing, f"declared in dbops/config.py, not documented in .env.example: {missing}"
+
+
+@pytest.mark.skipif(not COMPOSE_V1, reason="docker-compose (v1) not installed")
+@pytest.mark.parametrize("profile", [(), ("--profile", "ops")], ids=["default", "ops"])
+def test_the_example_env_file_as_it_is_gives_a_stack_compose_accepts(profile):
+    """`cp .env.example .env` then compose: every host folder in it is a path compose mounts
+    (a bare `backups` was read as an undeclared named volume, and every compose command
+    failed)."""
+    done = subprocess.run(
+        [COMPOSE_V1, "--env-file", str(ROOT / ".env.example"), *profile, "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr

@@ -3,6 +3,8 @@ against real PostgreSQL elsewhere)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import pytest
@@ -77,7 +79,9 @@ def test_compose_command_is_configurable(tmp_path):
 
 
 def test_local_runs_the_same_argv_with_the_password_in_the_environment(tmp_path):
-    t = target_for(make(tmp_path, DBOPS_TARGET="local"))
+    t = target_for(
+        make(tmp_path, DBOPS_TARGET="local", DBOPS_ALEMBIC_INI=str(ROOT / "backend/alembic.ini"))
+    )
     assert isinstance(t, LocalTarget)
     launch = t.pg(["pg_dump", "--format=custom"])
     assert launch.argv == ["pg_dump", "--format=custom"]
@@ -190,3 +194,35 @@ def test_compose_up_builds_starts_the_db_service_and_waits_with_pg_isready(tmp_p
     assert calls[3].startswith("exec -T -e PGUSER=app -e PGDATABASE=shop pg pg_isready")
     assert calls[4:] == ["down -v"]
     assert SECRET not in log.read_text()
+
+
+COMPOSE_V1 = shutil.which("docker-compose")
+
+
+@pytest.mark.skipif(not COMPOSE_V1, reason="docker-compose (v1) not installed")
+def test_a_compose_file_compose_refuses_is_named_as_such_not_as_a_missing_engine(
+    tmp_path, monkeypatch
+):
+    """The README's quick start failed with 'no container engine answers' when the cause was
+    the project: a bare DBOPS_BACKUP_DIR that compose read as an undeclared named volume."""
+    (tmp_path / "docker-compose.yml").write_text(
+        "services:\n  db:\n    image: postgres:15\n    volumes:\n      - backups:/backups\n"
+    )
+    monkeypatch.setattr(ComposeTarget, "_checked", False)
+    settings = load_settings(
+        tmp_path,
+        environ={
+            "DBOPS_ENV_FILE": str(tmp_path / "none"),
+            "POSTGRES_USER": "app",
+            "POSTGRES_DB": "shop",
+            "DBOPS_TARGET": "compose",
+            "DBOPS_COMPOSE": COMPOSE_V1,
+            "PATH": os.environ["PATH"],
+        },
+    )
+    with pytest.raises(OpsError) as caught:
+        target_for(settings).ensure_available()
+    message = str(caught.value.message)
+    assert "compose refuses the project" in message and "no container engine" not in message
+    assert "backups:/backups" in message and "must start with ./ or /" in message
+    assert "config -q" in message

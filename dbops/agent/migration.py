@@ -79,8 +79,9 @@ def sqlstate(exc: BaseException) -> str | None:
 
 @handler("migrate.preflight")
 @quietly
-def preflight(ctx, to: str = "head") -> dict:
-    """Read-only: reachable, one head, current known, the pending revisions in order."""
+def preflight(ctx, to: str = "head", load_env: bool = True) -> dict:
+    """Read-only: reachable, one head, current known, the pending revisions in order; with
+    some pending, env.py loads (load_env_py)."""
     script = ctx.script()
     try:
         server = ctx.conn.execute("SHOW server_version").fetchone()[0]
@@ -135,6 +136,8 @@ def preflight(ctx, to: str = "head") -> dict:
             reason="not_descendant",
             candidates=candidates(script),
         ) from None
+    if pending and load_env:
+        load_env_py(ctx)
     return {
         "database": db.database(),
         "server_version": server,
@@ -143,6 +146,31 @@ def preflight(ctx, to: str = "head") -> dict:
         "target": target.revision,
         "pending": pending,
     }
+
+
+def whole(exc: BaseException) -> str:
+    """The exception's whole text on one line (a pydantic ValidationError names each field on
+    its own line: one_line kept only "4 validation errors for Settings"), password masked."""
+    text = str(getattr(exc, "orig", None) or exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    msg = "; ".join(lines) if lines else ""
+    msg = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    pw = db.password()
+    return msg.replace(pw, "****") if pw else msg
+
+
+def load_env_py(ctx) -> None:
+    """Run the project's env.py once, read-only, as `alembic current` does (dont_mutate: no
+    version table is created, no revision runs): an env.py that cannot load (a settings class
+    that fails validation, a missing variable, an import error) fails here, in the preflight,
+    before any backup or lock wait, with its whole error."""
+    try:
+        command.current(ctx.config())
+    except Exception as exc:
+        raise AgentFailure(
+            f"the project's env.py failed before anything ran: {whole(exc)}",
+            kind="env_py",
+        ) from None
 
 
 @handler("migrate.sql")
@@ -383,11 +411,83 @@ def format_diff(diff) -> str:
     return f"{kind} {' '.join(parts)}".strip()
 
 
-def model_diff(ctx, cfg=None) -> list[str]:
-    """An autogenerate comparison of the live schema (or the database ``cfg`` is aimed at)
-    against the models env.py names (alembic's own ``check``): empty when they match."""
+def ignore_rules(raw: str) -> list[tuple[str | None, str]]:
+    """DBOPS_MODELS_IGNORE: comma-separated ``KIND:NAME`` or ``NAME`` (any kind); NAME is the
+    object's name or ``TABLE.NAME``, with * globs."""
+    rules = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        kind, sep, name = entry.partition(":")
+        rules.append((kind.strip(), name.strip()) if sep else (None, entry))
+    return rules
+
+
+def ignored_by(rules: list[tuple[str | None, str]]):
+    """An ``include_object`` hook that leaves out what ``rules`` name."""
+    from fnmatch import fnmatchcase
+
+    def include(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ARG001
+        table = getattr(getattr(obj, "table", None), "name", None)
+        names = {str(name)} | ({f"{table}.{name}"} if table else set())
+        return not any(
+            (kind is None or kind == type_) and any(fnmatchcase(n, pattern) for n in names)
+            for kind, pattern in rules
+        )
+
+    return include
+
+
+@contextlib.contextmanager
+def configure_with(**forced):
+    """Every ``context.configure(...)`` env.py makes during the block gets ``forced`` options
+    added (alembic's documented options, whatever the env.py passes). A callable env.py passes
+    itself for the same option still runs: ``on_version_apply`` both run (theirs first); for
+    ``include_object`` an object must pass both."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    original = EnvironmentContext.configure
+
+    def configure(self, *args, **kwargs):
+        merged = dict(forced)
+        theirs_apply = kwargs.get("on_version_apply")
+        if theirs_apply is not None and "on_version_apply" in forced:
+            ours_apply = forced["on_version_apply"]
+
+            def both(**kw):
+                theirs_apply(**kw)
+                ours_apply(**kw)
+
+            merged["on_version_apply"] = both
+        theirs_include = kwargs.get("include_object")
+        if theirs_include is not None and "include_object" in forced:
+            ours_include = forced["include_object"]
+
+            def either(*a):
+                return theirs_include(*a) and ours_include(*a)
+
+            merged["include_object"] = either
+        kwargs.update(merged)
+        return original(self, *args, **kwargs)
+
+    EnvironmentContext.configure = configure
     try:
-        command.check(cfg or ctx.config())
+        yield
+    finally:
+        EnvironmentContext.configure = original
+
+
+def model_diff(ctx, cfg=None) -> list[str]:
+    """An autogenerate comparison of the live schema against the models env.py names
+    (alembic's own ``check``, so env.py's include_object / include_name / compare_type /
+    compare_server_default apply; ``cfg``: a Config aimed at another database): empty
+    when they match. What DBOPS_MODELS_IGNORE names (in
+    the agent's environment, from the host) is left out through one more include_object."""
+    rules = ignore_rules(os.environ.get("DBOPS_MODELS_IGNORE", ""))
+    forced = {"include_object": ignored_by(rules)} if rules else {}
+    try:
+        with configure_with(**forced):
+            command.check(cfg or ctx.config())
     except AutogenerateDiffsDetected as exc:
         diffs = getattr(exc, "diffs", None)
         if diffs:
@@ -505,6 +605,8 @@ def _stairway(ctx) -> dict:
     diff: list[str] = []
     steps = 0
     applied: set[str] = set()
+    traced: dict[str, str] = {}
+    models_note = None
     with (
         scratch.scratch_database("check") as name,
         db.pointed_at(name),
@@ -523,7 +625,12 @@ def _stairway(ctx) -> dict:
             for action, arg, want in plan:
                 try:
                     with guard.aimed_config(ctx, name) as cfg:
-                        getattr(command, action)(cfg, arg)
+                        if rev.revision in traced:
+                            getattr(command, action)(cfg, arg)
+                        else:  # the first upgrade: what it executes, for squawk (check.sql)
+                            with executed_statements() as statements:
+                                getattr(command, action)(cfg, arg)
+                            traced[rev.revision] = lintable(statements)
                 except Exception as exc:
                     failures.append(f"{rev.revision} {action} to {arg}: {one_line(exc)}")
                     break
@@ -539,6 +646,10 @@ def _stairway(ctx) -> dict:
             try:
                 with guard.aimed_config(ctx, name) as cfg:
                     diff = model_diff(ctx, cfg)
+            except CommandError as exc:
+                if "MetaData" not in str(exc):  # else: env.py gives no target_metadata
+                    failures.append(f"models comparison at head failed: {one_line(exc)}")
+                models_note = "env.py provides no target_metadata: models not compared"
             except Exception as exc:
                 failures.append(f"models comparison at head failed: {one_line(exc)}")
             if diff:
@@ -552,7 +663,48 @@ def _stairway(ctx) -> dict:
                     failures.append("downgrade to base left a version row")
             except Exception as exc:
                 failures.append(f"downgrade head -> base: {one_line(exc)}")
-    return {"failures": failures, "steps": steps, "diff": diff, "revisions": len(order)}
+    return {
+        "failures": failures,
+        "steps": steps,
+        "diff": diff,
+        "revisions": len(order),
+        "executed_sql": traced,
+        "models_note": models_note,
+    }
+
+
+@contextlib.contextmanager
+def executed_statements():
+    """Every statement any engine in this process executes during the block (env.py's own
+    included): the SQL a revision really ran, for one that cannot be rendered offline."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[str] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):  # noqa: ARG001
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+
+
+def lintable(statements: list[str]) -> str:
+    """The statements that change something (reads and alembic's bookkeeping left out), bound
+    parameters as NULL, one per line block: what squawk reads."""
+    import re
+
+    kept = []
+    for s in statements:
+        text = s.strip().rstrip(";")
+        head = text.split(None, 1)[0].upper() if text else ""
+        if not text or head in ("SELECT", "SHOW", "WITH") or "alembic_version" in text:
+            continue
+        kept.append(re.sub(r"%\(\w+\)s|%s", "NULL", text) + ";")
+    return "\n".join(kept)
 
 
 @handler("check.sql")

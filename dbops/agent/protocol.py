@@ -38,6 +38,7 @@ MODULES = {
     "settle": "settle",
     "swap": "swap",
     "pitr": "pitr",
+    "batch": "batch",
 }
 
 

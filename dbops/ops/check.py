@@ -75,9 +75,10 @@ def run_squawk(
     if not binary:
         return [], ["squawk is not installed: pip install squawk-cli (or set DBOPS_SQUAWK)"]
     problems = [
-        f"{r['revision']}: offline SQL could not be rendered: {r['error']}"
+        f"{r['revision']}: offline SQL could not be rendered: {r['error']} (a revision that "
+        f"reads the database has no offline SQL; --no-squawk skips the lint)"
         for r in revisions
-        if r.get("error")
+        if r.get("error") and not r.get("sql")
     ]
     header = (
         f"-- dbops runs every migration with these (PGOPTIONS)\n"
@@ -85,13 +86,15 @@ def run_squawk(
         f"SET statement_timeout = '{settings.statement_timeout}';\n"
     )
     exclude = settings.get("DBOPS_SQUAWK_EXCLUDE")
-    cfg = settings.get("DBOPS_SQUAWK_CONFIG") or settings.alembic_ini.parent / ".squawk.toml"
+    cfg = settings.get("DBOPS_SQUAWK_CONFIG") or (
+        settings.alembic_ini.parent / ".squawk.toml" if settings.alembic_ini else Path("-")
+    )
     by_file: dict[str, str] = {}
     texts: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="dbops-squawk-") as tmp:
         files = []
         for i, r in enumerate(revisions):
-            if r.get("error") or not r["sql"].strip():
+            if not r["sql"].strip():
                 continue
             name = f"{i:03d}_{r['revision']}.sql"
             (Path(tmp) / name).write_text(header + r["sql"] + "\n")
@@ -124,8 +127,9 @@ def run_squawk(
         rev = by_file.get(fname, "?")
         rule = f.get("rule_name", "?")
         lines = texts.get(fname, [])
-        line = f.get("line")
-        stmt = lines[line - 1].strip() if isinstance(line, int) and 0 < line <= len(lines) else ""
+        line = f.get("line")  # squawk counts lines from 0
+        stmt = lines[line].strip() if isinstance(line, int) and 0 <= line < len(lines) else ""
+        line = line + 1 if isinstance(line, int) else line  # shown from 1, as editors do
         findings.append(
             {
                 "revision": rev,
@@ -141,7 +145,38 @@ def run_squawk(
     return findings, problems
 
 
-def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> dict:
+def write_baseline(settings: Settings, findings: list[dict]) -> tuple[Path, int]:
+    """Append an [[accept]] entry for every finding not accepted yet to the accept file
+    (created when missing): the revisions shipped before dbops check ran on them. Returns
+    (the file, how many entries were added)."""
+    import datetime
+
+    path = settings.get("DBOPS_SQUAWK_ACCEPT")
+    today = datetime.date.today().isoformat()
+    pairs = sorted({(f["revision"], f["rule"]) for f in findings if not f["accepted"]})
+    if not pairs:
+        return path, 0
+    text = (
+        path.read_text()
+        if path.is_file()
+        else (
+            "# Known squawk findings accepted for `invoke check` (see docs/migrations.md).\n"
+            "# Each entry needs a reason; prefer fixing the revision when it has not shipped yet.\n"
+        )
+    )
+    for revision, rule in pairs:
+        text += (
+            f'\n[[accept]]\nrevision = "{revision}"\nrule = "{rule}"\n'
+            f'reason = "baseline {today}: shipped before invoke check linted it"\n'
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path, len(pairs)
+
+
+def check(
+    settings: Settings, *, squawk: bool = True, baseline: bool = False, out: Out = print_line
+) -> dict:
     failures: list[str] = []
     with Agent(settings) as agent:
         st = call_status(agent)
@@ -166,11 +201,26 @@ def check(settings: Settings, *, squawk: bool = True, out: Out = print_line) -> 
                 f"ok    stairway: {stair['revisions']} revisions up, down, up again on a scratch "
                 f"database ({stair['steps']} steps), then down to base"
             )
-            out("ok    models match the migrations at head (autogenerate diff is empty)")
+            if stair.get("models_note"):
+                out(f"skip  models: {stair['models_note']}")
+            else:
+                out("ok    models match the migrations at head (autogenerate diff is empty)")
         sql = agent.call("check.sql")["revisions"] if squawk else []
+        for r in sql:  # no offline SQL (it reads the database): what the stairway executed
+            executed = (stair.get("executed_sql") or {}).get(r["revision"])
+            if r.get("error") and executed:
+                r["sql"], r["executed"] = executed, True
+                out(
+                    f"note  {r['revision']}: no offline SQL ({r['error']}); squawk lints the SQL "
+                    f"it executed in the stairway"
+                )
     if squawk:
         version = (st.get("server_version") or "").split()[0] or None
         findings, problems = run_squawk(settings, sql, version)
+        if baseline:
+            path, added = write_baseline(settings, findings)
+            out(f"ok    baseline: {added} finding(s) accepted in {path}")
+            findings = [{**f, "accepted": f["accepted"] or "baseline"} for f in findings]
         for p in problems:
             out(f"FAIL  {p}")
         failures += problems

@@ -7,12 +7,13 @@ requests while that agent holds the lock.
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
-from dbops.errors import OpsError
-from dbops.ops import steps
+from dbops.errors import OpsError, command
+from dbops.ops import batch, steps
 from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.settle import settle
 from dbops.ops.status import label
@@ -38,10 +39,19 @@ def migrate(
         )
         if not pending:
             out(f"nothing to do: already at {label(current)}")
+            if sql:  # --sql changes nothing and checks nothing: there is no SQL to print
+                return {
+                    "before": current,
+                    "after": current,
+                    "applied": [],
+                    "sql": "",
+                    "backup": None,
+                    "target": target,
+                }
             try:
                 res = _verify(agent, [target], target in pre["heads"])
             except AgentError as exc:
-                raise _verify_failure(exc, current, None) from None
+                raise _verify_failure(exc, current, None, applied=False) from None
             return {
                 "before": current,
                 "after": res["current"],
@@ -75,7 +85,7 @@ def migrate(
         steps.acquire_lock(agent, "migrate", current, "migrate")
         settle(settings, agent, out, "migrate")  # a run that died applying: its outcome
         # Re-read under the lock: another migrate may have finished just before we got it.
-        pre = agent.call("migrate.preflight", to=target)
+        pre = agent.call("migrate.preflight", to=target, load_env=False)  # loaded above
         current, pending = pre["current"], pre["pending"]
         if not pending:
             out(f"nothing to do: another run brought the database to {label(current)}")
@@ -137,20 +147,16 @@ def migrate(
         )
 
         def upgrade() -> dict:
-            steps.run_steps(
-                settings,
-                agent,
-                [p["revision"] for p in pending],
-                "up",
-                out,
-                run.done,
-                applying=run.applying,
+            revisions = [p["revision"] for p in pending]
+            batch.upgrade_all(
+                settings, agent, revisions, target, out, run.done, applying=run.applying
             )
             return _verify(agent, [target], target in pre["heads"])
 
         def failure(exc: AgentError) -> OpsError:
-            if exc.kind in ("verify", "schema_diff"):
-                return _verify_failure(exc, current, backup_path)
+            step_verify = exc.kind == "verify" and "revision" in exc.agent_details
+            if exc.kind in ("verify", "schema_diff") and not step_verify:
+                return _verify_failure(exc, current, backup_path, applied=bool(run.completed()))
             return steps.step_failure(
                 exc,
                 action="migrate",
@@ -176,6 +182,11 @@ def migrate(
 def _fix_hint(exc: AgentError, before: list[str], applied: list[str]) -> str:
     rev = exc.agent_details.get("revision", "?")
     hint = f"fix revision {rev}, then re-run: invoke migrate"
+    if exc.kind == "verify":  # the version row dbops reads did not move
+        hint = (
+            "make env.py connect to the database dbops points it at (DATABASE_URL / POSTGRES_* "
+            "in its environment), then: invoke current"
+        )
     if applied:
         undo = before[0] if before else "base"
         hint += f"   (or undo what this run applied: invoke rollback --to={undo})"
@@ -186,19 +197,61 @@ def _verify(agent: Agent, targets: list[str], models: bool) -> dict:
     return agent.call("migrate.verify", targets=targets, models=models)
 
 
-def _verify_failure(exc: AgentError, before: list[str], backup: str | None) -> OpsError:
+def _verify_failure(
+    exc: AgentError, before: list[str], backup: str | None, *, applied: bool = True
+) -> OpsError:
+    """The database is where it should be but its schema is not what the models say. The way
+    out depends on which side has the object: the models only (a revision is missing:
+    autogenerate writes it), the database only (declare it in the models, or list it in
+    DBOPS_MODELS_IGNORE when it is there on purpose — autogenerate would drop it). Undo advice
+    only when this run applied something."""
     d = exc.agent_details
+    diff = d.get("diff") or []
+    only_db = [x for x in diff if x.startswith("remove_")]
+    other = [x for x in diff if not x.startswith("remove_")]
     details = []
-    if d.get("diff"):
-        details.append("differences between the live schema and the models (autogenerate):")
-        details += [f"  {x}" for x in d["diff"]]
+    if other:
+        details.append("in the models, not in the database (autogenerate):")
+        details += [f"  {x}" for x in other]
+    if only_db:
+        details.append("only in the database, not in the models:")
+        details += [f"  {x}" for x in only_db]
     if backup:
         details.append(f"pre-migrate backup: {backup}")
-    undo = f"invoke rollback --to={before[0]}" if before else "invoke rollback --to=base"
     return OpsError(
         exc.message,
         state=f"before: {label(before)}; now: {label(d.get('current', []))}",
         details=details,
-        next_command=f"alembic revision --autogenerate -m 'match the models'   # add a "
-        f"revision for the difference, or fix the models; to undo this run: {undo}",
+        next_command=_next_for_models(other, only_db, before, applied),
     )
+
+
+def _next_for_models(other: list[str], only_db: list[str], before: list[str], applied: bool) -> str:
+    """The next command for a models mismatch, runnable as printed (the ways out after #)."""
+    undo = ""
+    if applied:
+        undo = "; to undo this run: " + command(
+            "invoke", "rollback", f"--to={before[0] if before else 'base'}"
+        )
+    if other:
+        return command(
+            "alembic",
+            "revision",
+            "--autogenerate",
+            "-m",
+            "match the models",
+            why="add a revision for what the models have, then review it" + undo,
+        )
+    if only_db:
+        names = ",".join(_ignore_entry(x) for x in only_db)
+        return (
+            f"echo {shlex.quote('DBOPS_MODELS_IGNORE=' + names)} >> .env   # if it is in the "
+            f"database on purpose; else declare it in the models{undo}"
+        )
+    return "invoke current   # then fix the models" + undo
+
+
+def _ignore_entry(diff: str) -> str:
+    """'remove_index ix_raw' -> 'index:ix_raw' (the DBOPS_MODELS_IGNORE syntax)."""
+    kind, _, name = diff.partition(" ")
+    return f"{kind.removeprefix('remove_')}:{name.split(' ')[0]}"

@@ -204,12 +204,18 @@ def stamp(c, to=None, yes=False):
     )
 
 
-@task(help={"no_squawk": "skip the squawk lint of the offline SQL"})
+@task(
+    help={
+        "no_squawk": "skip the squawk lint of the offline SQL",
+        "baseline": "accept every squawk finding of the revisions there are now (already "
+        "shipped) in the accept file (DBOPS_SQUAWK_ACCEPT), each with a baseline reason",
+    }
+)
 @guarded
-def check(c, no_squawk=False):
+def check(c, no_squawk=False, baseline=False):
     """CI gate: one head, stairway, models match, squawk. Non-zero on any failure.
 
     The stairway runs on a scratch database; squawk lints every revision's offline SQL.
     Accepting a known finding: docs/migrations.md."""
-    check_op.check(settings(c), squawk=not no_squawk)
+    check_op.check(settings(c), squawk=not no_squawk, baseline=baseline)
     print("check passed")
