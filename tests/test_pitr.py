@@ -12,18 +12,20 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from dbops import localpg
-from tests.conftest import ALEMBIC_INI, ROOT, InvokeRunner
+from dbops import audit, localpg
+from dbops.errors import OpsError
+from dbops.ops import pitr as pitr_op
+from tests.conftest import ALEMBIC_INI, ROOT, InvokeRunner, offline_settings
 from tests.fixtures.projects import SAMPLE_REVS as REVS
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("pgbackrest") is None,
-    reason="pgbackrest is not installed (apt-get install -y --no-install-recommends pgbackrest; "
-    "scripts/test installs it)",
+NO_PGBACKREST = (
+    "pgbackrest is not installed (apt-get install -y --no-install-recommends pgbackrest; "
+    "scripts/test installs it)"
 )
 DB = "app"
 
@@ -46,6 +48,8 @@ def insert(cluster: localpg.Cluster, note: str) -> None:
 def pitr(tmp_path_factory):
     """A cluster with archiving on (pitr-enable, the printed restart, pitr-enable again), a
     database at REVS[2] with a probe table, and one full physical backup."""
+    if shutil.which("pgbackrest") is None:
+        pytest.skip(NO_PGBACKREST)
     cluster = localpg.new_cluster(fast=False)
     work = tmp_path_factory.mktemp("pitr")
     try:
@@ -256,3 +260,47 @@ def test_refusals_without_pitr_set_up(invoke, tmp_path):
     done = invoke("restore")
     assert done.returncode != 0 and "file" in done.stderr  # FILE still required without a time
     assert not (tmp_path / "pgbackrest").exists()
+
+
+def test_the_backup_a_restore_starts_from_finished_before_the_target():
+    def b(label, stop_s, stop_lsn, error=False):
+        return {
+            "label": label,
+            "timestamp": {"stop": stop_s},
+            "lsn": {"stop": stop_lsn},
+            "error": error,
+        }
+
+    backups = [
+        b("1F", 100, "0/2000100"),
+        b("2F", 200, "0/5000100"),
+        b("3F", 300, "0/9000000", True),
+    ]
+    at = lambda s: datetime.fromtimestamp(s, UTC)  # noqa: E731
+    assert pitr_op.pick_backup(backups, lsn=None, at=at(150))["label"] == "1F"
+    assert pitr_op.pick_backup(backups, lsn=None, at=at(200.5))["label"] == "1F"  # 1 s margin
+    assert pitr_op.pick_backup(backups, lsn=None, at=at(400))["label"] == "2F"  # 3F has an error
+    assert pitr_op.pick_backup(backups, lsn="0/5000100", at=None)["label"] == "2F"
+    assert pitr_op.pick_backup(backups, lsn="0/1000000", at=None) is None
+
+
+def test_before_finds_the_run_by_its_ts_or_a_revision_it_ran(tmp_path):
+    s = offline_settings(tmp_path, DBOPS_BACKUP_DIR=str(tmp_path / "b"))
+    audit.append(s, "migrate", result="ok", steps=[{"revision": "aaa111"}], wal_lsn="0/10")
+    second = audit.append(
+        s, "migrate", result="failed", steps=[{"revision": "bbb222"}], wal_lsn="0/20"
+    )
+    audit.append(s, "rollback", result="ok", steps=[{"revision": "ccc333"}])  # no position
+    assert pitr_op.audit_target(s, "aaa")["wal_lsn"] == "0/10"
+    assert pitr_op.audit_target(s, second["ts"])["wal_lsn"] == "0/20"
+    with pytest.raises(OpsError, match="holds no WAL position"):
+        pitr_op.audit_target(s, "ccc333")
+    with pytest.raises(OpsError, match="no migrate or rollback"):
+        pitr_op.audit_target(s, "zzz")
+
+
+def test_an_unchanged_archive_timeout_is_not_changed_again():
+    assert not pitr_op._differs("archive_timeout", "60", "60s")
+    assert not pitr_op._differs("archive_timeout", "60", "1min")
+    assert pitr_op._differs("archive_timeout", "30", "60s")
+    assert pitr_op._differs("archive_command", "false", "pgbackrest … %p")

@@ -176,7 +176,7 @@ def restore(
     before=None,
     keep_side=False,
 ):
-    """Restore a backup (FILE, or 'latest'): into a new database, checked, swapped by rename."""
+    """Restore a backup (FILE, or 'latest'), or a point in time (--to-time/--to-lsn/--before): into a new database, checked, swapped by rename."""  # noqa: E501
     if to_time or to_lsn or before or keep_side or not file:
         from dbops.tasks.pitr import restore_point_in_time
 
