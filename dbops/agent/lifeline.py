@@ -4,7 +4,9 @@ A reader thread owns stdin and queues the host's lines. When stdin ends (the hos
 was killed, or its ``docker compose run`` client went away) or the agent gets SIGTERM/SIGINT
 (``PR_SET_PDEATHSIG`` sends SIGTERM when the local parent dies) while a handler runs, the agent
 cancels the queries of every connection it opened, the handler's transaction rolls back, and
-the agent exits: its connections end, the advisory lock with them.
+the agent exits: its connections end, the advisory lock with them. (So a request followed at
+once by the end of input, ``echo '{"op": …}' | python -m dbops.agent``, is not served: the
+host waits for each answer before it sends more or closes.)
 
 The commit handshake: before a migration's transaction commits, ``ask_commit`` writes
 ``{"ready_to_commit": {...}}`` to the host and waits for ``{"commit": true}``; anything else
