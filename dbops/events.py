@@ -354,8 +354,9 @@ def run_command(
         cmd.finish("failed", exc)
         exc.reported = cmd.json
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         cmd.finish("interrupted", OpsError("interrupted"))
+        exc.reported = cmd.json  # the summary said it
         raise
     except Exception as exc:  # an invoke Exit(1) from the task (e.g. doctor found a failure)
         code = getattr(exc, "code", None)
