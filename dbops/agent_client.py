@@ -51,10 +51,21 @@ class Agent:
         self.target = target or target_for(settings)
         self.proc: subprocess.Popen | None = None
         self.hello: dict = {}
+        self.relay = None  # JSON mode: the thread turning the agent's stderr into events
 
     def __enter__(self) -> Agent:
         self.target.ensure_available()
-        self.proc = start(self.target.agent(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        from dbops import events
+
+        relay = events.json_mode()  # JSON mode: the agent's stderr (a traceback) as events
+        self.proc = start(
+            self.target.agent(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            **({"stderr": subprocess.PIPE} if relay else {}),
+        )
+        if relay:
+            self.relay = events.relay_lines(self.proc.stderr)
         self.hello = self.call(
             "hello", operator=operator(), maintenance_db=self.settings.maintenance_db
         )
@@ -81,6 +92,9 @@ class Agent:
         finally:
             if self.proc.stdout:
                 self.proc.stdout.close()
+            if self.relay is not None:  # its last lines before the summary
+                self.relay.join(5)
+                self.relay = None
             self.proc = None
 
     def _send(self, obj: dict) -> None:

@@ -308,6 +308,21 @@ def begin() -> None:
         _current.begin()
 
 
+def relay_lines(pipe) -> threading.Thread:
+    """A child's stderr pipe, line by line, into this command's stderr (in JSON mode: step
+    events, a traceback included), from a daemon thread until the pipe closes."""
+    sink = sys.stderr
+
+    def pump() -> None:
+        with pipe:
+            for raw in iter(pipe.readline, b""):
+                sink.write(raw.decode(errors="replace"))
+
+    worker = threading.Thread(target=pump, name="dbops-relay", daemon=True)
+    worker.start()
+    return worker
+
+
 def json_mode() -> bool:
     return _current is not None and _current.json
 
@@ -339,8 +354,9 @@ def run_command(
         cmd.finish("failed", exc)
         exc.reported = cmd.json
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         cmd.finish("interrupted", OpsError("interrupted"))
+        exc.reported = cmd.json  # the summary said it
         raise
     except Exception as exc:  # an invoke Exit(1) from the task (e.g. doctor found a failure)
         code = getattr(exc, "code", None)

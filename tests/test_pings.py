@@ -303,3 +303,32 @@ def test_json_mode_is_json_only_for_tasks_that_pass_and_fail(invoke, ops_env):
         if done.returncode:
             assert summary[0]["result"] == "failed" and summary[0]["error"], args
             assert summary[0]["state"] and summary[0]["next_command"] is not None, args
+
+
+def test_an_agent_traceback_in_json_mode_is_events(invoke, tmp_path):
+    """The agent's own stderr (here: a traceback from a broken env.py) becomes step events."""
+    project = tmp_path / "broken"
+    (project / "alembic" / "versions").mkdir(parents=True)
+    (project / "alembic.ini").write_text("[alembic]\nscript_location = %(here)s/alembic\n")
+    (project / "alembic" / "env.py").write_text(
+        "import sys\nprint('env.py: about to fail', file=sys.stderr)\n"
+        "raise RuntimeError('broken env.py')\n"
+    )
+    (project / "alembic" / "script.py.mako").write_text("")
+    (project / "alembic" / "versions" / "a1_first.py").write_text(
+        "revision = 'a1'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n"
+        "def upgrade():\n    pass\ndef downgrade():\n    pass\n"
+    )
+    done = invoke(
+        "migrate",
+        "--no-backup",
+        "--log-format",
+        "json",
+        env={"DBOPS_ALEMBIC_INI": str(project / "alembic.ini")},
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert all(ln.startswith("{") for ln in lines), done.stderr
+    evs = [json.loads(ln) for ln in lines]
+    assert evs[-1]["event"] == "summary" and evs[-1]["result"] == "failed"
+    assert any("about to fail" in (e.get("message") or "") for e in evs), evs

@@ -58,8 +58,9 @@ def guarded(fn):
             if not getattr(exc, "reported", False):  # JSON mode: the summary event said it
                 print(exc.render(), file=sys.stderr, flush=True)
             raise Exit(code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as exc:
+            if not getattr(exc, "reported", False):
+                print("interrupted", file=sys.stderr)
             raise Exit(code=130) from None
         finally:
             for sig, handler in previous.items():
