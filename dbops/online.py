@@ -991,10 +991,16 @@ def _change_column_type_online(operations, op: ChangeColumnTypeOnlineOp) -> None
                 )
         was_not_null = s.not_null(table, col, op.schema)
         s.run(f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {s.q(new)} {kind}")
+        # the default CAST is a plain expression of NEW (fast); a USING expression is evaluated
+        # over the row's columns by name (a query per row)
+        value = (
+            f"(SELECT {op.using} FROM (SELECT NEW.*) AS row_)"
+            if op.using
+            else f"CAST(NEW.{s.q(col)} AS {kind})"
+        )
         s.run(
             f"CREATE OR REPLACE FUNCTION {s.table(fn, op.schema)}() RETURNS trigger "
-            f"LANGUAGE plpgsql AS $f$ BEGIN NEW.{s.q(new)} := (SELECT {using} FROM "
-            f"(SELECT NEW.*) AS row_); RETURN NEW; END $f$"
+            f"LANGUAGE plpgsql AS $f$ BEGIN NEW.{s.q(new)} := {value}; RETURN NEW; END $f$"
         )
         exists = s.value(
             "SELECT count(*) FROM pg_trigger WHERE tgname = :t AND tgrelid = "
@@ -1022,9 +1028,10 @@ def _change_column_type_online(operations, op: ChangeColumnTypeOnlineOp) -> None
         )
         if was_not_null:
             _set_not_null(s, table, new, op.schema)
-        swap = [
-            f"ALTER TABLE {target} ALTER COLUMN {s.q(col)} DROP NOT NULL",
-            f"ALTER TABLE {target} DROP COLUMN IF EXISTS {s.q(old)}",  # an earlier change's
+        swap = [f"ALTER TABLE {target} ALTER COLUMN {s.q(col)} DROP NOT NULL"]
+        if _attnum(s, table, old, op.schema):  # an earlier change's, not dropped yet
+            swap.append(f"ALTER TABLE {target} DROP COLUMN {s.q(old)}")
+        swap += [
             f"ALTER TABLE {target} RENAME COLUMN {s.q(col)} TO {s.q(old)}",
             f"ALTER TABLE {target} RENAME COLUMN {s.q(new)} TO {s.q(col)}",
             f"DROP TRIGGER IF EXISTS {s.q(trg)} ON {target}",
