@@ -687,11 +687,14 @@ def _backfill(
     size = min(batch_rows, 1000)
     t0 = shown = time.monotonic()
     while True:
-        after = f"{k} > {_literal(last)} AND " if last is not None else ""
+        after = [f"{k} > {_literal(last)}"] if last is not None else []
         upper = s.conn.execute(
             sql_text(
-                f"SELECT max(k)::text FROM (SELECT {k} AS k FROM {target} WHERE {after}{todo} "
-                f"ORDER BY {k} LIMIT {int(size)}) batch"
+                # the next `size` keys, whatever `where` says: a range of the key's index (a
+                # filter here would let the planner pick a full scan for a column without
+                # statistics, e.g. one just added); `where` is applied by the UPDATE
+                f"SELECT max(k)::text FROM (SELECT {k} AS k FROM {target}"
+                f"{' WHERE ' + after[0] if after else ''} ORDER BY {k} LIMIT {int(size)}) batch"
             )
         ).scalar()
         if upper is None:
@@ -699,9 +702,8 @@ def _backfill(
         # the WHERE is checked again on each row as it is updated: a row a writer changed
         # meanwhile is skipped, and a re-run after a kill skips the rows already done
         started = time.monotonic()
-        done += s.run(
-            f"UPDATE {target} SET {set_} WHERE {after}{k} <= {_literal(upper)} AND {todo}"
-        )
+        bounds = " AND ".join([*after, f"{k} <= {_literal(upper)}", todo])
+        done += s.run(f"UPDATE {target} SET {set_} WHERE {bounds}")
         batches += 1
         last = upper
         now = time.monotonic()
