@@ -687,11 +687,14 @@ def _backfill(
     size = min(batch_rows, 1000)
     t0 = shown = time.monotonic()
     while True:
-        after = f"{k} > {_literal(last)} AND " if last is not None else ""
+        after = [f"{k} > {_literal(last)}"] if last is not None else []
         upper = s.conn.execute(
             sql_text(
-                f"SELECT max(k)::text FROM (SELECT {k} AS k FROM {target} WHERE {after}{todo} "
-                f"ORDER BY {k} LIMIT {int(size)}) batch"
+                # the next `size` keys, whatever `where` says: a range of the key's index (a
+                # filter here would let the planner pick a full scan for a column without
+                # statistics, e.g. one just added); `where` is applied by the UPDATE
+                f"SELECT max(k)::text FROM (SELECT {k} AS k FROM {target}"
+                f"{' WHERE ' + after[0] if after else ''} ORDER BY {k} LIMIT {int(size)}) batch"
             )
         ).scalar()
         if upper is None:
@@ -699,9 +702,8 @@ def _backfill(
         # the WHERE is checked again on each row as it is updated: a row a writer changed
         # meanwhile is skipped, and a re-run after a kill skips the rows already done
         started = time.monotonic()
-        done += s.run(
-            f"UPDATE {target} SET {set_} WHERE {after}{k} <= {_literal(upper)} AND {todo}"
-        )
+        bounds = " AND ".join([*after, f"{k} <= {_literal(upper)}", todo])
+        done += s.run(f"UPDATE {target} SET {set_} WHERE {bounds}")
         batches += 1
         last = upper
         now = time.monotonic()
@@ -991,10 +993,16 @@ def _change_column_type_online(operations, op: ChangeColumnTypeOnlineOp) -> None
                 )
         was_not_null = s.not_null(table, col, op.schema)
         s.run(f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {s.q(new)} {kind}")
+        # the default CAST is a plain expression of NEW (fast); a USING expression is evaluated
+        # over the row's columns by name (a query per row)
+        value = (
+            f"(SELECT {op.using} FROM (SELECT NEW.*) AS row_)"
+            if op.using
+            else f"CAST(NEW.{s.q(col)} AS {kind})"
+        )
         s.run(
             f"CREATE OR REPLACE FUNCTION {s.table(fn, op.schema)}() RETURNS trigger "
-            f"LANGUAGE plpgsql AS $f$ BEGIN NEW.{s.q(new)} := (SELECT {using} FROM "
-            f"(SELECT NEW.*) AS row_); RETURN NEW; END $f$"
+            f"LANGUAGE plpgsql AS $f$ BEGIN NEW.{s.q(new)} := {value}; RETURN NEW; END $f$"
         )
         exists = s.value(
             "SELECT count(*) FROM pg_trigger WHERE tgname = :t AND tgrelid = "
@@ -1022,9 +1030,10 @@ def _change_column_type_online(operations, op: ChangeColumnTypeOnlineOp) -> None
         )
         if was_not_null:
             _set_not_null(s, table, new, op.schema)
-        swap = [
-            f"ALTER TABLE {target} ALTER COLUMN {s.q(col)} DROP NOT NULL",
-            f"ALTER TABLE {target} DROP COLUMN IF EXISTS {s.q(old)}",  # an earlier change's
+        swap = [f"ALTER TABLE {target} ALTER COLUMN {s.q(col)} DROP NOT NULL"]
+        if _attnum(s, table, old, op.schema):  # an earlier change's, not dropped yet
+            swap.append(f"ALTER TABLE {target} DROP COLUMN {s.q(old)}")
+        swap += [
             f"ALTER TABLE {target} RENAME COLUMN {s.q(col)} TO {s.q(old)}",
             f"ALTER TABLE {target} RENAME COLUMN {s.q(new)} TO {s.q(col)}",
             f"DROP TRIGGER IF EXISTS {s.q(trg)} ON {target}",

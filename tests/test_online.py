@@ -394,6 +394,16 @@ def test_offline_sql_writes_the_steps(small, tmp_path, capsys):
     assert [out.index(s) for s in steps] == sorted(out.index(s) for s in steps)
 
 
+def test_type_change_using_an_expression_of_the_row(small, tmp_path):
+    alembic(
+        make_project(
+            tmp_path, 'op.change_column_type_online("t", "b", sa.Text, using="b || \'-\' || a")'
+        )
+    )
+    assert column_type(small, "t", "b") == "text"
+    assert one(small, "SELECT count(*) FROM t WHERE b = 'x' || id || '-' || a") == 2000
+
+
 def test_type_change_of_an_indexed_column_refuses_and_changes_nothing(small, tmp_path):
     from dbops.online import OnlineOperationError
 

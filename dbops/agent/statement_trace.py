@@ -48,6 +48,7 @@ class StatementTrace:
         self.tx_rows = 0  # rows written in the open transaction
         self.max_tx_rows = 0
         self.tx = 0  # number of the open transaction (each autocommit statement is its own)
+        self.explicit: set[int] = set()  # backends in a BEGIN … COMMIT sent in autocommit mode
         self._t0: dict[int, float] = {}
 
     # --- hooks -------------------------------------------------------------------------
@@ -86,8 +87,12 @@ class StatementTrace:
             self.first_seen.setdefault(
                 (key, oid, mode), (started if started is not None else self.clock(), index)
             )
+        head = _head(statement) if statement is not None else ""
+        if head in ("BEGIN", "START") and getattr(dbapi_conn, "autocommit", False):
+            self.explicit.add(key)  # a transaction opened by hand on an autocommit connection
+        in_explicit = key in self.explicit
         if self.detail and statement is not None:
-            autocommit = bool(getattr(dbapi_conn, "autocommit", False))
+            autocommit = bool(getattr(dbapi_conn, "autocommit", False)) and not in_explicit
             rewritten = []
             for oid, _, node in rows:
                 if (
@@ -118,6 +123,9 @@ class StatementTrace:
                 self.tx += 1
         if statement is not None:
             self.on_statement(statement, pairs, new)
+        if in_explicit and head in ("COMMIT", "ROLLBACK", "END", "ABORT"):
+            self.explicit.discard(key)
+            self._released(dbapi_conn)
 
     def _released(self, dbapi_conn) -> None:
         """The transaction ended: every lock first seen on this backend was held until now."""
@@ -200,6 +208,9 @@ class StatementTrace:
             event.remove(Engine, name, getattr(self, method))
 
 
+def _head(statement: str) -> str:
+    return statement.lstrip().split(None, 1)[0].upper().rstrip(";") if statement.strip() else ""
+
+
 def _writes(statement: str) -> bool:
-    head = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
-    return head in ("UPDATE", "DELETE", "INSERT", "MERGE", "WITH")
+    return _head(statement) in ("UPDATE", "DELETE", "INSERT", "MERGE", "WITH")
