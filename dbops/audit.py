@@ -40,8 +40,14 @@ def append(settings: Settings, action: str, **fields) -> dict:
     return record
 
 
-def read(settings: Settings, path: Path | None = None) -> list[dict]:
-    """Every record, oldest first; unreadable lines are skipped (a torn last line)."""
+# Lines written before a step, not outcomes: "applying" (a revision is about to commit,
+# dbops/ops/settle.py) and "swapping" (restore's rename). Readers of "the last run" skip them.
+INTENTS = ("applying", "swapping")
+
+
+def read(settings: Settings, path: Path | None = None, *, intents: bool = True) -> list[dict]:
+    """Every record, oldest first; unreadable lines are skipped (a torn last line).
+    ``intents=False``: outcomes only (no INTENTS lines)."""
     path = path or settings.audit_log
     if not path.is_file():
         return []
@@ -51,4 +57,6 @@ def read(settings: Settings, path: Path | None = None) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             continue
+    if not intents:
+        return [r for r in records if r.get("result") not in INTENTS]
     return records

@@ -234,7 +234,7 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
     # --- operations and drills: the audit record ------------------------------------
     last: dict[str, dict] = {}
     last_ok: dict[str, dict] = {}
-    for rec in audit.read(settings):
+    for rec in audit.read(settings, intents=False):
         if rec.get("database") != db:
             continue
         action = rec.get("action")

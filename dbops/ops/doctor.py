@@ -864,7 +864,7 @@ def restore_drill(f: Facts) -> Check:
 def audit_record(f: Facts) -> Check:
     s = f.settings
     try:
-        records = [x for x in audit.read(s) if x.get("database") == s.database]
+        records = [x for x in audit.read(s, intents=False) if x.get("database") == s.database]
     except OSError as exc:
         return Check("audit", UNKNOWN, f"cannot read {s.audit_log}: {exc.strerror}")
     if not records:

@@ -482,7 +482,7 @@ def audit_target(settings: Settings, ref: str) -> dict:
     statement."""
     runs = [
         r
-        for r in audit.read(settings)
+        for r in audit.read(settings, intents=False)
         if r.get("action") in ("migrate", "rollback") and r.get("database") == settings.database
     ]
     by_ts = [r for r in runs if r.get("ts") == ref]
