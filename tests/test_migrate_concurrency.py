@@ -3,6 +3,7 @@ autocommit_block revision), and a session holding a lock on comments while migra
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -74,15 +75,31 @@ def test_migrate_waits_out_a_lock_holder_without_blocking_selects(
         target=_prober, args=(lambda: pg_cluster.connect(database), stop, worst)
     )
     probe.start()
-    release = threading.Timer(3.0, holder.commit)
-    release.start()
+    # The holder lets go once the migrate has hit its first lock_timeout (read from its output,
+    # not a timer: on a loaded machine the migrate may reach its ALTER late).
+    proc = start_invoke({**invoke.env, **env, "DBOPS_LOCK_RETRIES": "8"}, "migrate", "--no-backup")
+    lines: list[str] = []
+
+    def release_after_first_timeout() -> None:
+        released = False
+        for line in proc.stdout:
+            lines.append(line)
+            if not released and "attempt 1/9" in line:
+                holder.commit()
+                released = True
+
+    watcher = threading.Thread(target=release_after_first_timeout)
+    watcher.start()
     try:
-        done = invoke("migrate", "--no-backup", env={**env, "DBOPS_LOCK_RETRIES": "8"})
+        code = proc.wait(timeout=300)
+        watcher.join()
+        stderr = proc.stderr.read()
     finally:
-        release.cancel()
+        proc.kill()
         stop.set()
         probe.join()
         holder.close()
+    done = subprocess.CompletedProcess(proc.args, code, "".join(lines), stderr)
     assert done.returncode == 0, done.stderr
     assert "lock_timeout (500ms) on a1f1a9000001, attempt 1/9" in done.stdout
     assert "app-worker" in done.stdout  # the blocker is named while retrying
