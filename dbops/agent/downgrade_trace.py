@@ -263,12 +263,11 @@ def effects_of(before: dict, after: dict, trace: DowngradeTrace, rev: str) -> li
             items.append(_item("drops table", q))
             continue
         bcols, acols = before["columns"][oid], after["columns"].get(oid, {})
-        for attnum, (col, typ) in sorted(bcols.items()):
-            live = at[oid]  # a renamed table keeps its oid: counted under its live name
+        for attnum, (col, typ) in sorted(bcols.items()):  # a rename keeps the oid and attnum
             if attnum not in acols:
-                items.append(_item("drops column", bt[oid], col, live=live))
+                items.append(_item("drops column", bt[oid], col))
             elif acols[attnum][1] != typ:
-                items.append(_item("changes type of", bt[oid], col, live=live, to=acols[attnum][1]))
+                items.append(_item("changes type of", bt[oid], col, to=acols[attnum][1]))
     names = set(bt.values())
     explained: set[str] = set()
     for statement, params in trace.dml.get(rev, []):
@@ -434,7 +433,7 @@ def count_item(conn, it: dict) -> int | None:
     be counted (no such table or column yet, a lock held elsewhere, too slow, unreadable)."""
     if it.get("why"):
         return None
-    live = it.get("live") or it["table"]
+    live = it["table"]  # its name before this step (renamed by an earlier one: not counted)
     if it["kind"] in ("drops column", "changes type of"):
         q = sql.SQL("SELECT count(*) FROM {} WHERE {} IS NOT NULL").format(
             _ident(live), sql.Identifier(it["column"])

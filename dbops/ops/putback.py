@@ -57,9 +57,12 @@ incopy { print; if ($0 == "\\.") incopy = 0; next }
 NOTICE = re.compile(r"dbops-putback\|(.*)$")
 
 
-def migrate_backup(settings: Settings, steps: list[dict], target: str | None) -> dict:
+def migrate_backup(
+    settings: Settings, steps: list[dict], target: str | None, *, verify: bool = True
+) -> dict:
     """{"entry": catalog entry, "record": migrate audit record} of the backup taken by the
-    migrate that applied the lowest revision being undone, or {"refused": why}."""
+    migrate that applied the lowest revision being undone, or {"refused": why}. ``verify``:
+    the file's sha256 against its manifest too (before it is used), not only its size."""
     lowest = steps[-1]["revision"]
     record = None
     for r in reversed(audit.read(settings)):
@@ -87,7 +90,7 @@ def migrate_backup(settings: Settings, steps: list[dict], target: str | None) ->
             "(--no-backup or DBOPS_PREMIGRATE_BACKUP=none)"
         }
     path = Path(record["backup"])
-    manifest, problems = catalog.check_backup(path, full=True)
+    manifest, problems = catalog.check_backup(path, full=verify)
     if manifest is None or problems:
         return {
             "refused": f"the backup of the migrate that applied {lowest} ({when}), {path}, "

@@ -66,7 +66,7 @@ def _note_empty(settings: Settings, steps, target, empty: list[str], out: Out) -
     migration's changes from later writes); say where the rows of before are."""
     from dbops.ops import putback as putback_op
 
-    found = putback_op.migrate_backup(settings, steps, target)
+    found = putback_op.migrate_backup(settings, steps, target, verify=False)
     if "entry" not in found:
         return
     path, manifest = found["entry"]["path"], found["entry"]["manifest"]
@@ -139,6 +139,11 @@ def rollback(
             _note_empty(settings, steps, target, empty, out)
         entry, doable = None, {}
         wanted = sorted(loss["putback"])
+        if loss.get("error") and putback and not plan["not_implemented"]:
+            out(
+                f"put-back: not computed ({loss['error']}); nothing is put back after the "
+                "downgrade (the migrate's backup still holds the data of before)"
+            )
         if wanted and not putback:
             out(f"--no-putback: {', '.join(wanted)} keep what the downgrade leaves")
         elif wanted and not plan["not_implemented"]:
@@ -148,8 +153,9 @@ def rollback(
                     f"the downgrade leaves {', '.join(wanted)} without the data the migration "
                     f"took, and it cannot be put back: {found['refused']}",
                     state=f"unchanged at {label(current)}",
-                    next_command=f"invoke rollback --to={to} --no-putback   # the downgrade "
-                    "alone: what the migration dropped stays lost",
+                    next_command=f"invoke rollback --to={to} --no-putback"
+                    + (" --accept-data-loss" if data_loss else "")
+                    + "   # the downgrade alone: what the migration dropped stays lost",
                 )
             entry = found["entry"]
             # its pg_restore must be able to read the archive: refused now, not after
