@@ -121,7 +121,7 @@ def _duration(raw: str) -> str:
     ms = duration_ms(v)
     if ms > INT_MAX:
         raise ValueError(f"is longer than PostgreSQL accepts ({INT_MAX} ms, about 24 days)")
-    number, unit = m.group(1), m.group(2) or "ms"
+    number, unit = m.group(1), m.group(2) or ""  # a bare number is ms, as PostgreSQL reads it
     if unit == "us" or not float(number).is_integer():
         return f"{max(1, round(ms)) if ms > 0 else 0}ms"  # never rounded down to 0 (= off)
     return f"{int(float(number))}{unit}"

@@ -75,7 +75,7 @@ def cache_store(path: Path, insp: dict, steps: list[dict], warn: Out = print_not
             ),
         )
     except safefile.FolderError as exc:
-        warn(f"note: the recover cache is not kept: {exc.message} (fix: {exc.next_command})")
+        warn(f"note: could not write the recover cache {path}: {exc.message}; {exc.next_command}")
     except OSError as exc:  # a read-only checkout: works, just not cached
         warn(f"note: could not write the recover cache {path}: {exc.strerror}")
 
