@@ -9,6 +9,7 @@ and the others are still answered (doctor must never crash at 3 a.m.).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 
@@ -354,7 +355,19 @@ def env_target(ctx) -> dict:
     with guard.live_unchanged("the probe of env.py"):  # read once around both probes
         for _ in range(2):
             seen: dict = {}
-            with scratch.scratch_database("probe") as name, db.pointed_at(name), quiet_alembic():
+            try:
+                made = scratch.scratch_database("probe")
+                name = made.__enter__()
+            except Exception as exc:  # a role without CREATEDB: not probed (schema says so too)
+                return {
+                    "follows": None,
+                    "kind": "scratch",
+                    "error": f"cannot create a scratch database to probe env.py: {one_line(exc)}",
+                }
+            with contextlib.ExitStack() as stack:
+                stack.push(made)
+                stack.enter_context(db.pointed_at(name))
+                stack.enter_context(quiet_alembic())
                 try:
                     with (
                         guard.expecting(name, "the probe of env.py"),
