@@ -272,9 +272,21 @@ def test_the_guard_stops_a_connection_before_its_first_statement(
     refused(err.value)
     assert f"database {database!r}" in err.value.message and repr(other) in err.value.message
     assert live.execute("SELECT to_regclass('should_not_exist')").fetchone()[0] is None
-    # and a connection that reaches the expected database passes
-    with guard.expecting(database, "a live step"), create_engine(url).connect() as c:
+    # a connection that reaches the expected database passes; kept in the engine's pool (an
+    # engine env.py made at import), it is checked again when a later step expects another
+    engine = create_engine(url)
+    with guard.expecting(database, "a live step"), engine.connect() as c:
         assert c.execute(text("SELECT current_database()")).scalar() == database
+    pg_cluster.create_database(other)
+    try:
+        with pytest.raises(guard.WrongDatabase), guard.expecting(other, "a scratch step"):
+            with engine.connect() as c:
+                c.execute(text("CREATE TABLE should_not_exist (x int)"))
+    finally:
+        engine.dispose()
+        with pg_cluster.connect() as m:
+            m.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+    assert live.execute("SELECT to_regclass('should_not_exist')").fetchone()[0] is None
 
 
 def test_a_scratch_step_that_changed_live_fails_loudly(pg_cluster, database, live, monkeypatch):

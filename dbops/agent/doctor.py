@@ -9,6 +9,7 @@ and the others are still answered (doctor must never crash at 3 a.m.).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 
@@ -317,36 +318,49 @@ def env_target(ctx) -> dict:
     script = ctx.script()
     env_py = str(Path(script.dir) / "env.py")
     via = None
-    for _ in range(2):
-        seen: dict = {}
-        with scratch.scratch_database("probe") as name, db.pointed_at(name), quiet_alembic():
+    with guard.live_unchanged("the probe of env.py"):  # read once around both probes
+        for _ in range(2):
+            seen: dict = {}
             try:
-                with (
-                    guard.scratch_step(name, "the probe of env.py"),
-                    guard.aimed_config(ctx, name) as cfg,
-                ):
+                made = scratch.scratch_database("probe")
+                name = made.__enter__()
+            except Exception as exc:  # a role without CREATEDB: not probed (schema says so too)
+                return {
+                    "follows": None,
+                    "kind": "scratch",
+                    "error": f"cannot create a scratch database to probe env.py: {one_line(exc)}",
+                }
+            with contextlib.ExitStack() as stack:
+                stack.push(made)
+                stack.enter_context(db.pointed_at(name))
+                stack.enter_context(quiet_alembic())
+                try:
+                    with (
+                        guard.expecting(name, "the probe of env.py"),
+                        guard.aimed_config(ctx, name) as cfg,
+                    ):
 
-                    def capture(_rev, mc, cfg=cfg, seen=seen):
-                        seen["shared"] = mc.connection is cfg.attributes.get("connection")
-                        seen["where"] = mc.connection.exec_driver_sql(guard.IDENTITY_SQL).one()
-                        return []
+                        def capture(_rev, mc, cfg=cfg, seen=seen):
+                            seen["shared"] = mc.connection is cfg.attributes.get("connection")
+                            seen["where"] = mc.connection.exec_driver_sql(guard.IDENTITY_SQL).one()
+                            return []
 
-                    with EnvironmentContext(cfg, script, fn=capture, dont_mutate=True):
-                        script.run_env()
-            except guard.WrongDatabase as exc:
-                return {"follows": False, "error": exc.message, "env_py": env_py, **exc.details}
-            except AgentFailure as exc:
-                return {"follows": None, "error": exc.message, "kind": exc.kind}
-            except Exception as exc:  # env.py failed for a reason of its own
-                return {"follows": None, "error": f"env.py failed: {one_line(exc)}"}
-        if "where" not in seen:
-            return {"follows": None, "error": "env.py ran but never ran its migrations online"}
-        if seen["where"][0] != name:  # a connection the guard never saw open (a reused one)
-            return {
-                "follows": False,
-                "env_py": env_py,
-                "error": f"env.py ran on database {seen['where'][0]!r}, dbops meant {name!r}: "
-                f"{guard.README_FIX}",
-            }
-        via = "connection" if seen["shared"] else "url"
+                        with EnvironmentContext(cfg, script, fn=capture, dont_mutate=True):
+                            script.run_env()
+                except guard.WrongDatabase as exc:
+                    return {"follows": False, "error": exc.message, "env_py": env_py, **exc.details}
+                except AgentFailure as exc:
+                    return {"follows": None, "error": exc.message, "kind": exc.kind}
+                except Exception as exc:  # env.py failed for a reason of its own
+                    return {"follows": None, "error": f"env.py failed: {one_line(exc)}"}
+            if "where" not in seen:
+                return {"follows": None, "error": "env.py ran but never ran its migrations online"}
+            if seen["where"][0] != name:  # a connection the guard never saw open (a reused one)
+                return {
+                    "follows": False,
+                    "env_py": env_py,
+                    "error": f"env.py ran on database {seen['where'][0]!r}, dbops meant "
+                    f"{name!r}: {guard.README_FIX}",
+                }
+            via = "connection" if seen["shared"] else "url"
     return {"follows": True, "via": via}

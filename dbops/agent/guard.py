@@ -27,6 +27,7 @@ meant for database X:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,9 +96,13 @@ def identify_dbapi(dbapi_conn) -> Where:
     return Where(str(row[0]), str(row[1]), str(row[2]), row[3], row[4])
 
 
+_serial = itertools.count(1)
+
+
 class Expectation:
     def __init__(self, dbname: str, step: str):
         self.dbname, self.step = dbname, step
+        self.serial = next(_serial)  # a pooled connection is checked again in each new step
         with db.connect(dbname, application_name=f"dbops:guard {step}"[:63]) as conn:
             self.meant = identify_dbapi(conn)  # dbops' own connection, asked by name
         self.seen: list[Where] = []
@@ -122,18 +127,19 @@ def active() -> Expectation | None:
     return _active
 
 
-def _on_pool_connect(dbapi_conn, record) -> None:
+def _on_pool_connect(dbapi_conn, record, *_proxy) -> None:
     exp = _active
-    if exp is None or record is None or record.info.get("dbops_guard"):
+    if exp is None or record is None or record.info.get("dbops_guard") == exp.serial:
         return
-    record.info["dbops_guard"] = True
+    record.info["dbops_guard"] = exp.serial
     exp.check(dbapi_conn)
 
 
 def install() -> None:
     """Listen on every SQLAlchemy pool (class level: every engine, created before or after,
     sync or async). ``first_connect`` runs before the dialect's first queries on a new engine,
-    ``connect`` covers every later connection; a connection is checked once."""
+    ``connect`` covers every later connection, ``checkout`` a pooled one opened in an earlier
+    step (an engine env.py made at import); a connection is checked once per step."""
     global _installed
     if _installed:
         return
@@ -142,6 +148,7 @@ def install() -> None:
 
     event.listen(Pool, "first_connect", _on_pool_connect, insert=True)
     event.listen(Pool, "connect", _on_pool_connect, insert=True)
+    event.listen(Pool, "checkout", _on_pool_connect, insert=True)
     _installed = True
 
 

@@ -230,6 +230,8 @@ def isolation(f: Facts) -> Check | None:
     try:
         r = f.agent.call("doctor.env_target")
     except AgentError as exc:
+        if exc.kind == "live_changed":  # never expected: the guard stops env.py first
+            return Check("isolation", FAIL, exc.message, next="invoke recover", why=exc.message)
         return Check("isolation", UNKNOWN, f"could not probe env.py: {exc.message}")
     if r.get("follows"):
         how = (
