@@ -375,3 +375,25 @@ def test_migrate_refuses_an_env_py_aimed_at_another_database(shape_env, live, pg
     assert f"dbops meant database '{database}'" in err.value.message
     assert err.value.state == "before migrate: a1; now: a1"  # read from the database
     assert state(live) == before
+
+
+def test_rollback_plan_traces_downgrades_on_the_copy_only(at_first, live):
+    """The rollback plan runs the downgrades on a schema-only copy to see what they destroy:
+    an env.py that does not follow dbops' target (MYAPP_DB_URL, aimed at the live database)
+    is stopped there before its first statement, the plan says it cannot tell what the
+    downgrades destroy, and --yes alone refuses: the live database is unchanged."""
+    from dbops.errors import OpsError
+    from dbops.ops import rollback as rollback_op
+
+    settings = at_first("custom_var")
+    alembic(settings.alembic_ini, "upgrade", COMMON_REVS[-1])
+    before = state(live)
+    lines: list[str] = []
+    with pytest.raises(OpsError):
+        rollback_op.rollback(
+            settings, COMMON_REVS[0], yes=True, out=lines.append, warn=lines.append
+        )
+    plan = "\n".join(lines)
+    assert "cannot tell what it destroys (the downgrade trace of a rollback plan: env.py" in plan
+    assert "stopped before its first statement" in plan
+    assert state(live) == before

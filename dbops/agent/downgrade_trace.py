@@ -27,7 +27,7 @@ import re
 
 from psycopg import sql
 
-from dbops.agent import db, scratch
+from dbops.agent import db, guard, scratch
 from dbops.agent.db import one_line
 from dbops.agent.pglocks import READ_MODES
 from dbops.agent.protocol import AgentFailure, handler
@@ -391,22 +391,30 @@ def trace(ctx, name: str, current: list, target: str | None) -> dict:
         first = snapshot(sc)
     tracer = DowngradeTrace()
     steps, before, error = [], first, None
-    try:
-        with tracer, quiet(), db.pointed_at(name):
-            for rev in revs:
-                tracer.revision = rev.revision
-                command.downgrade(ctx.config(), rev.down_revision or "base")
-                with db.connect(name, application_name="dbops:downgrade-trace") as sc:
-                    after = snapshot(sc)
-                steps.append(
-                    {
-                        "revision": rev.revision,
-                        "effects": effects_of(before, after, tracer, rev.revision),
-                    }
-                )
-                before = after
-    except Exception as exc:  # noqa: BLE001 - a downgrade that needs data to run
-        error = f"the downgrade of {tracer.revision} failed on a schema-only copy: {one_line(exc)}"
+    # Guarded: an env.py that does not follow dbops' target is stopped before its first
+    # statement (else these downgrades would run on the live database), and the live
+    # database is read back unchanged afterwards.
+    with guard.scratch_step(name, "the downgrade trace of a rollback plan"):
+        try:
+            with tracer, quiet(), db.pointed_at(name):
+                for rev in revs:
+                    tracer.revision = rev.revision
+                    with guard.aimed_config(ctx, name) as cfg:
+                        command.downgrade(cfg, rev.down_revision or "base")
+                    with db.connect(name, application_name="dbops:downgrade-trace") as sc:
+                        after = snapshot(sc)
+                    steps.append(
+                        {
+                            "revision": rev.revision,
+                            "effects": effects_of(before, after, tracer, rev.revision),
+                        }
+                    )
+                    before = after
+        except Exception as exc:  # noqa: BLE001 - a downgrade that needs data to run
+            error = (
+                f"the downgrade of {tracer.revision} failed on a schema-only copy: {one_line(exc)}"
+            )
+    if error is not None:
         return {"steps": steps, "error": error, "putback": {}}
     with db.connect(name, application_name="dbops:downgrade-trace") as sc:
         pks = {q: list(cols) for q, cols in sc.execute(PK_SQL).fetchall()}
