@@ -271,8 +271,9 @@ class Command:
             self.ping("/log", summary)
         if s is not None:
             from dbops import metrics
+            from dbops.errors import ConfigError
 
-            if not skipped:
+            if not skipped and not isinstance(error, ConfigError):  # refused before anything ran
                 metrics.record_run_quietly(
                     s, job_of(self.task), result, self.started_at, summary["duration_s"]
                 )

@@ -20,6 +20,7 @@ drill series exist from the first write, at 0, so "never passed" is an expressio
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -104,13 +105,26 @@ def record_run(
     return row
 
 
+# The jobs whose runs are counted (what the alert rules watch). Read-only tasks (doctor,
+# current, backups, …) write nothing into the backup folder.
+RECORDED_JOBS = ("backup", "drill", "migrate", "rollback", "restore", "stamp", "recover")
+# A backup folder that cannot take the record: the task's own error (or doctor's backups
+# check) already names the folder and what to do.
+_UNWRITABLE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
 def record_run_quietly(
     settings: Settings, job: str, result: str, started: datetime, duration_s: float
 ) -> None:
     import sys
 
+    if job not in RECORDED_JOBS:
+        return
     try:
         record_run(settings, job, result, started, duration_s)
+    except OSError as exc:
+        if exc.errno not in _UNWRITABLE:
+            print(f"warning: run record not written: {exc}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - the record never fails the operation
         print(f"warning: run record not written: {exc}", file=sys.stderr)
 

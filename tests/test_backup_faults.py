@@ -124,7 +124,13 @@ def pids(pattern: str) -> list[int]:
 def assert_no_backup_left(settings) -> None:
     folder = settings.backup_dir
     leftovers = (
-        [p.name for p in folder.iterdir() if p.name != "audit.jsonl"] if folder.exists() else []
+        [
+            p.name
+            for p in folder.iterdir()
+            if p.name != "audit.jsonl" and ".dbops-runs." not in p.name  # the run record
+        ]
+        if folder.exists()
+        else []
     )
     assert catalog.list_backups(settings) == [], leftovers
     assert leftovers == [], leftovers

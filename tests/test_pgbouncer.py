@@ -215,6 +215,7 @@ def test_direct_settings_reach_the_agent_and_the_pg_tools_on_both_targets(tmp_pa
         "POSTGRES_DB": "d",
         "POSTGRES_HOST": "pgbouncer",
         "POSTGRES_PORT": "6432",
+        "DBOPS_ALEMBIC_INI": str(ROOT / "backend" / "alembic.ini"),
     }
     plain = load_settings(ROOT, environ=base)
     direct = load_settings(

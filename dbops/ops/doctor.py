@@ -869,11 +869,11 @@ def audit_record(f: Facts) -> Check:
         records = [x for x in audit.read(s, intents=False) if x.get("database") == s.database]
     except OSError as exc:
         return Check("audit", UNKNOWN, f"cannot read {s.audit_log}: {exc.strerror}")
-    if not records:
-        return Check("audit", OK, f"no audit records yet ({s.audit_log})")
-    orphans = settle.unsettled(s)
+    orphans = settle.unsettled(s)  # an applying line may be the only line there is
     if orphans:
         return _unsettled(f, orphans)
+    if not records:
+        return Check("audit", OK, f"no audit records yet ({s.audit_log})")
     last = records[-1]
     line = (
         f"last: {last.get('action')} by {last.get('operator')} at {last.get('ts')}: "

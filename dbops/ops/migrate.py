@@ -246,7 +246,7 @@ def _next_for_models(other: list[str], only_db: list[str], before: list[str], ap
         names = ",".join(_ignore_entry(x) for x in only_db)
         return (
             f"echo {shlex.quote('DBOPS_MODELS_IGNORE=' + names)} >> .env   # if it is in the "
-            f"database on purpose; else declare it in the models{undo}"
+            f"database on purpose; else declare what only the database has in the models{undo}"
         )
     return "invoke current   # then fix the models" + undo
 

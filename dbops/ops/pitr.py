@@ -81,7 +81,7 @@ def require_local(settings: Settings, action: str) -> None:
             f"must run next to the server, as its OS user); this is DBOPS_TARGET="
             f"{settings.target}",
             state="unchanged (nothing was touched)",
-            next_command="see docs/pitr.md (compose and Kubernetes)",
+            next_command="less docs/pitr.md   # compose and Kubernetes: what it takes there",
         )
 
 
@@ -186,7 +186,7 @@ def data_dir(facts: dict, action: str) -> Path:
             f"{action}: the server's data directory {path} is not on this machine (or not "
             f"readable here): pgBackRest must run next to the server",
             state="unchanged (nothing was touched)",
-            next_command="run dbops on the database host (docs/pitr.md)",
+            next_command="invoke pitr-enable   # run it on the database host (docs/pitr.md)",
         )
     return path
 
@@ -619,7 +619,7 @@ def start_side(settings: Settings, br: Backrest, backup: dict, target: dict, fac
             f"the side instance needs PostgreSQL {server_major}'s server binaries here; "
             f"{bindir or 'none found'} has {have[1] if have else 'none'}",
             state="unchanged (nothing was touched)",
-            next_command="set DBOPS_PG_BINDIR to the server's bin folder",
+            next_command="pg_config --bindir   # set DBOPS_PG_BINDIR to the server's bin folder",
         )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     path = side_root(settings) / f"{stamp}-{os.getpid()}"
@@ -704,8 +704,8 @@ def wait_promoted(settings: Settings, side_settings: Settings, path: Path) -> No
                 "the side instance stopped during recovery (its log follows)",
                 details=_log_tail(path / "log"),
                 state="the live database is untouched",
-                next_command="pick another target (invoke backups shows the physical backups' "
-                "WAL ranges)",
+                next_command="invoke backups   # pick another target within a physical backup's "
+                "WAL range",
             )
         try:
             with psycopg.connect(

@@ -34,7 +34,7 @@ def refusal(exc: AgentError, current: list[str] | None = None, action: str = "mi
             f"(in the Alembic project; commit the merge revision, then: invoke {action})"
         )
     elif exc.kind == "env_py":
-        nxt = f"fix what the project's env.py needs (its error above), then: invoke {action}"
+        nxt = f"invoke {action}   # after fixing what the project's env.py needs (its error above)"
     elif exc.kind == "unknown_current":
         details.append("known revisions (newest first):")
         details += [f"  {c['revision']}  {c['message']}" for c in d.get("candidates", [])]
