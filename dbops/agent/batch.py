@@ -27,13 +27,10 @@ from collections.abc import Iterator
 from alembic import command
 
 from dbops.agent import db, guard, lifeline_hooks
-from dbops.agent.db import one_line
 from dbops.agent.lifeline import LIFELINE
 from dbops.agent.lock import require_lock
 from dbops.agent.migration import (
-    LOCK_NOT_AVAILABLE,
-    QUERY_CANCELED,
-    blockers,
+    classified,
     configure_with,
     drop_new_invalid,
     invalid_indexes,
@@ -290,23 +287,4 @@ def _failure(
         invalid_indexes=sorted(invalid_indexes(ctx)),
         completed=steps,
     )
-    if state == LOCK_NOT_AVAILABLE:
-        return AgentFailure(
-            f"{revision}: lock_timeout ({lock_timeout}) reached waiting for a table lock: "
-            f"{one_line(exc)}",
-            kind="lock_timeout",
-            blockers=blockers(ctx),
-            **details,
-        )
-    if state == QUERY_CANCELED:
-        return AgentFailure(
-            f"{revision}: statement_timeout ({statement_timeout}) reached: {one_line(exc)}",
-            kind="statement_timeout",
-            **details,
-        )
-    return AgentFailure(
-        f"{revision} (upgrade) failed: {whole(exc)}",
-        kind="step_failed",
-        error_type=type(exc).__name__,
-        **details,
-    )
+    return classified(ctx, exc, lock_timeout, statement_timeout, whole(exc), details)

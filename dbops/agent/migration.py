@@ -249,6 +249,35 @@ def drop_new_invalid(ctx, before: set[str], lock_timeout: str) -> list[str]:
     return dropped
 
 
+def classified(
+    ctx, exc: BaseException, lock_timeout: str, statement_timeout: str, cause: str, details: dict
+) -> AgentFailure:
+    """A revision's failure by its SQLSTATE (``details`` carries revision, direction and
+    sqlstate): lock_timeout (with the sessions that blocked it), statement_timeout, or
+    step_failed with ``cause``. One mapping for a single step and for the batched run."""
+    revision, state = details["revision"], details["sqlstate"]
+    if state == LOCK_NOT_AVAILABLE:
+        return AgentFailure(
+            f"{revision}: lock_timeout ({lock_timeout}) reached waiting for a "
+            f"table lock: {one_line(exc)}",
+            kind="lock_timeout",
+            blockers=blockers(ctx),
+            **details,
+        )
+    if state == QUERY_CANCELED:
+        return AgentFailure(
+            f"{revision}: statement_timeout ({statement_timeout}) reached: {one_line(exc)}",
+            kind="statement_timeout",
+            **details,
+        )
+    return AgentFailure(
+        f"{revision} ({details['direction']}grade) failed: {cause}",
+        kind="step_failed",
+        error_type=type(exc).__name__,
+        **details,
+    )
+
+
 @handler("migrate.step")
 def step(ctx, **kw) -> dict:
     with quiet():
@@ -348,25 +377,8 @@ def _step(
             dropped_invalid_indexes=dropped,
             invalid_indexes=sorted(invalid_indexes(ctx)),
         )
-        if state == LOCK_NOT_AVAILABLE:
-            raise AgentFailure(
-                f"{revision}: lock_timeout ({lock_timeout}) reached waiting for a "
-                f"table lock: {one_line(exc)}",
-                kind="lock_timeout",
-                blockers=blockers(ctx),
-                **details,
-            ) from None
-        if state == QUERY_CANCELED:
-            raise AgentFailure(
-                f"{revision}: statement_timeout ({statement_timeout}) reached: {one_line(exc)}",
-                kind="statement_timeout",
-                **details,
-            ) from None
-        raise AgentFailure(
-            f"{revision} ({direction}grade) failed: {one_line(exc)}",
-            kind="step_failed",
-            error_type=type(exc).__name__,
-            **details,
+        raise classified(
+            ctx, exc, lock_timeout, statement_timeout, one_line(exc), details
         ) from None
     finally:
         if saved_app is None:
