@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import socket
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
+from dbops.agent.masking import secret_forms  # noqa: F401  (also config.secret_forms)
 from dbops.errors import ConfigError
 
 
@@ -663,21 +663,6 @@ class Settings:
         longest first, so that masking one form never leaves part of another."""
         urls = [self.raw.get(name, "").strip() for name in NOTIFY_URLS]
         return secret_forms(self.password, *urls)
-
-
-def secret_forms(*secrets: str) -> list[str]:
-    """Every spelling of each secret that can end up in an output, longest first."""
-    forms: set[str] = set()
-    for secret in filter(None, secrets):
-        encoded = {
-            secret,
-            urllib.parse.quote(secret, safe=""),
-            urllib.parse.quote(secret),
-            urllib.parse.quote_plus(secret),
-            urllib.parse.quote(secret, safe=" +"),  # SQLAlchemy's URL.render_as_string
-        }
-        forms |= encoded | {f.replace("%", "%%") for f in encoded}
-    return sorted(forms, key=lambda f: (-len(f), f))
 
 
 NOTIFY_URLS = (

@@ -9,7 +9,7 @@ import signal
 import sys
 import traceback
 
-from dbops.agent import classify, db
+from dbops.agent import classify, db, masking
 from dbops.agent.context import AgentContext
 from dbops.agent.lifeline import LIFELINE, HostGone
 from dbops.agent.protocol import AgentFailure, lookup
@@ -22,15 +22,7 @@ def _masked(text: str) -> str:
         pw = db.password()
     except Exception:
         pw = None
-    if not pw:
-        return text
-    from urllib.parse import quote, quote_plus
-
-    forms = {pw, quote(pw, safe=""), quote(pw), quote_plus(pw), quote(pw, safe=" +")}
-    forms |= {f.replace("%", "%%") for f in forms}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, "****")
-    return text
+    return masking.masked(text, pw) if pw else text
 
 
 def serve(ctx: AgentContext, requests) -> None:
