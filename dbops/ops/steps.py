@@ -5,16 +5,15 @@ place that writes an operation's audit record on every outcome (ok, failed, inte
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from dbops import audit
 from dbops.agent_client import STOP_WAIT, Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError, command
+from dbops.lifecycle import Operation
 from dbops.ops.output import Out, print_note
 from dbops.ops.status import label
 
@@ -347,7 +346,14 @@ class Run:
     hash_keys: tuple[str, ...] = ("revision_hashes",)
     done: list[dict] = field(default_factory=list)
     agent: Agent | None = None  # stopped, then the state read afresh, when interrupted
-    op_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    op: Operation = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.op = Operation(self.settings, self.action, warn=print_note, **self.record)
+
+    @property
+    def op_id(self) -> str:
+        return self.op.op_id
 
     def completed(self) -> list[str]:
         return [d["revision"] for d in self.done if not d.get("skipped")]
@@ -357,43 +363,23 @@ class Run:
         before the agent is asked to: no commit without an audit line. Written before the step,
         outside its locks; the commit itself waits only for the host's word (run_steps). A
         record that cannot be written stops the run before the step."""
-        try:
-            self._append(
-                op_id=self.op_id,
-                result="applying",
-                revision=what.get("revision"),
-                direction=what.get("direction"),
-                **{"from": self.before},
-            )
-        except OSError as exc:
-            raise OpsError(
-                f"cannot write the audit record {self.settings.audit_log} ({exc.strerror}), so "
-                f"{what.get('revision')} was not committed"
-            ) from exc
+        self.op.intent(
+            "applying",
+            unchanged=f"{what.get('revision')} was not committed",
+            revision=what.get("revision"),
+            direction=what.get("direction"),
+            **{"from": self.before},
+        )
         return True
 
-    def _append(self, **fields) -> dict:
-        return audit.append(self.settings, self.action, **fields)
-
-    def write(self, **outcome) -> dict:
+    def write(self, result: str = "ok", **outcome) -> dict:
         applied = {r: self.hashes[r] for r in self.completed()}
-        try:
-            return audit.append(
-                self.settings,
-                self.action,
-                op_id=self.op_id,
-                **self.record,
-                **outcome,
-                steps=self.done,
-                duration_s=round(time.monotonic() - self.started, 3),
-                **{key: dict(applied) for key in self.hash_keys},
-            )
-        except OSError as exc:  # the outcome is still printed; say that it is not recorded
-            print_note(
-                f"warning: the audit record {self.settings.audit_log} could not be written "
-                f"({exc.strerror}): this {self.action}'s outcome is not recorded there"
-            )
-            return {}
+        return self.op.finish(
+            result,
+            **outcome,
+            steps=self.done,
+            **{key: dict(applied) for key in self.hash_keys},
+        )
 
 
 def audited(run: Run, body: Callable[[], dict], failure: Callable[[AgentError], OpsError]) -> dict:
