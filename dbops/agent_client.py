@@ -39,6 +39,16 @@ class AgentDied(OpsError):
     """The agent process ended before it answered (killed, OOM, container stopped)."""
 
 
+def _as_is(_settings: Settings, err: AgentError) -> AgentError:
+    return err
+
+
+# An agent failure in doctor's words for a known cause (a refused connection, a read-only
+# database, ...): dbops.ops sets it to ops.failures.explain when it is imported (that module
+# reads doctor's checks; this one stays below the operations in the import graph).
+EXPLAIN: Callable[[Settings, AgentError], AgentError] = _as_is
+
+
 # How long an interrupted host waits for its agent to cancel, roll back and exit.
 STOP_WAIT = 30
 
@@ -124,9 +134,7 @@ class Agent:
             self.close(wait=STOP_WAIT)
             raise
         if not resp.get("ok"):
-            from dbops.ops.failures import explain  # doctor's words for a known cause
-
-            raise explain(
+            raise EXPLAIN(
                 self.settings,
                 AgentError(
                     mask(resp.get("error", "unknown error"), self.settings.secrets()),

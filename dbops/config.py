@@ -198,7 +198,7 @@ def _cron(raw: str) -> str:
     v = " ".join(raw.split())
     if v.lower() in ("off", "none", "never"):
         return "off"
-    from dbops.ops.schedule import cron_trigger  # APScheduler parses it (host side only)
+    from dbops.cron import cron_trigger  # APScheduler parses it (host side only)
 
     try:
         cron_trigger(v)
@@ -878,3 +878,12 @@ def describe(settings: Settings) -> list[dict]:
             }
         )
     return rows
+
+
+def from_invoke(c) -> Settings:
+    """The settings of an invoke task: its ``dbops`` config section (``-c``/``--ini``'s project,
+    invoke.yaml overrides) over the .env and environment of that project (default: the working
+    directory)."""
+    cfg = dict(c.config.get("dbops", {}) or {})
+    project_dir = cfg.pop("project_dir", None) or Path.cwd()
+    return load_settings(project_dir, cfg)

@@ -382,7 +382,7 @@ def observed(notify: bool = False):
 
         @functools.wraps(fn)
         def wrapper(c, *args, log_format=None, **kwargs):
-            from dbops.tasks import settings as load
+            from dbops.config import from_invoke as load
 
             try:
                 s = load(c)

@@ -37,9 +37,8 @@ from prometheus_client import (
     write_to_textfile,
 )
 
-from dbops import audit, catalog
+from dbops import audit, catalog, cron
 from dbops.config import Settings
-from dbops.ops import schedule
 
 disable_created_metrics()  # a counter's _created would be this process's start, not the job's
 
@@ -48,7 +47,7 @@ OPERATIONS = ("migrate", "rollback", "restore", "stamp", "recover")
 
 
 def _ts(text: str | None) -> float | None:
-    t = schedule.parse_iso(text)
+    t = cron.parse_iso(text)
     return t.timestamp() if t else None
 
 
@@ -190,7 +189,7 @@ def save_doctor(settings: Settings, report: dict) -> str | None:
         safefile.write_json(
             path,
             {
-                "at": schedule.iso(datetime.now(UTC)),
+                "at": cron.iso(datetime.now(UTC)),
                 "database": settings.database,
                 "checks": {c["name"]: c["status"] for c in report.get("checks", [])},
             },
@@ -224,7 +223,7 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
     gauge(
         "dbops_backup_schedule_interval_seconds",
         "interval of DBOPS_BACKUP_SCHEDULE (24 h when off)",
-    ).labels(db).set(schedule.backup_interval_s(settings))
+    ).labels(db).set(cron.backup_interval_s(settings))
     if verified:
         m = verified[0]["manifest"]
         finished = _ts(m.get("finished_at")) or _ts(m.get("started_at"))

@@ -17,14 +17,12 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from dbops.config import Settings, load_settings
+from dbops.config import Settings, from_invoke
 from dbops.errors import OpsError
 
 
 def settings(c) -> Settings:
-    cfg = dict(c.config.get("dbops", {}) or {})
-    project_dir = cfg.pop("project_dir", None) or Path.cwd()
-    return load_settings(project_dir, cfg)
+    return from_invoke(c)
 
 
 def write_result(result) -> None:

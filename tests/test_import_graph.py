@@ -1,0 +1,87 @@
+"""The import graph runs one way (docs/ARCHITECTURE.md): the agent imports nothing of the host;
+the foundation (config, errors, audit, lifecycle, seam, agent_client, events, metrics, ...)
+imports nothing of ``dbops.ops`` or the task layer; ``dbops.ops`` imports nothing of the task
+layer (tasks, cli, fleet, serve). Read from the source with ``ast``, lazy imports included."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "dbops"
+LAYERS = {"agent": 0, "foundation": 1, "ops": 2, "top": 3}
+TOP = ("dbops.tasks", "dbops.cli", "dbops.fleet", "dbops.serve")
+
+
+def module_of(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str:
+    def within(prefix: str) -> bool:
+        return module == prefix or module.startswith(prefix + ".")
+
+    if within("dbops.agent"):
+        return "agent"
+    if any(within(t) for t in TOP):
+        return "top"
+    return "ops" if within("dbops.ops") else "foundation"
+
+
+def existing(name: str, modules: set[str]) -> str | None:
+    """``dbops.ops.steps.Run`` -> ``dbops.ops.steps``: the module an import names."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name if name and name != "dbops" else None
+
+
+def imports(path: Path, modules: set[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("dbops") and (hit := existing(name, modules)):
+                found.add(hit)
+    return found
+
+
+def arrows_up() -> list[str]:
+    files = {module_of(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(files)
+    bad = []
+    for module, path in sorted(files.items()):
+        for target in sorted(imports(path, modules)):
+            here, there = layer(module), layer(target)
+            if LAYERS[there] > LAYERS[here] or (here == "agent" and there != "agent"):
+                bad.append(f"{module} -> {target} ({here} -> {there})")
+    return bad
+
+
+def test_no_import_runs_back_up_the_layers():
+    assert arrows_up() == []
+
+
+def test_the_check_sees_an_arrow_up(tmp_path):
+    """The check itself can fail: a foundation module importing an op is reported."""
+    fake = tmp_path / "dbops"
+    (fake / "ops").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "ops" / "__init__.py").write_text("")
+    (fake / "ops" / "migrate.py").write_text("")
+    (fake / "config.py").write_text("def f():\n    from dbops.ops.migrate import x\n")
+    (fake / "agent").mkdir()
+    (fake / "agent" / "__init__.py").write_text("import dbops.config\n")
+    globals()["PACKAGE"], saved = fake, PACKAGE
+    try:
+        assert arrows_up() == [
+            "dbops.agent -> dbops.config (agent -> foundation)",
+            "dbops.config -> dbops.ops.migrate (foundation -> ops)",
+        ]
+    finally:
+        globals()["PACKAGE"] = saved
