@@ -293,6 +293,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DBOPS_ENV_FILE", _path, ".env", "the .env file read (set in the environment)"),
     Setting("DBOPS_QUIET", _flag, "0", "do not print the commands run"),
     Setting("DBOPS_VERBOSE", _flag, "0", "keep alembic's own log lines in the output"),
+    Setting(
+        "DBOPS_DEBUG",
+        _flag,
+        "0",
+        "on a failure, also print the chain of causes (tracebacks) behind the error",
+    ),
     # --- backups ---
     Setting("DBOPS_BACKUP_DIR", _path, "backups", "backup folder (created 0700)"),
     Setting(

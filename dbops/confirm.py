@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from dbops.config import Settings
-from dbops.errors import OpsError
+from dbops.lifecycle import Refused
 
 
 def interactive() -> bool:
@@ -41,7 +41,7 @@ def confirm(
             if settings.is_production
             else "no terminal to confirm on"
         )
-        raise OpsError(
+        raise Refused(
             f"{where}: add {flag} to proceed without a prompt",
             state=state,
             next_command=next_command,
@@ -49,7 +49,7 @@ def confirm(
     prompt = f"{question}\nType '{expect}' to continue: "
     ok = ask(prompt) if ask else _typed(prompt) == expect
     if not ok:
-        raise OpsError("not confirmed", state=state)
+        raise Refused("not confirmed", state=state)
 
 
 def _typed(prompt: str) -> str:

@@ -55,17 +55,64 @@ def guarded(fn):
             )
             if not getattr(exc, "reported", False):  # JSON mode: the summary event said it
                 print(exc.render(), file=sys.stderr, flush=True)
+                if debugging(args):
+                    print(causes(exc), file=sys.stderr, flush=True)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt as exc:
             if not getattr(exc, "reported", False):
                 print("interrupted", file=sys.stderr)
             raise Exit(code=130) from None
+        except Exception as exc:  # not an OpsError: a dbops bug, said as one
+            print(bug_report(exc, debugging(args)), file=sys.stderr, flush=True)
+            raise Exit(code=EXIT_BUG) from None
         finally:
             for sig, handler in previous.items():
                 if handler is not None:  # None: not set from Python; left as it is
                     signal.signal(sig, handler)
 
     return wrapper
+
+
+EXIT_BUG = 70  # EX_SOFTWARE: an exception dbops did not expect (every other failure: 1 or 130)
+
+
+def debugging(args) -> bool:
+    """DBOPS_DEBUG=1 (.env or environment): print the chain of causes behind an error."""
+    try:
+        return bool(settings(args[0]).get("DBOPS_DEBUG"))
+    except Exception:  # noqa: BLE001  (the settings themselves may be what failed)
+        return os.environ.get("DBOPS_DEBUG") == "1"
+
+
+def causes(exc: BaseException) -> str:
+    """The tracebacks behind an error, outermost last (as Python prints them), including the
+    context an error raised ``from None`` hides from the user."""
+    import traceback
+
+    cause = exc.__cause__ or exc.__context__
+    if cause is None:
+        return "debug: no underlying exception (the error above is dbops' own finding)"
+    return "debug: what caused it:\n" + "".join(traceback.format_exception(cause)).rstrip()
+
+
+def bug_report(exc: BaseException, debug: bool) -> str:
+    """A dbops bug: which exception, that it is a bug, how to report it; the traceback only
+    with DBOPS_DEBUG=1 (a user sees no traceback for anything dbops expects)."""
+    import traceback
+
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+    lines = [
+        f"error: dbops bug: {type(exc).__name__}: {exc}{at}",
+        "database state: not known from here: read it with `invoke current`, then `invoke doctor`",
+        "report it: run the same command with DBOPS_DEBUG=1 and send its output "
+        "(README, Reporting a bug)",
+    ]
+    if debug:
+        lines.append("".join(traceback.format_exception(exc)).rstrip())
+        if exc.__cause__ or exc.__context__:
+            lines.append(causes(exc))
+    return "\n".join(lines)
 
 
 def _stop(_signum, _frame):
