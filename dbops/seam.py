@@ -491,10 +491,12 @@ def direct_address(s: Settings) -> dict[str, str]:
 
 
 def agent_settings(s: Settings) -> dict[str, str]:
-    """Settings the agent reads from its environment (it never reads .env): the models
-    check's ignore list."""
+    """Settings the agent reads from its environment (it never reads .env), passed explicitly
+    from Settings (so a .env value counts): the models check's ignore list and whether
+    alembic's own log lines are kept (DBOPS_VERBOSE)."""
+    passed = {"DBOPS_VERBOSE": "1" if s.get("DBOPS_VERBOSE") else "0"}
     ignore = (s.get("DBOPS_MODELS_IGNORE") or "").strip()
-    return {"DBOPS_MODELS_IGNORE": ignore} if ignore else {}
+    return {**passed, "DBOPS_MODELS_IGNORE": ignore} if ignore else passed
 
 
 def connection_env(s: Settings) -> dict[str, str]:
