@@ -192,11 +192,54 @@ def save_doctor(settings: Settings, report: dict) -> str | None:
                 "at": cron.iso(datetime.now(UTC)),
                 "database": settings.database,
                 "checks": {c["name"]: c["status"] for c in report.get("checks", [])},
+                "archiver": archiver_of(report),
             },
         )
     except (OSError, safefile.FolderError) as exc:
         return getattr(exc, "message", None) or str(exc)
     return None
+
+
+ARCHIVER_FIELDS = ("last_archived_time", "last_failed_time", "failed_count", "archived_count")
+
+
+def archiver_of(report: dict) -> dict | None:
+    """pg_stat_archiver as doctor's archiving check read it (None when WAL archiving is off)."""
+    for check in report.get("checks", []):
+        if check.get("name") == "archiving" and isinstance(check.get("archiver"), dict):
+            a = check["archiver"]
+            return {k: a.get(k) for k in ARCHIVER_FIELDS}
+    return None
+
+
+def _archiving_series(gauge, db: str, a: dict) -> None:
+    """WAL archiving, from doctor's last reading of pg_stat_archiver."""
+    archived, failed = _ts(a.get("last_archived_time")), _ts(a.get("last_failed_time"))
+    gauge(
+        "dbops_wal_last_archived_timestamp_seconds",
+        "when the last WAL segment was archived (0: never), as doctor last read it",
+    ).labels(db).set(archived or 0)
+    gauge(
+        "dbops_wal_archive_failing",
+        "1 if the last WAL archiving attempt failed (no segment archived since)",
+    ).labels(db).set(1 if failed and (not archived or failed > archived) else 0)
+    gauge(
+        "dbops_wal_archive_failed_count", "failed WAL archiving attempts since the stats reset"
+    ).labels(db).set(a.get("failed_count") or 0)
+
+
+def _physical_series(gauge, db: str, rec: dict) -> None:
+    """The last successful pgBackRest backup (invoke backup --physical), from the audit record."""
+    gauge(
+        "dbops_physical_backup_last_success_timestamp_seconds",
+        "when the last physical (pgBackRest) backup finished",
+    ).labels(db).set(_ts(rec.get("ts")) or 0)
+    gauge("dbops_physical_backup_last_size_bytes", "size of the last physical backup").labels(
+        db
+    ).set(rec.get("size") or 0)
+    gauge(
+        "dbops_physical_backup_last_verified", "1: pgbackrest verify passed on the last one"
+    ).labels(db).set(1 if rec.get("verified") else 0)
 
 
 def registry(settings: Settings, now: datetime | None = None) -> CollectorRegistry:
@@ -283,6 +326,9 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
             "dbops_drill_restore_seconds", "pg_restore time of the last passed drill (RTO)"
         ).labels(db).set(d.get("restore_s") or 0)
 
+    if "backup-physical" in last_ok:
+        _physical_series(gauge, db, last_ok["backup-physical"])
+
     # --- doctor's last report ---------------------------------------------------------
     try:
         doc = json.loads(doctor_state_path(settings).read_text())
@@ -297,6 +343,8 @@ def registry(settings: Settings, now: datetime | None = None) -> CollectorRegist
         gauge("dbops_doctor_last_run_timestamp_seconds", "when doctor last ran").labels(db).set(
             _ts(doc.get("at")) or 0
         )
+        if doc.get("archiver"):
+            _archiving_series(gauge, db, doc["archiver"])
     gauge("dbops_metrics_written_timestamp_seconds", "when this file was written").labels(db).set(
         now.timestamp()
     )

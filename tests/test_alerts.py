@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dbops import metrics
+from dbops import audit, metrics
 from tests.conftest import ROOT, offline_settings
 
 RULES = ROOT / "docs" / "dbops-alerts.yml"
@@ -90,3 +90,40 @@ def test_an_interrupted_run_is_neither_success_nor_failure(tmp_path):
     assert m[("dbops_job_last_success_timestamp_seconds", "drill")] == pytest.approx(
         t0.timestamp() + 10
     )
+
+
+def test_point_in_time_recovery_series_come_from_doctor_and_the_audit_record(tmp_path):
+    """WAL archiving from doctor's last reading of pg_stat_archiver; the last physical backup
+    from its audit record. Absent when PITR is not used (no series that could lie)."""
+    s = offline_settings(
+        tmp_path,
+        DBOPS_BACKUP_DIR=str(tmp_path / "backups"),
+        DBOPS_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    names = {name for name, _ in series(s)}
+    assert not any(n.startswith(("dbops_wal_", "dbops_physical_")) for n in names)
+    archiving = {
+        "name": "archiving",
+        "status": "fail",
+        "archiver": {
+            "last_archived_time": "2026-12-04T01:00:00+00:00",
+            "last_failed_time": "2026-12-04T02:00:00+00:00",
+            "failed_count": 7,
+            "archived_count": 40,
+        },
+    }
+    assert metrics.save_doctor(s, {"checks": [archiving]}) is None
+    audit.append(
+        s, "backup-physical", result="ok", label="20261204-010000F", size=4096, verified=True
+    )
+    m = series(s)
+    archived = datetime(2026, 12, 4, 1, tzinfo=UTC).timestamp()
+    assert m[("dbops_wal_last_archived_timestamp_seconds", "")] == archived
+    assert m[("dbops_wal_archive_failing", "")] == 1
+    assert m[("dbops_wal_archive_failed_count", "")] == 7
+    assert m[("dbops_physical_backup_last_size_bytes", "")] == 4096
+    assert m[("dbops_physical_backup_last_verified", "")] == 1
+    assert m[("dbops_physical_backup_last_success_timestamp_seconds", "")] > 0
+    archiving["archiver"]["last_archived_time"] = "2026-12-04T03:00:00+00:00"  # works again
+    metrics.save_doctor(s, {"checks": [archiving]})
+    assert series(s)[("dbops_wal_archive_failing", "")] == 0
