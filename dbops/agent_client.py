@@ -18,6 +18,10 @@ GUARD_KINDS = {
         "unchanged (the guard closed env.py's connection before its first statement)",
         "invoke doctor   (check isolation: the env.py change in README 'Your own project')",
     ),
+    "version_table": (
+        "unchanged (env.py was stopped at context.configure, before its first statement)",
+        None,  # the setting to add: from the details
+    ),
     "live_changed": (
         "CHANGED: a step meant for a scratch database changed the live one (read it now)",
         "invoke doctor",
@@ -30,6 +34,10 @@ class AgentError(OpsError):
 
     def __init__(self, message: str, kind: str, details: dict):
         state, next_command = GUARD_KINDS.get(kind, (None, None))
+        if kind == "version_table":  # env.py keeps the revision elsewhere: the value to set
+            next_command = (
+                f"echo DBOPS_VERSION_TABLE={details.get('theirs')} >> .env   # then re-run"
+            )
         super().__init__(message, state=state, next_command=next_command)
         self.kind = kind
         self.agent_details = details

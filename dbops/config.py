@@ -207,6 +207,14 @@ def _cron(raw: str) -> str:
     return v
 
 
+def _version_table(raw: str) -> str:
+    """``table`` or ``schema.table``: plain identifiers (what env.py passes to alembic)."""
+    v = raw.strip()
+    if not re.fullmatch(r"([A-Za-z_][A-Za-z0-9_$]*\.)?[A-Za-z_][A-Za-z0-9_$]*", v):
+        raise ValueError(f"{v!r} is not TABLE or SCHEMA.TABLE (letters, digits, _ and $)")
+    return v
+
+
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in raw.split(",") if x.strip())
 
@@ -262,6 +270,13 @@ SETTINGS: tuple[Setting, ...] = (
         _required,
         "alembic.ini",
         "alembic.ini inside the backend container",
+    ),
+    Setting(
+        "DBOPS_VERSION_TABLE",
+        _version_table,
+        "alembic_version",
+        "the table env.py keeps the revision in: TABLE or SCHEMA.TABLE (its version_table / "
+        "version_table_schema; a mismatch is refused with the value to set)",
     ),
     Setting(
         "DBOPS_PG_BINDIR",

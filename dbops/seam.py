@@ -492,9 +492,12 @@ def direct_address(s: Settings) -> dict[str, str]:
 
 def agent_settings(s: Settings) -> dict[str, str]:
     """Settings the agent reads from its environment (it never reads .env), passed explicitly
-    from Settings (so a .env value counts): the models check's ignore list and whether
-    alembic's own log lines are kept (DBOPS_VERBOSE)."""
-    passed = {"DBOPS_VERBOSE": "1" if s.get("DBOPS_VERBOSE") else "0"}
+    from Settings (so a .env value counts): the models check's ignore list, whether alembic's
+    own log lines are kept (DBOPS_VERBOSE) and the version table (DBOPS_VERSION_TABLE)."""
+    passed = {
+        "DBOPS_VERBOSE": "1" if s.get("DBOPS_VERBOSE") else "0",
+        "DBOPS_VERSION_TABLE": s.get("DBOPS_VERSION_TABLE"),
+    }
     ignore = (s.get("DBOPS_MODELS_IGNORE") or "").strip()
     return {**passed, "DBOPS_MODELS_IGNORE": ignore} if ignore else passed
 

@@ -62,11 +62,13 @@ def shape_env(pg_cluster, database, ops_env, tmp_path, monkeypatch):
     """make(shape) -> settings for the local target on that project; the live URL is also in
     DATABASE_URL and MYAPP_DB_URL (as the application's own environment would have it)."""
 
-    def make(shape: str):
+    def make(shape: str, **extra: str):
         url = live_url(pg_cluster, database)
         ini = copy_shape(tmp_path, shape, url)
         env = {
             **ops_env,
+            **SHAPE_SETTINGS.get(shape, {}),
+            **extra,
             "DBOPS_ALEMBIC_INI": str(ini),
             "DBOPS_CACHE_DIR": str(tmp_path / "cache"),
             "DATABASE_URL": url,
@@ -104,14 +106,22 @@ def alembic(ini: Path, how: str, rev: str) -> None:
 
 
 # Shapes dbops aims at a scratch database by construction, and the one it cannot follow.
-FOLLOWED = ["database_url", "postgres_vars", "ini_url", "async_ini", "attributes", "schemas"]
+FOLLOWED = [
+    "database_url",
+    "postgres_vars",
+    "ini_url",
+    "async_ini",
+    "attributes",
+    "schemas",
+    "version_table",  # with DBOPS_VERSION_TABLE=meta.myapp_version (SHAPE_SETTINGS)
+]
 REFUSED = ["custom_var"]
 # Follows only the first database it is aimed at in a process: doctor's probe (two scratch
 # databases in turn) names it; rehearse and recover, whose first env.py run is on scratch, work.
 CACHED = ["settings_cached"]
-# dbops reads the version row from alembic_version only: here the invariant alone is checked.
-OWN_VERSION_TABLE = ["version_table"]
-ALL = FOLLOWED + REFUSED + CACHED + OWN_VERSION_TABLE
+ALL = FOLLOWED + REFUSED + CACHED
+# What the project's own .env would say for dbops to follow it.
+SHAPE_SETTINGS = {"version_table": {"DBOPS_VERSION_TABLE": "meta.myapp_version"}}
 REVS = {"schemas": ["s1", "s2"]}
 COMMON_REVS = ["a1", "b2", "c3"]
 
@@ -165,8 +175,6 @@ def test_doctor_is_read_only_and_says_whether_env_py_follows(shape, at_first, li
         assert "could not build the expected schemas" in by["schema"]["summary"]
         assert rep["next_check"] == "isolation"
         assert rep["next"].endswith("# README: Your own project; then: invoke doctor")
-    elif shape in OWN_VERSION_TABLE:
-        assert by["isolation"]["status"] == "ok", by["isolation"]
     else:
         assert by["isolation"]["status"] == "ok", by["isolation"]
         assert by["schema"]["status"] == "ok", by["schema"]
@@ -193,8 +201,7 @@ def test_rehearse_runs_on_the_copy_only(shape, at_first, live):
     else:
         rep = rehearse_op.rehearse(settings, source="fresh", out=lines.append)
         assert rep["complete"], rep["revisions"]
-        if shape not in OWN_VERSION_TABLE:
-            assert [r["revision"] for r in rep["revisions"]] == revs(shape)[1:]
+        assert [r["revision"] for r in rep["revisions"]] == revs(shape)[1:]
     assert state(live) == before
 
 
@@ -212,8 +219,7 @@ def test_recover_builds_its_expected_schemas_on_scratch(shape, at_first, live):
         refused(err.value)
     else:
         rep = recover_op.recover(settings, use_cache=False, warn=notes.append)
-        if shape not in OWN_VERSION_TABLE:
-            assert [m["revision"] for m in rep["matches"]] == [revs(shape)[0]], rep
+        assert [m["revision"] for m in rep["matches"]] == [revs(shape)[0]], rep
     assert state(live) == before
 
 
@@ -228,6 +234,28 @@ def test_migrate_still_migrates_the_live_database(shape, at_first, live):
     assert version_of(live) == [revs(shape)[-1]], rep
     after = state(live)["rows"]
     assert {k: v for k, v in after.items() if k in rows} == rows
+
+
+def test_a_version_table_dbops_was_not_told_of_is_refused_with_the_setting(shape_env, live):
+    """env.py keeps the revision in meta.myapp_version; dbops is left at alembic_version: the
+    migrate is refused when env.py configures (before any statement of a revision), naming the
+    setting, and the live database keeps its revision and rows."""
+    from dbops.errors import OpsError
+    from dbops.ops import migrate as migrate_op
+
+    settings, _ = shape_env("version_table", DBOPS_VERSION_TABLE="alembic_version")
+    alembic(settings.alembic_ini, "upgrade", "a1")
+    seed(live, "version_table")
+    before = state(live)
+    lines: list[str] = []
+    with pytest.raises(OpsError) as err:
+        migrate_op.migrate(settings, out=lines.append, warn=lines.append)
+    said = err.value.render()
+    assert "env.py keeps the revision in meta.myapp_version" in said, said
+    assert "set DBOPS_VERSION_TABLE=meta.myapp_version in .env" in said, said
+    assert err.value.state.startswith("unchanged (env.py was stopped at context.configure")
+    assert err.value.next_command.startswith("echo DBOPS_VERSION_TABLE=meta.myapp_version >>")
+    assert state(live) == before
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 from alembic import command
 
-from dbops.agent import db, guard, lifeline_hooks
+from dbops.agent import db, guard, lifeline_hooks, version_table
 from dbops.agent.lifeline import LIFELINE
 from dbops.agent.lock import require_lock
 from dbops.agent.migration import (
@@ -131,7 +131,8 @@ def _upgrade(
             guard.expecting(expected_db, f"upgrade to {target}"),
         ):
             command.upgrade(guard.aim(ctx.config(), expected_db), target)
-    except guard.WrongDatabase as exc:  # nothing ran there: the state is read, not assumed
+    except (guard.WrongDatabase, version_table.Mismatch) as exc:  # nothing ran there: the
+        # state is read, not assumed
         exc.details.update(
             revision=revisions[0], direction="up", before=before, after=ctx.current_heads()
         )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from dbops.agent import db
+from dbops.agent import db, version_table
 
 if TYPE_CHECKING:  # alembic is imported where it is used: a backup never needs it
     from alembic.config import Config
@@ -63,13 +63,14 @@ class AgentContext:
         return tuple(out)
 
     def current_heads(self, dbname: str | None = None) -> list[str]:
-        """The version rows (empty: no alembic_version table or no row)."""
+        """The version rows (empty: no version table or no row)."""
         from alembic.runtime.migration import MigrationContext
 
         eng = db.engine(dbname)
         try:
             with eng.connect() as conn:
-                return sorted(MigrationContext.configure(conn).get_current_heads())
+                mc = MigrationContext.configure(conn, opts=version_table.alembic_opts())
+                return sorted(mc.get_current_heads())
         finally:
             eng.dispose()
 

@@ -151,10 +151,18 @@ def one_line(exc: BaseException) -> str:
 
 
 def version_rows(conn: psycopg.Connection) -> list[str]:
-    """alembic_version's rows read on ``conn`` (in its snapshot), without loading alembic."""
-    if conn.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None:
+    """The version table's rows read on ``conn`` (in its snapshot), without loading alembic."""
+    from psycopg import sql
+
+    from dbops.agent import version_table
+
+    if (
+        conn.execute("SELECT to_regclass(%s)", [version_table.regclass_text()]).fetchone()[0]
+        is None
+    ):
         return []
-    return sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
+    query = sql.SQL("SELECT version_num FROM {}").format(version_table.identifier())
+    return sorted(r[0] for r in conn.execute(query))
 
 
 INVALID_INDEXES_SQL = """

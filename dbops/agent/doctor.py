@@ -16,7 +16,7 @@ import re
 from alembic import command
 from alembic.config import Config
 
-from dbops.agent import db, lock, pglocks
+from dbops.agent import db, lock, pglocks, version_table
 from dbops.agent.classify import CONNECT_CAUSES, connect_cause  # noqa: F401 (re-exported)
 from dbops.agent.db import one_line
 from dbops.agent.protocol import AgentFailure, handler
@@ -73,7 +73,7 @@ def tables_in_sql(text: str) -> list[str]:
     found = set()
     for m in _TABLE_RE.finditer(text):
         name = m.group(1).split(".")[-1].strip('"')
-        if name.lower() != "alembic_version":
+        if not version_table.is_it(name):
             found.add(name)
     return sorted(found)
 

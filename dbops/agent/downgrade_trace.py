@@ -27,7 +27,7 @@ import re
 
 from psycopg import sql
 
-from dbops.agent import db, guard, scratch
+from dbops.agent import db, guard, scratch, version_table
 from dbops.agent.db import one_line
 from dbops.agent.pglocks import READ_MODES
 from dbops.agent.protocol import AgentFailure, handler
@@ -73,7 +73,7 @@ def snapshot(conn) -> dict:
     printed: dict[str, str] = {}
     for oid, quoted, schema, rel, attnum, attname, typ in conn.execute(COLUMNS_SQL).fetchall():
         q = f"{schema}.{rel}"
-        if q.endswith(".alembic_version"):
+        if version_table.is_it(q):
             continue
         tables[oid] = q
         printed[q] = quoted
@@ -234,7 +234,7 @@ class DowngradeTrace(StatementTrace):
 
     def on_statement(self, statement, pairs, new) -> None:
         rev = self.revision
-        if DML_HEAD.match(statement) and "alembic_version" not in statement:
+        if DML_HEAD.match(statement) and version_table.name() not in statement:
             self.dml.setdefault(rev, []).append((statement, self._params))
         self.wrote.setdefault(rev, set()).update(o for o, m in new if m == "RowExclusiveLock")
         if re.match(r"^\s*(SELECT|WITH)\b", statement, re.I):
@@ -386,8 +386,7 @@ def trace(ctx, name: str, current: list, target: str | None) -> dict:
     script = ctx.script()
     revs = list(script.iterate_revisions(current[0], target or "base"))
     with db.connect(name, application_name=f"dbops:downgrade-trace {ctx.operator}") as sc:
-        sc.execute("DELETE FROM alembic_version")
-        sc.execute("INSERT INTO alembic_version (version_num) VALUES (%s)", [current[0]])
+        version_table.set_rows(sc, [current[0]])
         first = snapshot(sc)
     tracer = DowngradeTrace()
     steps, before, error = [], first, None

@@ -16,7 +16,8 @@ temporary schemas, nor objects owned by an extension) and returns a plain dict:
 Names are schema-qualified only outside ``public``. Everything is read with
 ``search_path = pg_catalog`` so deparsed expressions are qualified the same way whatever the
 role's settings; no OID, owner, grant, tablespace, statistics or database name is included.
-The version table (``alembic_version``) is left out. ``digest()`` hashes the canonical JSON.
+The version table (``alembic_version``, or DBOPS_VERSION_TABLE) is left out. ``digest()``
+hashes the canonical JSON.
 
 ``diff(expected, live)`` reads as sentences about the live database ("column users.bio
 missing", "index idx_comments_approved is INVALID").
@@ -31,8 +32,9 @@ import hashlib
 import json
 import re
 
+from dbops.agent import version_table
+
 FORMAT = 1
-VERSION_TABLE = "alembic_version"
 
 _SCHEMAS = """n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'"""
@@ -120,7 +122,7 @@ def _ws(text: str | None) -> str | None:
     return None if text is None else re.sub(r"\s+", " ", text).strip()
 
 
-def collect(conn, version_table: str = VERSION_TABLE) -> dict:
+def collect(conn) -> dict:
     """The fingerprint of the database ``conn`` is connected to (a psycopg connection)."""
     with conn.transaction():
         conn.execute("SET LOCAL search_path = pg_catalog")
@@ -128,7 +130,7 @@ def collect(conn, version_table: str = VERSION_TABLE) -> dict:
         tables: dict[str, dict] = {}
         names: dict[int, str] = {}
         for oid, schema, name, kind in conn.execute(TABLES_SQL, ("pg_class",)).fetchall():
-            if name == version_table:
+            if version_table.is_it(f"{schema}.{name}"):
                 continue
             q = _q(schema, name)
             names[oid] = q

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dbops.agent import db
+from dbops.agent import db, version_table
 from dbops.agent.protocol import AgentFailure
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ def install() -> None:
     from sqlalchemy import event
     from sqlalchemy.pool import Pool
 
+    version_table.install()  # env.py's version_table against DBOPS_VERSION_TABLE, at configure
     event.listen(Pool, "first_connect", _on_pool_connect, insert=True)
     event.listen(Pool, "connect", _on_pool_connect, insert=True)
     event.listen(Pool, "checkout", _on_pool_connect, insert=True)

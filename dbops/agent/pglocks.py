@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from dbops.agent import version_table
+
 MODES = (
     "AccessShareLock",
     "RowShareLock",
@@ -139,5 +141,5 @@ def modes_for_sql(sql: str) -> dict[str, list[str]]:
     return {
         t: sorted(m, key=MODES.index)
         for t, m in sorted(need.items())
-        if t not in created and t.lower() != "alembic_version"
+        if t not in created and not version_table.is_it(t)
     }

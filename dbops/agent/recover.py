@@ -24,7 +24,7 @@ from pathlib import Path
 from alembic import command
 from alembic.runtime.environment import EnvironmentContext
 
-from dbops.agent import db, fingerprint, guard, scratch
+from dbops.agent import db, fingerprint, guard, scratch, version_table
 from dbops.agent.db import one_line
 from dbops.agent.lock import require_lock
 from dbops.agent.protocol import AgentFailure, handler
@@ -67,13 +67,11 @@ def quiet_alembic():
         logging.disable(logging.NOTSET)
 
 
-def version_table_exists(conn, table: str = fingerprint.VERSION_TABLE) -> bool:
-    return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n "
-        "ON n.oid = c.relnamespace WHERE c.relname = %s AND c.relkind = 'r' "
-        "AND n.nspname NOT IN ('pg_catalog', 'information_schema'))",
-        (table,),
-    ).fetchone()[0]
+def version_table_exists(conn) -> bool:
+    """The version table (DBOPS_VERSION_TABLE, found as alembic finds it: on the search_path
+    when not schema-qualified) exists."""
+    found = conn.execute("SELECT to_regclass(%s)", [version_table.regclass_text()]).fetchone()
+    return found[0] is not None
 
 
 CONFLICT_MARKER = re.compile(r"^(<<<<<<<|=======|>>>>>>>)( |$)")
@@ -192,8 +190,7 @@ def scratch_heads(ctx, sconn, name: str) -> tuple[str, ...]:
     per step); through alembic's MigrationContext when the version table is elsewhere."""
     try:
         with sconn.transaction():
-            rows = sconn.execute("SELECT version_num FROM alembic_version").fetchall()
-        return tuple(sorted(r[0] for r in rows))
+            return tuple(db.version_rows(sconn))
     except Exception:
         with quiet_alembic():
             return tuple(ctx.current_heads(name))

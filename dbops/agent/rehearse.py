@@ -25,7 +25,7 @@ import zlib
 import psycopg
 from psycopg import sql
 
-from dbops.agent import db, guard, scratch
+from dbops.agent import db, guard, scratch, version_table
 from dbops.agent.db import one_line
 from dbops.agent.protocol import AgentFailure, handler
 from dbops.agent.statement_trace import StatementTrace
@@ -266,7 +266,7 @@ def _run(ctx, name, revisions, lock_timeout, statement_timeout, probe) -> dict:
     for rev in revisions:
         with db.connect(name, application_name=app) as sc:
             base = _tables(sc)
-        user = {oid: t for oid, t in base.items() if not t["name"].endswith(".alembic_version")}
+        user = {oid: t for oid, t in base.items() if not version_table.is_it(t["name"])}
         probed = sorted(user.values(), key=lambda t: -t["bytes"])[:PROBE_TABLES]
         prober = Probe(name, [(t["name"], t["first_column"]) for t in probed]) if probe else None
         trace = StatementTrace(detail=True)
@@ -345,7 +345,7 @@ def _facts(rev, seconds, error, trace, base, names, blocked, heads, prober) -> d
             "new_table": h["oid"] not in base,
         }
         for h in trace.holds
-        if rel(h["oid"]) and not rel(h["oid"]).endswith(".alembic_version")
+        if rel(h["oid"]) and not version_table.is_it(rel(h["oid"]))
     ]
     rewrites = [
         {

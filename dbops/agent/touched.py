@@ -28,7 +28,7 @@ import re
 
 from psycopg import sql
 
-from dbops.agent import db, guard, scratch
+from dbops.agent import db, guard, scratch, version_table
 from dbops.agent.db import one_line
 from dbops.agent.lock import maintenance_db, require_lock
 from dbops.agent.pglocks import READ_MODES, WRITE_MODES
@@ -268,10 +268,8 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
         raise AgentFailure(f"internal: {name!r} is not a touched-set scratch", kind="internal")
     live_names = {q: k for q, k in relations(ctx.conn).values()}
     with db.connect(name, application_name=f"dbops:touched {ctx.operator}") as sc:
-        if current:  # the schema copy has alembic_version's table but not its rows
-            sc.execute("DELETE FROM alembic_version")
-            for rev in current:
-                sc.execute("INSERT INTO alembic_version (version_num) VALUES (%s)", [rev])
+        if current:  # the schema copy has the version table but not its rows
+            version_table.set_rows(sc, current)
         before = relations(sc)
     from dbops.agent.plan import _downgrade_body
 
@@ -304,7 +302,7 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
         if oid not in before:
             continue  # created by the migration itself, or a catalog: no data to keep
         q, kind = before[oid]
-        if q not in live_names or q.endswith(".alembic_version"):
+        if q not in live_names or version_table.is_it(q):
             continue
         if modes & WRITE_MODES:
             touched[q] = "locked " + "/".join(sorted(modes & WRITE_MODES)).replace("Lock", "")
@@ -325,7 +323,7 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
                 lossy.setdefault(
                     q, f"{rev.revision} reads it (a data migration?) and its downgrade is empty"
                 )
-    lossy = {q: w for q, w in lossy.items() if q in touched and not q.endswith(".alembic_version")}
+    lossy = {q: w for q, w in lossy.items() if q in touched and not version_table.is_it(q)}
     if full is None:
         full = closure(ctx.conn, touched, live_names)
     if full is None:
@@ -344,7 +342,7 @@ def trace(ctx, name: str, to: str, current: list) -> dict:
     excluded = sorted(
         q
         for q, k in live_names.items()
-        if k in ("r", "p") and q not in touched and not q.endswith(".alembic_version")
+        if k in ("r", "p") and q not in touched and not version_table.is_it(q)
     )  # the revision stays in the backup
     return {
         "relations": touched,
