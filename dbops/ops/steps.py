@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from dbops.agent_client import GUARD_KINDS, STOP_WAIT, Agent, AgentError
+from dbops.agent_client import STOP_WAIT, Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError, command
 from dbops.lifecycle import Operation
@@ -222,8 +222,9 @@ def step_failure(
     fix_hint: str,
 ) -> OpsError:
     d = exc.agent_details
-    if exc.kind in GUARD_KINDS:  # stopped before its first statement: the guard's state says
-        return OpsError(exc.message, state=exc.state, next_command=exc.next_command)
+    if exc.kind == "version_table":  # the rows dbops read are not env.py's: not a state
+        kept = [f"{action} backup: {backup}"] if backup else []
+        return OpsError(exc.message, state=exc.state, next_command=exc.next_command, details=kept)
     after = d.get("after", before)
     rev = d.get("revision", "?")
     details: list[str] = []
