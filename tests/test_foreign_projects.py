@@ -114,6 +114,8 @@ FOLLOWED = [
     "attributes",
     "schemas",
     "version_table",  # with DBOPS_VERSION_TABLE=meta.myapp_version (SHAPE_SETTINGS)
+    "inspecting",  # revisions that inspect the database and migrate rows in Python
+    "extension",  # revisions creating extensions (citext, pg_trgm) and using their types
 ]
 REFUSED = ["custom_var"]
 # Follows only the first database it is aimed at in a process: doctor's probe (two scratch
@@ -122,7 +124,7 @@ CACHED = ["settings_cached"]
 ALL = FOLLOWED + REFUSED + CACHED
 # What the project's own .env would say for dbops to follow it.
 SHAPE_SETTINGS = {"version_table": {"DBOPS_VERSION_TABLE": "meta.myapp_version"}}
-REVS = {"schemas": ["s1", "s2"]}
+REVS = {"schemas": ["s1", "s2"], "inspecting": ["i1", "i2", "i3"], "extension": ["e1", "e2", "e3"]}
 COMMON_REVS = ["a1", "b2", "c3"]
 
 
