@@ -410,7 +410,8 @@ SETTINGS: tuple[Setting, ...] = (
         "DBOPS_MODELS_IGNORE",
         _text,
         "",
-        "objects the database has on purpose, left out of the models check "
+        "objects the database has on purpose, left out of the models check (and tables of "
+        "it out of the schema fingerprints doctor and recover compare) "
         "(KIND:NAME or NAME, comma-separated; * globs)",
     ),
     Setting(

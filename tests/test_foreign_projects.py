@@ -116,6 +116,7 @@ FOLLOWED = [
     "version_table",  # with DBOPS_VERSION_TABLE=meta.myapp_version (SHAPE_SETTINGS)
     "inspecting",  # revisions that inspect the database and migrate rows in Python
     "extension",  # revisions creating extensions (citext, pg_trgm) and using their types
+    "filters",  # include_name/include_object leave out a table on purpose; compare_* on
 ]
 REFUSED = ["custom_var"]
 # Follows only the first database it is aimed at in a process: doctor's probe (two scratch
@@ -123,7 +124,10 @@ REFUSED = ["custom_var"]
 CACHED = ["settings_cached"]
 ALL = FOLLOWED + REFUSED + CACHED
 # What the project's own .env would say for dbops to follow it.
-SHAPE_SETTINGS = {"version_table": {"DBOPS_VERSION_TABLE": "meta.myapp_version"}}
+SHAPE_SETTINGS = {
+    "version_table": {"DBOPS_VERSION_TABLE": "meta.myapp_version"},
+    "filters": {"DBOPS_MODELS_IGNORE": "table:legacy_audit"},  # what env.py's filters leave out
+}
 REVS = {"schemas": ["s1", "s2"], "inspecting": ["i1", "i2", "i3"], "extension": ["e1", "e2", "e3"]}
 COMMON_REVS = ["a1", "b2", "c3"]
 
@@ -133,6 +137,9 @@ def revs(shape: str) -> list[str]:
 
 
 def seed(live, shape: str) -> None:
+    if shape == "filters":  # a table the database has on purpose, outside the models
+        live.execute("CREATE TABLE legacy_audit (id bigint PRIMARY KEY, note text)")
+        live.execute("INSERT INTO legacy_audit VALUES (1, 'kept')")
     if shape == "schemas":
         live.execute("INSERT INTO app.accounts (email) VALUES ('a@x.org'), ('b@x.org')")
     else:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 
 from dbops.agent import version_table
@@ -122,6 +123,21 @@ def _ws(text: str | None) -> str | None:
     return None if text is None else re.sub(r"\s+", " ", text).strip()
 
 
+def on_purpose(schema: str, table: str) -> bool:
+    """A table DBOPS_MODELS_IGNORE names (``table:NAME``, or a bare NAME; ``*`` globs; NAME or
+    SCHEMA.NAME): the database has it on purpose, outside the migrations, so neither the
+    expected schemas nor the live one count it (with its columns, indexes and constraints)."""
+    from fnmatch import fnmatchcase
+
+    names = (table, f"{schema}.{table}")
+    for entry in os.environ.get("DBOPS_MODELS_IGNORE", "").split(","):
+        kind, sep, pattern = entry.strip().partition(":")
+        kind, pattern = (kind.strip(), pattern.strip()) if sep else (None, entry.strip())
+        if pattern and kind in (None, "table") and any(fnmatchcase(n, pattern) for n in names):
+            return True
+    return False
+
+
 def collect(conn) -> dict:
     """The fingerprint of the database ``conn`` is connected to (a psycopg connection)."""
     with conn.transaction():
@@ -130,7 +146,7 @@ def collect(conn) -> dict:
         tables: dict[str, dict] = {}
         names: dict[int, str] = {}
         for oid, schema, name, kind in conn.execute(TABLES_SQL, ("pg_class",)).fetchall():
-            if version_table.is_it(f"{schema}.{name}"):
+            if version_table.is_it(f"{schema}.{name}") or on_purpose(schema, name):
                 continue
             q = _q(schema, name)
             names[oid] = q
