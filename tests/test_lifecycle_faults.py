@@ -256,6 +256,7 @@ def test_swap_cut_short_after_closing_live_is_reopened_by_restore_undo(
     assert allows_connections(pg_cluster, database) is True
     last = records(settings)[-1]
     assert last["action"] == "restore-undo" and last["repaired"] == "closed"
+    assert f"repaired: reopened {database}" in undo.stdout and "None" not in undo.stdout
     assert doctor_connectivity(invoke)["status"] != "fail"
 
 
@@ -276,6 +277,7 @@ def test_swap_cut_short_after_renaming_live_away_is_undone_by_restore_undo(
     assert allows_connections(pg_cluster, database) is True
     assert allows_connections(pg_cluster, old) is None
     assert records(settings)[-1]["repaired"] == "moved_away"
+    assert f"repaired: renamed {old} back to {database}" in undo.stdout
 
 
 def test_a_killed_drills_scratch_copy_is_swept_by_the_next_restore_test(

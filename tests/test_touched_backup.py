@@ -255,3 +255,35 @@ def test_rehearse_refuses_a_partial_backup_as_its_data(invoke, settings, db_conn
         == 0
     )
     assert db_conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SAMPLE_HEAD
+
+
+def test_a_partial_restore_interrupted_exits_130_with_an_interrupted_record(
+    invoke, settings, ops_env, db_conn, env, monkeypatch
+):
+    """Ctrl-C/SIGTERM during the put-back (in-process: raised from it): exit status 130, one
+    "interrupted" audit record; the put-back's one transaction did not commit."""
+    from dbops.config import load_settings
+    from dbops.errors import OpsError
+    from dbops.ops import restore as restore_op
+    from dbops.ops import touched
+    from tests.conftest import ROOT
+
+    assert invoke("migrate", env=env).returncode == 0
+    assert (
+        invoke("rollback", f"--to={SAMPLE_HEAD}", "--yes", "--no-putback", env=env).returncode == 0
+    )
+    now = checksums(db_conn, TOUCHED)
+    path = partial_backup(settings)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(touched, "putback", interrupted)
+    with pytest.raises(OpsError) as err:
+        restore_op.restore(load_settings(ROOT, environ={**ops_env, **env}), str(path), yes=True)
+    assert err.value.exit_code == 130 and err.value.message == "restore interrupted"
+    assert err.value.next_command.startswith(f"invoke restore {path} --yes")
+    rec = audit.read(settings)[-1]
+    assert rec["action"] == "restore" and rec["result"] == "interrupted"
+    assert rec["partial"] is True and rec["file"] == str(path) and rec["tables"] == TOUCHED
+    assert checksums(db_conn, TOUCHED) == now

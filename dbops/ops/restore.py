@@ -7,6 +7,11 @@ rename and keep the old database under a dated name. The kept database IS the pr
 state (undo = rename it back: `invoke restore-undo`), so a pre-restore dump is only taken on
 request (--pre-backup) or when the old database is to be dropped (--drop-old needs one).
 Any failure before the swap drops the new database: the live one is untouched.
+
+This module refuses and confirms; the restore after the lock is dbops/ops/restore_swap.py (a
+whole backup) or dbops/ops/restore_partial.py (a touched backup's tables). restore and
+restore-undo are audited through dbops.lifecycle.Operation from the lock on (the swap's
+"swapping" intent first); Ctrl-C or SIGTERM ends them with exit status 130.
 """
 
 from __future__ import annotations
@@ -14,17 +19,16 @@ from __future__ import annotations
 import shlex
 import subprocess
 import threading
-import time
 from pathlib import Path
 
-from dbops import audit, catalog, pgbin, seam
+from dbops import catalog, pgbin, seam
 from dbops.agent_client import Agent, AgentError, call_once
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError, command
-from dbops.ops.backup import _drain, _stop, fmt_bytes, take_backup
+from dbops.lifecycle import EXIT_CODES, Operation, outcome_of
+from dbops.ops.backup import _drain, _stop, fmt_bytes
 from dbops.ops.output import Out, print_note
-from dbops.progress import follow_file
 
 
 def restore_command(path: Path | str, *flags: str) -> str:
@@ -104,6 +108,20 @@ SENDS_TRANSACTION_TIMEOUT = pgbin.SENDS_TRANSACTION_TIMEOUT
 UNTOUCHED = "unchanged (nothing was touched)"
 
 
+def _fix_with_pg_restore(settings: Settings) -> str:
+    """How to get a pg_restore of major ``{m}`` on this target (a format string)."""
+    if settings.target == "local":
+        return (
+            "python scripts/lib/pg_majors.py bindir {m}   # installs one; set DBOPS_PG_BINDIR to "
+            "the folder it prints"
+        )
+    return (
+        f"invoke settings   # use a db image whose pg_restore is {{m}} "
+        f"(DBOPS_TARGET={settings.target} runs the server's own tools), or DBOPS_TARGET=local "
+        f"with DBOPS_PG_BINDIR"
+    )
+
+
 def pg_restore_refusal(
     settings: Settings,
     file: str,
@@ -116,14 +134,7 @@ def pg_restore_refusal(
     newer pg_dump's archive format (pg_dump 17 writes 1.16: pg_restore 15 stops with
     "unsupported version (1.16) in file header"); pg_restore 17+ fails against a server before
     17. One line naming both versions, and the fix: a pg_restore of the dump's major."""
-    how = (
-        "python scripts/lib/pg_majors.py bindir {m}   # installs one; set DBOPS_PG_BINDIR to "
-        "the folder it prints"
-        if settings.target == "local"
-        else f"invoke settings   # use a db image whose pg_restore is {{m}} "
-        f"(DBOPS_TARGET={settings.target} runs the server's own tools), or DBOPS_TARGET=local "
-        f"with DBOPS_PG_BINDIR"
-    )
+    how = _fix_with_pg_restore(settings)
     if (
         server
         and dump
@@ -274,6 +285,9 @@ def check_restored(
         raise OpsError(prefix + exc.message, state=state, next_command=next_command) from None
 
 
+SCRATCH_STATE = "unchanged (a scratch database was used)"
+
+
 def verify(
     settings: Settings, file: str, *, restore_test: bool = False, warn: Out = print_note
 ) -> dict:
@@ -293,55 +307,67 @@ def verify(
             agent.call("restore.facts") if restore_test else None,
         )
         if not restore_test:
-            rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="check")
-            if rc != 0:
-                raise OpsError(
-                    f"{path.name}: the full read (pg_restore) failed with status {rc}: "
-                    f"the archive is damaged",
-                    details=lines[-8:],
-                    state="unchanged",
-                )
-            checks.append("full read (pg_restore to /dev/null): ok")
+            checks.append(_full_read(settings, agent, path, manifest))
             return {"manifest": manifest, "checks": checks, "file": str(path)}
-        made = agent.call("restore.scratch")
-        name = made["name"]
-        for old in made.get("swept", []):
-            warn(f"dropped {old}, left behind by a killed drill or restore-test")
-        partial = bool(manifest.get("partial"))
+        res = _restore_test(settings, agent, path, manifest, warn)
+    checks += _restore_test_checks(res, manifest)
+    return {"manifest": manifest, "checks": checks, "file": str(path)}
+
+
+def _full_read(settings: Settings, agent: Agent, path: Path, manifest: dict) -> str:
+    """pg_restore reads the whole archive to /dev/null: its check line, or OpsError."""
+    rc, lines = pg_restore_stream(settings, agent.target, path, manifest, mode="check")
+    if rc != 0:
+        raise OpsError(
+            f"{path.name}: the full read (pg_restore) failed with status {rc}: "
+            f"the archive is damaged",
+            details=lines[-8:],
+            state="unchanged",
+        )
+    return "full read (pg_restore to /dev/null): ok"
+
+
+def _restore_test(settings: Settings, agent: Agent, path: Path, manifest: dict, warn: Out) -> dict:
+    """Restore into a scratch database, check it against the manifest, drop it (always)."""
+    made = agent.call("restore.scratch")
+    name = made["name"]
+    for old in made.get("swept", []):
+        warn(f"dropped {old}, left behind by a killed drill or restore-test")
+    try:
+        rc, lines = pg_restore_stream(
+            settings,
+            agent.target,
+            path,
+            manifest,
+            mode="restore-data" if manifest.get("partial") else "restore",
+            dbname=name,
+        )
+        if rc != 0:
+            raise OpsError(
+                f"{path.name}: restoring into a scratch database failed (status {rc})",
+                details=lines[-8:],
+                state=SCRATCH_STATE,
+            )
+        return check_restored(agent, name, manifest, state=SCRATCH_STATE)
+    finally:
         try:
-            rc, lines = pg_restore_stream(
-                settings,
-                agent.target,
-                path,
-                manifest,
-                mode="restore-data" if partial else "restore",
-                dbname=name,
-            )
-            if rc != 0:
-                raise OpsError(
-                    f"{path.name}: restoring into a scratch database failed (status {rc})",
-                    details=lines[-8:],
-                    state="unchanged (a scratch database was used)",
-                )
-            res = check_restored(
-                agent, name, manifest, state="unchanged (a scratch database was used)"
-            )
-        finally:
-            try:
-                agent.call("restore.scratch_drop", name=name)
-            except OpsError as exc:
-                warn(f"warning: could not drop scratch database {name}: {exc.message}")
-    checks.append(
+            agent.call("restore.scratch_drop", name=name)
+        except OpsError as exc:
+            warn(f"warning: could not drop scratch database {name}: {exc.message}")
+
+
+def _restore_test_checks(res: dict, manifest: dict) -> list[str]:
+    checks = [
         f"restore test: {res['tables']} tables, {res['rows']} rows and the alembic "
         f"revision equal the manifest's (scratch database dropped)"
-    )
+    ]
     if manifest.get("partial"):
         checks.append(
             "partial (touched) backup: the whole schema and the touched tables' rows were "
             "restored; indexes and constraints (post-data) were not built, as its foreign "
             "keys may point at rows of tables whose data it does not hold"
         )
-    return {"manifest": manifest, "checks": checks, "file": str(path)}
+    return checks
 
 
 def psql_create(name: str) -> str:
@@ -410,13 +436,56 @@ def restore(
     out: Out = print_note,
     warn: Out = print_note,
 ) -> dict:
-    t0 = time.monotonic()
+    """Refuse what cannot work, confirm, take the lock, then restore: into a new database,
+    checked and swapped in (dbops/ops/restore_swap.py), or a partial backup's tables put back
+    (dbops/ops/restore_partial.py). Its audit record (an Operation, from the lock on) says
+    how it ended; Ctrl-C or SIGTERM ends it with exit status 130."""
+    from dbops.ops.restore_partial import restore_partial
+    from dbops.ops.restore_swap import restore_locked
+
+    op = Operation(settings, "restore", warn=warn)  # entered once the lock is held
     jobs = restore_jobs(settings, jobs)
+    path, manifest = _usable_backup(settings, file, other_database, pre_backup, drop_old)
+    with Agent(settings) as agent:
+        facts = _restorable_here(settings, agent, path, manifest)
+        if manifest.get("partial"):
+            return restore_partial(settings, agent, path, manifest, facts, op, yes=yes)
+        _confirm_restore(settings, path, manifest, facts, yes, pre_backup, drop_old)
+        lock_for_restore(agent, path)
+        pre_z = (
+            pre_backup_compression(settings, facts.get("database_size") or 0)
+            if pre_backup
+            else None
+        )
+        with op:
+            res = restore_locked(
+                settings,
+                agent,
+                path,
+                manifest,
+                op,
+                jobs=jobs,
+                pre_z=pre_z,
+                pre_backup=pre_backup,
+                drop_old=drop_old,
+                from_revisions=facts.get("revisions"),
+                out=out,
+                warn=warn,
+            )
+        res["kept_before"] = facts["kept_old"]
+        res["file"] = str(path)
+        return res
+
+
+def _usable_backup(
+    settings: Settings, file: str, other_database: bool, pre_backup: bool, drop_old: bool
+) -> tuple[Path, dict]:
+    """The backup's path and checked manifest; refusals before the server is asked anything."""
     if drop_old and not pre_backup:
         raise OpsError(
             "--drop-old drops the previous database, the only other copy of the "
             "pre-restore state: it needs --pre-backup (a verified dump of it first)",
-            state="unchanged (nothing was touched)",
+            state=UNTOUCHED,
             next_command=restore_command(file, "--pre-backup", "--drop-old"),
         )
     path = resolve(settings, file)
@@ -425,326 +494,100 @@ def restore(
         raise OpsError(
             f"{path.name} is a backup of database {manifest['database']!r}, not "
             f"{settings.database!r}",
-            state="unchanged (nothing was touched)",
+            state=UNTOUCHED,
             next_command=f"{restore_command(path, '--other-database')}   # if you mean it",
         )
-    with Agent(settings) as agent:
-        try:
-            facts = agent.call("restore.facts")
-        except AgentError as exc:
-            raise OpsError(exc.message, state="unchanged (nothing was touched)") from None
-        dump_major = int(manifest.get("server_version_num") or 0) // 10000
-        server_major = facts["server_version_num"] // 10000
-        if dump_major > server_major:
-            raise OpsError(
-                f"{path.name} was dumped from PostgreSQL {manifest['server_version']}, "
-                f"newer than this server ({facts['server_version']}): it cannot be restored here",
-                state="unchanged (nothing was touched)",
-                next_command="restore it on a server of the same or a newer major version",
-            )
-        check_pg_restore(settings, agent.target, path, manifest, facts)
-        if not facts["exists"]:
-            raise OpsError(
-                f"database {settings.database} does not exist: restore replaces an existing "
-                f"database",
-                state="unchanged",
-                next_command=psql_create(settings.database)
-                + "   # create it empty first, then re-run the restore",
-            )
-        if manifest.get("partial"):
-            return _restore_partial(settings, agent, path, manifest, facts, yes=yes, t0=t0)
-        rows = sum(manifest["tables"].values())
-        confirm(
-            settings,
-            "\n".join(
-                [
-                    f"Restore {path.name}",
-                    f"  taken {manifest['started_at']} ({manifest['reason']}), revision "
-                    f"{'+'.join(manifest['revisions']) or 'base'}, "
-                    f"{len(manifest['tables'])} tables, {rows} rows",
-                    f"over database {settings.database} ({settings.target}).",
-                    "  1. "
-                    + (
-                        f"a pre-restore backup of {settings.database} is taken (--pre-backup)"
-                        if pre_backup
-                        else "no pre-restore dump (the old database is kept instead; "
-                        "--pre-backup for one)"
-                    ),
-                    "  2. the backup is restored into a new database and checked",
-                    f"  3. {len(facts['sessions'])} session(s) connected to {settings.database} "
-                    "are terminated, and the databases are swapped by rename",
-                    f"  4. the current {settings.database} is "
-                    + (
-                        "DROPPED after the swap (--drop-old)"
-                        if drop_old
-                        else (
-                            f"kept as {settings.database}_dbops_old_<time> "
-                            "(undo: invoke restore-undo)"
-                        )
-                    ),
-                ]
-            ),
-            yes=yes,
-            expect=settings.database,
-            state="unchanged (nothing was touched)",
-            next_command=restore_command(path, "--yes"),
-        )
-        lock_for_restore(agent, path)
-        pre_z = (
-            pre_backup_compression(settings, facts.get("database_size") or 0)
-            if pre_backup
-            else None
-        )
-        res = _restore_locked(
-            settings,
-            agent,
-            path,
-            manifest,
-            jobs,
-            t0,
-            pre_z,
-            pre_backup=pre_backup,
-            drop_old=drop_old,
-            from_revisions=facts.get("revisions"),
-            out=out,
-            warn=warn,
-        )
-        res["kept_before"] = facts["kept_old"]
-        res["file"] = str(path)
-        return res
+    return path, manifest
 
 
-def _restore_locked(
+def _restorable_here(settings: Settings, agent: Agent, path: Path, manifest: dict) -> dict:
+    """The server's restore.facts, once it is known the backup can be restored into it: the
+    dump's major is not newer, this pg_restore can do it, the database exists."""
+    try:
+        facts = agent.call("restore.facts")
+    except AgentError as exc:
+        raise OpsError(exc.message, state=UNTOUCHED) from None
+    dump_major = int(manifest.get("server_version_num") or 0) // 10000
+    server_major = facts["server_version_num"] // 10000
+    if dump_major > server_major:
+        raise OpsError(
+            f"{path.name} was dumped from PostgreSQL {manifest['server_version']}, "
+            f"newer than this server ({facts['server_version']}): it cannot be restored here",
+            state=UNTOUCHED,
+            next_command="restore it on a server of the same or a newer major version",
+        )
+    check_pg_restore(settings, agent.target, path, manifest, facts)
+    if not facts["exists"]:
+        raise OpsError(
+            f"database {settings.database} does not exist: restore replaces an existing database",
+            state="unchanged",
+            next_command=psql_create(settings.database)
+            + "   # create it empty first, then re-run the restore",
+        )
+    return facts
+
+
+def _confirm_restore(
     settings: Settings,
-    agent: Agent,
     path: Path,
     manifest: dict,
-    jobs: int,
-    t0: float,
-    pre_z: str | None = None,
-    *,
-    pre_backup: bool = True,
-    drop_old: bool = False,
-    from_revisions: list | None = None,
-    out: Out = print_note,
-    warn: Out = print_note,
-) -> dict:
-    record = {
-        "file": str(path),
-        "sha256": manifest["sha256"],
-        "to": manifest["revisions"],
-        "backup_database": manifest["database"],
-    }
-    name = None
-    swapped = None
-    swapping = False
-    pre = None
-    job = None
-    try:
-        created = agent.call("restore.create")
-        name = created["name"]
-        for s in created["swept"]:
-            out(f"dropped {s}, left behind by an interrupted restore")
-        job = RestoreJob(
-            settings, agent.target, path, manifest, mode="restore", dbname=name, jobs=jobs
-        )
-        t_started = time.monotonic()
-        # The pre-restore backup reads the live database while pg_restore (started above) fills
-        # the new one: different databases, neither waits. Both must succeed before the swap.
-        if pre_backup:
-            try:
-                pre = take_backup(settings, agent, "pre-restore", prune=False, compression=pre_z)
-            except OpsError as exc:
-                raise OpsError(
-                    f"the pre-restore backup failed: {exc.message}", details=exc.details
-                ) from None
-        if pre is not None:
-            record.update(pre_restore_backup=pre["path"], **{"from": pre["manifest"]["revisions"]})
-            out(f"pre-restore backup: {pre['path']}")
-        else:
-            record["from"] = from_revisions
-        t_pre = time.monotonic()
-        follow_file(job.proc, job.src, f"restore: pg_restore {path.name}", manifest["size"])
-        rc, lines = job.finish()
-        job = None
-        t_restored = time.monotonic()
-        if rc != 0:
-            raise OpsError(
-                f"pg_restore into the new database {name} failed (status {rc})", details=lines[-8:]
-            )
-        check = agent.call(
-            "restore.check", name=name, tables=manifest["tables"], revisions=manifest["revisions"]
-        )
-        t_checked = time.monotonic()
-        sessions = agent.call("restore.facts")["sessions"]
-        if sessions:
-            warn(
-                f"warning: terminating {len(sessions)} session(s) "
-                f"connected to {settings.database}: "
-                + ", ".join(
-                    f"pid {s['pid']} {s['application_name'] or '-'} ({s['user']}@{s['client']})"
-                    for s in sessions[:10]
-                )
-            )
-        # The intent first: a swap cut short is then named by its record as well as by the
-        # catalog (doctor, restore-undo read the catalog: dbops/agent/swap.py).
-        audit.append(settings, "restore", result="swapping", new_database=name, **record)
-        swapping = True
-        swapped = agent.call("restore.swap", name=name)
-    except (OpsError, KeyboardInterrupt) as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        message = exc.message if isinstance(exc, OpsError) else "interrupted"
-        if job is not None:
-            job.kill()
-        dropped_new = False
-        if name and swapped is None and not swapping:
-            try:
-                agent.call("restore.drop", name=name)
-                dropped_new = True
-            except Exception:
-                warn(f"warning: could not drop {name}; the next restore drops it")
-        pre_note = f"pre-restore backup: {pre['path']}" if pre else "no pre-restore backup was kept"
-        state, nxt = _state_after_failure(settings, name, dropped_new, swapping)
-        audit.append(
-            settings,
-            "restore",
-            result="interrupted" if interrupted else "failed",
-            error=message,
-            state=state,
-            duration_s=round(time.monotonic() - t0, 3),
-            **record,
-        )
-        raise OpsError(
-            f"restore {'interrupted' if interrupted else 'failed: ' + message}",
-            details=getattr(exc, "details", []),
-            state=f"{state}; {pre_note}",
-            next_command=nxt or f"invoke verify-backup {path} --restore-test",
-            exit_code=130 if interrupted else 1,
-        ) from None
-    old = swapped["old"]
-    dropped = None
-    if drop_old:  # only with a verified pre-restore backup (checked before anything)
-        try:
-            dropped = agent.call("restore.drop", name=old)["dropped"]
-        except OpsError as exc:
-            warn(
-                f"warning: could not drop the previous database {old}: {exc.message}; "
-                f"drop it with: {_drop_command(old)}"
-            )
-    timings = {
-        "pre_restore_backup_s": pre["manifest"]["duration_s"] if pre else None,
-        "pre_restore_backup_done_after_s": round(t_pre - t_started, 3) if pre else None,
-        "pg_restore_s": round(t_restored - t_started, 3),
-        "check_s": round(t_checked - t_restored, 3),
-        "swap_s": round(time.monotonic() - t_checked, 3),
-        "total_s": round(time.monotonic() - t0, 3),
-    }
-    kept = None if dropped else old
-    audit.append(
-        settings,
-        "restore",
-        result="ok",
-        old_database=kept,
-        dropped_old=dropped,
-        terminated=len(swapped["terminated"]),
-        duration_s=round(time.monotonic() - t0, 3),
-        timings=timings,
-        **record,
+    facts: dict,
+    yes: bool,
+    pre_backup: bool,
+    drop_old: bool,
+) -> None:
+    rows = sum(manifest["tables"].values())
+    db = settings.database
+    pre = (
+        f"a pre-restore backup of {db} is taken (--pre-backup)"
+        if pre_backup
+        else "no pre-restore dump (the old database is kept instead; --pre-backup for one)"
     )
-    return {
-        "database": settings.database,
-        "revisions": check["revisions"],
-        "tables": check["tables"],
-        "rows": check["rows"],
-        "pre_restore_backup": pre["path"] if pre else None,
-        "old_database": kept,
-        "dropped_old": dropped,
-        "drop_command": _drop_command(kept) if kept else None,
-        "undo_command": f"invoke restore-undo --name {kept} --yes"
-        if kept
-        else restore_command(pre["path"], "--yes"),
-        "terminated": swapped["terminated"],
-        "timings": timings,
-    }
+    old = (
+        "DROPPED after the swap (--drop-old)"
+        if drop_old
+        else f"kept as {db}_dbops_old_<time> (undo: invoke restore-undo)"
+    )
+    plan = [
+        f"Restore {path.name}",
+        f"  taken {manifest['started_at']} ({manifest['reason']}), revision "
+        f"{'+'.join(manifest['revisions']) or 'base'}, "
+        f"{len(manifest['tables'])} tables, {rows} rows",
+        f"over database {db} ({settings.target}).",
+        f"  1. {pre}",
+        "  2. the backup is restored into a new database and checked",
+        f"  3. {len(facts['sessions'])} session(s) connected to {db} "
+        "are terminated, and the databases are swapped by rename",
+        f"  4. the current {db} is {old}",
+    ]
+    confirm(
+        settings,
+        "\n".join(plan),
+        yes=yes,
+        expect=db,
+        state=UNTOUCHED,
+        next_command=restore_command(path, "--yes"),
+    )
 
 
 def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> dict:
     """Swap a kept <db>_dbops_old_<time> back in (the undo of a restore: two renames, no copy).
-    The database it replaces is kept in turn under a new <db>_dbops_old_<time> name."""
-    t0 = time.monotonic()
+    The database it replaces is kept in turn under a new <db>_dbops_old_<time> name. After an
+    interrupted swap, repair it instead. Audited (an Operation, from the lock on); Ctrl-C or
+    SIGTERM ends it with exit status 130 and the state read back from the server."""
+    op = Operation(settings, "restore-undo")  # entered once the lock is held
     with Agent(settings) as agent:
         swap_state = agent.call("swap.state")
         if swap_state["interrupted"]:
-            return _repair_swap(settings, agent, swap_state, yes=yes, t0=t0)
+            return _repair_swap(settings, agent, swap_state, op, yes=yes)
         facts = agent.call("restore.facts")
-        kept = facts["kept_old"]
-        if name is None:
-            if not kept:
-                raise OpsError(
-                    f"no kept previous database of {settings.database} (nothing to undo)",
-                    state="unchanged",
-                )
-            name = sorted(kept)[-1]
-        elif name not in kept:
-            raise OpsError(
-                f"{name} is not a kept previous database of {settings.database} "
-                f"(kept: {', '.join(kept) or 'none'})",
-                state="unchanged (nothing was touched)",
-                next_command="invoke restore-undo   # the newest kept one",
-            )
-        confirm(
-            settings,
-            "\n".join(
-                [
-                    f"Swap {name} back in as {settings.database} ({settings.target}).",
-                    f"  {len(facts['sessions'])} session(s) connected to "
-                    f"{settings.database} are terminated;",
-                    f"  the current {settings.database} is kept as "
-                    f"{settings.database}_dbops_old_<time>.",
-                ]
-            ),
-            yes=yes,
-            expect=settings.database,
-            state="unchanged (nothing was touched)",
-            next_command=f"invoke restore-undo --name {name} --yes",
-        )
-        try:
-            agent.call("lock.acquire", purpose="restore")
-        except AgentError as exc:
-            if exc.kind != "locked":  # busy only when the lock query said so
-                raise
-            raise OpsError(
-                exc.message,
-                state="unchanged",
-                next_command=(
-                    command(
-                        "invoke",
-                        "restore-undo",
-                        "--name",
-                        name,
-                        why="once the holder above has finished",
-                    )
-                ),
-            ) from None
-        try:
-            swapped = agent.call("restore.swap", name=name)
-        except AgentError as exc:
-            audit.append(settings, "restore-undo", result="failed", error=exc.message, kept=name)
-            raise OpsError(
-                f"undo failed: {exc.message}",
-                state=f"{settings.database} is unchanged",
-                next_command=f"invoke restore-undo --name {name} --yes",
-            ) from None
-    old = swapped["old"]
-    audit.append(
-        settings,
-        "restore-undo",
-        result="ok",
-        swapped_in=name,
-        old_database=old,
-        terminated=len(swapped["terminated"]),
-        duration_s=round(time.monotonic() - t0, 3),
-    )
+        name = _kept_to_swap_in(settings, facts["kept_old"], name)
+        _confirm_undo(settings, facts, name, yes)
+        _lock_for_undo(agent, name)
+        with op:
+            swapped = _swap_back(settings, agent, op, name)
+            old = swapped["old"]
+            op.finish(swapped_in=name, old_database=old, terminated=len(swapped["terminated"]))
     return {
         "database": settings.database,
         "swapped_in": name,
@@ -752,6 +595,91 @@ def undo(settings: Settings, name: str | None = None, *, yes: bool = False) -> d
         "drop_command": _drop_command(old),
         "terminated": swapped["terminated"],
     }
+
+
+def _kept_to_swap_in(settings: Settings, kept: list[str], name: str | None) -> str:
+    """``name`` if it is a kept previous database, else the newest kept one; OpsError if none."""
+    if name is None:
+        if not kept:
+            raise OpsError(
+                f"no kept previous database of {settings.database} (nothing to undo)",
+                state="unchanged",
+            )
+        return sorted(kept)[-1]
+    if name not in kept:
+        raise OpsError(
+            f"{name} is not a kept previous database of {settings.database} "
+            f"(kept: {', '.join(kept) or 'none'})",
+            state=UNTOUCHED,
+            next_command="invoke restore-undo   # the newest kept one",
+        )
+    return name
+
+
+def _confirm_undo(settings: Settings, facts: dict, name: str, yes: bool) -> None:
+    db = settings.database
+    confirm(
+        settings,
+        "\n".join(
+            [
+                f"Swap {name} back in as {db} ({settings.target}).",
+                f"  {len(facts['sessions'])} session(s) connected to {db} are terminated;",
+                f"  the current {db} is kept as {db}_dbops_old_<time>.",
+            ]
+        ),
+        yes=yes,
+        expect=db,
+        state=UNTOUCHED,
+        next_command=f"invoke restore-undo --name {name} --yes",
+    )
+
+
+def _lock_for_undo(agent: Agent, name: str) -> None:
+    try:
+        agent.call("lock.acquire", purpose="restore")
+    except AgentError as exc:
+        if exc.kind != "locked":  # busy only when the lock query said so
+            raise
+        raise OpsError(
+            exc.message,
+            state="unchanged",
+            next_command=command(
+                "invoke", "restore-undo", "--name", name, why="once the holder above has finished"
+            ),
+        ) from None
+
+
+def _swap_back(settings: Settings, agent: Agent, op: Operation, name: str) -> dict:
+    """The swap itself, its intent recorded first. The agent refusing it changed nothing; an
+    interruption or a dead agent: the state is read back from the server's catalog."""
+    op.intent("swapping", swapped_in=name)
+    try:
+        return agent.call("restore.swap", name=name)
+    except AgentError as exc:
+        op.finish("failed", error=exc.message, kept=name)
+        raise OpsError(
+            f"undo failed: {exc.message}",
+            state=f"{settings.database} is unchanged",
+            next_command=f"invoke restore-undo --name {name} --yes",
+        ) from None
+    except (OpsError, KeyboardInterrupt) as exc:
+        raise _undo_cut_short(settings, op, exc, kept=name) from None
+
+
+def _undo_cut_short(settings: Settings, op: Operation, exc: BaseException, **fields) -> OpsError:
+    """restore-undo ended by Ctrl-C/SIGTERM (exit 130) or its agent's death, mid-swap: the
+    record and the error say the state read back from the server, and what settles it."""
+    result, outcome = outcome_of(exc)
+    state, nxt = _state_after_failure(settings, None, False, True)
+    message = exc.message if isinstance(exc, OpsError) else "interrupted"
+    op.finish(result, **{**outcome, **fields, "error": message, "state": state})
+    interrupted = result == "interrupted"
+    return OpsError(
+        f"restore-undo {'interrupted' if interrupted else 'failed: ' + message}",
+        state=state,
+        next_command=nxt,
+        exit_code=EXIT_CODES["interrupted"] if interrupted else 1,
+    )
 
 
 def _state_after_failure(
@@ -794,7 +722,7 @@ def describe_swap(st: dict) -> str:
     }.get(st["interrupted"] or "", "no interrupted swap")
 
 
-def _repair_swap(settings: Settings, agent: Agent, st: dict, *, yes: bool, t0: float) -> dict:
+def _repair_swap(settings: Settings, agent: Agent, st: dict, op: Operation, *, yes: bool) -> dict:
     """restore-undo after an interrupted swap: finish what can only be finished one way, undo
     the rest (live back in place, open again)."""
     confirm(
@@ -813,16 +741,15 @@ def _repair_swap(settings: Settings, agent: Agent, st: dict, *, yes: bool, t0: f
             state=describe_swap(st),
             next_command="wait for it to finish, then re-run: invoke restore-undo",
         ) from None
-    res = agent.call("swap.repair")
-    audit.append(
-        settings,
-        "restore-undo",
-        result="ok",
-        repaired=res["repaired"],
-        old_database=res["old"],
-        said=res["said"],
-        duration_s=round(time.monotonic() - t0, 3),
-    )
+    with op:
+        op.intent("swapping", repairing=st["interrupted"])
+        try:
+            res = agent.call("swap.repair")
+        except AgentError:
+            raise
+        except (OpsError, KeyboardInterrupt) as exc:
+            raise _undo_cut_short(settings, op, exc, repairing=st["interrupted"]) from None
+        op.finish(repaired=res["repaired"], old_database=res["old"], said=res["said"])
     return {
         "database": settings.database,
         "repaired": res["repaired"],
@@ -831,102 +758,4 @@ def _repair_swap(settings: Settings, agent: Agent, st: dict, *, yes: bool, t0: f
         "old_database": res["old"],
         "drop_command": None,
         "terminated": [],
-    }
-
-
-def _restore_partial(
-    settings: Settings,
-    agent: Agent,
-    path: Path,
-    manifest: dict,
-    facts: dict,
-    *,
-    yes: bool,
-    t0: float,
-) -> dict:
-    """A touched (partial) backup holds the data of some relations only: it can only be put
-    back into a database at the backup's revision (same schema), in one transaction."""
-    from dbops.ops.touched import putback
-
-    want, live = sorted(manifest["revisions"]), sorted(facts.get("revisions") or [])
-    rev = "+".join(want) or "base"
-    if facts.get("revisions") is None or want != live:
-        raise OpsError(
-            f"{path.name} is a partial (touched) backup taken at {rev}; {settings.database} "
-            f"is at {'+'.join(live) or 'base'}: its tables can only be put back at the "
-            f"backup's revision",
-            state="unchanged (nothing was touched)",
-            next_command=f"invoke rollback --to={want[0] if want else 'base'}   "
-            f"# downgrades, then puts these tables back from it",
-        )
-    tables = manifest["tables"]
-    confirm(
-        settings,
-        "\n".join(
-            [
-                f"Put back the data of {len(tables)} table(s) from {path.name} (partial, "
-                f"taken {manifest['started_at']}, revision {rev}) into "
-                f"{settings.database} ({settings.target}):",
-                "  " + ", ".join(sorted(tables)),
-                "  their current rows are REPLACED by the backup's, in one "
-                "transaction checked against",
-                "  the manifest's row counts; every other table is left as it is",
-            ]
-        ),
-        yes=yes,
-        expect=settings.database,
-        state="unchanged (nothing was touched)",
-        next_command=restore_command(path, "--yes"),
-    )
-    lock_for_restore(agent, path)
-    again = agent.call("restore.facts")
-    if sorted(again.get("revisions") or []) != want:
-        raise OpsError(
-            f"{settings.database} moved to {again.get('revisions')} meanwhile",
-            state="unchanged (nothing was touched)",
-            next_command=restore_command(path),
-        )
-    record = {
-        "file": str(path),
-        "sha256": manifest["sha256"],
-        "to": manifest["revisions"],
-        "from": live,
-        "partial": True,
-        "tables": sorted(tables),
-    }
-    try:
-        res = putback(settings, agent, path, manifest)
-    except OpsError as exc:
-        audit.append(
-            settings,
-            "restore",
-            result="failed",
-            error=exc.message,
-            duration_s=round(time.monotonic() - t0, 3),
-            **record,
-        )
-        raise OpsError(
-            f"restore failed: {exc.message}",
-            details=exc.details,
-            state=f"{settings.database} is unchanged (one transaction, rolled back)",
-            next_command=f"invoke verify-backup {path} --restore-test",
-        ) from None
-    audit.append(
-        settings, "restore", result="ok", duration_s=round(time.monotonic() - t0, 3), **record
-    )
-    return {
-        "database": settings.database,
-        "file": str(path),
-        "revisions": manifest["revisions"],
-        "tables": res["tables"],
-        "rows": res["rows"],
-        "pre_restore_backup": None,
-        "old_database": None,
-        "dropped_old": None,
-        "partial": True,
-        "drop_command": None,
-        "undo_command": None,
-        "terminated": [],
-        "timings": {"total_s": round(time.monotonic() - t0, 3)},
-        "kept_before": facts["kept_old"],
     }

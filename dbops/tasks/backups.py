@@ -244,6 +244,9 @@ def restore(
 def restore_undo(c, name=None, yes=False):
     """Undo a restore: swap the kept <db>_dbops_old_<time> (NAME, default the newest) back in by rename."""  # noqa: E501
     res = restore_op.undo(settings(c), name, yes=yes)
+    if res.get("repaired"):  # an interrupted swap was repaired, nothing swapped back
+        print(f"repaired: {res['said']}")
+        return
     print(f"swapped back: {res['database']} is again {res['swapped_in']}")
     print(f"  the replaced database is kept as: {res['old_database']}")
     print(f"  drop it when satisfied: {res['drop_command']}")
