@@ -803,7 +803,10 @@ class AddColumnOnlineOp(MigrateOperation):
         default = server_default
         if default is None and column.server_default is not None:
             arg = getattr(column.server_default, "arg", None)
-            default = str(getattr(arg, "text", arg)) if arg is not None else None
+            if isinstance(arg, str):  # sa.Column(server_default="new"): a literal, as SQLAlchemy
+                default = "'" + arg.replace("'", "''") + "'"
+            else:
+                default = str(getattr(arg, "text", arg)) if arg is not None else None
         self.server_default = default
         self.backfill = backfill if backfill is not None else default
         self.batch_rows, self.pause, self.batch_seconds = batch_rows, pause, batch_seconds

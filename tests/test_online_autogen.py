@@ -285,3 +285,44 @@ def test_invoke_revision_refuses_when_the_database_is_behind(
     with pytest.raises(OpsError, match="Target database is not up to date.*No revision file"):
         new_revision(settings, "x", out=lambda _line: None)
     assert [p.name for p in (ini.parent / "versions").glob("*.py")] == ["r0001_base.py"]
+
+
+def test_host_file_is_next_to_the_other_revisions(project, ops_env, tmp_path):
+    """compose / kubernetes: the agent wrote the file in its container; the host puts the text
+    at the same place under its own script directory (none found: refused, nothing written)."""
+    from dbops.ops.new_revision import host_file
+
+    settings = load_settings(ROOT, environ={**ops_env, "DBOPS_ALEMBIC_INI": str(project)})
+    assert host_file(settings, "versions/r0002_x.py") == project.parent / "versions/r0002_x.py"
+    empty = tmp_path / "nowhere"
+    empty.mkdir()
+    lost = load_settings(
+        empty, environ={k: v for k, v in ops_env.items() if k != "DBOPS_ALEMBIC_INI"}
+    )
+    if lost.alembic_ini is None:
+        with pytest.raises(OpsError, match="no alembic.ini was found here"):
+            host_file(lost, "versions/r0002_x.py")
+
+
+def test_add_column_online_takes_a_string_default_as_a_literal(
+    pg_cluster, database, tmp_path, monkeypatch
+):
+    """sa.Column(server_default="new") is the literal 'new' (as SQLAlchemy writes it), for the
+    default of new rows and for the backfill of the existing ones."""
+    from alembic import command
+
+    from tests.test_online import make_project as online_project
+
+    monkeypatch.setenv("DATABASE_URL", url(pg_cluster, database))
+    with pg_cluster.connect(database) as conn:
+        conn.execute("CREATE TABLE s (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO s SELECT generate_series(1, 50)")
+    ini = online_project(
+        tmp_path,
+        'op.add_column_online("s", sa.Column("state", sa.Text, nullable=False, '
+        'server_default="new"))',
+    )
+    command.upgrade(config(ini, pg_cluster, database), "head")
+    with pg_cluster.connect(database) as conn:
+        conn.execute("INSERT INTO s (id) VALUES (51)")
+        assert conn.execute("SELECT count(*) FROM s WHERE state = 'new'").fetchone() == (51,)
