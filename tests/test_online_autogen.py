@@ -326,3 +326,26 @@ def test_add_column_online_takes_a_string_default_as_a_literal(
     with pg_cluster.connect(database) as conn:
         conn.execute("INSERT INTO s (id) VALUES (51)")
         assert conn.execute("SELECT count(*) FROM s WHERE state = 'new'").fetchone() == (51,)
+
+
+def test_invoke_revision_cli_smoke(project, invoke):
+    done = invoke(
+        "revision", "-m", "add things", "--online", env={"DBOPS_ALEMBIC_INI": str(project)}
+    )
+    assert done.returncode == 0, done.stderr
+    assert "online: tags (~20 rows): op.create_index -> op.create_index_online" in done.stdout
+    written = list((project.parent / "versions").glob("*_add_things.py"))
+    assert len(written) == 1 and f"wrote {written[0]}" in done.stdout
+    assert "PGPASSWORD" not in done.stdout + done.stderr
+
+
+def test_a_template_without_imports_still_gets_the_import(project, pg_cluster, database, ops_env):
+    mako = project.parent / "script.py.mako"
+    mako.write_text(mako.read_text().replace('${imports if imports else ""}', ""))
+    settings = load_settings(
+        ROOT, environ={**ops_env, "DBOPS_ALEMBIC_INI": str(project), "DBOPS_ONLINE_MIN_ROWS": "0"}
+    )
+    res = new_revision(settings, "add things", out=lambda _line: None)
+    text = open(res["path"]).read()
+    assert "from alembic import op\nimport dbops.online  # noqa: F401" in text
+    assert "op.create_index_online(" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dbops.agent import db, guard
 from dbops.agent.migration import quietly
-from dbops.agent.online_revision import MIN_ROWS, OnlineRevision
+from dbops.agent.online_revision import IMPORT, MIN_ROWS, OnlineRevision
 from dbops.agent.protocol import AgentFailure, handler
 
 
@@ -46,10 +46,16 @@ def autogenerate(
         )
     script = scripts[0]
     path = Path(script.path)
+    text = path.read_text()
+    if hook.rewritten and IMPORT not in text:  # a script.py.mako without ${imports}
+        text = text.replace("from alembic import op\n", f"from alembic import op\n{IMPORT}\n", 1)
+        if IMPORT not in text:
+            text = f"{IMPORT}\n{text}"
+        path.write_text(text)
     return {
         "revision": script.revision,
         "path": str(path),
         "relpath": str(path.relative_to(Path(ctx.script().dir))),
-        "text": path.read_text(),
+        "text": text,
         "online": hook.rewritten,
     }
