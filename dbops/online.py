@@ -1237,10 +1237,24 @@ def _repack_facts(s: Steps, op: RewriteTableOnlineOp) -> dict:
     }
 
 
+def _run_shown(argv: list[str], env: dict) -> tuple[int, str]:
+    """Run a client, its lines shown as they come (progress); (exit status, its last line)."""
+    import subprocess
+
+    last = ""
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            if line.strip():
+                last = line.strip()
+                _say(f"pg_repack: {last}")
+    return proc.returncode, last or f"exit status {proc.returncode}"
+
+
 @Operations.implementation_for(RewriteTableOnlineOp)
 def _rewrite_table_online(operations, op: RewriteTableOnlineOp) -> None:
     import os
-    import subprocess
 
     s = Steps(operations, LOCK_TIMEOUT, ATTEMPTS)
     table = op.table_name
@@ -1264,13 +1278,9 @@ def _rewrite_table_online(operations, op: RewriteTableOnlineOp) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PGOPTIONS"}
         env["PGPASSWORD"] = info.password or ""
         _say(f"pg_repack {facts['client_version']} rewrites {table} (key {facts['key']})")
-        done = subprocess.run(
-            _repack_argv(op, facts["client"], info), env=env, capture_output=True, text=True
-        )
+        code, last = _run_shown(_repack_argv(op, facts["client"], info), env)
         after = _relfilenode(s, table, op.schema)
-    said = (done.stderr or done.stdout).strip().splitlines()
-    last = said[-1] if said else f"exit status {done.returncode}"
-    if done.returncode != 0 or after == before:
+    if code != 0 or after == before:
         raise OnlineOperationError(
             f"pg_repack did not rewrite {table}: {last}. {table} is as before (its file was "
             "not swapped). If pg_repack was killed, its leftovers (a repack trigger on the "

@@ -22,7 +22,8 @@ def autogenerate(
     from alembic import command
     from alembic.util import CommandError
 
-    hook = OnlineRevision(force=bool(online), min_rows=int(min_rows))
+    # the host prints what was replaced (from the result), once
+    hook = OnlineRevision(force=bool(online), min_rows=int(min_rows), say=lambda _msg: None)
     name = db.database()
     try:
         with guard.expecting(name, "revision --autogenerate"):

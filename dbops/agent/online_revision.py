@@ -138,8 +138,8 @@ class OnlineRevision:
     rows. Unset, both are read from the environment when the hook runs (``DBOPS_ONLINE=1``,
     ``DBOPS_ONLINE_MIN_ROWS``). ``rewritten``: one dict per operation replaced."""
 
-    def __init__(self, *, force: bool | None = None, min_rows: int | None = None):
-        self.force, self.min_rows = force, min_rows
+    def __init__(self, *, force: bool | None = None, min_rows: int | None = None, say=_say):
+        self.force, self.min_rows, self.say = force, min_rows, say
         self.rewritten: list[dict] = []
 
     def settings(self) -> tuple[bool, int]:
@@ -165,6 +165,7 @@ class OnlineRevision:
             if isinstance(o, ops.CreateTableOp)
         }
         rewrite = _Rewrites(context.connection, force, min_rows, created, self.rewritten)
+        rewrite.say = self.say
         rewrite.writer(context, revision, scripts)
         for s in scripts:
             setattr(s, DONE, True)
@@ -173,7 +174,7 @@ class OnlineRevision:
 class _Rewrites:
     def __init__(self, connection, force: bool, min_rows: int, created: set, log: list):
         self.connection, self.force, self.min_rows = connection, force, min_rows
-        self.created, self.log, self.sizes = created, log, {}
+        self.created, self.log, self.sizes, self.say = created, log, {}, _say
         writer = Rewriter()
         for kind, fn in (
             (ops.CreateIndexOp, self.create_index),
@@ -203,7 +204,7 @@ class _Rewrites:
     def replaced(self, plain: str, table: str, rows: int, call: OnlineCall) -> OnlineCall:
         why = "forced (--online)" if self.force else f"≥ {self.min_rows:,} rows"
         self.log.append({"table": table, "rows": rows, "plain": plain, "online": call.name})
-        _say(f"{table} (~{rows:,} rows, {why}): op.{plain} -> op.{call.name}")
+        self.say(f"{table} (~{rows:,} rows, {why}): op.{plain} -> op.{call.name}")
         return call
 
     def create_index(self, context, revision, op: ops.CreateIndexOp):
