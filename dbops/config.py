@@ -629,6 +629,13 @@ SETTINGS: tuple[Setting, ...] = (
         "60s",
         "archive_timeout pitr-enable sets: the most committed writes a lost server can lose",
     ),
+    Setting(
+        "DBOPS_ONLINE_MIN_ROWS",
+        _whole(0),
+        "50000",
+        "invoke revision: tables with at least this many rows get the online operations "
+        "(docs/online.md); --online: every table",
+    ),
 )
 DECLARED: dict[str, Setting] = {s.name: s for s in SETTINGS}
 

@@ -16,6 +16,8 @@ failure or a kill leaves nothing half-built behind and a re-run continues:
     op.backfill(table, set=, where=, batch_rows=, pause=)       committed batches by primary key
     op.change_column_type_online(table, column, type_, using=)  new column + sync trigger +
                                                                 backfill, swapped in one short lock
+    op.rewrite_table_online(table, order_by=, tablespace=)   pg_repack (VACUUM FULL / CLUSTER /
+                                                                SET TABLESPACE without the lock)
 and their reverses (for downgrade()): drop_index_online, drop_constraint_online,
 drop_not_null_online, drop_column_online.
 
@@ -801,7 +803,10 @@ class AddColumnOnlineOp(MigrateOperation):
         default = server_default
         if default is None and column.server_default is not None:
             arg = getattr(column.server_default, "arg", None)
-            default = str(getattr(arg, "text", arg)) if arg is not None else None
+            if isinstance(arg, str):  # sa.Column(server_default="new"): a literal, as SQLAlchemy
+                default = "'" + arg.replace("'", "''") + "'"
+            else:
+                default = str(getattr(arg, "text", arg)) if arg is not None else None
         self.server_default = default
         self.backfill = backfill if backfill is not None else default
         self.batch_rows, self.pause, self.batch_seconds = batch_rows, pause, batch_seconds
@@ -1061,3 +1066,225 @@ def _in_one_transaction(s: Steps, statements: list[str]) -> None:
             _say(f"swap: lock not available (attempt {attempt}/{s.attempts}), again in {pause:g} s")
             s.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX_S)
+
+
+# --- rewrite_table_online (pg_repack) ---------------------------------------------------------
+REPACK_INSTALL = (
+    "on the database server: apt-get install postgresql-{major}-repack (Debian/Ubuntu; the "
+    "package of the server's major version), then as a superuser in the database: "
+    "CREATE EXTENSION pg_repack"
+)
+
+
+def repack_key(s: Steps, table: str, schema: str | None) -> str | None:
+    """The index pg_repack can key the copy on: the primary key, else a valid unique index
+    without a predicate or expression on NOT NULL columns. None: there is none."""
+    return s.value(
+        "SELECT ic.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_class ic ON ic.oid = i.indexrelid "
+        "WHERE c.relname = :table AND n.nspname = coalesce(:schema, current_schema()) "
+        "AND i.indisvalid AND (i.indisprimary OR (i.indisunique AND i.indpred IS NULL "
+        "AND i.indexprs IS NULL AND NOT EXISTS (SELECT 1 FROM pg_attribute a "
+        "WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull))) "
+        "ORDER BY i.indisprimary DESC, ic.relname LIMIT 1",
+        table=table,
+        schema=schema,
+    )
+
+
+def _relfilenode(s: Steps, table: str, schema: str | None) -> int | None:
+    return s.value(
+        "SELECT c.relfilenode FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = :table AND n.nspname = coalesce(:schema, current_schema()) "
+        "AND c.relkind = 'r'",
+        table=table,
+        schema=schema,
+    )
+
+
+def repack_client(binary: str | None, major: int) -> tuple[str | None, str | None]:
+    """(path, version) of the pg_repack client: ``binary``, else pg_repack on PATH, else the
+    Debian place of the server's major version. (None, None): not found."""
+    import shutil
+    import subprocess
+
+    candidates = (
+        [binary]
+        if binary
+        else [
+            shutil.which("pg_repack"),
+            f"/usr/lib/postgresql/{major}/bin/pg_repack",
+        ]
+    )
+    for path in filter(None, candidates):
+        found = shutil.which(path)
+        if not found:
+            continue
+        done = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
+        words = done.stdout.split()
+        return found, words[1] if len(words) > 1 and done.returncode == 0 else None
+    return None, None
+
+
+def repack_refusal(
+    table: str,
+    *,
+    key: str | None,
+    client: str | None,
+    client_version: str | None,
+    extension: str | None,
+    available: str | None,
+    major: int,
+    binary: str | None,
+) -> str | None:
+    """Why pg_repack cannot rewrite the table (None: it can), with what to do."""
+    nothing = "Nothing was changed."
+    if key is None:
+        return (
+            f"rewrite_table_online of {table}: pg_repack needs a primary key or a unique index "
+            f"on NOT NULL columns, and {table} has neither. {nothing} Add one online first "
+            f"(op.add_unique_online('{table}_pkey', '{table}', [<columns>], primary_key=True)), "
+            "or rewrite it with the lock (VACUUM FULL / CLUSTER / ALTER TABLE blocks readers "
+            "and writers for the whole rewrite) in a maintenance window."
+        )
+    if extension is None:
+        how = (
+            "as a superuser in the database: CREATE EXTENSION pg_repack"
+            if available
+            else REPACK_INSTALL.format(major=major)
+        )
+        return (
+            f"rewrite_table_online of {table}: the pg_repack extension is not installed in "
+            f"this database{' (the server has it: ' + available + ')' if available else ''}. "
+            f"{nothing} Install it: {how}; then run the migration again."
+        )
+    if client is None:
+        return (
+            f"rewrite_table_online of {table}: the pg_repack client "
+            f"({binary or 'pg_repack on PATH'}) is not installed where alembic runs. {nothing} "
+            f"Install the same version as the extension ({extension}): apt-get install "
+            f"postgresql-{major}-repack there (or pass binary='/path/to/pg_repack')."
+        )
+    if client_version != extension:
+        return (
+            f"rewrite_table_online of {table}: the pg_repack client {client} is version "
+            f"{client_version}, the extension in the database {extension}; pg_repack refuses "
+            f"to run unless they match. {nothing} Install the client of version {extension}, "
+            "or update the extension (ALTER EXTENSION pg_repack UPDATE) to the client's."
+        )
+    return None
+
+
+@Operations.register_operation("rewrite_table_online")
+class RewriteTableOnlineOp(MigrateOperation):
+    """``op.rewrite_table_online("t", order_by=None, tablespace=None)``: the table rewritten
+    by pg_repack (VACUUM FULL without ``order_by``, CLUSTER with it, SET TABLESPACE with
+    ``tablespace``): a copy built while readers and writers go on, swapped in under a short
+    ACCESS EXCLUSIVE lock. Refused, with the reason and what to do, when the table has no
+    primary key / NOT NULL unique index, the extension or the client is missing or their
+    versions differ."""
+
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        schema: str | None = None,
+        order_by: str | None = None,
+        tablespace: str | None = None,
+        wait_timeout: int = 60,
+        jobs: int = 1,
+        binary: str | None = None,
+    ):
+        self.table_name, self.schema, self.order_by = table_name, schema, order_by
+        self.tablespace, self.wait_timeout, self.jobs = tablespace, wait_timeout, jobs
+        self.binary = binary
+
+    @classmethod
+    def rewrite_table_online(cls, operations, table_name, **kw):
+        return operations.invoke(cls(table_name, **kw))
+
+
+def _repack_argv(op: RewriteTableOnlineOp, client: str, info) -> list[str]:
+    """pg_repack's command line: the migration's own server, database and user (the password
+    goes in PGPASSWORD, never here); it gives up rather than kill a session holding the
+    table when wait_timeout runs out."""
+    qualified = f"{op.schema}.{op.table_name}" if op.schema else op.table_name
+    argv = [client, "--table", qualified, "--wait-timeout", str(int(op.wait_timeout))]
+    argv += ["--no-kill-backend", "--jobs", str(int(op.jobs))]
+    argv += ["--order-by", op.order_by] if op.order_by else ["--no-order"]
+    argv += ["--tablespace", op.tablespace] if op.tablespace else []
+    if info.host:
+        argv += ["--host", str(info.host)]
+    argv += ["--port", str(info.port), "--username", str(info.user), "--no-password"]
+    return argv + ["--dbname", str(info.dbname)]
+
+
+def _repack_facts(s: Steps, op: RewriteTableOnlineOp) -> dict:
+    major = int(s.value("SELECT current_setting('server_version_num')::int / 10000"))
+    key = repack_key(s, op.table_name, op.schema)
+    client, version = repack_client(op.binary, major) if key else (None, None)
+    return {
+        "key": key,
+        "client": client,
+        "client_version": version,
+        "extension": s.value("SELECT extversion FROM pg_extension WHERE extname = 'pg_repack'"),
+        "available": s.value(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_repack'"
+        ),
+        "major": major,
+        "binary": op.binary,
+    }
+
+
+def _run_shown(argv: list[str], env: dict) -> tuple[int, str]:
+    """Run a client, its lines shown as they come (progress); (exit status, its last line)."""
+    import subprocess
+
+    last = ""
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            if line.strip():
+                last = line.strip()
+                _say(f"pg_repack: {last}")
+    return proc.returncode, last or f"exit status {proc.returncode}"
+
+
+@Operations.implementation_for(RewriteTableOnlineOp)
+def _rewrite_table_online(operations, op: RewriteTableOnlineOp) -> None:
+    import os
+
+    s = Steps(operations, LOCK_TIMEOUT, ATTEMPTS)
+    table = op.table_name
+    if s.offline:
+        raise OnlineOperationError(
+            f"rewrite_table_online of {table} runs pg_repack against the live database: it "
+            "cannot be written as offline SQL. Nothing was emitted for it."
+        )
+    with s.session():
+        before = _relfilenode(s, table, op.schema)
+        if before is None:
+            raise OnlineOperationError(
+                f"rewrite_table_online: no table {table}. Nothing was changed."
+            )
+        facts = _repack_facts(s, op)
+        refusal = repack_refusal(table, **facts)
+        if refusal:
+            raise OnlineOperationError(refusal)
+        info = s.conn.connection.dbapi_connection.info
+        # not the migration's PGOPTIONS: its statement_timeout would cut the copy short
+        env = {k: v for k, v in os.environ.items() if k != "PGOPTIONS"}
+        env["PGPASSWORD"] = info.password or ""
+        _say(f"pg_repack {facts['client_version']} rewrites {table} (key {facts['key']})")
+        code, last = _run_shown(_repack_argv(op, facts["client"], info), env)
+        after = _relfilenode(s, table, op.schema)
+    if code != 0 or after == before:
+        raise OnlineOperationError(
+            f"pg_repack did not rewrite {table}: {last}. {table} is as before (its file was "
+            "not swapped). If pg_repack was killed, its leftovers (a repack trigger on the "
+            "table, tables in schema repack) go with: DROP EXTENSION pg_repack CASCADE; "
+            "CREATE EXTENSION pg_repack. Then run the migration again."
+        )
+    _say(f"{table} rewritten by pg_repack")

@@ -39,6 +39,7 @@ MODULES = {
     "swap": "swap",
     "pitr": "pitr",
     "batch": "batch",
+    "revision": "new_revision",
 }
 
 
