@@ -652,7 +652,8 @@ PAIRS = {
         "backfill",
     ),
 }
-SAFE_S = 0.2
+SAFE_S = 0.2  # the bound, met on an idle machine (bench/bench_online.py prints it)
+LOADED_S = 1.0  # what this test asserts: 5x margin for a loaded 2-core box, and below plain
 
 
 @pytest.mark.parametrize("kind", sorted(PAIRS))
@@ -664,10 +665,12 @@ def test_rehearsal_online_safe_plain_flagged(
     rev = rehearse(*args, tmp_path / "online", online)
     assert rev["error"] is None, rev["error"]
     assert not rev["flagged"] and rev["patterns"] == [], (kind, rev["verdict"])
-    assert rev["blocks_reads_s"] < SAFE_S and rev["blocks_writes_s"] < SAFE_S, rev["verdict"]
+    assert rev["blocks_reads_s"] < LOADED_S and rev["blocks_writes_s"] < LOADED_S, rev["verdict"]
     assert rev["rewrites"] == []
     plain_rev = rehearse(*args, tmp_path / "plain", plain)
     assert plain_rev["error"] is None, plain_rev["error"]
+    worst = max(plain_rev["blocks_reads_s"], plain_rev["blocks_writes_s"])
+    assert max(rev["blocks_reads_s"], rev["blocks_writes_s"]) < worst, (rev, plain_rev)
     keys = [p["key"] for p in plain_rev["patterns"]]
     assert plain_rev["flagged"] and pattern in keys, (kind, keys, plain_rev["verdict"])
     if kind == "primary_key":  # the safer way it names is the one that makes a primary key
