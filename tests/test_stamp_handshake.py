@@ -151,3 +151,47 @@ def test_the_next_stamp_settles_a_dead_stamps_line_first(settings, alembic_at, d
     results = [(r["op_id"] == dead.op_id, r["result"]) for r in records(settings, "stamp")]
     assert results == [(True, "applying"), (True, "host_died"), (False, "applying"), (False, "ok")]
     assert version_rows(db_conn) == [SAMPLE_HEAD]
+
+
+@pytest.fixture
+def cached(ops_env, recover_cache):
+    """Settings whose recover cache is the session's (the expected schemas built once)."""
+    from dbops.config import load_settings
+    from tests.conftest import ROOT
+
+    return load_settings(ROOT, environ={**ops_env, "DBOPS_CACHE_DIR": str(recover_cache)})
+
+
+def test_recover_apply_whose_agent_dies_is_recorded_and_a_dead_stamp_settled_first(
+    cached, alembic_at, db_conn, monkeypatch
+):
+    from dbops.ops import recover as recover_op
+
+    alembic_at(SAMPLE_HEAD)
+    db_conn.execute("DELETE FROM alembic_version")
+    dead = died_applying(cached, "stamp")
+    real = Agent.call
+
+    def killed_first(self, op, **kw):  # the real agent process dies as it is asked to stamp
+        if op == "recover.stamp":
+            self.proc.kill()
+            self.proc.wait()
+        return real(self, op, **kw)
+
+    monkeypatch.setattr(Agent, "call", killed_first)
+    notes: list[str] = []
+    with pytest.raises(OpsError) as err:
+        recover_op.recover(cached, apply=True, yes=True, warn=notes.append)
+    assert version_rows(db_conn) == []
+    assert err.value.message.startswith("recover stopped: the dbops agent exited")
+    assert "before: base; now: base (read from the database" in err.value.state
+    assert err.value.next_command == "invoke recover"
+    assert any(n.startswith("settled:") and "neither the old nor the new" in n for n in notes)
+    stamps = [(r["op_id"] == dead.op_id, r["result"]) for r in records(cached, "stamp")]
+    assert stamps == [(True, "applying"), (True, "host_died")]
+    assert records(cached, "stamp")[-1]["settled_by"] == "recover"
+    applying, died = records(cached, "recover")
+    assert applying["result"] == "applying" and applying["stamp_to"] == [SAMPLE_HEAD]
+    assert died["result"] == "agent_died" and died["op_id"] == applying["op_id"]
+    assert died["to"] == [] and died["state"] == "no version row"
+    assert settle_op.unsettled(cached) == []

@@ -444,7 +444,7 @@ def recover(
             on_report(report)
         if apply:
             report["applied"] = _apply(
-                settings, agent, insp, report, yes=yes, to=to, confirm=confirm
+                settings, agent, insp, report, yes=yes, to=to, confirm=confirm, warn=warn
             )
             report["next"] = (
                 "invoke migrate" if report["applied"]["pending_after"] else "invoke current"
@@ -499,6 +499,7 @@ def _apply(
     yes: bool,
     to: str | None,
     confirm: Callable[[str], bool] | None,
+    warn: Out = print_note,
 ) -> dict:
     targets = _choose(report, to)
     if report["version_state"] == "matching" and to is None:
@@ -517,7 +518,7 @@ def _apply(
         next_command="invoke recover --apply --yes" + (f" --to={to}" if to else ""),
     )
     _lock(agent)
-    settle(settings, agent, print_note, "recover")  # a run that died applying: its outcome
+    settle(settings, agent, warn, "recover")  # a run that died applying: its outcome
     record = {
         "from": report["current"],
         "to": targets,
@@ -527,7 +528,7 @@ def _apply(
         "schema_hash": insp["live"]["hash"],
         "revision_hashes": hashes_up_to(insp["chain"], targets),
     }
-    with Operation(settings, "recover", warn=print_note, **record) as op:
+    with Operation(settings, "recover", warn=warn, **record) as op:
         res = _stamp(settings, agent, op, insp, targets)
     return {
         "stamped": True,
