@@ -195,3 +195,17 @@ def test_recover_apply_whose_agent_dies_is_recorded_and_a_dead_stamp_settled_fir
     assert died["result"] == "agent_died" and died["op_id"] == applying["op_id"]
     assert died["to"] == [] and died["state"] == "no version row"
     assert settle_op.unsettled(cached) == []
+
+
+def test_doctor_names_a_dead_stamps_line_with_what_the_rows_say(settings, alembic_at):
+    from dbops.ops import doctor as doctor_op
+
+    alembic_at(SAMPLE_HEAD)
+    dead = died_applying(settings, "stamp")
+    with Agent(settings) as agent:
+        check = doctor_op.audit_record(doctor_op.Facts(settings, agent, schema=False))
+    assert check.status == "warn" and check.data["unsettled"] == [dead.op_id]
+    [said] = check.details
+    assert f"rewriting the version row {FIRST} -> {SAMPLE_HEAD}" in said
+    assert said.endswith("the version row says the rewrite DID commit")
+    assert check.next.startswith(settle_op.SETTLE_COMMAND)
