@@ -255,15 +255,7 @@ def rehearse(
             f"{len(pending)} pending"
         )
         if not pending:
-            return {
-                "database": settings.database,
-                "from": current,
-                "target": target,
-                "revisions": [],
-                "predicted_seconds": 0.0,
-                "flagged": False,
-                "stored": None,
-            }
+            return nothing_pending(settings, current, target)
         path, manifest = pick_source(settings, agent, source, current, out)
         out(f"data: {path.name} ({fmt_bytes(manifest['size'])}, taken {manifest['started_at']})")
         facts = agent.call("restore.facts")
@@ -297,6 +289,18 @@ def rehearse(
     report["key"] = key_of(hashes, report["source"]["sha256"] or "", run["fingerprint_before"])
     report["stored"] = str(save(settings, report))
     return report
+
+
+def nothing_pending(settings: Settings, current: list[str], target: str) -> dict:
+    return {
+        "database": settings.database,
+        "from": current,
+        "target": target,
+        "revisions": [],
+        "predicted_seconds": 0.0,
+        "flagged": False,
+        "stored": None,
+    }
 
 
 def on_a_copy(
