@@ -49,7 +49,9 @@ def test_baseline_made_without_alembic_is_stamped_head_with_an_audit_record(
     assert "next: invoke current" in done.stdout
     assert version_rows(db_conn) == [SAMPLE_HEAD]
     assert db_conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
-    (record,) = [r for r in audit.read(settings) if r["action"] == "recover"]
+    applying, record = [r for r in audit.read(settings) if r["action"] == "recover"]
+    assert applying["result"] == "applying" and applying["stamp_to"] == [SAMPLE_HEAD]
+    assert applying["from"] == [] and applying["op_id"] == record["op_id"]
     assert record["result"] == "ok" and record["to"] == [SAMPLE_HEAD]
     assert record["previous_version_rows"] == [] and record["version_table_existed"] is False
     assert set(record["revision_hashes"]) == set(SAMPLE_REVS)
@@ -88,7 +90,7 @@ def test_unknown_version_id_from_a_reverted_branch(rec, alembic_at, db_conn, set
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("-m dbops.agent") == 1  # inspect, lock and stamp: one agent
     assert version_rows(db_conn) == [SAMPLE_REVS[3]]
-    (record,) = audit.read(settings)
+    (record,) = audit.read(settings, intents=False)
     assert record["previous_version_rows"] == ["badc0ffee000"] and record["state"] == "unknown id"
     assert "next: invoke migrate" in done.stdout
 

@@ -555,15 +555,20 @@ def _verify(ctx, targets: list[str], models: bool = True) -> dict:
 
 @handler("stamp.apply")
 @quietly
-def stamp(ctx, to: str | None) -> dict:
-    """Rewrite the version row only (no schema change). Unknown current rows are purged."""
+def stamp(ctx, to: str | None, handshake: bool = False) -> dict:
+    """Rewrite the version row only (no schema change). Unknown current rows are purged.
+    With ``handshake`` the rewrite commits only after the host said so (lifeline)."""
     require_lock(ctx)
     script = ctx.script()
     before = ctx.current_heads()
     known = {r.revision for r in script.walk_revisions()}
     purge = any(c not in known for c in before)
+    gate = {"stamp_to": [to] if to else []} if handshake else None
     try:
-        with guard.expecting(db.database(), f"stamp {to or 'base'}"):
+        with (
+            lifeline_hooks.commit_gate(gate),
+            guard.expecting(db.database(), f"stamp {to or 'base'}"),
+        ):
             command.stamp(guard.aim(ctx.config(), db.database()), to or "base", purge=purge)
     except guard.WrongDatabase:
         raise

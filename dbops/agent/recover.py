@@ -9,7 +9,8 @@
   checked by ``guard.scratch_step``) and fingerprint after each step. The live database is
   never written (read back after the pass); the scratch database is always dropped.
 - ``recover.stamp``: under the dbops lock, re-check that nothing moved since the analysis,
-  then ``alembic stamp --purge`` to the matching revision(s). Changes no schema.
+  then ``alembic stamp --purge`` to the matching revision(s), committed on the host's word
+  (the commit handshake, dbops/agent/lifeline.py). Changes no schema.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from alembic import command
 from alembic.runtime.environment import EnvironmentContext
 
-from dbops.agent import db, fingerprint, guard, scratch, version_table
+from dbops.agent import db, fingerprint, guard, lifeline_hooks, scratch, version_table
 from dbops.agent.db import one_line
 from dbops.agent.lock import require_lock
 from dbops.agent.protocol import AgentFailure, handler
@@ -268,9 +269,15 @@ def expected(ctx) -> dict:
 
 @handler("recover.stamp")
 def stamp(
-    ctx, revisions: list[str], expect_current: list[str], expect_hash: str, lock_timeout: str = "2s"
+    ctx,
+    revisions: list[str],
+    expect_current: list[str],
+    expect_hash: str,
+    lock_timeout: str = "2s",
+    handshake: bool = False,
 ) -> dict:
-    """Stamp (purging the version rows first) after checking nothing moved meanwhile."""
+    """Stamp (purging the version rows first) after checking nothing moved meanwhile. With
+    ``handshake`` the rewrite commits only after the host said so (lifeline)."""
     require_lock(ctx)
     conn = ctx.conn
     has_table = version_table_exists(conn)
@@ -289,9 +296,11 @@ def stamp(
             "the live schema changed during recover: nothing stamped", kind="moved", before=before
         )
     targets = [r for r in revisions if r] or ["base"]
+    gate = {"stamp_to": [r for r in revisions if r]} if handshake else None
     try:
         with (
             db.pg_options(lock_timeout=lock_timeout),
+            lifeline_hooks.commit_gate(gate),
             quiet_alembic(),
             guard.expecting(db.database(), "recover --apply (stamp)"),
         ):

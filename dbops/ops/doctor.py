@@ -892,9 +892,9 @@ def _unsettled(f: Facts, orphans: list[dict]) -> Check:
         said = ""
         if f.agent is not None:
             try:
-                facts = f.agent.call("settle.read", revisions=[rec.get("revision")])
-                did = settle.committed(rec, facts)
-                said = f"; the version row says it {'DID' if did else 'did NOT'} commit"
+                revisions = [] if settle.rewrites_rows(rec) else [rec.get("revision")]
+                facts = f.agent.call("settle.read", revisions=revisions)
+                said = f"; the version row says {settle.verdict(rec, settle.committed(rec, facts))}"
             except OpsError as exc:
                 said = f"; whether it committed cannot be read now: {exc.message}"
         details.append(settle.describe(rec) + said)

@@ -6,7 +6,8 @@ revision against the manifest (``restore.check``); then the user's checks
 (DBOPS_DRILL_CHECKS: every ``*.sql`` in that folder, run on the restored copy with psql
 through the seam, must return true), and the scratch database is always dropped. The
 restore time (the real RTO) and the result are appended to the audit record as a "drill"
-entry — what metrics and doctor read. The live database is never touched.
+entry (through a lifecycle ``Operation``, on every outcome) — what metrics and doctor
+read. The live database is never touched.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dbops import audit, catalog, seam
 from dbops.agent_client import Agent, AgentError, call_once
 from dbops.config import Settings
 from dbops.errors import OpsError
+from dbops.lifecycle import Operation
 from dbops.ops.output import Out, print_note
 from dbops.ops.restore import RestoreJob, check_pg_restore, check_restored, checked_manifest
 from dbops.progress import follow_file
@@ -73,93 +75,109 @@ def run_drill(
     progress: bool = False,
     warn: Out = print_note,
 ) -> dict:
-    """The drill through an open agent (the caller holds the "drill" lock if it wants one)."""
-    from dbops.ops.restore import resolve
-
-    t0 = time.monotonic()
-    record: dict = {"backup": None}
-    name = None
-    try:
+    """The drill through an open agent (the caller holds the "drill" lock if it wants one),
+    inside its Operation: a "drill" record on every outcome; the scratch copy always dropped."""
+    with Operation(settings, "drill", warn=warn, backup=None) as op:
         checks = user_checks(settings)
-        try:
-            path = resolve(settings, file)
-        except OpsError as exc:
-            raise OpsError(
-                f"nothing to drill: {exc.message}", state=STATE, next_command="invoke backup"
-            ) from None
-        record["backup"] = str(path)
-        manifest = checked_manifest(path)
-        record.update(
-            sha256=manifest["sha256"],
-            revisions=manifest["revisions"],
-            backup_taken_at=manifest["started_at"],
-            size=manifest["size"],
-        )
-        check_pg_restore(settings, agent.target, path, manifest, agent.call("restore.facts"))
+        path, manifest = drill_source(settings, agent, op, file)
         made = agent.call("restore.scratch")
         name = made["name"]
-        for old in made.get("swept", []):
-            warn(f"dropped {old}, left behind by a killed drill or restore-test")
-        t_restore = time.monotonic()
-        job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name)
         try:
-            follow_file(
-                job.proc, job.src, f"drill: restoring {path.name}", manifest["size"], progress
+            for old in made.get("swept", []):
+                warn(f"dropped {old}, left behind by a killed drill or restore-test")
+            restore_into(settings, agent, op, path, manifest, name, progress)
+            t_checks = time.monotonic()
+            res = check_restored(
+                agent,
+                name,
+                manifest,
+                state=STATE,  # the agent's message already says "does not match the backup"
+                next_command="invoke backup   # a new verified backup, then invoke drill",
             )
-        except BaseException:
-            job.kill()
-            raise
-        rc, lines = job.finish()
-        record["restore_s"] = round(time.monotonic() - t_restore, 3)
-        if rc != 0:
-            raise OpsError(
-                f"{path.name}: pg_restore into the scratch database failed (status {rc})",
-                details=lines[-8:],
-                state=STATE,
-                next_command=(
-                    f"invoke verify-backup {path}   # then take a new backup: invoke backup"
-                ),
-            )
-        res = check_restored(
-            agent,
-            name,
-            manifest,
-            state=STATE,  # the agent's message already says "does not match the backup"
-            next_command="invoke backup   # a new verified backup, then invoke drill",
-        )
-        record.update(tables=res["tables"], rows=res["rows"])
-        results = []
-        for check in checks:
-            ok, said = run_check(settings, agent.target, name, check)
-            results.append({"check": check.name, "ok": ok, "said": said})
-        record["checks"] = results
-        record["check_s"] = round(time.monotonic() - t_restore - record["restore_s"], 3)
-        failed = [r for r in results if not r["ok"]]
-        if failed:
-            raise OpsError(
-                f"{len(failed)} drill check(s) failed on the restored copy of {path.name}",
-                details=[f"{r['check']}: {r['said']}" for r in failed],
-                state=STATE,
-                next_command=f"psql the restored data yourself: invoke verify-backup {path} "
-                f"--restore-test; fix the data or the check in "
-                f"{settings.get('DBOPS_DRILL_CHECKS')}",
-            )
-    except (OpsError, KeyboardInterrupt) as exc:
-        message = exc.message if isinstance(exc, OpsError) else "interrupted"
-        _drop(agent, name, warn)
-        audit.append(
-            settings,
-            "drill",
-            result="failed" if isinstance(exc, OpsError) else "interrupted",
-            error=message,
-            duration_s=round(time.monotonic() - t0, 3),
-            **record,
-        )
+            op.add(tables=res["tables"], rows=res["rows"])
+            run_checks(settings, agent, op, path, name, checks, t_checks)
+        finally:
+            _drop(agent, name, warn)
+        written = op.finish()
+    return {**op.record, "duration_s": written.get("duration_s", 0.0)}
+
+
+def drill_source(settings: Settings, agent: Agent, op: Operation, file: str) -> tuple[Path, dict]:
+    """The backup to drill, its manifest checked (sha256) and restorable by this pg_restore."""
+    from dbops.ops.restore import resolve
+
+    try:
+        path = resolve(settings, file)
+    except OpsError as exc:
+        raise OpsError(
+            f"nothing to drill: {exc.message}", state=STATE, next_command="invoke backup"
+        ) from exc
+    op.add(backup=str(path))
+    manifest = checked_manifest(path)
+    op.add(
+        sha256=manifest["sha256"],
+        revisions=manifest["revisions"],
+        backup_taken_at=manifest["started_at"],
+        size=manifest["size"],
+    )
+    check_pg_restore(settings, agent.target, path, manifest, agent.call("restore.facts"))
+    return path, manifest
+
+
+def restore_into(
+    settings: Settings,
+    agent: Agent,
+    op: Operation,
+    path: Path,
+    manifest: dict,
+    name: str,
+    progress: bool,
+) -> None:
+    """pg_restore the backup into the scratch database ``name``; its time is the RTO."""
+    t_restore = time.monotonic()
+    job = RestoreJob(settings, agent.target, path, manifest, mode="restore", dbname=name)
+    try:
+        follow_file(job.proc, job.src, f"drill: restoring {path.name}", manifest["size"], progress)
+    except BaseException:
+        job.kill()
         raise
-    _drop(agent, name, warn)
-    record["duration_s"] = round(time.monotonic() - t0, 3)
-    audit.append(settings, "drill", result="ok", **record)
-    return record
+    rc, lines = job.finish()
+    op.add(restore_s=round(time.monotonic() - t_restore, 3))
+    if rc != 0:
+        raise OpsError(
+            f"{path.name}: pg_restore into the scratch database failed (status {rc})",
+            details=lines[-8:],
+            state=STATE,
+            next_command=f"invoke verify-backup {path}   # then take a new backup: invoke backup",
+        )
+
+
+def run_checks(
+    settings: Settings,
+    agent: Agent,
+    op: Operation,
+    path: Path,
+    name: str,
+    checks: list[Path],
+    started: float,
+) -> None:
+    """The user's checks on the restored copy: each must return true. ``check_s``: the time
+    since ``started`` (the restore's end)."""
+    results = []
+    for check in checks:
+        ok, said = run_check(settings, agent.target, name, check)
+        results.append({"check": check.name, "ok": ok, "said": said})
+    op.add(checks=results, check_s=round(time.monotonic() - started, 3))
+    failed = [r for r in results if not r["ok"]]
+    if failed:
+        raise OpsError(
+            f"{len(failed)} drill check(s) failed on the restored copy of {path.name}",
+            details=[f"{r['check']}: {r['said']}" for r in failed],
+            state=STATE,
+            next_command=f"psql the restored data yourself: invoke verify-backup {path} "
+            f"--restore-test; fix the data or the check in "
+            f"{settings.get('DBOPS_DRILL_CHECKS')}",
+        )
 
 
 def _drop(agent: Agent, name: str | None, warn: Out) -> None:

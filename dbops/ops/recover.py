@@ -2,10 +2,13 @@
 
 One agent process: ``recover.inspect`` (live fingerprint, version rows, the history and
 its file hashes), ``recover.expected`` only on a cache miss (a linear pass on a scratch
-database), and with ``--apply`` ``lock.acquire`` + ``recover.stamp``. Comparing is done
-here, on the host. Expected fingerprints are cached as JSON under ``DBOPS_CACHE_DIR``
-(default ``.dbops/cache``)/recover/, keyed by the revision chain (ids, parents, a sha256 of
-each revision file and of env.py), the server's major version and the fingerprint format.
+database), and with ``--apply`` ``lock.acquire`` + ``recover.stamp`` inside a lifecycle
+``Operation``: an "applying" line first, the agent's commit on the host's word (the
+handshake stamp and migrate have; dbops/ops/settle.py settles a line whose host died).
+Comparing is done here, on the host. Expected fingerprints are cached as JSON under
+``DBOPS_CACHE_DIR`` (default ``.dbops/cache``)/recover/, keyed by the revision chain (ids,
+parents, a sha256 of each revision file and of env.py), the server's major version and the
+fingerprint format.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from pathlib import Path
 
 from dbops import audit
 from dbops.agent import fingerprint as fpmod
-from dbops.agent_client import Agent, AgentError
+from dbops.agent_client import Agent, AgentDied, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm as ask_first
 from dbops.errors import OpsError
+from dbops.lifecycle import Operation
 from dbops.ops.output import Out, print_note
+from dbops.ops.settle import settle
+from dbops.ops.stamp import cut_short
 from dbops.ops.status import label
 from dbops.seam import target_for
 
@@ -192,29 +198,40 @@ def half_applied(steps: list[dict], idx: int, live_fp: dict) -> str | None:
 
 def analyse(insp: dict, steps: list[dict]) -> dict:
     """Match the live fingerprint against every step; describe what alembic_version says."""
-    live_hash = insp["live"]["hash"]
-    live_fp = insp["live"]["fingerprint"]
     chain = insp["chain"]
-    ordered = [r["revision"] for r in chain]
     messages = {r["revision"]: r["message"] for r in chain}
     current = sorted(insp["current"])
-    unknown = [c for c in current if c not in messages]
-
-    matches = [i for i, s in enumerate(steps) if s["hash"] == live_hash]
+    matches = [i for i, s in enumerate(steps) if s["hash"] == insp["live"]["hash"]]
     targets: list[tuple[str, ...]] = []
     for i in matches:
         t = tuple(sorted(steps[i]["heads"]))
         if t not in targets:
             targets.append(t)
-    report: dict = {
+    report = base_report(insp, steps, matches, current, messages)
+    live_fp = insp["live"]["fingerprint"]
+    anchor = anchored(report, steps, matches, targets, current, live_fp, messages)
+    state, found = version_state(insp, anchor, current, bool(matches) and tuple(current) in targets)
+    report.update(found)
+    report["half_applied"] = None if matches else half_applied_near(steps, anchor, live_fp)
+    report["version_state"] = state
+    at_schema = ancestry(chain, anchor)
+    report["pending_after"] = [r["revision"] for r in chain if r["revision"] not in at_schema]
+    return report
+
+
+def base_report(
+    insp: dict, steps: list[dict], matches: list[int], current: list[str], messages: dict
+) -> dict:
+    """The report's facts (what anchored() and version_state() fill in comes after)."""
+    return {
         "database": insp["database"],
         "server_version": insp["server_version"],
-        "live": {"hash": live_hash, "summary": insp["live"]["summary"]},
+        "live": {"hash": insp["live"]["hash"], "summary": insp["live"]["summary"]},
         "version_table": insp["version_table"],
         "current": current,
-        "unknown_current": unknown,
+        "unknown_current": [c for c in current if c not in messages],
         "heads": insp["heads"],
-        "revisions": len(chain),
+        "revisions": len(insp["chain"]),
         "matches": [
             {
                 "revision": steps[i]["revision"] or "base",
@@ -228,108 +245,133 @@ def analyse(insp: dict, steps: list[dict]) -> dict:
         "closest": None,
         "differences": [],
     }
+
+
+def anchored(
+    report: dict,
+    steps: list[dict],
+    matches: list[int],
+    targets: list[tuple[str, ...]],
+    current: list[str],
+    live_fp: dict,
+    messages: dict,
+) -> list[str]:
+    """The heads the schema is at (an exact match, else the closest step); sets stamp_to,
+    ambiguous, closest and differences in ``report``."""
     if matches:
-        anchor = steps[matches[-1]]["heads"]
         if tuple(current) in targets:
-            anchor = current
-        elif len(targets) == 1:
+            return current
+        if len(targets) == 1:
             report["stamp_to"] = list(targets[0]) or ["base"]
-        else:
-            report["ambiguous"] = True
-            anchor = steps[matches[0]]["heads"]
-    else:
-        scored = sorted(
-            (len(fpmod.diff(s["fingerprint"], live_fp)), -i, i) for i, s in enumerate(steps)
-        )
-        best = steps[scored[0][2]]
-        anchor = best["heads"]
-        report["closest"] = {
-            "revision": best["revision"] or "base",
-            "heads": best["heads"],
-            "message": messages.get(best["revision"], "empty schema (base)"),
-        }
-        report["differences"] = fpmod.diff(best["fingerprint"], live_fp)
-    at_schema = ancestry(chain, anchor)
-    at_record = ancestry(chain, current)
-    if matches and tuple(current) in targets:
-        state = "matching"
-    elif not insp["version_table"]:
-        state = "table missing"
-    elif not current:
-        state = "no version row"
-    elif unknown:
-        state = "unknown id"
-    elif at_record < at_schema:
-        state = "behind"
-        report["unrecorded"] = [r for r in ordered if r in at_schema - at_record]
-    elif at_record > at_schema:
-        state = "ahead"
-        report["unapplied"] = [r for r in ordered if r in at_record - at_schema]
-    elif len(current) > 1 and len(set(current) - redundant(chain, current)) < len(current):
-        state = "extra rows"
-        report["extra_rows"] = sorted(redundant(chain, current))
-    elif at_record == at_schema:
-        state = "at the closest revision"
-    else:
-        state = "diverged"
-    report["half_applied"] = None
-    if not matches:
-        idx = next((i for i, s in enumerate(steps) if sorted(s["heads"]) == sorted(anchor)), None)
-        for i in [idx, idx - 1] if idx is not None else []:
-            if i >= 0 and half_applied(steps, i, live_fp):
-                report["half_applied"] = {
-                    "after": steps[i]["revision"] or "base",
-                    "revision": steps[i + 1]["revision"],
-                }
-                break
-    report["version_state"] = state
-    report["pending_after"] = [r for r in ordered if r not in at_schema]
-    return report
+            return steps[matches[-1]]["heads"]
+        report["ambiguous"] = True
+        return steps[matches[0]]["heads"]
+    scored = sorted(
+        (len(fpmod.diff(s["fingerprint"], live_fp)), -i, i) for i, s in enumerate(steps)
+    )
+    best = steps[scored[0][2]]
+    report["closest"] = {
+        "revision": best["revision"] or "base",
+        "heads": best["heads"],
+        "message": messages.get(best["revision"], "empty schema (base)"),
+    }
+    report["differences"] = fpmod.diff(best["fingerprint"], live_fp)
+    return best["heads"]
+
+
+def version_state(
+    insp: dict, anchor: list[str], current: list[str], matching: bool
+) -> tuple[str, dict]:
+    """What alembic_version says against the schema's revision ``anchor``, and the revisions
+    that tell it (unrecorded, unapplied, extra_rows)."""
+    chain = insp["chain"]
+    ordered = [r["revision"] for r in chain]
+    at_schema, at_record = ancestry(chain, anchor), ancestry(chain, current)
+    if matching:
+        return "matching", {}
+    if not insp["version_table"]:
+        return "table missing", {}
+    if not current:
+        return "no version row", {}
+    if any(c not in ordered for c in current):
+        return "unknown id", {}
+    if at_record < at_schema:
+        return "behind", {"unrecorded": [r for r in ordered if r in at_schema - at_record]}
+    if at_record > at_schema:
+        return "ahead", {"unapplied": [r for r in ordered if r in at_record - at_schema]}
+    extra = redundant(chain, current)
+    if len(current) > 1 and len(set(current) - extra) < len(current):
+        return "extra rows", {"extra_rows": sorted(extra)}
+    if at_record == at_schema:
+        return "at the closest revision", {}
+    return "diverged", {}
+
+
+def half_applied_near(steps: list[dict], anchor: list[str], live_fp: dict) -> dict | None:
+    """The revision half-applied after the closest step (or the one before it), if any."""
+    idx = next((i for i, s in enumerate(steps) if sorted(s["heads"]) == sorted(anchor)), None)
+    for i in [idx, idx - 1] if idx is not None else []:
+        if i >= 0 and half_applied(steps, i, live_fp):
+            return {"after": steps[i]["revision"] or "base", "revision": steps[i + 1]["revision"]}
+    return None
+
+
+STAMP_WHY = {
+    "table missing": "there is no alembic_version table (a database created without "
+    "alembic, or the table was dropped)",
+    "no version row": "alembic_version is empty",
+    "unknown id": "alembic_version names {unknown}, which the script directory does not have "
+    "(deployed from a branch that was reverted?)",
+    "behind": "alembic_version says {cur}, behind the schema: {unrecorded} applied but not "
+    "recorded (DDL applied by hand?)",
+    "ahead": "alembic_version says {cur}, ahead of the schema: {unapplied} recorded but not "
+    "applied (a failed upgrade that was stamped?)",
+    "extra rows": "alembic_version holds {rows} rows ({cur}): {extra} lies below another row "
+    "(an extra row: a manual INSERT, or a stamp without --purge)",
+    "diverged": "alembic_version says {cur}, which is not where the schema is",
+}
+
+
+def why_stamp(report: dict) -> str:
+    """Why alembic_version disagrees with the exactly matching schema."""
+    state, cur = report["version_state"], label(report["current"])
+    return STAMP_WHY.get(state, "alembic_version says {cur} ({state})").format(
+        cur=cur,
+        state=state,
+        unknown=", ".join(report["unknown_current"]),
+        unrecorded=", ".join(report.get("unrecorded", [])),
+        unapplied=", ".join(report.get("unapplied", [])),
+        rows=len(report["current"]),
+        extra=", ".join(report.get("extra_rows", [])),
+    )
 
 
 def verdict(report: dict) -> tuple[str, str]:
     """(what it means, the next command)."""
-    state = report["version_state"]
-    cur = label(report["current"])
-    pending = report["pending_after"]
-    after = "invoke migrate" if pending else "invoke current"
-    if report["matches"]:
-        m = report["matches"]
-        names = " = ".join(x["revision"] for x in m)
-        if state == "matching":
-            return (f"alembic_version ({cur}) agrees with the schema: nothing to recover.", after)
-        if report["ambiguous"]:
-            return (
-                f"the schema is exactly what several revisions give ({names}: they change no "
-                f"schema); alembic_version: {state} ({cur}). Choose which one the data is at.",
-                f"invoke recover --apply --to <one of {names}>",
-            )
-        to = label(report["stamp_to"])
-        why = {
-            "table missing": "there is no alembic_version table (a database created without "
-            "alembic, or the table was dropped)",
-            "no version row": "alembic_version is empty",
-            "unknown id": (
-                f"alembic_version names {', '.join(report['unknown_current'])}, which the script "
-                "directory does not have (deployed from a branch that was reverted?)"
-            ),
-            "behind": f"alembic_version says {cur}, behind the schema: "
-            f"{', '.join(report.get('unrecorded', []))} applied but not recorded "
-            f"(DDL applied by hand?)",
-            "ahead": f"alembic_version says {cur}, ahead of the schema: "
-            f"{', '.join(report.get('unapplied', []))} recorded but not applied (a failed "
-            f"upgrade that was stamped?)",
-            "extra rows": f"alembic_version holds {len(report['current'])} rows ({cur}): "
-            f"{', '.join(report.get('extra_rows', []))} lies below another row (an "
-            f"extra row: a manual INSERT, or a stamp without --purge)",
-            "diverged": f"alembic_version says {cur}, which is not where the schema is",
-        }.get(state, f"alembic_version says {cur} ({state})")
+    if not report["matches"]:
+        return no_match_verdict(report)
+    state, cur = report["version_state"], label(report["current"])
+    if state == "matching":
+        after = "invoke migrate" if report["pending_after"] else "invoke current"
+        return (f"alembic_version ({cur}) agrees with the schema: nothing to recover.", after)
+    if report["ambiguous"]:
+        names = " = ".join(x["revision"] for x in report["matches"])
         return (
-            f"{why}; the schema is exactly {to}. Stamping {to} fixes the record "
-            f"(no schema change).",
-            "invoke recover --apply",
+            f"the schema is exactly what several revisions give ({names}: they change no "
+            f"schema); alembic_version: {state} ({cur}). Choose which one the data is at.",
+            f"invoke recover --apply --to <one of {names}>",
         )
-    c = report["closest"]
+    to = label(report["stamp_to"])
+    return (
+        f"{why_stamp(report)}; the schema is exactly {to}. Stamping {to} fixes the record "
+        f"(no schema change).",
+        "invoke recover --apply",
+    )
+
+
+def no_match_verdict(report: dict) -> tuple[str, str]:
+    """No revision gives this schema: half-applied, or drift. Never stamp."""
+    state, cur = report["version_state"], label(report["current"])
     if report.get("half_applied"):
         a, h = report["half_applied"]["after"], report["half_applied"]["revision"]
         return (
@@ -339,6 +381,7 @@ def verdict(report: dict) -> tuple[str, str]:
             f"as matching {a}), then re-run invoke migrate. alembic_version: {state} ({cur}).",
             "invoke backup   (take one before repairing anything by hand)",
         )
+    c = report["closest"]
     return (
         f"the schema matches NO revision (drift). Closest: {c['revision']} ({c['message']}) "
         f"with {len(report['differences'])} difference(s). Do not stamp: reconcile the "
@@ -401,7 +444,7 @@ def recover(
             on_report(report)
         if apply:
             report["applied"] = _apply(
-                settings, agent, insp, report, yes=yes, to=to, confirm=confirm
+                settings, agent, insp, report, yes=yes, to=to, confirm=confirm, warn=warn
             )
             report["next"] = (
                 "invoke migrate" if report["applied"]["pending_after"] else "invoke current"
@@ -456,6 +499,7 @@ def _apply(
     yes: bool,
     to: str | None,
     confirm: Callable[[str], bool] | None,
+    warn: Out = print_note,
 ) -> dict:
     targets = _choose(report, to)
     if report["version_state"] == "matching" and to is None:
@@ -473,6 +517,28 @@ def _apply(
         state="unchanged (nothing was stamped)",
         next_command="invoke recover --apply --yes" + (f" --to={to}" if to else ""),
     )
+    _lock(agent)
+    settle(settings, agent, warn, "recover")  # a run that died applying: its outcome
+    record = {
+        "from": report["current"],
+        "to": targets,
+        "previous_version_rows": report["current"],
+        "version_table_existed": report["version_table"],
+        "state": report["version_state"],
+        "schema_hash": insp["live"]["hash"],
+        "revision_hashes": hashes_up_to(insp["chain"], targets),
+    }
+    with Operation(settings, "recover", warn=warn, **record) as op:
+        res = _stamp(settings, agent, op, insp, targets)
+    return {
+        "stamped": True,
+        "to": res["after"],
+        "before": res["before"],
+        "pending_after": report["pending_after"],
+    }
+
+
+def _lock(agent: Agent) -> None:
     try:
         agent.call("lock.acquire", purpose="recover")
     except AgentError as exc:
@@ -483,47 +549,41 @@ def _apply(
             state="unchanged (nothing was stamped)",
             next_command="invoke recover --apply   # once the holder above has finished",
         ) from None
-    started = time.monotonic()
-    record = {
-        "from": report["current"],
-        "to": targets,
-        "previous_version_rows": report["current"],
-        "version_table_existed": report["version_table"],
-        "state": report["version_state"],
-        "schema_hash": insp["live"]["hash"],
-        "revision_hashes": hashes_up_to(insp["chain"], targets),
-    }
+
+
+def _stamp(settings: Settings, agent: Agent, op: Operation, insp: dict, targets: list[str]) -> dict:
+    """Record the intent, then have the agent stamp, committing on our word (the handshake
+    migrate and stamp have)."""
+    rows = [t for t in targets if t != "base"]
+    op.intent(
+        "applying",
+        unchanged="alembic_version was not changed",
+        stamp_to=rows,
+        **{"from": op.record["from"]},
+    )
     try:
-        res = agent.call(
+        return agent.call(
             "recover.stamp",
-            revisions=[t for t in targets if t != "base"],
+            revisions=rows,
             expect_current=insp["current"],
             expect_hash=insp["live"]["hash"],
             lock_timeout=settings.lock_timeout,
+            handshake=True,
+            on_ready=lambda what: what.get("stamp_to") == rows,
         )
-    except AgentError as exc:
-        audit.append(
-            settings,
-            "recover",
-            **record,
-            result="failed",
-            error=exc.message,
-            duration_s=round(time.monotonic() - started, 3),
-        )
+    except AgentError as exc:  # "state" stays the analysis' version state
+        op.finish("failed", error=exc.message, error_kind=exc.kind)
         raise OpsError(
             exc.message,
             state=f"alembic_version: {label(exc.agent_details.get('before'))}",
             next_command="invoke recover",
-        ) from None
-    audit.append(
-        settings, "recover", **record, result="ok", duration_s=round(time.monotonic() - started, 3)
-    )
-    return {
-        "stamped": True,
-        "to": res["after"],
-        "before": res["before"],
-        "pending_after": report["pending_after"],
-    }
+        ) from exc
+    except AgentDied as exc:  # its transaction rolled back with its connection
+        message, nxt = f"recover stopped: {exc.message}", "invoke recover"
+        raise cut_short(agent, op, op.record["from"], message, next_command=nxt) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the agent was stopped first
+        message, nxt = "recover interrupted", "invoke recover"
+        raise cut_short(agent, op, op.record["from"], message, "interrupted", nxt) from exc
 
 
 # --- printing --------------------------------------------------------------------

@@ -24,14 +24,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbops import audit, catalog, seam
+from dbops import catalog, seam
 from dbops.agent.pglocks import MODES
 from dbops.agent_client import Agent
 from dbops.config import Settings
 from dbops.errors import OpsError
+from dbops.lifecycle import Operation
 from dbops.ops.backup import fmt_bytes
 from dbops.ops.backup import take_backup as backup_now
-from dbops.ops.output import Out, print_line
+from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.rehearse_verdict import fmt_s, judge, over
 from dbops.ops.restore import (
     check_pg_restore,
@@ -74,8 +75,8 @@ def limits(settings: Settings) -> dict:
 def pick_source(
     settings: Settings, agent: Agent, source: str, current: list[str], out: Out
 ) -> tuple[Path, dict]:
-    database = settings.database
-    at = sorted(current)
+    """The backup to rehearse on (``source``: fresh, auto, latest or a file) and its
+    manifest, refused when it is not a full backup of this database at ``current``."""
     if source == "fresh":
         with Agent(settings) as backup_agent:  # its own agent: the lock ends with the backup
             acquire_lock(backup_agent, "rehearse (fresh backup)", current, "rehearse")
@@ -83,40 +84,50 @@ def pick_source(
         out(f"backup: {res['path']}")
         return Path(res["path"]), res["manifest"]
     if source == "auto":  # DBOPS_REHEARSE=always: a backup at the live revision, else a new one
-        fulls = [
-            e
-            for e in catalog.list_backups(settings, database=database, include_invalid=False)
-            if not e["partial"] and sorted(e["revisions"] or []) == at
+        here = [
+            e for e in full_backups(settings) if sorted(e["revisions"] or []) == sorted(current)
         ]
-        return pick_source(settings, agent, fulls[0]["path"] if fulls else "fresh", current, out)
-    path = resolve(settings, source) if source != "latest" else None
-    if path is None:
-        fulls = [
-            e
-            for e in catalog.list_backups(settings, database=database, include_invalid=False)
-            if not e["partial"]
-        ]
-        if not fulls:
-            raise OpsError(
-                f"no verified full backup of {database} to rehearse on",
-                state="unchanged",
-                next_command="invoke rehearse --from=fresh",
-            )
-        newest = fulls[0]
-        if sorted(newest["revisions"] or []) != at:
-            here = next((e for e in fulls if sorted(e["revisions"] or []) == at), None)
-            raise OpsError(
-                f"the newest verified full backup ({Path(newest['path']).name}) is at "
-                f"{label(newest['revisions'] or [])}, the database at {label(current)}: the "
-                f"revisions would not run from the same place",
-                state="unchanged",
-                next_command=(
-                    f"invoke rehearse --from={here['path']}"
-                    if here
-                    else "invoke rehearse --from=fresh"
-                ),
-            )
-        path = Path(newest["path"])
+        return pick_source(settings, agent, here[0]["path"] if here else "fresh", current, out)
+    path = resolve(settings, source) if source != "latest" else newest_full(settings, current)
+    return path, source_manifest(settings, path, current)
+
+
+def full_backups(settings: Settings) -> list[dict]:
+    """This database's verified full (not touched) backups, newest first."""
+    return [
+        e
+        for e in catalog.list_backups(settings, database=settings.database, include_invalid=False)
+        if not e["partial"]
+    ]
+
+
+def newest_full(settings: Settings, current: list[str]) -> Path:
+    """--from=latest: the newest verified full backup, which must be at ``current``."""
+    fulls = full_backups(settings)
+    if not fulls:
+        raise OpsError(
+            f"no verified full backup of {settings.database} to rehearse on",
+            state="unchanged",
+            next_command="invoke rehearse --from=fresh",
+        )
+    newest = fulls[0]
+    if sorted(newest["revisions"] or []) != sorted(current):
+        here = next((e for e in fulls if sorted(e["revisions"] or []) == sorted(current)), None)
+        raise OpsError(
+            f"the newest verified full backup ({Path(newest['path']).name}) is at "
+            f"{label(newest['revisions'] or [])}, the database at {label(current)}: the "
+            f"revisions would not run from the same place",
+            state="unchanged",
+            next_command=(
+                f"invoke rehearse --from={here['path']}" if here else "invoke rehearse --from=fresh"
+            ),
+        )
+    return Path(newest["path"])
+
+
+def source_manifest(settings: Settings, path: Path, current: list[str]) -> dict:
+    """The checked manifest of ``path``: of this database, full, at ``current``."""
+    database = settings.database
     manifest = checked_manifest(path)
     if manifest.get("database") != database:
         raise OpsError(
@@ -132,14 +143,14 @@ def pick_source(
             state="unchanged",
             next_command="invoke rehearse --from=fresh",
         )
-    if sorted(manifest.get("revisions") or []) != at:
+    if sorted(manifest.get("revisions") or []) != sorted(current):
         raise OpsError(
             f"{path.name} is at {label(manifest.get('revisions') or [])}, the database at "
             f"{label(current)}",
             state="unchanged",
             next_command="invoke rehearse --from=fresh",
         )
-    return path, manifest
+    return manifest
 
 
 def free_space(settings: Settings, target: seam.Target) -> tuple[int | None, str]:
@@ -244,67 +255,13 @@ def rehearse(
             f"{len(pending)} pending"
         )
         if not pending:
-            return {
-                "database": settings.database,
-                "from": current,
-                "target": target,
-                "revisions": [],
-                "predicted_seconds": 0.0,
-                "flagged": False,
-                "stored": None,
-            }
+            return nothing_pending(settings, current, target)
         path, manifest = pick_source(settings, agent, source, current, out)
         out(f"data: {path.name} ({fmt_bytes(manifest['size'])}, taken {manifest['started_at']})")
         facts = agent.call("restore.facts")
         check_pg_restore(settings, agent.target, path, manifest, facts)
         room = check_room(settings, agent.target, int(facts.get("database_size") or 0), out)
-        made = agent.call("rehearse.scratch")
-        name = made["name"]
-        for old in made["swept"]:
-            out(f"swept a killed rehearsal's copy: {old}")
-        kept = False
-        try:
-            t_restore = time.monotonic()
-            rc, lines = pg_restore_stream(
-                settings,
-                agent.target,
-                path,
-                manifest,
-                mode="restore",
-                dbname=name,
-                jobs=restore_jobs(settings, None),
-            )
-            if rc != 0:
-                raise OpsError(
-                    f"restoring {path.name} into the copy {name} failed (status {rc})",
-                    details=lines[-8:],
-                    state="unchanged (only the copy was written)",
-                    next_command=f"invoke verify-backup {path} --restore-test",
-                )
-            check_restored(agent, name, manifest, state="unchanged (only the copy was written)")
-            restore_s = time.monotonic() - t_restore
-            out(
-                f"restored into {name} in {restore_s:.1f} s; running {len(pending)} revision(s) "
-                f"(lock_timeout {settings.lock_timeout}, statement_timeout "
-                f"{settings.statement_timeout})"
-            )
-            run = agent.call(
-                "rehearse.run",
-                name=name,
-                revisions=[p["revision"] for p in pending],
-                lock_timeout=settings.lock_timeout,
-                statement_timeout=settings.statement_timeout,
-            )
-            kept = keep
-        finally:
-            if not kept:
-                try:
-                    agent.call("rehearse.drop", name=name)
-                except OpsError as exc:
-                    out(
-                        f"warning: could not drop the copy {name}: {exc.message} (the next "
-                        f"rehearsal sweeps it)"
-                    )
+        run = on_a_copy(settings, agent, path, manifest, pending, keep=keep, out=out)
     revisions = [judge(r) for r in run["revisions"]]
     hashes = {p["revision"]: p["sha256"] for p in pending}
     report = {
@@ -322,16 +279,100 @@ def rehearse(
         "revisions": revisions,
         "room": room,
         "predicted_seconds": round(sum(r["seconds"] for r in revisions), 3),
-        "restore_seconds": round(restore_s, 3),
+        "restore_seconds": round(run["restore_s"], 3),
         "flagged": any(r["flagged"] for r in revisions),
         "complete": len(revisions) == len(pending) and not any(r["error"] for r in revisions),
-        "kept": name if keep else None,
+        "kept": run["name"] if keep else None,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 3),
     }
     report["key"] = key_of(hashes, report["source"]["sha256"] or "", run["fingerprint_before"])
     report["stored"] = str(save(settings, report))
     return report
+
+
+def nothing_pending(settings: Settings, current: list[str], target: str) -> dict:
+    return {
+        "database": settings.database,
+        "from": current,
+        "target": target,
+        "revisions": [],
+        "predicted_seconds": 0.0,
+        "flagged": False,
+        "stored": None,
+    }
+
+
+def on_a_copy(
+    settings: Settings,
+    agent: Agent,
+    path: Path,
+    manifest: dict,
+    pending: list[dict],
+    *,
+    keep: bool,
+    out: Out,
+) -> dict:
+    """Restore ``path`` into a scratch copy and run the pending revisions there, measured
+    (the agent's rehearse.run answer, with the copy's ``name`` and ``restore_s``); the copy
+    is dropped unless ``keep`` and the run completed."""
+    made = agent.call("rehearse.scratch")
+    name = made["name"]
+    for old in made["swept"]:
+        out(f"swept a killed rehearsal's copy: {old}")
+    kept = False
+    try:
+        restore_s = restore_copy(settings, agent, path, manifest, name)
+        out(
+            f"restored into {name} in {restore_s:.1f} s; running {len(pending)} revision(s) "
+            f"(lock_timeout {settings.lock_timeout}, statement_timeout "
+            f"{settings.statement_timeout})"
+        )
+        run = agent.call(
+            "rehearse.run",
+            name=name,
+            revisions=[p["revision"] for p in pending],
+            lock_timeout=settings.lock_timeout,
+            statement_timeout=settings.statement_timeout,
+        )
+        kept = keep
+    finally:
+        if not kept:
+            drop_copy(agent, name, out)
+    return {**run, "name": name, "restore_s": restore_s}
+
+
+def restore_copy(settings: Settings, agent: Agent, path: Path, manifest: dict, name: str) -> float:
+    """pg_restore ``path`` into the copy ``name`` and check it against the manifest; the
+    seconds it took."""
+    t_restore = time.monotonic()
+    rc, lines = pg_restore_stream(
+        settings,
+        agent.target,
+        path,
+        manifest,
+        mode="restore",
+        dbname=name,
+        jobs=restore_jobs(settings, None),
+    )
+    if rc != 0:
+        raise OpsError(
+            f"restoring {path.name} into the copy {name} failed (status {rc})",
+            details=lines[-8:],
+            state="unchanged (only the copy was written)",
+            next_command=f"invoke verify-backup {path} --restore-test",
+        )
+    check_restored(agent, name, manifest, state="unchanged (only the copy was written)")
+    return time.monotonic() - t_restore
+
+
+def drop_copy(agent: Agent, name: str, out: Out) -> None:
+    try:
+        agent.call("rehearse.drop", name=name)
+    except OpsError as exc:
+        out(
+            f"warning: could not drop the copy {name}: {exc.message} (the next rehearsal sweeps it)"
+        )
 
 
 def format_report(report: dict, lim: dict | None = None) -> list[str]:
@@ -440,18 +481,21 @@ def gate(
                 next_command="invoke rehearse   # shows how to rewrite the revision the "
                 'safer way; or knowingly: invoke migrate --accept-risk="why"',
             )
-        audit.append(
-            settings,
-            "accept-risk",
-            reason=accept_risk,
-            rehearsal=rep["key"],
-            over=breaches,
-            revisions=[r["revision"] for r in rep["revisions"]],
-        )
+        accepted(settings, accept_risk, rep, breaches)
         out(f"accepted risk ({accept_risk}): {'; '.join(breaches)}")
     elif breaches:
         out("  over the production limits: " + "; ".join(breaches))
     return rep
+
+
+def accepted(settings: Settings, reason: str, rep: dict, breaches: list[str]) -> None:
+    """The "accept-risk" record: who ran over the production limits, why, on which rehearsal."""
+    with Operation(settings, "accept-risk", warn=print_note, reason=reason) as op:
+        op.finish(
+            rehearsal=rep["key"],
+            over=breaches,
+            revisions=[r["revision"] for r in rep["revisions"]],
+        )
 
 
 def list_leftovers(settings: Settings) -> list[dict]:

@@ -143,43 +143,66 @@ def fmt_s(s: float) -> str:
 def judge(rev: dict) -> dict:
     """Adds to a rehearsed revision: blocks_reads_s, blocks_writes_s, rewrite_bytes, patterns,
     flagged, verdict (one line). Returns the same dict."""
+    reads, writes = blocked(rev)
+    rewrite_bytes = sum(r["bytes"] for r in rev["rewrites"])
+    found = statement_patterns(rev)
+    found.update(revision_patterns(rev, found))
+    rev.update(
+        blocks_reads_s=round(reads, 3),
+        blocks_writes_s=round(writes, 3),
+        rewrite_bytes=rewrite_bytes,
+        patterns=list(found.values()),
+        flagged=bool(found) or bool(rev.get("error")),
+        verdict=verdict_line(rev, reads, writes, rewrite_bytes, list(found)),
+    )
+    return rev
+
+
+def blocked(rev: dict) -> tuple[float, float]:
+    """How long reads and writes of existing tables were blocked (seconds): the longest
+    lock held in a mode that blocks them, or what the probes measured, whichever is longer."""
     holds = [lk for lk in rev["locks"] if not lk["new_table"]]
     reads_lock = max((lk["held_s"] for lk in holds if lk["mode"] in BLOCKS_READS), default=0.0)
     writes_lock = max((lk["held_s"] for lk in holds if lk["mode"] in BLOCKS_WRITES), default=0.0)
     probe = rev.get("probe") or {}
     reads = max([reads_lock] + [p["read_blocked_s"] for p in probe.values()])
     writes = max([writes_lock, reads] + [p["write_blocked_s"] for p in probe.values()])
-    rewrite_bytes = sum(r["bytes"] for r in rev["rewrites"])
+    return reads, writes
+
+
+def applies(p: dict, st: dict, rev: dict, rows: dict) -> bool:
+    """Whether pattern ``p`` (its regex already matched) is what statement ``st`` did."""
+    text, needs = st["sql"], p["needs"]
+    strong = [lk for lk in st["locks"] if not lk["new_table"] and lk["mode"] in BLOCKS_WRITES]
+    if needs == "rewrite" and not st["rewrites"]:
+        return False
+    if needs in ("lock", "lock_scan") and not (
+        strong and ALTER.match(text) or strong and text.lstrip()[:6].upper() == "CREATE"
+    ):
+        return False
+    if needs == "lock_scan" and not (
+        st["rewrites"] or (st.get("seconds") or 0) >= ALTER_TYPE_SCAN_S
+    ):
+        return False  # catalog-only (varchar(n) -> varchar(m > n), varchar -> text)
+    if needs == "lock_not_valid" and (NOT_VALID.search(text) or not strong):
+        return False
+    if needs == "backfill" and not _big_write(st, rev, rows):
+        return False
+    if needs == "text" and not ALTER.match(text) and not re.match(r"^\s*DROP\s+TABLE", text, re.I):
+        return False
+    return not (p["key"] == "rename_column" and _swapped(st, rev["statements"]))
+
+
+def statement_patterns(rev: dict) -> dict[str, dict]:
+    """The patterns the revision's statements show, the first statement of each."""
     rows = rev.get("table_rows") or {}
     found: dict[str, dict] = {}
     for st in rev["statements"]:
         text = st["sql"]
-        strong = [lk for lk in st["locks"] if not lk["new_table"] and lk["mode"] in BLOCKS_WRITES]
         for p in PATTERNS:
             if p["key"] in found or not p["regex"].search(text):
                 continue
-            needs = p["needs"]
-            if needs == "rewrite" and not st["rewrites"]:
-                continue
-            if needs in ("lock", "lock_scan") and not (
-                strong and ALTER.match(text) or strong and text.lstrip()[:6].upper() == "CREATE"
-            ):
-                continue
-            if needs == "lock_scan" and not (
-                st["rewrites"] or (st.get("seconds") or 0) >= ALTER_TYPE_SCAN_S
-            ):
-                continue  # catalog-only (varchar(n) -> varchar(m > n), varchar -> text)
-            if needs == "lock_not_valid" and (NOT_VALID.search(text) or not strong):
-                continue
-            if needs == "backfill" and not _big_write(st, rev, rows):
-                continue
-            if (
-                needs == "text"
-                and not ALTER.match(text)
-                and not re.match(r"^\s*DROP\s+TABLE", text, re.I)
-            ):
-                continue
-            if p["key"] == "rename_column" and _swapped(st, rev["statements"]):
+            if not applies(p, st, rev, rows):
                 continue
             safer = p["safer"]
             if p["key"] == "add_unique" and re.search(r"\bPRIMARY\s+KEY\b", text, re.I):
@@ -191,22 +214,31 @@ def judge(rev: dict) -> dict:
                 "statement": st["index"],
                 "sql": text[:160],
             }
+    return found
+
+
+def revision_patterns(rev: dict, found: dict[str, dict]) -> dict[str, dict]:
+    """Patterns of the revision as a whole: a VALIDATE in the transaction that added the
+    constraint; a table rewrite no statement pattern explains."""
+    more: dict[str, dict] = {}
     same_tx = _validate_same_tx(rev["statements"])
     if same_tx is not None:
-        found["validate_same_tx"] = {
+        more["validate_same_tx"] = {
             **VALIDATE_SAME_TX,
             "statement": same_tx["index"],
             "sql": same_tx["sql"][:160],
         }
     if rev["rewrites"] and not ({"volatile_default", "alter_type"} & set(found)):
-        st = (
-            rev["statements"][rev["rewrites"][0]["statement"]] if rev["statements"] else {"sql": ""}
-        )
-        found["rewrite"] = {
-            **REWRITE,
-            "statement": rev["rewrites"][0]["statement"],
-            "sql": st["sql"][:160],
-        }
+        first = rev["rewrites"][0]["statement"]
+        st = rev["statements"][first] if rev["statements"] else {"sql": ""}
+        more["rewrite"] = {**REWRITE, "statement": first, "sql": st["sql"][:160]}
+    return more
+
+
+def verdict_line(
+    rev: dict, reads: float, writes: float, rewrite_bytes: int, names: list[str]
+) -> str:
+    """One line: what it blocks and for how long, what it rewrites, the patterns' names."""
     parts = []
     if reads >= 0.05 and writes - reads < 0.05:
         parts.append(f"blocks reads and writes for {fmt_s(max(reads, writes))}")
@@ -219,19 +251,10 @@ def judge(rev: dict) -> dict:
         parts.append(f"rewrites {rewrite_bytes / 1e6:.0f} MB")
     if rev.get("error"):
         parts.insert(0, f"FAILED: {rev['error']}")
-    names = [f["key"] for f in found.values()]
     verdict = "; ".join(parts) if parts else "safe"
     if names:
         verdict = f"{verdict} ({', '.join(names)})" if parts else "fast, but " + ", ".join(names)
-    rev.update(
-        blocks_reads_s=round(reads, 3),
-        blocks_writes_s=round(writes, 3),
-        rewrite_bytes=rewrite_bytes,
-        patterns=list(found.values()),
-        flagged=bool(found) or bool(rev.get("error")),
-        verdict=verdict,
-    )
-    return rev
+    return verdict
 
 
 RENAME_COLUMN = re.compile(r'\bRENAME\s+(?:COLUMN\s+)?"?(\w+)"?\s+TO\s+"?(\w+)"?', re.I)

@@ -1,16 +1,20 @@
 """invoke stamp --to=REV: rewrite the version row, nothing else. Confirmed, locked, audited
-(the previous version row goes into the audit record)."""
+(the previous version row goes into the audit record) through a lifecycle ``Operation``.
+
+The commit handshake migrate has: before the agent is asked to rewrite the row the host
+writes an "applying" line naming the rows it writes (``stamp_to``), and the agent's
+transaction commits only when this host says so (dbops/agent/lifeline.py). A host killed
+after that line leaves it for dbops/ops/settle.py; an agent that dies leaves ``agent_died``
+with the version rows read back afresh."""
 
 from __future__ import annotations
 
-import time
-
-from dbops import audit
-from dbops.agent_client import Agent, AgentError
+from dbops.agent_client import STOP_WAIT, Agent, AgentDied, AgentError, call_once
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
-from dbops.ops.output import Out, print_line
+from dbops.lifecycle import Operation
+from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.settle import settle
 from dbops.ops.status import label
 from dbops.ops.steps import acquire_lock, planned
@@ -22,72 +26,113 @@ WARNING = (
 )
 
 
+def show_plan(res: dict, out: Out) -> None:
+    unknown = res["unknown_current"]
+    msg = f"  {res['target_info']['message']}" if res.get("target_info") else ""
+    out(
+        f"version row now: {label(res['current'])}"
+        + (f"  (UNKNOWN to the script directory: {', '.join(unknown)})" if unknown else "")
+    )
+    out(f"stamp to:        {res['target'] or 'base'}{msg}")
+    out(f"warning: {WARNING}")
+
+
 def stamp(settings: Settings, to: str, *, yes: bool = False, out: Out = print_line) -> dict:
-    t0 = time.monotonic()
     with Agent(settings) as agent:
         res = planned(agent, "plan.resolve", "stamp", to=to)
         current, target = res["current"], res["target"]
-        tlabel = target or "base"
-        msg = f"  {res['target_info']['message']}" if res.get("target_info") else ""
-        out(
-            f"version row now: {label(current)}"
-            + (
-                f"  (UNKNOWN to the script directory: {', '.join(res['unknown_current'])})"
-                if res["unknown_current"]
-                else ""
-            )
-        )
-        out(f"stamp to:        {tlabel}{msg}")
-        out(f"warning: {WARNING}")
+        show_plan(res, out)
         if current == ([target] if target else []):
-            out(f"nothing to do: the version row already says {tlabel}")
+            out(f"nothing to do: the version row already says {target or 'base'}")
             return {"before": current, "after": current, "target": target}
         confirm(
             settings,
-            f"Stamp {label(current)} -> {tlabel}?",
+            f"Stamp {label(current)} -> {target or 'base'}?",
             yes=yes,
             state=f"unchanged at {label(current)}",
             next_command=f"invoke stamp --to={to} --yes",
         )
         acquire_lock(agent, "stamp", current, f"stamp --to={to}")
         settle(settings, agent, out, "stamp")  # a run that died applying: its outcome
-        record = {
-            "from": current,
-            "previous_version_rows": current,
-            "requested": to,
-            "to_target": target,
-            "backup": None,
-            "schema_changed": False,
-        }
-        try:
-            done = agent.call("stamp.apply", to=target)
-        except AgentError as exc:
-            d = exc.agent_details
-            audit.append(
-                settings,
-                "stamp",
-                **record,
-                to=d.get("after"),
-                result="failed",
-                error=exc.message,
-                duration_s=round(time.monotonic() - t0, 3),
-            )
-            raise OpsError(
-                exc.message,
-                state=f"before: {label(current)}; now: {label(d.get('after', current))}",
-                next_command="invoke current",
-            ) from None
-        hashes = {}
-        if target:
-            hashes = {target: res["target_info"]["sha256"]}
-        audit.append(
-            settings,
-            "stamp",
-            **record,
-            to=done["after"],
-            result="ok",
-            purged_unknown=done["purged"],
-            revision_hashes=hashes,
-            duration_s=round(time.monotonic() - t0, 3),
+        after = stamped(settings, agent, res, to)
+    return {"before": current, "after": after, "target": target}
+
+
+def stamped(settings: Settings, agent: Agent, res: dict, to: str) -> list[str]:
+    """The rewrite inside its Operation (the lock held); the version rows after it."""
+    current, target = res["current"], res["target"]
+    record = {
+        "from": current,
+        "previous_version_rows": current,
+        "requested": to,
+        "to_target": target,
+        "backup": None,
+        "schema_changed": False,
+    }
+    with Operation(settings, "stamp", warn=print_note, **record) as op:
+        done = apply(agent, op, current, target)
+        hashes = {target: res["target_info"]["sha256"]} if target else {}
+        op.finish(to=done["after"], purged_unknown=done["purged"], revision_hashes=hashes)
+    return done["after"]
+
+
+def apply(agent: Agent, op: Operation, current: list[str], target: str | None) -> dict:
+    """Record the intent, then have the agent rewrite the row, committing on our word."""
+    rows = [target] if target else []
+    op.intent(
+        "applying",
+        unchanged=f"the version row was not changed (still {label(current)})",
+        stamp_to=rows,
+        **{"from": current},
+    )
+    try:
+        return agent.call(
+            "stamp.apply",
+            to=target,
+            handshake=True,
+            on_ready=lambda what: what.get("stamp_to") == rows,
         )
-    return {"before": current, "after": done["after"], "target": target}
+    except AgentError as exc:
+        after = exc.agent_details.get("after", current)
+        op.add(to=after, error_kind=exc.kind)
+        raise OpsError(
+            exc.message,
+            state=f"before: {label(current)}; now: {label(after)}",
+            next_command="invoke current",
+        ) from exc
+    except AgentDied as exc:  # the agent died: its transaction rolled back with its connection
+        raise cut_short(agent, op, current, f"stamp stopped: {exc.message}", "agent_died") from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the agent was stopped first
+        raise cut_short(agent, op, current, "stamp interrupted", "interrupted") from exc
+
+
+def read_back(agent: Agent, settings: Settings) -> list[str] | None:
+    """The version rows read by a fresh agent once this one has exited (its work committed
+    or rolled back by then); None when they cannot be read either."""
+    agent.close(wait=STOP_WAIT)
+    try:
+        return list(call_once(settings, "settle.read", revisions=[])["current"])
+    except (OpsError, KeyboardInterrupt):
+        return None
+
+
+def cut_short(
+    agent: Agent,
+    op: Operation,
+    current: list[str],
+    message: str,
+    result: str = "agent_died",
+    next_command: str = "invoke current   (then invoke doctor)",
+) -> OpsError:
+    """A version-row rewrite (stamp, recover --apply) ended before the agent answered
+    (``result``: agent_died, interrupted): the record and the error say the version rows
+    read from the database, not assumed."""
+    now = read_back(agent, op.settings)
+    op.finish(result, error=message, to=now)
+    said = "could not be read afterwards" if now is None else f"now: {label(now)}"
+    return OpsError(
+        message,
+        exit_code=130 if result == "interrupted" else 1,
+        state=f"before: {label(current)}; {said} (read from the database after the agent exited)",
+        next_command=next_command,
+    )
