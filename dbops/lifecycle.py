@@ -156,3 +156,38 @@ class Operation:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get((self.written or {}).get("result", "ok"), 1)
+
+
+# --- another run's outcome ------------------------------------------------------------------
+# A run killed with SIGKILL between its "applying" intent and its outcome leaves the intent
+# alone; the next migrate, rollback, stamp or recover (or ``invoke doctor --settle``) reads the
+# database and writes the missing outcome under the dead run's ``op_id`` and action
+# (dbops/ops/settle.py decides what it says).
+SETTLED = "host_died"
+
+
+def write_settlement(
+    settings: Settings,
+    applying: dict,
+    *,
+    warn: Callable[[str], None] = _stderr,
+    **fields,
+) -> dict:
+    """Append the outcome (``result: host_died`` and ``fields``) of the run that wrote the
+    ``applying`` line, under its ``op_id`` and action. An audit log that cannot be written is
+    warned about (the settlement is still printed) and the line stays unsettled."""
+    assert applying.get("result") == "applying" and applying.get("op_id"), applying
+    try:
+        return audit.append(
+            settings,
+            applying.get("action", "migrate"),
+            op_id=applying["op_id"],
+            result=SETTLED,
+            **fields,
+        )
+    except OSError as exc:
+        warn(
+            f"warning: the audit record {settings.audit_log} could not be written "
+            f"({exc.strerror}): the settlement of {applying['op_id']} is not recorded there"
+        )
+        return {}

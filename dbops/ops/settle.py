@@ -6,7 +6,7 @@ it could record what happened.
 
 The next migrate, rollback or stamp settles it once it holds the dbops lock (nothing else can
 be running then): it reads the version row and appends the missing outcome, ``result:
-host_died`` with ``committed`` true or false as the database says (dbops/settlement.py writes
+host_died`` with ``committed`` true or false as the database says (dbops/lifecycle.py writes
 it). ``invoke doctor`` names such a line; ``invoke doctor --settle`` writes the same record
 without running anything else."""
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dbops import audit
 from dbops.agent_client import Agent
 from dbops.config import Settings
+from dbops.lifecycle import write_settlement
 from dbops.ops.output import Out, print_note
 from dbops.ops.status import label
-from dbops.settlement import write_settlement
 
 SETTLE_COMMAND = "invoke doctor --settle"
 
