@@ -150,6 +150,7 @@ def test_dropped_column_and_table_come_back_and_newer_rows_stay(invoke, seeded, 
     migrate_rec = [r for r in recs if r["action"] == "migrate"][-1]
     assert recs[-1]["action"] == "putback" and recs[-1]["result"] == "ok"
     assert recs[-1]["file"] == migrate_rec["backup"] and recs[-1]["inserted"] == 2
+    assert recs[-1]["op_id"] and recs[-1]["duration_s"] >= 0  # written by its Operation
 
 
 def test_dml_in_a_downgrade_is_data_loss_counted_and_needs_acceptance(
@@ -282,3 +283,44 @@ def test_a_column_of_a_table_without_primary_key_is_not_put_back_and_says_how(
         (2, None),
         (3, None),
     ]
+
+
+def test_a_put_back_that_fails_is_audited_failed_and_leaves_the_downgrade(
+    invoke, seeded, tmp_path, ops_env
+):
+    """The backup goes bad between the plan and the put-back: the merge (one transaction)
+    rolls back, the error says the state and the next command, and the "putback" record says
+    failed with the merge's own error."""
+    from pathlib import Path
+
+    from dbops.config import load_settings
+    from dbops.errors import OpsError
+    from dbops.ops import rollback as rollback_op
+    from tests.fixtures.projects import ROOT
+
+    seeded.execute("DROP TABLE legacy_notes")
+    ini = project(tmp_path / "p", DROP_NICKNAME)
+    env = {"DBOPS_ALEMBIC_INI": ini, "DBOPS_PREMIGRATE_BACKUP": "full"}
+    assert invoke("migrate", env=env).returncode == 0
+    settings = load_settings(ROOT, environ={**ops_env, **env})
+    backup = [r for r in audit.read(settings) if r["action"] == "migrate"][-1]["backup"]
+
+    def out(line: str) -> None:
+        if line.startswith("putting back from"):  # the downgrade is done
+            Path(backup).write_bytes(b"not an archive any more")
+
+    with pytest.raises(OpsError) as exc:
+        rollback_op.rollback(settings, SAMPLE_HEAD, yes=True, backup=False, out=out)
+    assert exc.value.message.startswith(
+        f"downgraded to {SAMPLE_HEAD}, but putting the migration's data back failed: "
+    )
+    assert "the put-back is one transaction, rolled back" in exc.value.state
+    assert "--restore-test" in exc.value.next_command
+    assert version_rows(seeded) == [SAMPLE_HEAD]
+    assert rows(seeded, "SELECT nickname FROM users ORDER BY id") == [(None,)] * 3
+    rollback_rec, putback_rec = audit.read(settings, intents=False)[-2:]
+    assert rollback_rec["action"] == "rollback" and rollback_rec["result"] == "ok"
+    assert putback_rec["action"] == "putback" and putback_rec["result"] == "failed"
+    assert putback_rec["error"].startswith("putting the backup's rows back failed")
+    assert putback_rec["tables"] == ["public.users"] and putback_rec["file"] == backup
+    assert putback_rec["op_id"] != rollback_rec["op_id"] and putback_rec["duration_s"] >= 0

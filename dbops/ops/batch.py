@@ -47,17 +47,7 @@ def upgrade_all(
             on_ready=ready,
         )
     except AgentError as exc:
-        completed = exc.agent_details.get("completed") or []
-        _record(completed, out, done)
-        if exc.kind != "lock_timeout":
-            raise
-        applied = {s["revision"] for s in completed}
-        rest = [r for r in revisions if r not in applied]
-        out(
-            f"  lock_timeout ({settings.lock_timeout}) on {rest[0]}: rolled back; going on one "
-            f"revision at a time, with retries"
-        )
-        steps.run_steps(settings, agent, rest, "up", out, done, applying=applying)
+        _after_failure(settings, agent, exc, revisions, out, done, applying)
         return
     if res.get("one_transaction") or res.get("not_transactional"):
         out(
@@ -69,6 +59,30 @@ def upgrade_all(
         steps.run_steps(settings, agent, revisions, "up", out, done, applying=applying)
         return
     _record(res["steps"], out, done)
+
+
+def _after_failure(
+    settings: Settings,
+    agent: Agent,
+    exc: AgentError,
+    revisions: list[str],
+    out: Out,
+    done: list[dict],
+    applying: Callable[[dict], bool] | None,
+) -> None:
+    """The revisions the batched run completed are recorded; after a lock timeout the rest go
+    one revision at a time, with retries; any other failure is raised."""
+    completed = exc.agent_details.get("completed") or []
+    _record(completed, out, done)
+    if exc.kind != "lock_timeout":
+        raise exc
+    applied = {s["revision"] for s in completed}
+    rest = [r for r in revisions if r not in applied]
+    out(
+        f"  lock_timeout ({settings.lock_timeout}) on {rest[0]}: rolled back; going on one "
+        f"revision at a time, with retries"
+    )
+    steps.run_steps(settings, agent, rest, "up", out, done, applying=applying)
 
 
 def _record(completed: list[dict], out: Out, done: list[dict]) -> None:

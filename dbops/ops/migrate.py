@@ -39,43 +39,11 @@ def migrate(
         )
         if not pending:
             out(f"nothing to do: already at {label(current)}")
-            if sql:  # --sql changes nothing and checks nothing: there is no SQL to print
-                return {
-                    "before": current,
-                    "after": current,
-                    "applied": [],
-                    "sql": "",
-                    "backup": None,
-                    "target": target,
-                }
-            try:
-                res = _verify(agent, [target], target in pre["heads"])
-            except AgentError as exc:
-                raise _verify_failure(exc, current, None, applied=False) from None
-            return {
-                "before": current,
-                "after": res["current"],
-                "applied": [],
-                "backup": None,
-                "target": target,
-                "models_checked": res["models_checked"],
-            }
-        out(f"{len(pending)} pending, in order:")
-        for p in pending:
-            out(
-                f"  {p['revision']}  {p['message']}"
-                + ("" if p["transactional"] else "   (autocommit_block: not in a transaction)")
-            )
+            return _nothing_pending(agent, pre, sql)
+        _show_pending(pending, out)
         if sql:
             text = agent.call("migrate.sql", start=current, to=target)["sql"]
-            return {
-                "before": current,
-                "after": current,
-                "applied": [],
-                "sql": text,
-                "backup": None,
-                "target": target,
-            }
+            return _unchanged(current, target, sql=text)
 
         from dbops.ops.rehearse import gate  # the newest matching rehearsal; production limits
 
@@ -89,94 +57,150 @@ def migrate(
         current, pending = pre["current"], pre["pending"]
         if not pending:
             out(f"nothing to do: another run brought the database to {label(current)}")
-            return {
-                "before": current,
-                "after": current,
-                "applied": [],
-                "backup": None,
-                "target": target,
-            }
-        backup_path = None
-        if backup:  # DBOPS_PREMIGRATE_BACKUP: auto|full|touched|none (dbops/ops/touched.py)
-            from dbops.ops.touched import premigrate_backup
-
-            backup_path = premigrate_backup(
-                settings,
-                agent,
-                out,
-                current,
-                target,
-                lambda: steps.backup_before(
-                    settings, agent, "pre-migrate", out, current, "migrate"
-                ),
-                warn,
-            )
+            return _unchanged(current, target)
+        if backup:
+            backup_path = _backup(settings, agent, out, warn, current, target)
         else:
-            out(
-                "backup: skipped (--no-backup)"
-                + (
-                    "  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"
-                    if settings.is_production
-                    else ""
-                )
-            )
-        hashes = {p["revision"]: p["sha256"] for p in pending}
-        run = steps.Run(
-            settings,
-            "migrate",
-            current,
-            backup_path,
-            record={
-                "from": current,
-                "requested": to,
-                "to_target": target,
-                "backup": backup_path,
-                "planned_revision_hashes": hashes,
-                "lock_timeout": settings.lock_timeout,
-                "statement_timeout": settings.statement_timeout,
-                **steps.wal_position(agent),
-            },
-            hashes=hashes,
-            started=t0,
-            hash_keys=("revision_hashes", "revision_hashes_applied"),
-            agent=agent,
-        )
-        out(
-            f"upgrading (lock_timeout {settings.lock_timeout}, statement_timeout "
-            f"{settings.statement_timeout}, up to {settings.lock_retries} retries per revision):"
-        )
-
-        def upgrade() -> dict:
-            revisions = [p["revision"] for p in pending]
-            batch.upgrade_all(
-                settings, agent, revisions, target, out, run.done, applying=run.applying
-            )
-            return _verify(agent, [target], target in pre["heads"])
-
-        def failure(exc: AgentError) -> OpsError:
-            step_verify = exc.kind == "verify" and "revision" in exc.agent_details
-            if exc.kind in ("verify", "schema_diff") and not step_verify:
-                return _verify_failure(exc, current, backup_path, applied=bool(run.completed()))
-            return steps.step_failure(
-                exc,
-                action="migrate",
-                before=current,
-                backup=backup_path,
-                retries=settings.lock_retries,
-                fix_hint=_fix_hint(exc, current, run.completed()),
-            )
-
-        res = steps.audited(run, upgrade, failure)
-        applied = run.completed()
+            backup_path = _no_backup(settings, out)
+        run = _run(settings, agent, to, pre, backup_path, t0)
+        res = _upgrade(settings, agent, run, pre, out)
     return {
         "before": current,
         "after": res["current"],
-        "applied": applied,
+        "applied": run.completed(),
         "backup": backup_path,
         "target": target,
         "models_checked": res["models_checked"],
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def _unchanged(current: list[str], target: str, **extra) -> dict:
+    """The result of a migrate that changed nothing."""
+    return {
+        "before": current,
+        "after": current,
+        "applied": [],
+        "backup": None,
+        "target": target,
+        **extra,
+    }
+
+
+def _nothing_pending(agent: Agent, pre: dict, sql: bool) -> dict:
+    """Already at the target: its revision and the models verified (--sql: nothing checked,
+    there is no SQL to print)."""
+    current, target = pre["current"], pre["target"]
+    if sql:
+        return _unchanged(current, target, sql="")
+    try:
+        res = _verify(agent, [target], target in pre["heads"])
+    except AgentError as exc:
+        raise _verify_failure(exc, current, None, applied=False) from None
+    return {
+        **_unchanged(current, target),
+        "after": res["current"],
+        "models_checked": res["models_checked"],
+    }
+
+
+def _show_pending(pending: list[dict], out: Out) -> None:
+    out(f"{len(pending)} pending, in order:")
+    for p in pending:
+        out(
+            f"  {p['revision']}  {p['message']}"
+            + ("" if p["transactional"] else "   (autocommit_block: not in a transaction)")
+        )
+
+
+def _backup(
+    settings: Settings, agent: Agent, out: Out, warn: Out, current: list[str], target: str
+) -> str | None:
+    """The pre-migrate backup, as DBOPS_PREMIGRATE_BACKUP says: auto|full|touched|none
+    (dbops/ops/touched.py)."""
+    from dbops.ops.touched import premigrate_backup
+
+    return premigrate_backup(
+        settings,
+        agent,
+        out,
+        current,
+        target,
+        lambda: steps.backup_before(settings, agent, "pre-migrate", out, current, "migrate"),
+        warn,
+    )
+
+
+def _no_backup(settings: Settings, out: Out) -> None:
+    """--no-backup: said (warned about in production); no backup path."""
+    out(
+        "backup: skipped (--no-backup)"
+        + (
+            "  WARNING: ENVIRONMENT=production: there is no pre-migrate backup"
+            if settings.is_production
+            else ""
+        )
+    )
+
+
+def _run(
+    settings: Settings, agent: Agent, to: str, pre: dict, backup_path: str | None, t0: float
+) -> steps.Run:
+    """The run's audit record as known before its first step (read under the lock)."""
+    current, target = pre["current"], pre["target"]
+    hashes = {p["revision"]: p["sha256"] for p in pre["pending"]}
+    return steps.Run(
+        settings,
+        "migrate",
+        current,
+        backup_path,
+        record={
+            "from": current,
+            "requested": to,
+            "to_target": target,
+            "backup": backup_path,
+            "planned_revision_hashes": hashes,
+            "lock_timeout": settings.lock_timeout,
+            "statement_timeout": settings.statement_timeout,
+            **steps.wal_position(agent),
+        },
+        hashes=hashes,
+        started=t0,
+        hash_keys=("revision_hashes", "revision_hashes_applied"),
+        agent=agent,
+    )
+
+
+def _upgrade(settings: Settings, agent: Agent, run: steps.Run, pre: dict, out: Out) -> dict:
+    """The pending revisions applied and verified, audited (steps.audited); the agent's
+    verify answer."""
+    target = pre["target"]
+    out(
+        f"upgrading (lock_timeout {settings.lock_timeout}, statement_timeout "
+        f"{settings.statement_timeout}, up to {settings.lock_retries} retries per revision):"
+    )
+
+    def upgrade() -> dict:
+        revisions = [p["revision"] for p in pre["pending"]]
+        batch.upgrade_all(settings, agent, revisions, target, out, run.done, applying=run.applying)
+        return _verify(agent, [target], target in pre["heads"])
+
+    return steps.audited(run, upgrade, lambda exc: _failure(settings, run, exc))
+
+
+def _failure(settings: Settings, run: steps.Run, exc: AgentError) -> OpsError:
+    """What a refused step or verification says (the database's state, the next command)."""
+    step_verify = exc.kind == "verify" and "revision" in exc.agent_details
+    if exc.kind in ("verify", "schema_diff") and not step_verify:
+        return _verify_failure(exc, run.before, run.backup, applied=bool(run.completed()))
+    return steps.step_failure(
+        exc,
+        action="migrate",
+        before=run.before,
+        backup=run.backup,
+        retries=settings.lock_retries,
+        fix_hint=_fix_hint(exc, run.before, run.completed()),
+    )
 
 
 def _fix_hint(exc: AgentError, before: list[str], applied: list[str]) -> str:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from pathlib import Path
 
 from dbops import audit, catalog
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
+from dbops.lifecycle import Operation, outcome_of
+from dbops.ops.output import print_note
 
 # The archive on stdin. $1 prelude, $2 postlude, $3 the awk program, $4 the COPY target map
 # ("<temp table> <name as pg_restore prints it>" per line), then pg_restore's selection.
@@ -154,42 +155,20 @@ def describe(doable: dict) -> list[str]:
 
 
 def run(settings: Settings, agent: Agent, entry: dict, doable: dict, out, tlabel: str) -> dict:
-    """The put-back, audited as "putback" (ok or failed); a failure says the state and the
-    command to see what was not put back."""
-    t0 = time.monotonic()
+    """The put-back, audited as "putback" through its :class:`Operation` (ok, or failed with
+    the merge's error); a failure says the state and the command to see what was not put
+    back."""
     path = Path(entry["path"])
-    manifest = entry["manifest"]
     record = {"file": str(path), "tables": sorted(doable), "after": "rollback", "to": tlabel}
-    out(f"putting back from {path.name}: {', '.join(sorted(doable))} ...")
-    try:
-        res = _merge(settings, agent, path, manifest, doable)
-    except OpsError as exc:
-        audit.append(
-            settings,
-            "putback",
-            result="failed",
-            error=exc.message,
-            duration_s=round(time.monotonic() - t0, 3),
-            **record,
-        )
-        raise OpsError(
-            f"downgraded to {tlabel}, but putting the migration's data back failed: {exc.message}",
-            details=exc.details,
-            state=f"at {tlabel}; the tables are as the downgrade left them (the put-back is one "
-            "transaction, rolled back)",
-            next_command=f"invoke verify-backup {shlex.quote(str(path))} --restore-test   "
-            f"# then put the rows back by hand; invoke migrate re-applies what was rolled back",
-        ) from None
-    audit.append(
-        settings,
-        "putback",
-        result="ok",
-        inserted=res["inserted"],
-        updated=res["updated"],
-        kept=res["kept"],
-        duration_s=round(time.monotonic() - t0, 3),
-        **record,
-    )
+    with Operation(settings, "putback", warn=print_note, **record) as op:
+        out(f"putting back from {path.name}: {', '.join(sorted(doable))} ...")
+        try:
+            res = _merge(settings, agent, path, entry["manifest"], doable)
+        except OpsError as exc:
+            result, fields = outcome_of(exc)  # failed (agent_died), with the merge's error
+            op.finish(result, **fields)
+            raise _failed(exc, path, tlabel) from None
+        op.finish(inserted=res["inserted"], updated=res["updated"], kept=res["kept"])
     for line in res["lines"]:
         out(line)
     out(
@@ -198,6 +177,17 @@ def run(settings: Settings, agent: Agent, entry: dict, doable: dict, out, tlabel
         "against the backup's manifest"
     )
     return res
+
+
+def _failed(exc: OpsError, path: Path, tlabel: str) -> OpsError:
+    return OpsError(
+        f"downgraded to {tlabel}, but putting the migration's data back failed: {exc.message}",
+        details=exc.details,
+        state=f"at {tlabel}; the tables are as the downgrade left them (the put-back is one "
+        "transaction, rolled back)",
+        next_command=f"invoke verify-backup {shlex.quote(str(path))} --restore-test   "
+        f"# then put the rows back by hand; invoke migrate re-applies what was rolled back",
+    )
 
 
 def _merge(settings: Settings, agent: Agent, path: Path, manifest: dict, doable: dict) -> dict:

@@ -1,6 +1,7 @@
 """The steps migrate, rollback, stamp and check share: refusals, the lock, the backup before
-a change, running revisions one at a time with bounded retries, and ``audited``, the one
-place that writes an operation's audit record on every outcome (ok, failed, interrupted)."""
+a change, running revisions one at a time with bounded retries, and ``audited``, which writes
+a run's audit record on every outcome (ok, failed, interrupted) through its
+``lifecycle.Operation`` (``Run.op``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from dbops.agent_client import STOP_WAIT, Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError, command
-from dbops.lifecycle import Operation
+from dbops.lifecycle import Operation, outcome_of
 from dbops.ops.output import Out, print_note
 from dbops.ops.status import label
 
@@ -157,59 +158,76 @@ def run_steps(
     revision before every attempt). Completed steps are appended to ``done``. ``applying``
     (Run.applying) records each revision before it starts; the agent then commits a
     transactional one only when this host, still running this loop, says so (the handshake)."""
-    retries = max(0, settings.lock_retries)
-    first_wait = settings.get("DBOPS_LOCK_RETRY_WAIT")
     for rev in revisions:
-        attempts = 0
-
-        def note(rs, rev=rev) -> None:
-            exc = rs.outcome.exception()
-            wait = rs.next_action.sleep if rs.next_action else 0
-            holders = "; ".join(
-                f"pid {b['pid']} {b['application_name']!r} ({b['state']}, "
-                f"transaction open {b['xact_seconds']} s, locks {b['locks']})"
-                for b in exc.agent_details.get("blockers") or []
-            )
-            out(
-                f"  lock_timeout ({settings.lock_timeout}) on {rev}, attempt {rs.attempt_number}/"
-                f"{retries + 1}: {holders or 'blocker gone'}; nothing waits behind us; retrying in "
-                f"{wait:.1f} s"
-            )
-
-        retrying = Retrying(
-            stop=stop_after_attempt(retries + 1),
-            wait=wait_exponential_jitter(initial=first_wait, max=15, jitter=0.5),
-            retry=retry_if_exception(
-                lambda e: isinstance(e, AgentError) and e.kind == "lock_timeout"
-            ),
-            before_sleep=note,
-            reraise=True,
-        )
-        t0 = time.monotonic()
-        if applying is not None:
-            applying({"revision": rev, "direction": direction})
-        for attempt in retrying:
-            with attempt:
-                attempts = attempt.retry_state.attempt_number
-                res = agent.call(
-                    "migrate.step",
-                    revision=rev,
-                    direction=direction,
-                    lock_timeout=settings.lock_timeout,
-                    statement_timeout=settings.statement_timeout,
-                    attempt=attempts,
-                    handshake=applying is not None,
-                    on_ready=lambda what, rev=rev: what.get("revision") == rev,
-                )
-        res["attempts"] = attempts
-        res["wall_seconds"] = round(time.monotonic() - t0, 3)
+        res = _step(settings, agent, rev, direction, out, applying)
         done.append(res)
         verb = "applied" if direction == "up" else "downgraded"
+        attempts = res["attempts"]
         out(
             f"  {verb} {rev} in {res['seconds']:.2f} s"
             + (f" (after {attempts} attempts)" if attempts > 1 else "")
             + (" (already done)" if res.get("skipped") else "")
         )
+
+
+def _step(
+    settings: Settings,
+    agent: Agent,
+    rev: str,
+    direction: str,
+    out: Out,
+    applying: Callable[[dict], bool] | None,
+) -> dict:
+    """One revision's alembic run, its lock timeouts retried; its answer with ``attempts`` and
+    ``wall_seconds`` (from before its applying line)."""
+    t0 = time.monotonic()
+    if applying is not None:
+        applying({"revision": rev, "direction": direction})
+    for attempt in _retrying(settings, rev, out):
+        with attempt:
+            attempts = attempt.retry_state.attempt_number
+            res = agent.call(
+                "migrate.step",
+                revision=rev,
+                direction=direction,
+                lock_timeout=settings.lock_timeout,
+                statement_timeout=settings.statement_timeout,
+                attempt=attempts,
+                handshake=applying is not None,
+                on_ready=lambda what: what.get("revision") == rev,
+            )
+    res["attempts"] = attempts
+    res["wall_seconds"] = round(time.monotonic() - t0, 3)
+    return res
+
+
+def _retrying(settings: Settings, rev: str, out: Out) -> Retrying:
+    """Up to DBOPS_LOCK_RETRIES more attempts after a lock timeout, each announced."""
+    retries = max(0, settings.lock_retries)
+
+    def note(rs) -> None:
+        exc = rs.outcome.exception()
+        wait = rs.next_action.sleep if rs.next_action else 0
+        holders = "; ".join(
+            f"pid {b['pid']} {b['application_name']!r} ({b['state']}, "
+            f"transaction open {b['xact_seconds']} s, locks {b['locks']})"
+            for b in exc.agent_details.get("blockers") or []
+        )
+        out(
+            f"  lock_timeout ({settings.lock_timeout}) on {rev}, attempt {rs.attempt_number}/"
+            f"{retries + 1}: {holders or 'blocker gone'}; nothing waits behind us; retrying in "
+            f"{wait:.1f} s"
+        )
+
+    return Retrying(
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_exponential_jitter(
+            initial=settings.get("DBOPS_LOCK_RETRY_WAIT"), max=15, jitter=0.5
+        ),
+        retry=retry_if_exception(lambda e: isinstance(e, AgentError) and e.kind == "lock_timeout"),
+        before_sleep=note,
+        reraise=True,
+    )
 
 
 def step_failure(
@@ -396,22 +414,18 @@ def audited(run: Run, body: Callable[[], dict], failure: Callable[[AgentError], 
         res = body()
     except AgentError as exc:
         err = failure(exc)
+        result, fields = outcome_of(exc)  # failed, with error and error_kind
         d = exc.agent_details
-        run.write(
-            to=d.get("after", d.get("current")),
-            result="failed",
-            error=exc.message,
-            error_kind=exc.kind,
-            state=err.state,
-        )
+        fields.update(to=d.get("after", d.get("current")), state=err.state)
+        run.write(result, **fields)
         raise err from None
     except OpsError as exc:
         now = read_back(run)
-        run.write(to=now, result="failed", error=exc.message, error_kind="agent_died")
+        run.write("failed", to=now, error=exc.message, error_kind="agent_died")
         raise agent_died(run.action, exc, run.before, run.completed(), run.backup, now) from None
     except KeyboardInterrupt:
         now = read_back(run)
-        run.write(to=now, result="interrupted")
+        run.write("interrupted", to=now)
         raise interrupted(run.action, run.before, run.completed(), run.backup, now) from None
-    run.write(to=res["current"], result="ok")
+    run.write("ok", to=res["current"])
     return res
