@@ -9,7 +9,7 @@ with the version rows read back afresh."""
 
 from __future__ import annotations
 
-from dbops.agent_client import STOP_WAIT, Agent, AgentDied, AgentError, call_once
+from dbops.agent_client import Agent, AgentDied, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
@@ -17,7 +17,7 @@ from dbops.lifecycle import Operation
 from dbops.ops.output import Out, print_line, print_note
 from dbops.ops.settle import settle
 from dbops.ops.status import label
-from dbops.ops.steps import acquire_lock, planned
+from dbops.ops.steps import acquire_lock, planned, rows_afresh
 
 WARNING = (
     "stamp changes NO schema: it only rewrites the alembic_version row. Use it when the "
@@ -106,16 +106,6 @@ def apply(agent: Agent, op: Operation, current: list[str], target: str | None) -
         raise cut_short(agent, op, current, "stamp interrupted", "interrupted") from exc
 
 
-def read_back(agent: Agent, settings: Settings) -> list[str] | None:
-    """The version rows read by a fresh agent once this one has exited (its work committed
-    or rolled back by then); None when they cannot be read either."""
-    agent.close(wait=STOP_WAIT)
-    try:
-        return list(call_once(settings, "settle.read", revisions=[])["current"])
-    except (OpsError, KeyboardInterrupt):
-        return None
-
-
 def cut_short(
     agent: Agent,
     op: Operation,
@@ -127,7 +117,7 @@ def cut_short(
     """A version-row rewrite (stamp, recover --apply) ended before the agent answered
     (``result``: agent_died, interrupted): the record and the error say the version rows
     read from the database, not assumed."""
-    now = read_back(agent, op.settings)
+    now = rows_afresh(op.settings, agent)
     op.finish(result, error=message, to=now)
     said = "could not be read afterwards" if now is None else f"now: {label(now)}"
     return OpsError(

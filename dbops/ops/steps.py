@@ -295,14 +295,19 @@ def cut_short(before: list[str], done: list[str], how: str = "") -> str:
 
 
 def read_back(run: Run) -> list[str] | None:
-    """The version rows read afresh once the run's agent has exited (its work committed or
-    rolled back by then): a new agent reads them. None when that cannot be done either."""
+    """The version rows read afresh once the run's agent has exited."""
+    return rows_afresh(run.settings, run.agent)
+
+
+def rows_afresh(settings: Settings, agent: Agent | None) -> list[str] | None:
+    """The version rows read by a fresh agent once ``agent`` has exited (its work committed or
+    rolled back by then); None when they cannot be read either."""
     from dbops.agent_client import call_once
 
-    if run.agent is not None:
-        run.agent.close(wait=STOP_WAIT)
+    if agent is not None:
+        agent.close(wait=STOP_WAIT)
     try:
-        return list(call_once(run.settings, "settle.read", revisions=[])["current"])
+        return list(call_once(settings, "settle.read", revisions=[])["current"])
     except (OpsError, KeyboardInterrupt):
         return None
 
