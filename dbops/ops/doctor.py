@@ -132,6 +132,24 @@ def indexes(f: Facts) -> Check:
 
 
 # --- 4. revision files ----------------------------------------------------------------------------
+def _recorded_hashes(settings: Settings) -> dict[str, tuple[str, str]]:
+    """{revision: (file hash, ts)}: each revision's file as the audit record last saw it applied
+    (or undone) on this database."""
+    recorded: dict[str, tuple[str, str]] = {}
+    for rec in audit.read(settings):
+        if rec.get("database") != settings.database or rec.get("action") not in SCHEMA_ACTIONS:
+            continue
+        applied = rec.get("revision_hashes_applied")  # migrate: what really ran, even if failed
+        if applied is None:
+            if rec.get("result") not in (None, "ok", "success", "succeeded"):
+                continue
+            applied = rec.get("revision_hashes")
+        for rev, h in (applied or {}).items():
+            if h:
+                recorded[rev] = (h, rec.get("ts", "?"))
+    return recorded
+
+
 @needs_db
 def revision_files(f: Facts) -> Check:
     if f.kinds.get("status") == "script":
@@ -148,18 +166,7 @@ def revision_files(f: Facts) -> Check:
         )
     if isinstance(hashes, dict) and isinstance(hashes.get("hashes"), dict):
         hashes = hashes["hashes"]
-    recorded: dict[str, tuple[str, str]] = {}
-    for rec in audit.read(f.settings):
-        if rec.get("database") != f.settings.database or rec.get("action") not in SCHEMA_ACTIONS:
-            continue
-        applied = rec.get("revision_hashes_applied")  # migrate: what really ran, even if failed
-        if applied is None:
-            if rec.get("result") not in (None, "ok", "success", "succeeded"):
-                continue
-            applied = rec.get("revision_hashes")
-        for rev, h in (applied or {}).items():
-            if h:
-                recorded[rev] = (h, rec.get("ts", "?"))
+    recorded = _recorded_hashes(f.settings)
     if not recorded:
         return Check(
             "revision files",
@@ -311,6 +318,7 @@ def _schema_differs(a: dict, current: list[str], note: str) -> Check:
     )
 
 
+@needs_db
 def schema(f: Facts) -> Check | None:
     if not f.status:
         return None
@@ -636,19 +644,23 @@ def models(f: Facts) -> Check | None:
 
 
 # --- 10. revision ---------------------------------------------------------------------------------
+def _state_unreadable(f: Facts) -> Check:
+    if f.kinds.get("status") == "script":
+        return Check("revision", UNKNOWN, "cannot read the history (see revision files)")
+    return Check(
+        "revision",
+        FAIL,
+        f"cannot read the alembic state: {f.errors.get('status')}",
+        next="invoke recover",
+        why="the alembic state cannot be read",
+    )
+
+
 @needs_db
 def revision(f: Facts) -> Check:
     st = f.status
     if not st:
-        if f.kinds.get("status") == "script":
-            return Check("revision", UNKNOWN, "cannot read the history (see revision files)")
-        return Check(
-            "revision",
-            FAIL,
-            f"cannot read the alembic state: {f.errors.get('status')}",
-            next="invoke recover",
-            why="the alembic state cannot be read",
-        )
+        return _state_unreadable(f)
     msgs = {h["revision"]: h["message"] for h in st["history"]}
     current, pending = st["current"], st["pending"]
     f.result.update(current=current, heads=st["heads"], pending=pending)
@@ -702,6 +714,23 @@ def _drop_database(name: str) -> str:
     return psql_command(f"DROP DATABASE {quoted}")
 
 
+def _scratch_line(x: dict) -> str:
+    size = "size unknown" if x["bytes"] is None else f"{x['bytes'] / 1e6:.1f} MB"
+    if x["in_use"]:
+        return f"{x['name']} ({size}): in use by {x['made_by']}: {x['used_by']}; leave it"
+    how = "that was killed" + (" (or kept with --keep)" if x["purpose"] == "rehearse" else "")
+    return (
+        f"{x['name']} ({size}): left by {x['made_by']} {how}; drop it: {_drop_database(x['name'])}"
+    )
+
+
+SCRATCH_SWEPT_BY = {  # a scratch database's purpose: the run that sweeps it
+    "rehearse": "   (or: the next invoke rehearse of its database sweeps it)",
+    "touched": "   (or: the next touched-set run of its database sweeps it)",
+    "restoring": "   (or: the next invoke restore of this database sweeps it)",
+}
+
+
 @needs_db
 def scratch(f: Facts) -> Check | None:
     """Scratch databases (dbops_scratch_*) on the server and this database's restore targets
@@ -715,19 +744,8 @@ def scratch(f: Facts) -> Check | None:
         return Check("scratch", UNKNOWN, f"cannot list the scratch databases: {exc.message}")
     if not found:
         return None
-
-    def line(x: dict) -> str:
-        size = "size unknown" if x["bytes"] is None else f"{x['bytes'] / 1e6:.1f} MB"
-        if x["in_use"]:
-            return f"{x['name']} ({size}): in use by {x['made_by']}: {x['used_by']}; leave it"
-        how = "that was killed" + (" (or kept with --keep)" if x["purpose"] == "rehearse" else "")
-        return (
-            f"{x['name']} ({size}): left by {x['made_by']} {how}; drop it: "
-            f"{_drop_database(x['name'])}"
-        )
-
     left = [x for x in found if not x["in_use"]]
-    details = [line(x) for x in left + [x for x in found if x["in_use"]]]
+    details = [_scratch_line(x) for x in left + [x for x in found if x["in_use"]]]
     if not left:
         return Check(
             "scratch",
@@ -737,15 +755,7 @@ def scratch(f: Facts) -> Check | None:
             data={"scratch": found},
         )
     first = left[0]
-    sweep = (
-        "   (or: the next invoke rehearse of its database sweeps it)"
-        if first["purpose"] == "rehearse"
-        else "   (or: the next touched-set run of its database sweeps it)"
-        if first["purpose"] == "touched"
-        else "   (or: the next invoke restore of this database sweeps it)"
-        if first["purpose"] == "restoring"
-        else ""
-    )
+    sweep = SCRATCH_SWEPT_BY.get(first["purpose"], "")
     return Check(
         "scratch",
         WARN,
