@@ -212,6 +212,40 @@ def test_bad_input_is_refused_before_anything(pitr):
         assert "nothing was touched" in done.stderr or "unchanged" in done.stderr
 
 
+def test_each_pitr_run_writes_one_lifecycle_record(pitr, tmp_path):
+    """pitr-enable, backup --physical and restore --to-time audit through lifecycle.Operation:
+    an op_id and duration on each; a refusal before the confirmation writes nothing; a
+    restore that fails after it is recorded as failed, with the state it left."""
+    cluster, run = pitr["cluster"], pitr["run"]
+    audit_log = Path(pitr["env"]["DBOPS_BACKUP_DIR"]) / "audit.jsonl"
+
+    def records(action: str) -> list[dict]:
+        lines = audit_log.read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["action"] == action]
+
+    enables = records("pitr-enable")
+    assert [r["result"] for r in enables[:2]] == ["restart_needed", "ok"]
+    assert all(r["op_id"] and r["stanza"] and "duration_s" in r for r in enables)
+    (phys, *_) = records("backup-physical")
+    assert phys["result"] == "ok" and phys["verified"] is True and phys["label"]
+    assert 0 <= phys["backup_s"] <= phys["duration_s"]
+    for r in records("restore-pitr"):  # the restores of the tests before, when they ran
+        assert r["result"] == "ok" and r["op_id"] and r["dump"] and r["timings"]["total_s"] > 0
+    before = len(records("restore-pitr"))
+    assert run("restore", "--to-lsn=nonsense", "--yes").returncode == 1
+    assert len(records("restore-pitr")) == before  # refused before anything: no record
+    with cluster.connect(DB) as conn:
+        (t,) = conn.execute("SELECT clock_timestamp()::text").fetchone()
+    no_bin = tmp_path / "no-server-binaries"
+    no_bin.mkdir()
+    done = run("restore", f"--to-time={t}", "--yes", env={"DBOPS_PG_BINDIR": str(no_bin)})
+    assert done.returncode == 1 and "server binaries" in done.stderr, done.stderr
+    failed = records("restore-pitr")[-1]
+    assert failed["result"] == "failed" and "server binaries" in failed["error"]
+    assert failed["state"] == "unchanged (nothing was touched)" and failed["physical_backup"]
+    assert list((Path(pitr["env"]["DBOPS_PITR_REPO"]) / "side").iterdir()) == []
+
+
 def test_a_broken_archive_command_is_named_by_doctor(pitr):
     cluster, run = pitr["cluster"], pitr["run"]
     with cluster.connect() as conn:

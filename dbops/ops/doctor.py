@@ -132,6 +132,24 @@ def indexes(f: Facts) -> Check:
 
 
 # --- 4. revision files ----------------------------------------------------------------------------
+def _recorded_hashes(settings: Settings) -> dict[str, tuple[str, str]]:
+    """{revision: (file hash, ts)}: each revision's file as the audit record last saw it applied
+    (or undone) on this database."""
+    recorded: dict[str, tuple[str, str]] = {}
+    for rec in audit.read(settings):
+        if rec.get("database") != settings.database or rec.get("action") not in SCHEMA_ACTIONS:
+            continue
+        applied = rec.get("revision_hashes_applied")  # migrate: what really ran, even if failed
+        if applied is None:
+            if rec.get("result") not in (None, "ok", "success", "succeeded"):
+                continue
+            applied = rec.get("revision_hashes")
+        for rev, h in (applied or {}).items():
+            if h:
+                recorded[rev] = (h, rec.get("ts", "?"))
+    return recorded
+
+
 @needs_db
 def revision_files(f: Facts) -> Check:
     if f.kinds.get("status") == "script":
@@ -148,18 +166,7 @@ def revision_files(f: Facts) -> Check:
         )
     if isinstance(hashes, dict) and isinstance(hashes.get("hashes"), dict):
         hashes = hashes["hashes"]
-    recorded: dict[str, tuple[str, str]] = {}
-    for rec in audit.read(f.settings):
-        if rec.get("database") != f.settings.database or rec.get("action") not in SCHEMA_ACTIONS:
-            continue
-        applied = rec.get("revision_hashes_applied")  # migrate: what really ran, even if failed
-        if applied is None:
-            if rec.get("result") not in (None, "ok", "success", "succeeded"):
-                continue
-            applied = rec.get("revision_hashes")
-        for rev, h in (applied or {}).items():
-            if h:
-                recorded[rev] = (h, rec.get("ts", "?"))
+    recorded = _recorded_hashes(f.settings)
     if not recorded:
         return Check(
             "revision files",
@@ -262,6 +269,55 @@ def isolation(f: Facts) -> Check | None:
 
 
 # --- 6. schema ------------------------------------------------------------------------------------
+def _half_applied(a: dict, half: str, current: list[str], details: list) -> tuple:
+    """DIRTY: ``half`` is half-applied; when it left an index behind, the command that drops
+    it (``details`` gains the steps). Returns (summary, next, why)."""
+    steps, idx = a["steps"], a["idx"]
+    summary = (
+        f"DIRTY: revision {half} is half-applied (a non-transactional step ran, the "
+        f"rest did not); alembic_version still says {', '.join(current)}"
+    )
+    nxt, why = "invoke recover", "the schema does not match the current revision"
+    leftover = _leftover_indexes(steps[idx]["fingerprint"], a["live_fp"])
+    if leftover:
+        nxt = psql_command(f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(_qualified(leftover[0]))}")
+        why = f"{half} left index {leftover[0]} behind: drop it, then invoke migrate"
+        details.append(
+            f"remove what {half} left ({', '.join(leftover)}) one index at a time, "
+            f"then invoke migrate runs {half} whole"
+        )
+    return summary, nxt, why
+
+
+def _schema_differs(a: dict, current: list[str], note: str) -> Check:
+    """FAIL: the live schema is not the current revision's (half-applied, another revision's,
+    or no revision's)."""
+    matches = a["matches"]
+    diffs = fpmod.diff(a["steps"][a["idx"]]["fingerprint"], a["live_fp"])
+    details = diffs[:8] + (
+        [f"… and {len(diffs) - 8} more (invoke recover)"] if len(diffs) > 8 else []
+    )
+    if matches:  # the record is wrong, not the schema: the diff against it is noise
+        details = []
+    half = a["half"]
+    nxt, why = "invoke recover", "the schema does not match the current revision"
+    if half:
+        summary, nxt, why = _half_applied(a, half, current, details)
+    elif matches:
+        summary = (
+            f"live schema is not {', '.join(current) or 'base'}: it matches "
+            f"{' = '.join(matches)} exactly"
+        )
+    else:
+        summary = (
+            f"live schema differs from {', '.join(current) or 'base'} "
+            f"({len(diffs)} difference(s)) and matches no revision"
+        )
+    return Check(
+        "schema", FAIL, summary + note, details, next=nxt, why=why, data={"half_applied": half}
+    )
+
+
 @needs_db
 def schema(f: Facts) -> Check | None:
     if not f.status:
@@ -269,7 +325,7 @@ def schema(f: Facts) -> Check | None:
     a = f.analysis()
     if "error" in a:
         return Check("schema", UNKNOWN, a["error"])
-    st, steps, idx = f.status, a["steps"], a["idx"]
+    st, idx = f.status, a["idx"]
     current = sorted(st["current"])
     src = a["source"]
     note = (
@@ -291,42 +347,7 @@ def schema(f: Facts) -> Check | None:
         return Check(
             "schema", OK, f"live schema matches {', '.join(current) or 'base'} exactly{note}"
         )
-    diffs = fpmod.diff(steps[idx]["fingerprint"], a["live_fp"])
-    details = diffs[:8] + (
-        [f"… and {len(diffs) - 8} more (invoke recover)"] if len(diffs) > 8 else []
-    )
-    if matches:  # the record is wrong, not the schema: the diff against it is noise
-        details = []
-    half = a["half"]
-    nxt, why = "invoke recover", "the schema does not match the current revision"
-    if half:
-        summary = (
-            f"DIRTY: revision {half} is half-applied (a non-transactional step ran, the "
-            f"rest did not); alembic_version still says {', '.join(current)}"
-        )
-        leftover = _leftover_indexes(steps[idx]["fingerprint"], a["live_fp"])
-        if leftover:
-            nxt = psql_command(
-                f"DROP INDEX CONCURRENTLY IF EXISTS {_ident(_qualified(leftover[0]))}"
-            )
-            why = f"{half} left index {leftover[0]} behind: drop it, then invoke migrate"
-            details.append(
-                f"remove what {half} left ({', '.join(leftover)}) one index at a time, "
-                f"then invoke migrate runs {half} whole"
-            )
-    elif matches:
-        summary = (
-            f"live schema is not {', '.join(current) or 'base'}: it matches "
-            f"{' = '.join(matches)} exactly"
-        )
-    else:
-        summary = (
-            f"live schema differs from {', '.join(current) or 'base'} "
-            f"({len(diffs)} difference(s)) and matches no revision"
-        )
-    return Check(
-        "schema", FAIL, summary + note, details, next=nxt, why=why, data={"half_applied": half}
-    )
+    return _schema_differs(a, current, note)
 
 
 def _qualified(name: str) -> str:
@@ -426,67 +447,70 @@ def _is_dump(app: str | None) -> bool:
     return (app or "") in DUMP_APPS
 
 
-@needs_db
-def sessions(f: Facts) -> Check:
-    ss = f.need("sessions", "sessions", "could not read pg_stat_activity")
-    locks = f.raw.get("locks") or []
-    tables = f.raw.get("pending_tables")
-    pending = f.pending
-    blockers = {
+def _blockers(f: Facts, locks: list[dict]) -> dict[int, list[str]]:
+    """blocking_locks, except those held by a pg_dump (doctor's pg_dump check names them)."""
+    return {
         pid: held
         for pid, held in blocking_locks(f).items()
         if not any(_is_dump(lk["application_name"]) for lk in locks if lk["pid"] == pid)
     }
-    by_pid = {s["pid"]: s for s in ss}
-    details = []
+
+
+def _blocker_lines(blockers: dict, locks: list[dict], by_pid: dict) -> list[str]:
+    lines = []
     for pid, held in blockers.items():
         lk = next(x for x in locks if x["pid"] == pid)
         q = by_pid.get(pid, {}).get("query") or lk.get("query")
-        details.append(
+        lines.append(
             f"pid {pid} '{lk['application_name']}' ({lk['state']}, transaction open "
             f"{lk['xact_seconds']} s) holds {', '.join(held)}" + (f": {q}" if q else "")
         )
-    harmless = sorted(
+    return lines
+
+
+def _harmless(locks: list[dict], blockers: dict) -> list[int]:
+    """Sessions holding locks that do not conflict with the pending revisions' needs."""
+    return sorted(
         {
             lk["pid"]
             for lk in locks
             if lk["granted"] and lk["pid"] not in blockers and not _is_dump(lk["application_name"])
         }
     )
+
+
+def _harmless_lines(harmless: list[int], locks: list[dict], by_pid: dict) -> list[str]:
+    lines = []
     for pid in harmless:
         held = sorted({f"{x['mode']} on {x['table']}" for x in locks if x["pid"] == pid})
-        details.append(
+        lines.append(
             f"pid {pid} '{by_pid.get(pid, {}).get('application_name', '?')}' holds "
             f"{', '.join(held)}: no conflict with what the pending revisions need"
         )
-    idle = [
-        s for s in ss if s["state"].startswith("idle in transaction") and s["pid"] not in blockers
-    ]
-    active = [s for s in ss if s["state"] == "active"]
-    details += [
+    return lines
+
+
+def _busy_lines(idle: list[dict], active: list[dict], harmless: list[int]) -> list[str]:
+    return [
         f"pid {s['pid']} '{s['application_name']}' idle in transaction for "
         f"{s['xact_seconds']} s: {s['query']}"
         for s in idle
         if s["pid"] not in harmless
-    ]
-    details += [
+    ] + [
         f"pid {s['pid']} '{s['application_name']}' running for {s['query_seconds']} s"
         + (f" (waiting on {s['waiting']})" if s["waiting"] else "")
         + f": {s['query']}"
         for s in active
     ]
-    needs = lock_needs(f)
+
+
+def _sessions_verdict(
+    blockers: dict, idle: list[dict], active: list[dict], needs: dict, details: list, data: dict
+) -> Check:
+    """FAIL when a session blocks the pending migrations; WARN for long idle-in-transaction or
+    running sessions; else OK."""
     need_txt = "; ".join(f"{t}: {', '.join(m)}" for t, m in needs.items())
-    data = {
-        "lock_needs": needs,
-        "lock_needs_source": LOCK_NEEDS_SOURCE,
-        "blockers": sorted(blockers),
-    }
-    if tables is None and pending:
-        details.append(
-            f"tables touched by pending migrations: unknown ({f.errors.get('pending_tables')})"
-        )
-    if blockers and pending:
+    if blockers:
         pid = next(iter(blockers))
         return Check(
             "sessions",
@@ -522,6 +546,36 @@ def sessions(f: Facts) -> Check:
     return Check(
         "sessions", OK, f"no long or idle-in-transaction sessions{extra}", details, data=data
     )
+
+
+@needs_db
+def sessions(f: Facts) -> Check:
+    ss = f.need("sessions", "sessions", "could not read pg_stat_activity")
+    locks = f.raw.get("locks") or []
+    blockers = _blockers(f, locks)
+    by_pid = {s["pid"]: s for s in ss}
+    harmless = _harmless(locks, blockers)
+    idle = [
+        s for s in ss if s["state"].startswith("idle in transaction") and s["pid"] not in blockers
+    ]
+    active = [s for s in ss if s["state"] == "active"]
+    details = [
+        *_blocker_lines(blockers, locks, by_pid),
+        *_harmless_lines(harmless, locks, by_pid),
+        *_busy_lines(idle, active, harmless),
+    ]
+    needs = lock_needs(f)
+    data = {
+        "lock_needs": needs,
+        "lock_needs_source": LOCK_NEEDS_SOURCE,
+        "blockers": sorted(blockers),
+    }
+    if f.raw.get("pending_tables") is None and f.pending:
+        details.append(
+            f"tables touched by pending migrations: unknown ({f.errors.get('pending_tables')})"
+        )
+    blocking = blockers if f.pending else {}  # a conflict matters only with revisions pending
+    return _sessions_verdict(blocking, idle, active, needs, details, data)
 
 
 @needs_db
@@ -590,19 +644,23 @@ def models(f: Facts) -> Check | None:
 
 
 # --- 10. revision ---------------------------------------------------------------------------------
+def _state_unreadable(f: Facts) -> Check:
+    if f.kinds.get("status") == "script":
+        return Check("revision", UNKNOWN, "cannot read the history (see revision files)")
+    return Check(
+        "revision",
+        FAIL,
+        f"cannot read the alembic state: {f.errors.get('status')}",
+        next="invoke recover",
+        why="the alembic state cannot be read",
+    )
+
+
 @needs_db
 def revision(f: Facts) -> Check:
     st = f.status
     if not st:
-        if f.kinds.get("status") == "script":
-            return Check("revision", UNKNOWN, "cannot read the history (see revision files)")
-        return Check(
-            "revision",
-            FAIL,
-            f"cannot read the alembic state: {f.errors.get('status')}",
-            next="invoke recover",
-            why="the alembic state cannot be read",
-        )
+        return _state_unreadable(f)
     msgs = {h["revision"]: h["message"] for h in st["history"]}
     current, pending = st["current"], st["pending"]
     f.result.update(current=current, heads=st["heads"], pending=pending)
@@ -656,6 +714,23 @@ def _drop_database(name: str) -> str:
     return psql_command(f"DROP DATABASE {quoted}")
 
 
+def _scratch_line(x: dict) -> str:
+    size = "size unknown" if x["bytes"] is None else f"{x['bytes'] / 1e6:.1f} MB"
+    if x["in_use"]:
+        return f"{x['name']} ({size}): in use by {x['made_by']}: {x['used_by']}; leave it"
+    how = "that was killed" + (" (or kept with --keep)" if x["purpose"] == "rehearse" else "")
+    return (
+        f"{x['name']} ({size}): left by {x['made_by']} {how}; drop it: {_drop_database(x['name'])}"
+    )
+
+
+SCRATCH_SWEPT_BY = {  # a scratch database's purpose: the run that sweeps it
+    "rehearse": "   (or: the next invoke rehearse of its database sweeps it)",
+    "touched": "   (or: the next touched-set run of its database sweeps it)",
+    "restoring": "   (or: the next invoke restore of this database sweeps it)",
+}
+
+
 @needs_db
 def scratch(f: Facts) -> Check | None:
     """Scratch databases (dbops_scratch_*) on the server and this database's restore targets
@@ -669,19 +744,8 @@ def scratch(f: Facts) -> Check | None:
         return Check("scratch", UNKNOWN, f"cannot list the scratch databases: {exc.message}")
     if not found:
         return None
-
-    def line(x: dict) -> str:
-        size = "size unknown" if x["bytes"] is None else f"{x['bytes'] / 1e6:.1f} MB"
-        if x["in_use"]:
-            return f"{x['name']} ({size}): in use by {x['made_by']}: {x['used_by']}; leave it"
-        how = "that was killed" + (" (or kept with --keep)" if x["purpose"] == "rehearse" else "")
-        return (
-            f"{x['name']} ({size}): left by {x['made_by']} {how}; drop it: "
-            f"{_drop_database(x['name'])}"
-        )
-
     left = [x for x in found if not x["in_use"]]
-    details = [line(x) for x in left + [x for x in found if x["in_use"]]]
+    details = [_scratch_line(x) for x in left + [x for x in found if x["in_use"]]]
     if not left:
         return Check(
             "scratch",
@@ -691,15 +755,7 @@ def scratch(f: Facts) -> Check | None:
             data={"scratch": found},
         )
     first = left[0]
-    sweep = (
-        "   (or: the next invoke rehearse of its database sweeps it)"
-        if first["purpose"] == "rehearse"
-        else "   (or: the next touched-set run of its database sweeps it)"
-        if first["purpose"] == "touched"
-        else "   (or: the next invoke restore of this database sweeps it)"
-        if first["purpose"] == "restoring"
-        else ""
-    )
+    sweep = SCRATCH_SWEPT_BY.get(first["purpose"], "")
     return Check(
         "scratch",
         WARN,
@@ -748,89 +804,92 @@ def rehearsal(f: Facts) -> Check | None:
 
 
 # --- 12. backups ----------------------------------------------------------------------------------
-def backups(f: Facts) -> Check:
-    s = f.settings
+def _backup_folder_unfit(s: Settings) -> Check | None:
+    """FAIL when the next backup cannot be written there (permissions, space, a symlink)."""
     from dbops import safefile  # read-only look: doctor writes nothing into the backup folder
 
     unfit = safefile.problem(
         Path(s.backup_dir), min_free=int(s.get("DBOPS_BACKUP_RESERVE_MB") * 1e6)
     )
-    if unfit is not None:
-        return Check(
-            "backups",
-            FAIL,
-            f"the next backup cannot be written: {unfit.message}",
-            next=unfit.next_command,
-            why=f"backup folder {unfit.kind.replace('_', '-')}",
-            data={"folder_problem": unfit.kind},
-        )
-    try:
-        entries = catalog.list_backups(s, database=s.database)
-        folder = Path(s.backup_dir)
-        pat = catalog.partial_pattern(s.database)
-        partials = (
-            sorted(p for p in folder.iterdir() if pat.match(p.name)) if folder.is_dir() else []
-        )
-    except Exception as exc:
-        return Check(
-            "backups",
-            UNKNOWN,
-            f"age of the newest verified backup: unknown (the backup "
-            f"catalog could not be read: {exc})",
-        )
-    newest = next((b for b in entries if b["verified"]), None)
-    damaged = [b for b in entries if not b["verified"]]
-    fresh_damaged = [b for b in damaged if not newest or b["created_at"] > newest["created_at"]]
-    notes = [
+    if unfit is None:
+        return None
+    return Check(
+        "backups",
+        FAIL,
+        f"the next backup cannot be written: {unfit.message}",
+        next=unfit.next_command,
+        why=f"backup folder {unfit.kind.replace('_', '-')}",
+        data={"folder_problem": unfit.kind},
+    )
+
+
+def _backup_files(s: Settings) -> tuple[list[dict], list[Path]]:
+    """The catalog's backups of this database and the .partial files interrupted ones left."""
+    entries = catalog.list_backups(s, database=s.database)
+    folder = Path(s.backup_dir)
+    pat = catalog.partial_pattern(s.database)
+    partials = sorted(p for p in folder.iterdir() if pat.match(p.name)) if folder.is_dir() else []
+    return entries, partials
+
+
+def _backup_notes(partials: list[Path], damaged: list[dict]) -> list[str]:
+    return [
         f"{p.name}: left by an interrupted backup ({p.stat().st_size} bytes, "
         f"{datetime.fromtimestamp(p.stat().st_mtime, UTC):%Y-%m-%dT%H:%M:%SZ}); not a "
         f"backup; the next invoke backup removes it"
         for p in partials
-    ]
-    notes += [
+    ] + [
         f"{Path(b['path']).name}: DAMAGED, cannot be restored: {'; '.join(b['problems'])}"
         for b in damaged
     ]
-    data = {
-        "partial_files": [str(p) for p in partials],
-        "damaged": [{"path": b["path"], "problems": b["problems"]} for b in damaged],
-    }
-    if partials or fresh_damaged or newest is None:
-        if newest is None:
-            what = f"no verified backup of {s.database} in {s.backup_dir}"
-        else:
-            what = f"newest verified backup {Path(newest['path']).name}"
-        bad = ([f"{len(partials)} interrupted (.partial)"] if partials else []) + (
-            [f"{len(fresh_damaged)} damaged newer one(s)"] if fresh_damaged else []
-        )
-        return Check(
-            "backups",
-            WARN,
-            what + (f"; {', '.join(bad)}" if bad else ""),
-            notes,
-            next="invoke backup",
-            why="no usable recent backup" if newest is None else "an interrupted or damaged backup",
-            data=data,
-        )
+
+
+def _no_usable_backup(
+    s: Settings, newest: dict | None, partials: list, fresh_damaged: list, notes: list, data: dict
+) -> Check:
+    """WARN: no verified backup, or an interrupted or damaged one newer than it."""
+    if newest is None:
+        what = f"no verified backup of {s.database} in {s.backup_dir}"
+    else:
+        what = f"newest verified backup {Path(newest['path']).name}"
+    bad = ([f"{len(partials)} interrupted (.partial)"] if partials else []) + (
+        [f"{len(fresh_damaged)} damaged newer one(s)"] if fresh_damaged else []
+    )
+    return Check(
+        "backups",
+        WARN,
+        what + (f"; {', '.join(bad)}" if bad else ""),
+        notes,
+        next="invoke backup",
+        why="no usable recent backup" if newest is None else "an interrupted or damaged backup",
+        data=data,
+    )
+
+
+def _older_damaged(name: str, damaged: list[dict], notes: list, data: dict) -> Check:
+    """WARN: a verified backup exists; older damaged files: the command that removes one."""
+    b = damaged[0]
+    files = [b["path"]] + (
+        [str(catalog.manifest_path(Path(b["path"])))] if b.get("manifest") else []
+    )
+    return Check(
+        "backups",
+        WARN,
+        f"newest verified backup {name}; {len(damaged)} older "
+        f"damaged file(s) that cannot be restored",
+        notes,
+        next="rm -- "
+        + " ".join(shlex.quote(x) for x in files)
+        + f"   (a newer verified backup exists: {name})",
+        why="a damaged backup file",
+        data=data,
+    )
+
+
+def _backup_age(s: Settings, newest: dict, data: dict) -> Check:
+    """The newest verified backup's age against the backup schedule (1.5 ×)."""
     age = _age(newest.get("created_at"))
     name = Path(str(newest.get("path", "?"))).name
-    if damaged:
-        b = damaged[0]
-        files = [b["path"]] + (
-            [str(catalog.manifest_path(Path(b["path"])))] if b.get("manifest") else []
-        )
-        return Check(
-            "backups",
-            WARN,
-            f"newest verified backup {name}; {len(damaged)} older "
-            f"damaged file(s) that cannot be restored",
-            notes,
-            next="rm -- "
-            + " ".join(shlex.quote(x) for x in files)
-            + f"   (a newer verified backup exists: {name})",
-            why="a damaged backup file",
-            data=data,
-        )
     if age is None:
         return Check("backups", WARN, f"newest verified backup {name}: age unknown", data=data)
     fresh, message, command = freshness.backup_freshness(s)  # 1.5 × the backup schedule
@@ -844,6 +903,34 @@ def backups(f: Facts) -> Check:
             data=data,
         )
     return Check("backups", OK, f"newest verified backup {name}, {age * 60:.0f} min old", data=data)
+
+
+def backups(f: Facts) -> Check:
+    s = f.settings
+    if (unfit := _backup_folder_unfit(s)) is not None:
+        return unfit
+    try:
+        entries, partials = _backup_files(s)
+    except Exception as exc:
+        return Check(
+            "backups",
+            UNKNOWN,
+            f"age of the newest verified backup: unknown (the backup "
+            f"catalog could not be read: {exc})",
+        )
+    newest = next((b for b in entries if b["verified"]), None)
+    damaged = [b for b in entries if not b["verified"]]
+    fresh_damaged = [b for b in damaged if not newest or b["created_at"] > newest["created_at"]]
+    notes = _backup_notes(partials, damaged)
+    data = {
+        "partial_files": [str(p) for p in partials],
+        "damaged": [{"path": b["path"], "problems": b["problems"]} for b in damaged],
+    }
+    if partials or fresh_damaged or newest is None:
+        return _no_usable_backup(s, newest, partials, fresh_damaged, notes, data)
+    if damaged:
+        return _older_damaged(Path(str(newest.get("path", "?"))).name, damaged, notes, data)
+    return _backup_age(s, newest, data)
 
 
 # --- 13. restore drill ----------------------------------------------------------------------------

@@ -76,13 +76,32 @@ def namespace(settings: Settings, flag: str | None = None) -> str | None:
     return None
 
 
-def manifest(
-    settings: Settings,
-    task: str = "migrate",
-    *,
-    schedule: str | None = None,
-    namespace_flag: str | None = None,
-) -> dict:
+POD_SECURITY = {  # Pod Security "restricted"
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+HOOK_ANNOTATIONS = {
+    # Helm: run before install/upgrade; replace the previous Job (kept until then, with its
+    # logs, for inspection).
+    "helm.sh/hook": "pre-install,pre-upgrade",
+    "helm.sh/hook-weight": "-5",
+    "helm.sh/hook-delete-policy": "before-hook-creation",
+    # Argo CD: the same, as a PreSync hook.
+    "argocd.argoproj.io/hook": "PreSync",
+    "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
+}
+
+
+def _refuse_task(task: str, schedule: str | None) -> None:
+    """A Job runs RUNNABLE tasks; a CronJob SCHEDULABLE ones on a valid cron schedule."""
     if task not in RUNNABLE:
         raise ConfigError(
             f"--task {task}: a Job runs one of: {', '.join(RUNNABLE)} "
@@ -95,6 +114,9 @@ def manifest(
         )
     if schedule is not None:
         _check_cron(schedule)
+
+
+def _image(settings: Settings) -> str:
     image = settings.get("DBOPS_K8S_IMAGE")
     if not image:
         raise ConfigError(
@@ -102,111 +124,127 @@ def manifest(
             "and the PostgreSQL client tools (docs/scaling.md)",
             next_command="DBOPS_K8S_IMAGE=registry.example/app-dbops:1.2.3 invoke k8s-job --render",
         )
-    name = re.sub(r"[^a-z0-9-]", "-", f"dbops-{task}")
-    workdir = settings.get("DBOPS_K8S_AGENT_PATH")
-    labels = {"app.kubernetes.io/name": "dbops", "app.kubernetes.io/component": name}
-    env = [
-        {"name": "DBOPS_TARGET", "value": "local"},
-        {"name": "DBOPS_BACKUP_DIR", "value": BACKUP_MOUNT},
-        {
-            "name": "DBOPS_ALEMBIC_INI",
-            "value": posixpath.join(
-                settings.get("DBOPS_K8S_APP_DIR"), settings.backend_alembic_ini
-            ),
-        },
-        {"name": "DBOPS_CACHE_DIR", "value": "/tmp/dbops-cache"},
-        {"name": "DBOPS_ENV_FILE", "value": "/dev/null"},
+    return image
+
+
+def _env(settings: Settings) -> list[dict]:
+    """The pod's own values (the connection comes from the Secret through envFrom)."""
+    alembic_ini = posixpath.join(settings.get("DBOPS_K8S_APP_DIR"), settings.backend_alembic_ini)
+    values = {
+        "DBOPS_TARGET": "local",
+        "DBOPS_BACKUP_DIR": BACKUP_MOUNT,
+        "DBOPS_ALEMBIC_INI": alembic_ini,
+        "DBOPS_CACHE_DIR": "/tmp/dbops-cache",
+        "DBOPS_ENV_FILE": "/dev/null",
         # no ENVIRONMENT here: it comes from the Secret (an env: entry would override it)
-        {"name": "HOME", "value": "/tmp"},
-    ]
+        "HOME": "/tmp",
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _container(settings: Settings, task: str, image: str) -> dict:
     container = {
         "name": "dbops",
         "image": image,
-        "workingDir": workdir,
+        "workingDir": settings.get("DBOPS_K8S_AGENT_PATH"),
         "command": ["python", "-m", "invoke", task, *TASK_ARGS.get(task, [])],
         "envFrom": [{"secretRef": {"name": settings.get("DBOPS_K8S_SECRET")}}],
-        "env": env,
+        "env": _env(settings),
         "volumeMounts": [
             {"name": "backups", "mountPath": BACKUP_MOUNT},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": dict(CONTAINER_SECURITY),
     }
     if res := resources(settings):
         container["resources"] = res
-    job_spec = {
+    return container
+
+
+def _volumes(settings: Settings) -> list[dict]:
+    claim = settings.get("DBOPS_K8S_BACKUP_CLAIM")
+    return [
+        {"name": "backups", "persistentVolumeClaim": {"claimName": claim}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+
+def _pod_spec(settings: Settings, container: dict) -> dict:
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        # the pause container is PID 1: python gets SIGTERM as an ordinary signal
+        "shareProcessNamespace": True,
+        "terminationGracePeriodSeconds": GRACE_S,
+        "securityContext": dict(POD_SECURITY),
+        "containers": [container],
+        "volumes": _volumes(settings),
+    }
+
+
+def _job_spec(settings: Settings, labels: dict, pod_spec: dict) -> dict:
+    return {
         "backoffLimit": 0,
         "activeDeadlineSeconds": settings.get("DBOPS_K8S_JOB_DEADLINE"),
         "ttlSecondsAfterFinished": settings.get("DBOPS_K8S_JOB_TTL"),
-        "template": {
-            "metadata": {"labels": dict(labels)},
-            "spec": {
-                "restartPolicy": "Never",
-                "automountServiceAccountToken": False,
-                # the pause container is PID 1: python gets SIGTERM as an ordinary signal
-                "shareProcessNamespace": True,
-                "terminationGracePeriodSeconds": GRACE_S,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": 10001,
-                    "runAsGroup": 10001,
-                    "fsGroup": 10001,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "containers": [container],
-                "volumes": [
-                    {
-                        "name": "backups",
-                        "persistentVolumeClaim": {
-                            "claimName": settings.get("DBOPS_K8S_BACKUP_CLAIM")
-                        },
-                    },
-                    {"name": "tmp", "emptyDir": {}},
-                ],
-            },
-        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
+
+
+def _metadata(settings: Settings, name: str, labels: dict, namespace_flag: str | None) -> dict:
     metadata: dict = {"name": name}
     if ns := namespace(settings, namespace_flag):
         metadata["namespace"] = ns
     metadata["labels"] = labels
-    if schedule is not None:
-        return {
-            "apiVersion": "batch/v1",
-            "kind": "CronJob",
-            "metadata": {**metadata, "name": f"{name}-scheduled"},
-            "spec": {
-                "schedule": schedule,
-                "timeZone": settings.get("DBOPS_SCHEDULE_TIMEZONE"),
-                "concurrencyPolicy": "Forbid",
-                "startingDeadlineSeconds": STARTING_DEADLINE_S,
-                "successfulJobsHistoryLimit": 3,
-                "failedJobsHistoryLimit": 3,
-                "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": job_spec},
-            },
-        }
+    return metadata
+
+
+def _cron_job(
+    settings: Settings, metadata: dict, labels: dict, job_spec: dict, schedule: str
+) -> dict:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {**metadata, "name": f"{metadata['name']}-scheduled"},
+        "spec": {
+            "schedule": schedule,
+            "timeZone": settings.get("DBOPS_SCHEDULE_TIMEZONE"),
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": STARTING_DEADLINE_S,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": job_spec},
+        },
+    }
+
+
+def _hook_job(metadata: dict, job_spec: dict) -> dict:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            **metadata,
-            "annotations": {
-                # Helm: run before install/upgrade; replace the previous Job (kept until then,
-                # with its logs, for inspection).
-                "helm.sh/hook": "pre-install,pre-upgrade",
-                "helm.sh/hook-weight": "-5",
-                "helm.sh/hook-delete-policy": "before-hook-creation",
-                # Argo CD: the same, as a PreSync hook.
-                "argocd.argoproj.io/hook": "PreSync",
-                "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
-            },
-        },
+        "metadata": {**metadata, "annotations": dict(HOOK_ANNOTATIONS)},
         "spec": job_spec,
     }
+
+
+def manifest(
+    settings: Settings,
+    task: str = "migrate",
+    *,
+    schedule: str | None = None,
+    namespace_flag: str | None = None,
+) -> dict:
+    """The Job (a Helm / Argo CD hook) that runs ``task``, or with ``schedule`` a CronJob."""
+    _refuse_task(task, schedule)
+    image = _image(settings)
+    name = re.sub(r"[^a-z0-9-]", "-", f"dbops-{task}")
+    labels = {"app.kubernetes.io/name": "dbops", "app.kubernetes.io/component": name}
+    pod_spec = _pod_spec(settings, _container(settings, task, image))
+    job_spec = _job_spec(settings, labels, pod_spec)
+    metadata = _metadata(settings, name, labels, namespace_flag)
+    if schedule is not None:
+        return _cron_job(settings, metadata, labels, job_spec, schedule)
+    return _hook_job(metadata, job_spec)
 
 
 def _check_cron(expr: str) -> None:

@@ -32,6 +32,7 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError
+from dbops.lifecycle import Operation
 from dbops.ops.output import Out, print_note
 
 BACKUP_TYPES = ("full", "diff", "incr")
@@ -263,7 +264,84 @@ def write_config(settings: Settings, facts: dict, data: Path, user: str) -> Path
     return conf
 
 
+def _archive_changes(settings: Settings, br: Backrest, current: dict) -> dict:
+    """The server settings WAL archiving to ``br`` needs that differ from ``current``."""
+    wanted = {
+        "archive_mode": "on",
+        "archive_command": br.archive_command(),
+        "archive_timeout": settings.get("DBOPS_PITR_ARCHIVE_TIMEOUT"),
+    }
+    if current.get("wal_level") == "minimal":
+        wanted["wal_level"] = "replica"
+    return {k: v for k, v in wanted.items() if _differs(k, current.get(k), v)}
+
+
+def _confirm_enable(
+    settings: Settings, br: Backrest, data: Path, changes: dict, *, yes: bool
+) -> None:
+    confirm(
+        settings,
+        "\n".join(
+            [
+                f"Turn on WAL archiving to pgBackRest for the server of "
+                f"{settings.database} ({data}, run as {br.user}):",
+                f"  configuration: {conf_path(settings)} (stanza {br.stanza}), "
+                f"repository {br.folder / 'repo'}",
+                *(f"  ALTER SYSTEM SET {k} = {v}" for k, v in changes.items()),
+                "  archive_mode and wal_level take effect after a server restart",
+            ]
+        ),
+        yes=yes,
+        expect="yes",
+        state="unchanged (nothing was touched)",
+        next_command="invoke pitr-enable --yes",
+    )
+
+
+def _configure_server(agent: Agent, changes: dict, out: Out) -> None:
+    """ALTER SYSTEM the archiving settings (through the agent, as a superuser)."""
+    try:
+        agent.call("pitr.configure", values=changes)
+    except AgentError as exc:
+        raise OpsError(
+            exc.message,
+            state="the pgBackRest configuration was written; the server's settings are unchanged",
+            next_command="run it as a superuser: invoke pitr-enable",
+        ) from None
+    for k, v in changes.items():
+        out(f"ALTER SYSTEM SET {k} = {v}")
+
+
+def _create_stanza(br: Backrest, out: Out) -> None:
+    br.checked(
+        "stanza-create",
+        what="creating the stanza",
+        state="archiving configured; the stanza was not created",
+        next_command=f"{shlex.join(br.argv('stanza-create'))}   # read its message",
+    )
+    out(f"stanza {br.stanza}: created (or already there)")
+
+
+def _needs_restart(facts: dict) -> bool:
+    return facts["settings"].get("archive_mode") == "off" or any(
+        k in facts["pending_restart"] for k in ("archive_mode", "wal_level")
+    )
+
+
+def _check_archiving(br: Backrest) -> None:
+    done = br.run("check")
+    if done.returncode != 0:
+        raise OpsError(
+            f"WAL archiving does not work yet (pgbackrest check, status {done.returncode})",
+            details=_lines(done)[-8:],
+            state="archiving is configured; WAL is not reaching the repository",
+            next_command="invoke doctor   # names the archiver's last failure",
+        )
+
+
 def enable(settings: Settings, *, yes: bool = False, out: Out = print_note) -> dict:
+    """Configure pgBackRest and WAL archiving for the local server; one "pitr-enable" audit
+    record: ok (pgbackrest check passed), restart_needed, or failed."""
     require_local(settings, "pitr-enable")
     binary()
     with Agent(settings) as agent:
@@ -272,84 +350,28 @@ def enable(settings: Settings, *, yes: bool = False, out: Out = print_note) -> d
         user = owner_of(data)
         as_user(user)  # refuse now if we cannot act as the server's user
         br = Backrest(settings, user=user)
-        current = facts["settings"]
-        wanted = {
-            "archive_mode": "on",
-            "archive_command": br.archive_command(),
-            "archive_timeout": settings.get("DBOPS_PITR_ARCHIVE_TIMEOUT"),
-        }
-        if current.get("wal_level") == "minimal":
-            wanted["wal_level"] = "replica"
-        changes = {k: v for k, v in wanted.items() if _differs(k, current.get(k), v)}
+        changes = _archive_changes(settings, br, facts["settings"])
         if changes or not conf_path(settings).is_file():
-            confirm(
-                settings,
-                "\n".join(
-                    [
-                        f"Turn on WAL archiving to pgBackRest for the server of "
-                        f"{settings.database} ({data}, run as {user}):",
-                        f"  configuration: {conf_path(settings)} (stanza {br.stanza}), "
-                        f"repository {br.folder / 'repo'}",
-                        *(f"  ALTER SYSTEM SET {k} = {v}" for k, v in changes.items()),
-                        "  archive_mode and wal_level take effect after a server restart",
-                    ]
-                ),
-                yes=yes,
-                expect="yes",
-                state="unchanged (nothing was touched)",
-                next_command="invoke pitr-enable --yes",
-            )
-        write_config(settings, facts, data, user)
-        out(f"pgBackRest configuration: {conf_path(settings)} (stanza {br.stanza})")
-        if changes:
-            try:
-                agent.call("pitr.configure", values=changes)
-            except AgentError as exc:
-                raise OpsError(
-                    exc.message,
-                    state="the pgBackRest configuration was written; the server's settings are "
-                    "unchanged",
-                    next_command="run it as a superuser: invoke pitr-enable",
-                ) from None
-            for k, v in changes.items():
-                out(f"ALTER SYSTEM SET {k} = {v}")
-        br.checked(
-            "stanza-create",
-            what="creating the stanza",
-            state="archiving configured; the stanza was not created",
-            next_command=f"{shlex.join(br.argv('stanza-create'))}   # read its message",
-        )
-        out(f"stanza {br.stanza}: created (or already there)")
-        facts = server_facts(agent, "pitr-enable")
-    needs_restart = facts["settings"].get("archive_mode") == "off" or any(
-        k in facts["pending_restart"] for k in ("archive_mode", "wal_level")
-    )
-    if needs_restart:
-        command = restart_command(settings, data, user)
-        audit.append(settings, "pitr-enable", result="restart_needed", stanza=br.stanza)
-        return {
-            "stanza": br.stanza,
-            "config": str(conf_path(settings)),
-            "restart_needed": True,
-            "restart_command": command,
-            "working": False,
-        }
-    done = br.run("check")
-    if done.returncode != 0:
-        audit.append(settings, "pitr-enable", result="failed", stanza=br.stanza)
-        raise OpsError(
-            f"WAL archiving does not work yet (pgbackrest check, status {done.returncode})",
-            details=_lines(done)[-8:],
-            state="archiving is configured; WAL is not reaching the repository",
-            next_command="invoke doctor   # names the archiver's last failure",
-        )
-    audit.append(settings, "pitr-enable", result="ok", stanza=br.stanza)
-    return {
-        "stanza": br.stanza,
-        "config": str(conf_path(settings)),
-        "restart_needed": False,
-        "working": True,
-    }
+            _confirm_enable(settings, br, data, changes, yes=yes)
+        with Operation(settings, "pitr-enable", warn=out, stanza=br.stanza) as op:
+            write_config(settings, facts, data, user)
+            out(f"pgBackRest configuration: {conf_path(settings)} (stanza {br.stanza})")
+            if changes:
+                _configure_server(agent, changes, out)
+            _create_stanza(br, out)
+            facts = server_facts(agent, "pitr-enable")
+            result = {"stanza": br.stanza, "config": str(conf_path(settings))}
+            if _needs_restart(facts):
+                op.finish("restart_needed")
+                command = restart_command(settings, data, user)
+                return {
+                    **result,
+                    "restart_needed": True,
+                    "restart_command": command,
+                    "working": False,
+                }
+            _check_archiving(br)
+    return {**result, "restart_needed": False, "working": True}
 
 
 def _differs(name: str, have: str | None, want: str) -> bool:
@@ -392,14 +414,8 @@ def read_verified(settings: Settings) -> dict:
         return {}
 
 
-def physical_backup(settings: Settings, kind: str = "full", *, out: Out = print_note) -> dict:
-    if kind not in BACKUP_TYPES:
-        raise OpsError(
-            f"--type={kind!r} is not one of {', '.join(BACKUP_TYPES)}",
-            state="unchanged (nothing was touched)",
-        )
-    br = require_enabled(settings, "backup --physical")
-    t0 = time.monotonic()
+def _new_backup(br: Backrest, kind: str) -> dict:
+    """Take a pgBackRest backup of ``kind``; the new entry of ``pgbackrest info``."""
     before = {b["label"] for b in br.info()}
     br.checked(
         "backup",
@@ -408,31 +424,47 @@ def physical_backup(settings: Settings, kind: str = "full", *, out: Out = print_
         state="unchanged (a backup only reads); pgBackRest keeps no partial backup as valid",
         next_command="invoke doctor   # is WAL archiving working?",
     )
-    took = round(time.monotonic() - t0, 3)
     new = [b for b in br.info() if b["label"] not in before]
     if not new:
         raise OpsError("pgbackrest backup ended but no new backup is listed", state="unchanged")
-    backup = new[-1]
-    t1 = time.monotonic()
-    done = br.run("verify")
-    verify_s = round(time.monotonic() - t1, 3)
+    return new[-1]
+
+
+def _record_verified(settings: Settings, label: str, ok: bool) -> dict:
+    """Note pgbackrest verify's verdict on ``label`` in verified.json (0600); all verdicts."""
     verified = read_verified(settings)
-    verified[backup["label"]] = {"ok": done.returncode == 0, "at": audit.utcnow()}
+    verified[label] = {"ok": ok, "at": audit.utcnow()}
     path = verified_path(settings)
     path.write_text(json.dumps(verified, indent=1))
     path.chmod(0o600)
-    entry = describe(backup, verified)
-    audit.append(
-        settings,
-        "backup-physical",
-        result="ok",
-        label=backup["label"],
-        type=backup["type"],
-        size=entry["size"],
-        duration_s=took,
-        verify_s=verify_s,
-        verified=verified[backup["label"]]["ok"],
-    )
+    return verified
+
+
+def physical_backup(settings: Settings, kind: str = "full", *, out: Out = print_note) -> dict:
+    if kind not in BACKUP_TYPES:
+        raise OpsError(
+            f"--type={kind!r} is not one of {', '.join(BACKUP_TYPES)}",
+            state="unchanged (nothing was touched)",
+        )
+    br = require_enabled(settings, "backup --physical")
+    with Operation(settings, "backup-physical", warn=out) as op:
+        t0 = time.monotonic()
+        backup = _new_backup(br, kind)
+        took = round(time.monotonic() - t0, 3)
+        t1 = time.monotonic()
+        done = br.run("verify")
+        verify_s = round(time.monotonic() - t1, 3)
+        verified = _record_verified(settings, backup["label"], done.returncode == 0)
+        entry = describe(backup, verified)
+        # duration_s (the lifecycle's) spans the backup and its verify; backup_s the backup
+        op.finish(
+            label=backup["label"],
+            type=backup["type"],
+            size=entry["size"],
+            backup_s=took,
+            verify_s=verify_s,
+            verified=verified[backup["label"]]["ok"],
+        )
     if done.returncode != 0:
         out(
             f"warning: pgbackrest verify failed (status {done.returncode}): "
@@ -605,13 +637,9 @@ def wait_archived(agent: Agent) -> str:
         time.sleep(0.5)
 
 
-def start_side(settings: Settings, br: Backrest, backup: dict, target: dict, facts: dict) -> dict:
-    """pgbackrest restore into a new data directory, then start it on a free port, recovery
-    until the target, promoted. Returns {"path", "port"}."""
-    from dbops.agent.pitr import RECOVERY_MINIMUMS
-
+def _require_server_binaries(settings: Settings, facts: dict) -> None:
+    """The side instance runs with this machine's server binaries: the live server's major."""
     server_major = int(facts["settings"]["server_version_num"]) // 10000
-    minimums = {k: facts["settings"][k] for k in RECOVERY_MINIMUMS if k in facts["settings"]}
     bindir = pgbin.bindir(settings.pg_bindir)
     have = pgbin.version(bindir) if bindir else None
     if have is None or have[0] != server_major:
@@ -621,15 +649,23 @@ def start_side(settings: Settings, br: Backrest, backup: dict, target: dict, fac
             state="unchanged (nothing was touched)",
             next_command="pg_config --bindir   # set DBOPS_PG_BINDIR to the server's bin folder",
         )
+
+
+def _new_side_folder(settings: Settings, br: Backrest, target: dict) -> tuple[Path, int]:
+    """A new side folder (0700, the server user's) with its data/ and side.json (its port and
+    target, for doctor); returns (folder, a free port)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     path = side_root(settings) / f"{stamp}-{os.getpid()}"
     path.mkdir(mode=0o700, parents=True)
     _own(path, br.user)
     port = localpg.free_port()
     (path / "side.json").write_text(json.dumps({"port": port, "target": target["label"]}))
-    data = path / "data"
-    data.mkdir(mode=0o700)
-    _own(data, br.user)
+    (path / "data").mkdir(mode=0o700)
+    _own(path / "data", br.user)
+    return path, port
+
+
+def _restore_into(br: Backrest, backup: dict, target: dict, data: Path) -> None:
     br.checked(
         "restore",
         f"--set={backup['label']}",
@@ -643,27 +679,43 @@ def start_side(settings: Settings, br: Backrest, backup: dict, target: dict, fac
         state="the live database is untouched",
         next_command="invoke doctor",
     )
-    if not (data / "postgresql.conf").exists():  # a Debian cluster keeps it in /etc
-        (data / "postgresql.conf").write_text("# dbops side instance\n")
-        _own(data / "postgresql.conf", br.user)
-    opts = (
+
+
+SIDE_FILES = {  # written when the restored data directory lacks them (a Debian cluster)
+    "postgresql.conf": "# dbops side instance\n",
+    "pg_hba.conf": "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    "pg_ident.conf": "",
+}
+
+
+def _side_config_files(data: Path, user: str) -> None:
+    """A Debian cluster keeps its configuration files in /etc: the side instance gets its own."""
+    for name, text in SIDE_FILES.items():
+        if not (data / name).exists():
+            (data / name).write_text(text)
+            _own(data / name, user)
+
+
+def _side_options(path: Path, port: int, facts: dict) -> str:
+    """The side server's -o options: its port and socket folder, local only, no archiving, the
+    live server's values a recovering server needs."""
+    from dbops.agent.pitr import RECOVERY_MINIMUMS
+
+    data = path / "data"
+    minimums = {k: facts["settings"][k] for k in RECOVERY_MINIMUMS if k in facts["settings"]}
+    return (
         f"-p {port} -k {path} -c listen_addresses=127.0.0.1 -c archive_mode=off "
         f"-c hba_file={data / 'pg_hba.conf'} -c ident_file={data / 'pg_ident.conf'} "
         f"-c data_directory={data} " + " ".join(f"-c {k}={v}" for k, v in minimums.items())
     )
-    if not (data / "pg_hba.conf").exists():
-        (data / "pg_hba.conf").write_text(
-            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
-        )
-        _own(data / "pg_hba.conf", br.user)
-    if not (data / "pg_ident.conf").exists():
-        (data / "pg_ident.conf").write_text("")
-        _own(data / "pg_ident.conf", br.user)
+
+
+def _start_side_server(settings: Settings, user: str, path: Path, opts: str) -> None:
     argv = pg_ctl_argv(
         settings,
-        br.user,
+        user,
         "-D",
-        str(data),
+        str(path / "data"),
         "-l",
         str(path / "log"),
         "-o",
@@ -673,8 +725,7 @@ def start_side(settings: Settings, br: Backrest, backup: dict, target: dict, fac
         "600",
         "start",
     )
-    launch = seam.Launch(argv, dict(os.environ), None)
-    done = seam.run(launch, timeout=900)
+    done = seam.run(seam.Launch(argv, dict(os.environ), None), timeout=900)
     if done.returncode != 0:
         raise OpsError(
             "the side instance did not start (its log follows)",
@@ -682,6 +733,16 @@ def start_side(settings: Settings, br: Backrest, backup: dict, target: dict, fac
             state="the live database is untouched",
             next_command="invoke doctor",
         )
+
+
+def start_side(settings: Settings, br: Backrest, backup: dict, target: dict, facts: dict) -> dict:
+    """pgbackrest restore into a new data directory, then start it on a free port, recovery
+    until the target, promoted. Returns {"path", "port"}."""
+    _require_server_binaries(settings, facts)
+    path, port = _new_side_folder(settings, br, target)
+    _restore_into(br, backup, target, path / "data")
+    _side_config_files(path / "data", br.user)
+    _start_side_server(settings, br.user, path, _side_options(path, port, facts))
     return {"path": path, "port": port}
 
 
@@ -761,84 +822,101 @@ def resolve_target(
     }
 
 
-def restore_to(
-    settings: Settings,
-    *,
-    to_time: str | None = None,
-    to_lsn: str | None = None,
-    before: str | None = None,
-    yes: bool = False,
-    keep_side: bool = False,
-    out: Out = print_note,
-    warn: Out = print_note,
-) -> dict:
+def _refuse_future(target: dict, facts: dict, to_time: str | None) -> None:
+    now = datetime.fromisoformat(facts["archiver"]["now"])
+    if target.get("at") is not None and target["at"] > now:
+        raise OpsError(
+            f"--to-time={to_time}: {target['value']} is in the future (the server's "
+            f"clock says {now.isoformat()})",
+            state="unchanged (nothing was touched)",
+        )
+
+
+def _backup_for(br: Backrest, target: dict) -> dict:
+    """The physical backup recovery to ``target`` starts from, or a clear refusal."""
+    backups = br.info()
+    backup = pick_backup(backups, lsn=target.get("lsn"), at=target.get("at"))
+    if backup is None:
+        raise OpsError(
+            f"no physical backup finished before the target ({target['label']}): "
+            + (
+                f"the oldest finished {describe(backups[0], {})['finished_at']}"
+                if backups
+                else "there is none"
+            ),
+            state="unchanged (nothing was touched)",
+            next_command="invoke backups   # the physical backups and their WAL ranges",
+        )
+    return backup
+
+
+def _confirm_restore(settings: Settings, target: dict, backup: dict, *, yes: bool) -> None:
+    confirm(
+        settings,
+        "\n".join(
+            [
+                f"Restore {settings.database} to {target['label']}:",
+                f"  1. pgBackRest restores backup {backup['label']} into a side instance and "
+                f"replays WAL to the target (the live server keeps running)",
+                f"  2. a verified dump of its {settings.database} is restored into a new "
+                f"database, checked, and swapped in by rename",
+                f"  3. the current {settings.database} is kept as "
+                f"{settings.database}_dbops_old_<time> (undo: invoke restore-undo)",
+            ]
+        ),
+        yes=yes,
+        expect=settings.database,
+        state="unchanged (nothing was touched)",
+        next_command=restore_command(target, "--yes"),
+    )
+
+
+def _side_settings(settings: Settings, port: int) -> Settings:
+    """The live settings pointed at the side instance (no direct-connection overrides)."""
+    return dataclasses.replace(
+        settings,
+        host="127.0.0.1",
+        port=port,
+        raw={k: v for k, v in settings.raw.items() if not k.startswith("DBOPS_DIRECT_")},
+    )
+
+
+def _dump_side(side_settings: Settings, warn: Out) -> dict:
+    """A verified dbops backup (reason "pitr") of the side instance's database."""
     from dbops.ops import backup as backup_op
+
+    with Agent(side_settings) as side_agent:
+        side_agent.call("lock.acquire", purpose="backup")
+        return backup_op.take_backup(side_settings, side_agent, "pitr", prune=False, warn=warn)
+
+
+def _through_side(
+    settings: Settings,
+    br: Backrest,
+    backup: dict,
+    target: dict,
+    facts: dict,
+    *,
+    keep_side: bool,
+    out: Out,
+    warn: Out,
+) -> tuple[dict, dict, dict, dict]:
+    """Side instance at the target, its dump, that dump restored over the live database; the
+    side instance removed unless ``keep_side`` (also when a step fails). Returns
+    (side, dump, the restore's result, timings)."""
     from dbops.ops import restore as restore_op
 
-    br = require_enabled(settings, "restore")
-    t0 = time.monotonic()
-    with Agent(settings) as agent:
-        target = resolve_target(settings, agent, to_time, to_lsn, before)
-        facts = server_facts(agent, "restore")
-        now = datetime.fromisoformat(facts["archiver"]["now"])
-        if target.get("at") is not None and target["at"] > now:
-            raise OpsError(
-                f"--to-time={to_time}: {target['value']} is in the future (the server's "
-                f"clock says {now.isoformat()})",
-                state="unchanged (nothing was touched)",
-            )
-        backups = br.info()
-        backup = pick_backup(backups, lsn=target.get("lsn"), at=target.get("at"))
-        if backup is None:
-            raise OpsError(
-                f"no physical backup finished before the target ({target['label']}): "
-                + (
-                    f"the oldest finished {describe(backups[0], {})['finished_at']}"
-                    if backups
-                    else "there is none"
-                ),
-                state="unchanged (nothing was touched)",
-                next_command="invoke backups   # the physical backups and their WAL ranges",
-            )
-        confirm(
-            settings,
-            "\n".join(
-                [
-                    f"Restore {settings.database} to {target['label']}:",
-                    f"  1. pgBackRest restores backup {backup['label']} into a side instance and "
-                    f"replays WAL to the target (the live server keeps running)",
-                    f"  2. a verified dump of its {settings.database} is restored into a new "
-                    f"database, checked, and swapped in by rename",
-                    f"  3. the current {settings.database} is kept as "
-                    f"{settings.database}_dbops_old_<time> (undo: invoke restore-undo)",
-                ]
-            ),
-            yes=yes,
-            expect=settings.database,
-            state="unchanged (nothing was touched)",
-            next_command=restore_command(target, "--yes"),
-        )
-        sweep_sides(settings, br.user, out)
-        wal = wait_archived(agent)
-        out(f"WAL archived through {wal}")
     side = None
     timings: dict = {}
     try:
         t1 = time.monotonic()
         side = start_side(settings, br, backup, target, facts)
-        side_settings = dataclasses.replace(
-            settings,
-            host="127.0.0.1",
-            port=side["port"],
-            raw={k: v for k, v in settings.raw.items() if not k.startswith("DBOPS_DIRECT_")},
-        )
+        side_settings = _side_settings(settings, side["port"])
         wait_promoted(settings, side_settings, side["path"])
         timings["side_instance_s"] = round(time.monotonic() - t1, 3)
         out(f"side instance at {target['label']}: port {side['port']}, {side['path']}")
         t2 = time.monotonic()
-        with Agent(side_settings) as side_agent:
-            side_agent.call("lock.acquire", purpose="backup")
-            dump = backup_op.take_backup(side_settings, side_agent, "pitr", prune=False, warn=warn)
+        dump = _dump_side(side_settings, warn)
         timings["dump_s"] = round(time.monotonic() - t2, 3)
         out(f"dump of the side instance: {dump['path']}")
         t3 = time.monotonic()
@@ -852,17 +930,59 @@ def restore_to(
         (side["path"] / KEEP_MARK).write_text("kept by --keep-side\n")
     else:
         remove_side(settings, side["path"], br.user)
-    timings["total_s"] = round(time.monotonic() - t0, 3)
-    audit.append(
-        settings,
-        "restore-pitr",
-        result="ok",
-        target=target["label"],
-        physical_backup=backup["label"],
-        dump=dump["path"],
-        old_database=res.get("old_database"),
-        timings=timings,
-    )
+    return side, dump, res, timings
+
+
+def _prepare_restore(
+    settings: Settings,
+    agent: Agent,
+    br: Backrest,
+    to_time: str | None,
+    to_lsn: str | None,
+    before: str | None,
+    *,
+    yes: bool,
+) -> tuple[dict, dict, dict]:
+    """The target, the server's facts and the physical backup to start from, confirmed;
+    nothing is changed before this returns. Returns (target, facts, backup)."""
+    target = resolve_target(settings, agent, to_time, to_lsn, before)
+    facts = server_facts(agent, "restore")
+    _refuse_future(target, facts, to_time)
+    backup = _backup_for(br, target)
+    _confirm_restore(settings, target, backup, yes=yes)
+    return target, facts, backup
+
+
+def restore_to(
+    settings: Settings,
+    *,
+    to_time: str | None = None,
+    to_lsn: str | None = None,
+    before: str | None = None,
+    yes: bool = False,
+    keep_side: bool = False,
+    out: Out = print_note,
+    warn: Out = print_note,
+) -> dict:
+    """Restore the live database to a moment through a side instance (the module's doc); one
+    "restore-pitr" audit record once confirmed: ok (target, physical backup, dump, timings),
+    failed, interrupted."""
+    br = require_enabled(settings, "restore")
+    t0 = time.monotonic()
+    with Agent(settings) as agent:
+        target, facts, backup = _prepare_restore(
+            settings, agent, br, to_time, to_lsn, before, yes=yes
+        )
+        record = {"target": target["label"], "physical_backup": backup["label"]}
+        with Operation(settings, "restore-pitr", warn=warn, **record) as op:
+            sweep_sides(settings, br.user, out)
+            out(f"WAL archived through {wait_archived(agent)}")
+            agent.close()  # the live database's session ends before the restore swaps it
+            side, dump, res, timings = _through_side(
+                settings, br, backup, target, facts, keep_side=keep_side, out=out, warn=warn
+            )
+            timings["total_s"] = round(time.monotonic() - t0, 3)
+            op.finish(dump=dump["path"], old_database=res.get("old_database"), timings=timings)
     return {
         **res,
         "target": target["label"],
@@ -920,92 +1040,95 @@ def _ago(ts: str | None, now: str | None) -> str:
     )
 
 
-def archiving(f):
-    """WAL archiving (pg_stat_archiver): failing (failures since the last success: the
-    archive_command and the fix), waiting for a restart, side instances left by interrupted
-    point-in-time restores; quiet when archiving is off and dbops' PITR is not set up."""
-    from dbops.ops.doctor_facts import FAIL, OK, UNKNOWN, WARN, Check
+def _off_until_restart(s: Settings, st: dict, command: str):
+    """The check when archiving is configured but archive_mode waits for a restart."""
+    from dbops.ops.doctor_facts import WARN, Check
 
-    s = f.settings
-    configured = s.target == "local" and enabled(s)
+    data = Path(st["data_directory"])
     try:
-        facts = f.agent.call("pitr.facts")
-    except AgentError as exc:
-        return (
-            Check("archiving", UNKNOWN, f"cannot read pg_stat_archiver: {exc.message}")
-            if (configured)
-            else None
-        )
-    st, a = facts["settings"], facts["archiver"]
-    on = st.get("archive_mode") in ("on", "always")
-    pending = "archive_mode" in facts["pending_restart"]
-    if not (on or configured or pending):
-        return None
-    command = f"archive_command: {st.get('archive_command') or '(empty)'}"
-    if pending or not on:
-        data = Path(st["data_directory"])
-        try:
-            restart = restart_command(s, data, owner_of(data))
-        except (OSError, OpsError):  # not on this machine, or not ours to run as its user
-            restart = "restart the server"
-        return Check(
-            "archiving",
-            WARN,
-            "WAL archiving is configured but off until the server restarts (archive_mode)",
-            [command],
-            next=restart + "   # then: invoke pitr-enable (checks archiving)",
-            why="archive_mode takes effect after a restart",
-        )
-    failed = a.get("failed_count") or 0
-    failing = failed and (
+        restart = restart_command(s, data, owner_of(data))
+    except (OSError, OpsError):  # not on this machine, or not ours to run as its user
+        restart = "restart the server"
+    return Check(
+        "archiving",
+        WARN,
+        "WAL archiving is configured but off until the server restarts (archive_mode)",
+        [command],
+        next=restart + "   # then: invoke pitr-enable (checks archiving)",
+        why="archive_mode takes effect after a restart",
+    )
+
+
+def _is_failing(a: dict) -> bool:
+    """Failures since the last success (pg_stat_archiver)."""
+    return bool(a.get("failed_count")) and (
         not a.get("last_archived_time") or a["last_failed_time"] > a["last_archived_time"]
     )
-    last = (
-        f"last archived {a['last_archived_wal']} {_ago(a.get('last_archived_time'), a['now'])}"
-        if a.get("last_archived_wal")
-        else "nothing archived yet"
+
+
+def _last_archived(a: dict) -> str:
+    if not a.get("last_archived_wal"):
+        return "nothing archived yet"
+    return f"last archived {a['last_archived_wal']} {_ago(a.get('last_archived_time'), a['now'])}"
+
+
+def _failing(a: dict, command: str, configured: bool):
+    from dbops.ops.doctor_facts import FAIL, Check
+
+    return Check(
+        "archiving",
+        FAIL,
+        f"WAL archiving is failing: {a.get('failed_count') or 0} failure(s), the last for "
+        f"{a['last_failed_wal']} {_ago(a['last_failed_time'], a['now'])}; {_last_archived(a)}",
+        [
+            command,
+            "the server's log has the command's error; until it works WAL piles up in "
+            "pg_wal and no point-in-time restore can reach past the last archived segment",
+        ],
+        next="invoke pitr-enable --yes" if configured else "invoke psql -c 'SHOW archive_command'",
+        why="WAL archiving is failing",
+        data={"archiver": a},
     )
-    if failing:
-        return Check(
-            "archiving",
-            FAIL,
-            f"WAL archiving is failing: {failed} failure(s), the last for "
-            f"{a['last_failed_wal']} {_ago(a['last_failed_time'], a['now'])}; {last}",
-            [
-                command,
-                "the server's log has the command's error; until it works WAL piles up in "
-                "pg_wal and no point-in-time restore can reach past the last archived segment",
-            ],
-            next="invoke pitr-enable --yes"
-            if configured
-            else "invoke psql -c 'SHOW archive_command'",
-            why="WAL archiving is failing",
-            data={"archiver": a},
-        )
-    sides = leftover_sides(s) if configured else []
-    left = [x for x in sides if not x["kept"]]
-    notes = [
+
+
+def _side_note(x: dict) -> str:
+    return (
         f"side instance {x['path']} ({x['target']}, port {x['port']}, "
         f"{'running' if x['running'] else 'stopped'}): "
         + ("kept by --keep-side" if x["kept"] else "left by an interrupted restore")
-        for x in sides
-    ]
+    )
+
+
+def _side_removal(s: Settings, x: dict) -> str:
+    """The command that stops (when running) and removes the side instance ``x``."""
+    stop_args = ("-D", str(Path(x["path"]) / "data"), "-m", "immediate", "stop")
+    try:
+        stop = shlex.join(pg_ctl_argv(s, owner_of(Path(x["path"])), *stop_args))
+    except (OSError, OpsError):
+        stop = shlex.join(["pg_ctl", *stop_args])
+    return (
+        (f"{stop}; " if x["running"] else "")
+        + shlex.join(["rm", "-rf", x["path"]])
+        + "   (or: the next point-in-time restore removes it)"
+    )
+
+
+def _working(s: Settings, a: dict, configured: bool):
+    """Archiving works: OK, or WARN when interrupted restores left side instances."""
+    from dbops.ops.doctor_facts import OK, WARN, Check
+
+    sides = leftover_sides(s) if configured else []
+    left = [x for x in sides if not x["kept"]]
+    notes = [_side_note(x) for x in sides]
+    last = _last_archived(a)
     if left:
-        x = left[0]
-        stop_args = ("-D", str(Path(x["path"]) / "data"), "-m", "immediate", "stop")
-        try:
-            stop = shlex.join(pg_ctl_argv(s, owner_of(Path(x["path"])), *stop_args))
-        except (OSError, OpsError):
-            stop = shlex.join(["pg_ctl", *stop_args])
         return Check(
             "archiving",
             WARN,
             f"WAL archiving works ({last}); {len(left)} side instance(s) left by an "
             f"interrupted point-in-time restore",
             notes,
-            next=(f"{stop}; " if x["running"] else "")
-            + shlex.join(["rm", "-rf", x["path"]])
-            + "   (or: the next point-in-time restore removes it)",
+            next=_side_removal(s, left[0]),
             why="a side instance takes disk (and a port while running)",
             data={"archiver": a, "sides": sides},
         )
@@ -1017,3 +1140,32 @@ def archiving(f):
         notes,
         data={"archiver": a, "sides": sides},
     )
+
+
+def archiving(f):
+    """WAL archiving (pg_stat_archiver): failing (failures since the last success: the
+    archive_command and the fix), waiting for a restart, side instances left by interrupted
+    point-in-time restores; quiet when archiving is off and dbops' PITR is not set up."""
+    from dbops.ops.doctor_facts import UNKNOWN, Check
+
+    s = f.settings
+    configured = s.target == "local" and enabled(s)
+    try:
+        facts = f.agent.call("pitr.facts")
+    except AgentError as exc:
+        return (
+            Check("archiving", UNKNOWN, f"cannot read pg_stat_archiver: {exc.message}")
+            if configured
+            else None
+        )
+    st, a = facts["settings"], facts["archiver"]
+    on = st.get("archive_mode") in ("on", "always")
+    pending = "archive_mode" in facts["pending_restart"]
+    if not (on or configured or pending):
+        return None
+    command = f"archive_command: {st.get('archive_command') or '(empty)'}"
+    if pending or not on:
+        return _off_until_restart(s, st, command)
+    if _is_failing(a):
+        return _failing(a, command, configured)
+    return _working(s, a, configured)
