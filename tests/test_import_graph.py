@@ -98,3 +98,30 @@ def test_every_module_docs_architecture_names_exists():
     assert len(named) > 15
     missing = sorted(p for p in named if not (PACKAGE.parent / p).is_file())
     assert missing == []
+
+
+def test_no_operation_writes_an_audit_record_itself():
+    """Every audit record comes through dbops.lifecycle (Operation, write_settlement)."""
+    writers = []
+    for path in sorted((PACKAGE / "ops").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "append"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "audit"
+            ):
+                writers.append(f"{path.name}:{node.lineno}")
+    assert writers == []
+
+
+def test_operations_are_named_steps_of_under_60_lines():
+    """issue 18: the long procedures became named steps; keep them so."""
+    long = []
+    for path in sorted((PACKAGE / "ops").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines >= 60:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
