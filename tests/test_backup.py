@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dbops import catalog, seam
+from dbops import catalog, process, seam
 from dbops.agent_client import Agent
 from dbops.ops import backup as backup_op
 from dbops.ops import retention
@@ -236,9 +236,19 @@ def test_compression_override_is_used_and_recorded(invoke, settings):
 def test_dump_command_runs_pg_tools_through_the_seam(settings):
     """Command construction: the dump is one `sh -c` next to the server, with the snapshot."""
     target = seam.target_for(settings)
-    launch = target.pg(
-        ["sh", "-c", backup_op.DUMP_SCRIPT, "dbops-backup", "SNAP", "15", "custom", "1", "1"]
+    info = {"snapshot": "SNAP", "server_version_num": 150004}
+    argv = backup_op.dump_argv(settings, info, fmt="custom", jobs=1, z="1", touched=None)
+    assert argv == process.sh_argv(
+        "backup",
+        "dbops-backup",
+        "SNAP",
+        "15",
+        "custom",
+        "1",
+        "1",
+        settings.get("DBOPS_BACKUP_LOCK_WAIT"),
     )
+    launch = target.pg(argv)
     assert launch.argv[:2] == ["sh", "-c"] and "SNAP" in launch.argv
     assert "dbops backup" in launch.display and "pg_dump --snapshot" not in launch.display
 
@@ -253,9 +263,7 @@ def test_compose_commands_run_next_to_the_server_without_a_tty_or_password(setti
     s = replace(settings, target="compose", compose=("docker", "compose"))
     target = seam.target_for(s)
     for launch in (
-        target.pg(
-            ["sh", "-c", backup_op.DUMP_SCRIPT, "dbops-backup", "S", "15", "custom", "1", "1"]
-        ),
+        target.pg(process.sh_argv("backup", "dbops-backup", "S", "15", "custom", "1", "1")),
         target.pg(
             ["sh", "-c", restore_op.RESTORE_SCRIPT, "dbops-restore", "restore", "custom", "x", "1"]
         ),

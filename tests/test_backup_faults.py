@@ -116,9 +116,18 @@ def partial_bigger_than(folder: Path, size: int):
     return pred
 
 
-def pids(pattern: str) -> list[int]:
+def pids(pattern: str, env: str | None = None) -> list[int]:
+    """``pgrep -f pattern``, narrowed to the processes whose environment holds ``env``
+    ("NAME=value"): other test workers and other checkouts run pg_dump on this machine too."""
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
+    return [int(x) for x in out.split() if env is None or _environ_has(int(x), env)]
+
+
+def _environ_has(pid: int, entry: str) -> bool:
+    try:
+        return entry.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # ended meanwhile, or not ours to read
+        return False
 
 
 def assert_no_backup_left(settings) -> None:
@@ -159,7 +168,7 @@ def test_pg_dump_killed_mid_stream(ops_env, settings, pg_cluster, database, tmp_
     (tmp_path / "t").mkdir()
     proc = start_invoke({**ops_env, **SLOW, "TMPDIR": str(tmp_path / "t")}, "backup")
     wait_for(partial_bigger_than(settings.backup_dir, 256 * 1024), what="the dump to stream")
-    victims = pids("^pg_dump --snapshot")
+    victims = pids("^pg_dump --snapshot", env=f"TMPDIR={tmp_path / 't'}")
     assert victims
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
@@ -186,7 +195,7 @@ def test_write_error_mid_dump(ops_env, settings, pg_cluster, database, tmp_path)
     assert_no_backup_left(settings)
     assert_no_temp_left(tmp_path / "t")
     assert fingerprint(pg_cluster, database) == before
-    assert not pids("^pg_dump --snapshot")
+    assert not pids("^pg_dump --snapshot", env=f"TMPDIR={tmp_path / 't'}")
 
 
 def test_server_stopped_mid_dump(ops_env):

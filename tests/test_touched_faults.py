@@ -72,7 +72,7 @@ def test_touched_backup_killed_mid_stream(
         timeout=60,
         what="the touched dump to stream",
     )
-    victims = pids("^pg_dump --snapshot")
+    victims = pids("^pg_dump --snapshot", env=f"TMPDIR={tmp_path / 't'}")
     assert victims
     for pid in victims:
         os.kill(pid, signal.SIGKILL)

@@ -1,10 +1,11 @@
 """invoke backup: a verified pg_dump, written atomically, committed by its manifest.
 
 One agent (lock, versions, size, an exported snapshot, row counts in that snapshot) and
-ONE ``target.pg(["sh", "-c", DUMP_SCRIPT, …])`` that runs pg_dump next to the server on
-that snapshot and reads the archive back in full (pg_restore -f /dev/null, fed by tee)
-while the bytes flow to this host. The host writes ``.partial`` -> fsync -> rename,
-hashes what it wrote, and writes the manifest last. Any failure removes what it wrote.
+ONE ``target.pg(["sh", "-c", <dbops/sh/backup.sh>, …])`` (a dbops/process.py Job) that runs
+pg_dump next to the server on that snapshot and reads the archive back in full (pg_restore
+-f /dev/null, fed by tee) while the bytes flow to this host. The host writes ``.partial`` ->
+fsync -> rename, hashes what it wrote, and writes the manifest last. Any failure removes what
+it wrote.
 """
 
 from __future__ import annotations
@@ -13,74 +14,17 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbops import catalog, config, pgbin, seam
+from dbops import catalog, config, pgbin, process
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings, operator
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_note
 from dbops.progress import ByteProgress
-
-CHUNK = 1 << 20
-# Runs next to the server (db container, or this machine). Positional args:
-#   $1 snapshot  $2 server major  $3 custom|directory  $4 jobs  $5 compression (auto|pg_dump -Z)
-#   $6 --lock-wait-timeout for pg_dump's ACCESS SHARE locks (fail, rather than queue forever)
-#   $7… more pg_dump options (a touched backup: --exclude-table-data for every untouched table)
-# The archive goes to stdout; dbops:key=value markers and pg tools' messages to stderr.
-DUMP_SCRIPT = r"""
-# dbops backup: pg_dump on the snapshot, read back in full as it streams
-set -u
-snap=$1; server_major=$2; fmt=$3; jobs=$4; z=$5; lockwait=$6
-shift 6  # the rest: more pg_dump options (a touched backup's --exclude-table-data=…)
-v=$(pg_dump --version 2>&1) || { echo "dbops:error=pg_dump not found: $v" >&2; exit 69; }
-echo "dbops:pg_dump_version=$v" >&2
-# the major version without another process: "pg_dump (PostgreSQL) 15.4 (Debian …)" -> 15
-case "$v" in "pg_dump (PostgreSQL) "[0-9]*) major=${v#pg_dump (PostgreSQL) }; major=${major%%[!0-9]*} ;; *) major= ;; esac
-if [ -z "$major" ] || [ "$major" -lt "$server_major" ]; then
-  echo "dbops:too_old=${major:-unknown}" >&2; exit 68
-fi
-if [ "$z" = auto ]; then
-  z=1
-  if [ "$major" -ge 16 ]; then
-    # zstd:1 if this build has it (checked without connecting anywhere), else gzip level 1
-    probe=$(pg_dump -Z zstd:1 -s -f /dev/null -d "host=/nonexistent-dbops-probe connect_timeout=1" 2>&1)
-    case "$probe" in *"does not support"*|*"not supported"*|*"invalid"*) ;; *connect*) z=zstd:1 ;; esac
-  fi
-fi
-echo "dbops:compression=$z" >&2
-# leftovers of a dump whose shell was killed outright (a day old: no backup runs that long here)
-# (in the background: it never touches this run's folder, and the dump need not wait for it)
-find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-backup.*' -mmin +1440 -exec rm -rf {} + >/dev/null 2>&1 &
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-backup.XXXXXX") || { echo "dbops:error=mktemp failed" >&2; exit 70; }
-trap 'rm -rf "$tmp"' EXIT
-# PIPE too: if the host dies, writing a marker to stderr must still end in the cleanup
-trap 'exit 143' INT TERM HUP
-trap 'exit 141' PIPE
-mkfifo "$tmp/verify" || exit 70
-if [ "$fmt" = custom ]; then
-  pg_restore -f /dev/null < "$tmp/verify" & vpid=$!
-  { pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fc -Z "$z" "$@"; echo "dbops:dump_exit=$?" >&2; } |
-    { tee "$tmp/verify"; echo "dbops:stream_exit=$?" >&2; }
-  wait $vpid; echo "dbops:verify_exit=$?" >&2
-else
-  pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fd -j "$jobs" -Z "$z" --no-sync -f "$tmp/d" "$@"
-  rc=$?; echo "dbops:dump_exit=$rc" >&2
-  [ "$rc" -eq 0 ] || exit 1
-  echo "dbops:dumped" >&2
-  # The full read and the transfer overlap: both read the same files (page cache).
-  pg_restore -f /dev/null "$tmp/d" & vpid=$!
-  tar -C "$tmp/d" -cf - . ; echo "dbops:stream_exit=$?" >&2
-  wait $vpid; echo "dbops:verify_exit=$?" >&2
-fi
-"""  # noqa: E501
-
-MARKER = re.compile(r"^dbops:([a-z_]+)(?:=(.*))?$")
 
 
 def compression_setting(settings: Settings, value: str | None = None) -> str:
@@ -166,66 +110,11 @@ def check_free_space(
     return {"free": free, "estimate": estimate}
 
 
-def _pump(src, fd: int, state: dict, progress: ByteProgress) -> None:
-    """Copy the archive from the dump's stdout into the .partial file, hashing it.
-    One preallocated buffer (readv into it): no allocation per read."""
-    import hashlib
-
-    h = hashlib.sha256()
-    n = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    rfd = src.fileno()
-    try:
-        while True:
-            got = os.readv(rfd, [buf])
-            if not got:
-                break
-            chunk = view[:got]
-            done = 0
-            while done < got:
-                done += os.write(fd, chunk[done:])
-            h.update(chunk)
-            n += got
-            progress.update(n)
-    except BaseException as exc:  # noqa: BLE001 - reported by the caller (OSError: EFBIG, ENOSPC)
-        state["write_error"] = exc
-    finally:
-        state["size"] = n
-        state["sha256"] = h.hexdigest()
-        progress.update(n, final=True)
-
-
-def _widen_pipe(pipe) -> None:
-    """A 1 MiB pipe instead of 64 KiB: fewer wake-ups per gigabyte (Linux; ignored elsewhere)."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except (OSError, ImportError, ValueError):
-        pass
-
-
-def _drain(src, lines: list[str]) -> None:
-    for raw in iter(src.readline, b""):
-        lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
-        proc.wait()
+# The process layer (dbops/process.py); the old private names stay for restore.py's imports.
+_pump = process.pump
+_widen_pipe = process.widen_pipe
+_drain = process.drain
+_stop = process.stop
 
 
 def _remove(*paths: Path) -> None:
@@ -260,35 +149,13 @@ def take_backup(
     folder = backup_folder(settings)  # before the snapshot: unsafe, read-only or full
     started = datetime.now(UTC)
     t0 = time.monotonic()
-    try:
-        info = agent.call("backup.begin", lock_wait=settings.get("DBOPS_BACKUP_LOCK_WAIT"))
-    except AgentError as exc:
-        raise OpsError(
-            f"backup not started: {exc.message}",
-            state="unchanged",
-            details=exc.details,
-            next_command=exc.next_command or "invoke current   # is the database reachable?",
-        ) from None
+    info = _begin(settings, agent)
     database = info["database"]
+    fmt = "directory" if jobs else "custom"
     try:
-        swept = sweep_partials(settings, database)
-        check_free_space(
-            settings,
-            database,
-            info["database_size"],
-            z,
-            partial_bytes=touched.get("bytes", 0) if touched else None,
+        swept, final = _place(
+            settings, folder, info, reason=reason, started=started, z=z, jobs=jobs, touched=touched
         )
-        fmt = "directory" if jobs else "custom"
-        name = catalog.base_name(database, started, info["revisions"], reason)
-        suffix = ".dir.tar" if jobs else ".dump"
-        n = 1
-        while (folder / (name + suffix)).exists() or catalog.manifest_path(
-            folder / (name + suffix)
-        ).exists():
-            n += 1
-            name = catalog.base_name(database, started, info["revisions"], reason) + f"-{n}"
-        final = folder / (name + suffix)
         partial = folder / f".{final.name}.partial"
         result = _dump(
             settings,
@@ -303,20 +170,102 @@ def take_backup(
             progress=progress,
         )
     finally:
-        try:
-            agent.call("backup.end")
-        except Exception:  # the agent may be gone; the snapshot ends with it
-            pass
+        _end(agent)
+    manifest = _manifest(settings, info, result, final, reason, fmt, jobs or 1, started, t0)
+    if touched:  # "tables" then holds the touched tables only: what a put-back checks
+        manifest.update(_partial_fields(touched))
+    mpath = _record(settings, final, manifest)
+    _warn_if_newer(info, result, warn)
+    return {
+        "path": str(final),
+        "manifest": manifest,
+        "manifest_path": str(mpath),
+        "pruned": _prune(settings, database, warn) if prune else [],
+        "swept": swept,
+    }
+
+
+def _begin(settings: Settings, agent: Agent) -> dict:
+    """backup.begin: the lock-wait-bounded snapshot and the facts the manifest records."""
+    try:
+        return agent.call("backup.begin", lock_wait=settings.get("DBOPS_BACKUP_LOCK_WAIT"))
+    except AgentError as exc:
+        raise OpsError(
+            f"backup not started: {exc.message}",
+            state="unchanged",
+            details=exc.details,
+            next_command=exc.next_command or "invoke current   # is the database reachable?",
+        ) from None
+
+
+def _place(
+    settings: Settings,
+    folder: Path,
+    info: dict,
+    *,
+    reason: str,
+    started: datetime,
+    z: str,
+    jobs: int | None,
+    touched: dict | None,
+) -> tuple[list[str], Path]:
+    """Before dumping: this database's stale .partial files swept, the free space checked, the
+    backup's file name chosen. Returns (swept, final path)."""
+    database = info["database"]
+    swept = sweep_partials(settings, database)
+    check_free_space(
+        settings,
+        database,
+        info["database_size"],
+        z,
+        partial_bytes=touched.get("bytes", 0) if touched else None,
+    )
+    final = free_name(
+        folder,
+        catalog.base_name(database, started, info["revisions"], reason),
+        ".dir.tar" if jobs else ".dump",
+    )
+    return swept, final
+
+
+def _end(agent: Agent) -> None:
+    try:
+        agent.call("backup.end")
+    except Exception:  # the agent may be gone; the snapshot ends with it
+        pass
+
+
+def free_name(folder: Path, name: str, suffix: str) -> Path:
+    """``folder/name+suffix``, or name-2, name-3… when that file or its manifest exists."""
+    n = 1
+    final = folder / (name + suffix)
+    while final.exists() or catalog.manifest_path(final).exists():
+        n += 1
+        final = folder / f"{name}-{n}{suffix}"
+    return final
+
+
+def _manifest(
+    settings: Settings,
+    info: dict,
+    result: dict,
+    final: Path,
+    reason: str,
+    fmt: str,
+    jobs: int,
+    started: datetime,
+    t0: float,
+) -> dict:
     finished = datetime.now(UTC)
-    manifest = {
+    return {
         "format_version": catalog.MANIFEST_VERSION,
         "file": final.name,
         "format": fmt,
         "compression": result["compression"],
-        "jobs": jobs or 1,
+        "jobs": jobs,
         "sha256": result["sha256"],
         "size": result["size"],
-        "database": database,
+        "database": info["database"],
         "database_size": info["database_size"],
         "encoding": info.get("encoding"),
         "revisions": info["revisions"],
@@ -338,16 +287,24 @@ def take_backup(
             "at": utc_iso(finished),
         },
     }
-    if touched:  # "tables" then holds the touched tables only: what a put-back checks
-        manifest["partial"] = True
-        manifest["touched"] = {
+
+
+def _partial_fields(touched: dict) -> dict:
+    return {
+        "partial": True,
+        "touched": {
             "tables": touched["tables"],
             "sequences": touched["sequences"],
             "why": touched["relations"],
             "excluded_tables": touched["excluded_tables"],
             "lossy": touched.get("lossy", {}),
             "revisions": touched.get("revisions", []),
-        }
+        },
+    }
+
+
+def _record(settings: Settings, final: Path, manifest: dict) -> Path:
+    """The manifest, written last (it commits the backup); on failure the dump is removed."""
     mpath = catalog.manifest_path(final)
     try:
         seen = catalog.hash_cache(settings)  # the digest computed while writing: no re-hash
@@ -360,32 +317,53 @@ def take_backup(
             f"could not write the manifest {mpath}: {exc}; the dump was removed",
             state="unchanged (no backup was recorded)",
         ) from None
+    return mpath
+
+
+def _warn_if_newer(info: dict, result: dict, warn: Out) -> None:
     newer = pgbin.newer_dump_warning(
         result["pg_dump_version"], info["server_version"], info["server_version_num"] // 10000
     )
     if newer:
         warn(newer)
-    pruned: list[str] = []
-    if prune:
-        from dbops.ops import retention
 
-        try:
-            pruned = retention.apply(settings, database)
-        except Exception as exc:  # retention never fails a good backup
-            warn(f"warning: retention skipped: {exc}")
-    return {
-        "path": str(final),
-        "manifest": manifest,
-        "manifest_path": str(mpath),
-        "pruned": pruned,
-        "swept": swept,
-    }
+
+def _prune(settings: Settings, database: str, warn: Out) -> list[str]:
+    from dbops.ops import retention
+
+    try:
+        return retention.apply(settings, database)
+    except Exception as exc:  # retention never fails a good backup
+        warn(f"warning: retention skipped: {exc}")
+        return []
 
 
 def exclude_pattern(qualified: str) -> str:
     """A pg_dump table pattern matching exactly "schema.table" (both quoted: no wildcards)."""
     schema, name = qualified.split(".", 1)
     return ".".join('"' + p.replace('"', '""') + '"' for p in (schema, name))
+
+
+def dump_argv(
+    settings: Settings, info: dict, *, fmt: str, jobs: int, z: str, touched: dict | None
+) -> list[str]:
+    """dbops/sh/backup.sh's ``sh -c`` argv: on the snapshot, at least the server's major."""
+    extra = (
+        [f"--exclude-table-data={exclude_pattern(q)}" for q in touched["excluded_tables"]]
+        if touched
+        else []
+    )
+    return process.sh_argv(
+        "backup",
+        "dbops-backup",
+        info["snapshot"],
+        str(info["server_version_num"] // 10000),
+        fmt,
+        str(jobs),
+        z,
+        settings.get("DBOPS_BACKUP_LOCK_WAIT"),
+        *extra,
+    )
 
 
 def _dump(
@@ -401,116 +379,70 @@ def _dump(
     progress: bool,
     touched: dict | None = None,
 ) -> dict:
-    target = agent.target
-    server_major = info["server_version_num"] // 10000
-    extra = (
-        [f"--exclude-table-data={exclude_pattern(q)}" for q in touched["excluded_tables"]]
-        if touched
-        else []
-    )
-    launch = target.pg(
-        [
-            "sh",
-            "-c",
-            DUMP_SCRIPT,
-            "dbops-backup",
-            info["snapshot"],
-            str(server_major),
-            fmt,
-            str(jobs),
-            z,
-            settings.get("DBOPS_BACKUP_LOCK_WAIT"),
-            *extra,
-        ]
-    )
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    fd_open = True
-    state: dict = {}
-    stderr_lines: list[str] = []
-    proc = None
+    """The dump streamed into ``partial`` (0600, created here), checked, renamed to ``final``;
+    on any failure neither file is left."""
+    launch = agent.target.pg(dump_argv(settings, info, fmt=fmt, jobs=jobs, z=z, touched=touched))
+    fd: int | None = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    job = None
     ok = False
     try:
-        proc = seam.start(
-            launch,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+        job = process.Job(launch, stdout=subprocess.PIPE)
+        stream = job.stream_to(
+            fd, ByteProgress(f"dumping {info['database']}", info["database_size"], progress)
         )
-        _widen_pipe(proc.stdout)
-        pump = threading.Thread(
-            target=_pump,
-            args=(
-                proc.stdout,
-                fd,
-                state,
-                ByteProgress(f"dumping {info['database']}", info["database_size"], progress),
-            ),
-            daemon=True,
-        )
-        drain = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
-        pump.start()
-        drain.start()
-        counts_error = None
-        try:
-            tables = agent.call("backup.counts", tables=touched["tables"] if touched else None)[
-                "tables"
-            ]
-        except OpsError as exc:
-            counts_error, tables = exc, {}
-        while pump.is_alive():
-            pump.join(0.2)
-            if "write_error" in state:
-                break
-        if "write_error" in state:
-            proc.stdout.close()
-            _stop(proc)
-        rc = proc.wait()
-        pump.join()
-        drain.join(timeout=30)
-        markers = {}
-        messages = []
-        for line in stderr_lines:
-            m = MARKER.match(line)
-            if m:
-                markers[m.group(1)] = m.group(2) or ""
-            elif line.strip():
-                messages.append(seam.mask(line, settings.secrets()))
-        markers.setdefault("server_version", info["server_version"])
-        problem = _diagnose(settings, rc, markers, state, counts_error)
-        if problem:
-            if "write_error" in state:  # we stopped the dump ourselves: its complaints are noise
-                messages = [
-                    m
-                    for m in messages
-                    if m.strip() not in ("Terminated", "pg_dump: terminated by user")
-                ]
-            raise OpsError(
-                problem,
-                details=messages[-8:],
-                state="unchanged (a backup only reads); no backup was written",
-                next_command=_next_for(problem, settings),
-            )
+        tables, counts_error = _count_rows(agent, touched)
+        stream.wait()
+        ended = job.finish()
+        _check(settings, info, ended, stream.state, counts_error)
         os.fsync(fd)
         os.close(fd)
-        fd_open = False
+        fd = None
         os.replace(partial, final)
         catalog.fsync_dir(final.parent)
         ok = True
         return {
-            "sha256": state["sha256"],
-            "size": state["size"],
+            "sha256": stream.state["sha256"],
+            "size": stream.state["size"],
             "tables": tables,
-            "compression": markers.get("compression", z),
-            "pg_dump_version": markers.get("pg_dump_version", ""),
+            "compression": ended.markers.get("compression", z),
+            "pg_dump_version": ended.markers.get("pg_dump_version", ""),
         }
     finally:
-        if fd_open:
+        if fd is not None:
             os.close(fd)
-        if proc is not None and proc.poll() is None:
-            _stop(proc)
+        if job is not None:
+            job.stop()
         if not ok:
             _remove(partial, final)
+
+
+def _count_rows(agent: Agent, touched: dict | None) -> tuple[dict, OpsError | None]:
+    """Row counts in the dump's snapshot (while the dump streams); a failure is kept for
+    ``_check``, after the dump has ended."""
+    try:
+        answer = agent.call("backup.counts", tables=touched["tables"] if touched else None)
+    except OpsError as exc:
+        return {}, exc
+    return answer["tables"], None
+
+
+def _check(settings: Settings, info: dict, ended: process.Ended, state: dict, counts_error) -> None:
+    """Raise when the dump, its full read, the transfer or the write failed."""
+    markers = {"server_version": info["server_version"], **ended.markers}
+    problem = _diagnose(settings, ended.rc, markers, state, counts_error)
+    if not problem:
+        return
+    messages = ended.messages
+    if "write_error" in state:  # we stopped the dump ourselves: its complaints are noise
+        messages = [
+            m for m in messages if m.strip() not in ("Terminated", "pg_dump: terminated by user")
+        ]
+    raise OpsError(
+        problem,
+        details=messages[-8:],
+        state="unchanged (a backup only reads); no backup was written",
+        next_command=_next_for(problem, settings),
+    )
 
 
 def _diagnose(settings: Settings, rc: int, markers: dict, state: dict, counts_error) -> str | None:

@@ -4,46 +4,21 @@ backup's relations back (restore of a partial backup, rollback to its revision).
 
 The touched set is computed by the agent (dbops/agent/touched.py) on a schema-only scratch
 copy of the live database, loaded here through the seam: ``pg_dump --schema-only | psql``
-next to the server (both targets), so it costs seconds whatever the data size.
+next to the server (dbops/sh/schema-copy.sh, a dbops/process.py job; every target), so it
+costs seconds whatever the data size.
 """
 
 from __future__ import annotations
 
 import subprocess
-import threading
+from pathlib import Path
 
-from dbops import catalog, seam
+from dbops import catalog, process, seam
 from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
-from dbops.ops.backup import _drain, _stop, fmt_bytes
+from dbops.ops.backup import fmt_bytes
 from dbops.ops.output import Out, print_note
-
-# Args: $1 scratch database. The live database's schema (no data, no owners, no grants) into it.
-SCHEMA_COPY_SCRIPT = r"""
-set -u
-scratch=$1
-{ pg_dump --schema-only --no-owner --no-privileges --no-publications --no-subscriptions;
-  echo "dbops:dump_exit=$?" >&2; } |
-  psql -X -q -v ON_ERROR_STOP=1 -d "$scratch" > /dev/null
-echo "dbops:load_exit=$?" >&2
-"""
-
-# Args: $1 prelude SQL, $2 postlude SQL, then pg_restore's selection (-n S -t T …).
-# The archive arrives on stdin. ONE psql session, ONE transaction: COMMIT is sent only when
-# pg_restore succeeded, and the postlude's row-count checks raise before it otherwise.
-PUTBACK_SCRIPT = r"""
-set -u
-pre=$1; post=$2; shift 2
-{ printf '%s\n' "BEGIN;" "$pre"
-  if pg_restore --data-only -f - "$@"; then
-    printf '%s\n' "$post" "COMMIT;"
-  else
-    echo "dbops:restore_failed" >&2; printf '%s\n' "ROLLBACK;"
-  fi
-} | psql -X -q -v ON_ERROR_STOP=1 > /dev/null
-echo "dbops:psql_exit=$?" >&2
-"""
 
 
 def mode(settings: Settings) -> str:
@@ -54,37 +29,12 @@ def full_max_bytes(settings: Settings) -> int:
     return int(settings.get("DBOPS_PREMIGRATE_FULL_MAX_MB") * 1_000_000)
 
 
-def _markers(lines: list[str]) -> tuple[dict, list[str]]:
-    markers, messages = {}, []
-    for line in lines:
-        if line.startswith("dbops:"):
-            k, _, v = line[6:].partition("=")
-            markers[k] = v
-        elif line.strip():
-            messages.append(line)
-    return markers, messages
-
-
 def _run_pg(
     settings: Settings, launch: seam.Launch, stdin=subprocess.DEVNULL
 ) -> tuple[int, dict, list[str]]:
-    lines: list[str] = []
-    proc = seam.start(
-        launch,
-        stdin=stdin,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    drain = threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True)
-    drain.start()
-    try:
-        rc = proc.wait()
-    finally:
-        _stop(proc)
-    drain.join(timeout=30)
-    markers, messages = _markers(lines)
-    return rc, markers, [seam.mask(m, settings.secrets()) for m in messages]
+    """Status, markers and messages (masked) of a job run to its end (process.run_job)."""
+    ended = process.run_job(launch, stdin=stdin)
+    return ended.rc, ended.markers, [seam.mask(m, settings.secrets()) for m in ended.messages]
 
 
 def touched_set(
@@ -98,7 +48,7 @@ def touched_set(
         warn(f"dropped {old}, left behind by an interrupted touched-set run")
     try:
         rc, markers, messages = _run_pg(
-            settings, agent.target.pg(["sh", "-c", SCHEMA_COPY_SCRIPT, "dbops-schema-copy", name])
+            settings, agent.target.pg(process.sh_argv("schema-copy", "dbops-schema-copy", name))
         )
         if markers.get("dump_exit") != "0" or markers.get("load_exit") != "0":
             return {
@@ -125,8 +75,6 @@ def premigrate_backup(
 ) -> str | None:
     """The pre-migrate backup as DBOPS_PREMIGRATE_BACKUP says. ``take_full(reason)`` takes a
     full one (migrate's own helper: its failure message and next command). Returns the path."""
-    from dbops.ops import backup as backup_op
-
     how = mode(settings)
     if how == "none":
         out(
@@ -139,24 +87,7 @@ def premigrate_backup(
         )
         return None
     if how == "auto":
-        last = catalog.newest_verified(settings, settings.database)
-        if last is not None:
-            estimate, basis = last["size"], "the last full backup's size"
-        else:
-            estimate = agent.call("restore.facts")["database_size"] // 2
-            basis = "half the database size"
-        limit = full_max_bytes(settings)
-        if estimate <= limit:
-            out(
-                f"backup: full (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} <= "
-                f"DBOPS_PREMIGRATE_FULL_MAX_MB {fmt_bytes(limit)})"
-            )
-            return take_full()
-        how = "touched"
-        out(
-            f"backup: touched (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} > "
-            f"{fmt_bytes(limit)})"
-        )
+        how = _auto_choice(settings, agent, out)
     if how == "full":
         return take_full()
     try:
@@ -166,6 +97,38 @@ def premigrate_backup(
     if ts.get("full"):
         out(f"backup: full instead of touched: {ts['full']}")
         return take_full()
+    return _touched_backup(settings, agent, out, current, ts)
+
+
+def _auto_choice(settings: Settings, agent: Agent, out: Out) -> str:
+    """DBOPS_PREMIGRATE_BACKUP=auto: "full" up to DBOPS_PREMIGRATE_FULL_MAX_MB (the last full
+    backup's size, else half the database's), "touched" above it; the choice is printed."""
+    last = catalog.newest_verified(settings, settings.database)
+    if last is not None:
+        estimate, basis = last["size"], "the last full backup's size"
+    else:
+        estimate = agent.call("restore.facts")["database_size"] // 2
+        basis = "half the database size"
+    limit = full_max_bytes(settings)
+    if estimate <= limit:
+        out(
+            f"backup: full (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} <= "
+            f"DBOPS_PREMIGRATE_FULL_MAX_MB {fmt_bytes(limit)})"
+        )
+        return "full"
+    out(
+        f"backup: touched (DBOPS_PREMIGRATE_BACKUP=auto: {basis} {fmt_bytes(estimate)} > "
+        f"{fmt_bytes(limit)})"
+    )
+    return "touched"
+
+
+def _touched_backup(
+    settings: Settings, agent: Agent, out: Out, current: list[str], ts: dict
+) -> str:
+    """The partial backup of the touched set ``ts``, its relations listed first."""
+    from dbops.ops import backup as backup_op
+
     out(
         f"touched by the pending revisions ({len(ts['tables'])} table(s), "
         f"{len(ts['sequences'])} sequence(s)):"
@@ -186,14 +149,22 @@ def premigrate_backup(
     return str(res["path"])
 
 
+def selection(names: list[str]) -> list[str]:
+    """pg_restore's ``-n SCHEMA -t NAME`` pairs for qualified names "schema.name"."""
+    select: list[str] = []
+    for q in names:
+        schema, name = q.split(".", 1)
+        select += ["-n", schema, "-t", name]
+    return select
+
+
 def putback(
     settings: Settings, agent: Agent, path, manifest: dict, only: list[str] | None = None
 ) -> dict:
     """Replace the data of a partial backup's relations (``only``: those of them) on the live
     database with the backup's, in ONE transaction that checks every table's row count against
-    the manifest. The caller holds the lock and has checked the live revision."""
-    from pathlib import Path
-
+    the manifest (dbops/sh/touched-putback.sh). The caller holds the lock and has checked the
+    live revision."""
     counts = {q: n for q, n in manifest["tables"].items() if only is None or q in only}
     tables = sorted(counts)
     sequences = [
@@ -207,30 +178,13 @@ def putback(
         )
     except AgentError as exc:
         raise OpsError(exc.message, state="unchanged") from None
-    select: list[str] = []
-    for q in tables + sequences:
-        schema, name = q.split(".", 1)
-        select += ["-n", schema, "-t", name]
+    argv = process.sh_argv("touched-putback", "dbops-putback", sqls["prelude"], sqls["postlude"])
     with open(Path(path), "rb") as src:
-        rc, markers, messages = _run_pg(
-            settings,
-            agent.target.pg(
-                [
-                    "sh",
-                    "-c",
-                    PUTBACK_SCRIPT,
-                    "dbops-putback",
-                    sqls["prelude"],
-                    sqls["postlude"],
-                    *select,
-                ]
-            ),
-            stdin=src,
-        )
-    if rc != 0 or markers.get("psql_exit") != "0" or "restore_failed" in markers:
+        done = process.run_job(agent.target.pg([*argv, *selection(tables + sequences)]), stdin=src)
+    if done.rc != 0 or done.markers.get("psql_exit") != "0" or "restore_failed" in done.markers:
         raise OpsError(
             "putting the backup's rows back failed; the transaction was rolled back",
-            details=messages[-8:],
+            details=done.messages[-8:],
             state="the touched tables are unchanged (one transaction)",
         )
     return {

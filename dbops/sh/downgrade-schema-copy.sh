@@ -1,0 +1,11 @@
+# dbops rollback loss set: the live schema into a scratch database
+# shellcheck shell=sh
+# $1 scratch database. The live database's schema (no data, no owners, no grants) into it;
+# a table locked by someone else stops the copy after 5 s instead of waiting behind it.
+set -u
+scratch=$1
+{ pg_dump --schema-only --lock-wait-timeout=5000 --no-owner --no-privileges --no-publications \
+    --no-subscriptions;
+  echo "dbops:dump_exit=$?" >&2; } |
+  psql -X -q -v ON_ERROR_STOP=1 -d "$scratch" > /dev/null
+echo "dbops:load_exit=$?" >&2
