@@ -11,18 +11,6 @@ from dbops.agent_client import Agent, AgentError
 from dbops.config import Settings
 from dbops.errors import OpsError
 
-# Args: $1 scratch database. The live database's schema (no data, no owners, no grants) into
-# it; a table locked by someone else stops the copy after 5 s instead of waiting behind it.
-SCHEMA_COPY_SCRIPT = r"""
-set -u
-scratch=$1
-{ pg_dump --schema-only --lock-wait-timeout=5000 --no-owner --no-privileges --no-publications \
-    --no-subscriptions;
-  echo "dbops:dump_exit=$?" >&2; } |
-  psql -X -q -v ON_ERROR_STOP=1 -d "$scratch" > /dev/null
-echo "dbops:load_exit=$?" >&2
-"""
-
 
 def _short(q: str) -> str:
     return q[len("public.") :] if q.startswith("public.") else q
@@ -34,13 +22,15 @@ def loss_set(
     """{"steps": [{"revision", "effects": [item + "count"]}], "putback": {...}, "error"}: the
     downgrades from ``current`` to ``target`` traced on a scratch copy, then counted live.
     ``error`` set: the trace could not be made (every untraced step is assumed to lose data)."""
+    from dbops import process
     from dbops.ops.touched import _run_pg
 
     made = agent.call("downgrade.scratch")
     name = made["name"]
     try:
         rc, markers, messages = _run_pg(
-            settings, agent.target.pg(["sh", "-c", SCHEMA_COPY_SCRIPT, "dbops-schema-copy", name])
+            settings,
+            agent.target.pg(process.sh_argv("downgrade-schema-copy", "dbops-schema-copy", name)),
         )
         if markers.get("dump_exit") != "0" or markers.get("load_exit") != "0":
             return {

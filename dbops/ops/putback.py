@@ -27,22 +27,6 @@ from dbops.errors import OpsError
 from dbops.lifecycle import Operation, outcome_of
 from dbops.ops.output import print_note
 
-# The archive on stdin. $1 prelude, $2 postlude, $3 the awk program, $4 the COPY target map
-# ("<temp table> <name as pg_restore prints it>" per line), then pg_restore's selection.
-# COMMIT is sent only when pg_restore succeeded; awk refuses a COPY it has no target for.
-MERGE_SCRIPT = r"""
-set -u
-pre=$1; post=$2; prog=$3; DBOPS_PB_MAP=$4; export DBOPS_PB_MAP; shift 4
-{ printf '%s\n' "BEGIN;" "$pre"
-  rc=$( { { pg_restore --data-only -f - "$@"; echo $? >&3; } | awk "$prog" >&4; } 3>&1 )
-  if [ "$rc" = 0 ]; then
-    printf '%s\n' "$post" "COMMIT;"
-  else
-    echo "dbops:restore_failed" >&2; printf '%s\n' "ROLLBACK;"
-  fi
-} 4>&1 | psql -X -q -v ON_ERROR_STOP=1 > /dev/null
-echo "dbops:psql_exit=$?" >&2
-"""
 # Outside a COPY block, "COPY <name> (" becomes "COPY pg_temp.<temp table> ("; the data lines
 # (up to "\.", which no data line can be) pass unchanged.
 COPY_TO_STAGE = r"""
@@ -191,7 +175,7 @@ def _failed(exc: OpsError, path: Path, tlabel: str) -> OpsError:
 
 
 def _merge(settings: Settings, agent: Agent, path: Path, manifest: dict, doable: dict) -> dict:
-    from dbops.ops.touched import _run_pg
+    from dbops import process
 
     try:
         sqls = agent.call(
@@ -206,13 +190,13 @@ def _merge(settings: Settings, agent: Agent, path: Path, manifest: dict, doable:
     for q in sorted(doable):
         schema, name = q.split(".", 1)
         select += ["-n", schema, "-t", name]
-    argv = ["sh", "-c", MERGE_SCRIPT, "dbops-putback", sqls["prelude"], sqls["postlude"]]
+    # dbops/sh/putback-merge.sh: the archive on stdin; COMMIT only when pg_restore succeeded
+    argv = process.sh_argv("putback-merge", "dbops-putback", sqls["prelude"], sqls["postlude"])
     with open(path, "rb") as src:
-        rc, markers, messages = _run_pg(
-            settings,
-            agent.target.pg([*argv, COPY_TO_STAGE, sqls["map"], *select]),
-            stdin=src,
+        done = process.run_job(
+            agent.target.pg([*argv, COPY_TO_STAGE, sqls["map"], *select]), stdin=src
         )
+    rc, markers, messages = done.rc, done.markers, done.messages
     if rc != 0 or markers.get("psql_exit") != "0" or "restore_failed" in markers:
         raise OpsError(
             "putting the backup's rows back failed; the transaction was rolled back",

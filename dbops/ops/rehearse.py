@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dbops import catalog, seam
+from dbops import catalog, process, seam
 from dbops.agent.pglocks import MODES
 from dbops.agent_client import Agent
 from dbops.config import Settings
@@ -46,11 +46,6 @@ from dbops.ops.status import label
 from dbops.ops.steps import acquire_lock, planned
 
 ROOM_FACTOR = 1.2  # the copy is about the database's size; its rewrites need more on top
-DF_SCRIPT = r"""
-# dbops rehearse: the free space of the server's data directory
-d=$(psql -XAtqc 'SHOW data_directory') || exit 2
-df -Pk "$d" | tail -n 1
-"""
 
 
 def seconds(duration: str) -> float:
@@ -161,7 +156,7 @@ def free_space(settings: Settings, target: seam.Target) -> tuple[int | None, str
         and not settings.host.startswith("/")
     ):
         return None, f"the server ({settings.host}) is not on this machine"
-    proc = seam.run(target.pg(["sh", "-c", DF_SCRIPT, "dbops-df"]), timeout=60)
+    proc = seam.run(target.pg(process.sh_argv("data-dir-df", "dbops-df")), timeout=60)
     fields = (proc.stdout or b"").decode(errors="replace").split()
     if proc.returncode != 0 or len(fields) < 4 or not fields[3].isdigit():
         why = seam.mask(

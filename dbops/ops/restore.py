@@ -17,52 +17,21 @@ restore-undo are audited through dbops.lifecycle.Operation from the lock on (the
 from __future__ import annotations
 
 import shlex
-import subprocess
-import threading
 from pathlib import Path
 
-from dbops import catalog, pgbin, seam
+from dbops import catalog, pgbin, process, seam
 from dbops.agent_client import Agent, AgentError, call_once
 from dbops.config import Settings
 from dbops.confirm import confirm
 from dbops.errors import OpsError, command
 from dbops.lifecycle import EXIT_CODES, Operation, outcome_of
-from dbops.ops.backup import _drain, _stop, fmt_bytes
+from dbops.ops.backup import fmt_bytes
 from dbops.ops.output import Out, print_note
 
 
 def restore_command(path: Path | str, *flags: str) -> str:
     """The one form of the restore command dbops prints: ``invoke restore FILE [flags]``."""
     return shlex.join(["invoke", "restore", str(path), *flags])
-
-
-# Runs next to the server; the archive arrives on stdin. Args: $1 mode (check|restore|
-# restore-data: schema and data without the post-data section, for a partial backup whose
-# foreign keys may point at rows it does not hold) $2 format (custom|directory)
-# $3 target database (restore) $4 jobs.
-RESTORE_SCRIPT = r"""
-# dbops restore: read the archive from stdin into pg_restore
-set -u
-mode=$1; fmt=$2; dbname=$3; jobs=$4
-if [ "$mode" = restore-data ]; then set -- --section=pre-data --section=data; else set --; fi
-if [ "$fmt" = custom ] && [ "$jobs" -le 1 ]; then
-  if [ "$mode" = check ]; then exec pg_restore -f /dev/null; fi
-  exec pg_restore --exit-on-error "$@" -d "$dbname"
-fi
-find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-restore.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-restore.XXXXXX") || exit 70
-trap 'rm -rf "$tmp"' EXIT
-trap 'exit 143' INT TERM HUP
-trap 'exit 141' PIPE
-if [ "$fmt" = custom ]; then
-  cat > "$tmp/archive.dump" || exit 71; src="$tmp/archive.dump"
-else
-  mkdir "$tmp/d" && tar -x -C "$tmp/d" || { echo "dbops: the tar archive is unreadable" >&2; exit 71; }
-  src="$tmp/d"
-fi
-if [ "$mode" = check ]; then pg_restore -f /dev/null "$src"; exit $?; fi
-pg_restore --exit-on-error "$@" -j "$jobs" -d "$dbname" "$src"
-"""  # noqa: E501
 
 
 def resolve(settings: Settings, file: str) -> Path:
@@ -211,39 +180,29 @@ class RestoreJob:
         dbname: str = "",
         jobs: int = 1,
     ):
-        fmt = manifest["format"]
-        launch = target.pg(
-            ["sh", "-c", RESTORE_SCRIPT, "dbops-restore", mode, fmt, dbname or "-", str(jobs)]
+        launch = target.pg(  # dbops/sh/restore.sh: the archive arrives on stdin
+            process.sh_argv(
+                "restore", "dbops-restore", mode, manifest["format"], dbname or "-", str(jobs)
+            )
         )
         self.settings = settings
-        self.lines: list[str] = []
         self.src = open(path, "rb")
         try:
-            self.proc = seam.start(
-                launch,
-                stdin=self.src,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            self.job = process.Job(launch, stdin=self.src)
         except BaseException:
             self.src.close()
             raise
-        self.drain = threading.Thread(
-            target=_drain, args=(self.proc.stderr, self.lines), daemon=True
-        )
-        self.drain.start()
+        self.proc = self.job.proc  # follow_file and drill watch it
 
     def finish(self) -> tuple[int, list[str]]:
         try:
-            rc = self.proc.wait()
+            ended = self.job.finish()
         finally:
-            self.kill()
-        self.drain.join(timeout=30)
-        return rc, [seam.mask(ln, self.settings.secrets()) for ln in self.lines if ln.strip()]
+            self.src.close()
+        return ended.rc, ended.messages
 
     def kill(self) -> None:
-        _stop(self.proc)
+        self.job.stop()
         self.src.close()
 
 
