@@ -38,6 +38,7 @@ class Launch:
     env: dict[str, str] = field(repr=False)
     cwd: Path | None
     secrets: tuple[str, ...] = field(repr=False, default=())
+    quiet: bool = False  # DBOPS_QUIET from the settings: the "$ …" line is not printed
 
     @property
     def display(self) -> str:
@@ -70,7 +71,7 @@ def announce(launch: Launch) -> None:
     if events.json_mode():  # a JSON step event instead of the "$ …" line
         events.step("run", command=launch.display)
         return
-    if os.environ.get("DBOPS_QUIET") != "1":
+    if not launch.quiet:
         print(f"$ {launch.display}", file=sys.stderr, flush=True)
 
 
@@ -97,9 +98,9 @@ def run(
         raise OpsError(f"cannot run {launch.argv[0]!r}: {exc.strerror}") from None
 
 
-def host(argv: Sequence[str], cwd: Path | None = None) -> Launch:
+def host(argv: Sequence[str], cwd: Path | None = None, *, quiet: bool = False) -> Launch:
     """A command on this machine (a linter, a helper binary), not next to the server."""
-    return Launch(list(argv), dict(os.environ), cwd)
+    return Launch(list(argv), dict(os.environ), cwd, quiet=quiet)
 
 
 def start(launch: Launch, **popen_kwargs) -> subprocess.Popen:
@@ -171,7 +172,13 @@ class LocalTarget(Target):
         return env
 
     def pg(self, argv: Sequence[str]) -> Launch:
-        return Launch(list(argv), self._env(), None, tuple(self.settings.secrets()))
+        return Launch(
+            list(argv),
+            self._env(),
+            None,
+            tuple(self.settings.secrets()),
+            quiet=self.settings.get("DBOPS_QUIET"),
+        )
 
     def agent(self) -> Launch:
         s = self.settings
@@ -185,7 +192,9 @@ class LocalTarget(Target):
         env.update(agent_settings(s))
         if not s.alembic_ini.is_file():
             raise ConfigError(f"DBOPS_ALEMBIC_INI: {s.alembic_ini} does not exist")
-        return Launch(argv, env, s.alembic_ini.parent, tuple(s.secrets()))
+        return Launch(
+            argv, env, s.alembic_ini.parent, tuple(s.secrets()), quiet=s.get("DBOPS_QUIET")
+        )
 
     def describe(self) -> str:
         s = self.settings
@@ -230,7 +239,9 @@ class ComposeTarget(Target):
             s.db_service,
             *argv,
         ]
-        return Launch(full, self._env(), s.project_dir, tuple(s.secrets()))
+        return Launch(
+            full, self._env(), s.project_dir, tuple(s.secrets()), quiet=s.get("DBOPS_QUIET")
+        )
 
     def agent(self) -> Launch:
         s = self.settings
@@ -256,11 +267,19 @@ class ComposeTarget(Target):
             "--ini",
             s.backend_alembic_ini,
         ]
-        return Launch(full, self._env(), s.project_dir, tuple(s.secrets()))
+        return Launch(
+            full, self._env(), s.project_dir, tuple(s.secrets()), quiet=s.get("DBOPS_QUIET")
+        )
 
     def compose(self, *args: str) -> Launch:
         s = self.settings
-        return Launch([*s.compose, *args], self._env(), s.project_dir, tuple(s.secrets()))
+        return Launch(
+            [*s.compose, *args],
+            self._env(),
+            s.project_dir,
+            tuple(s.secrets()),
+            quiet=s.get("DBOPS_QUIET"),
+        )
 
     def ensure_available(self) -> None:
         if ComposeTarget._checked:
@@ -375,6 +394,7 @@ class KubernetesTarget(Target):
                     ),
                     self._env(),
                     None,
+                    quiet=self.settings.get("DBOPS_QUIET"),
                 ),
                 timeout=60,
             )
@@ -397,7 +417,13 @@ class KubernetesTarget(Target):
         full = self.kubectl(
             "exec", "-i", self.pod(role), *(["-c", container] if container else []), "--", *argv
         )
-        return Launch(full, self._env(), None, tuple(self.settings.secrets()))
+        return Launch(
+            full,
+            self._env(),
+            None,
+            tuple(self.settings.secrets()),
+            quiet=self.settings.get("DBOPS_QUIET"),
+        )
 
     def pg(self, argv: Sequence[str]) -> Launch:
         s = self.settings

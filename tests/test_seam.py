@@ -136,13 +136,25 @@ def test_local_down_refuses_and_local_up_waits_for_the_server(ops_env):
 
 
 def test_host_commands_are_announced_unless_quiet(tmp_path, capfd, monkeypatch):
-    monkeypatch.delenv("DBOPS_QUIET", raising=False)
+    monkeypatch.setenv("DBOPS_QUIET", "1")  # the process environment is not what decides
     done = run(host(["echo", "hello"], cwd=tmp_path))
     assert done.returncode == 0 and done.stdout == b"hello\n"
     assert "$ echo hello" in capfd.readouterr().err
-    monkeypatch.setenv("DBOPS_QUIET", "1")
-    run(host(["echo", "hello"]))
+    run(host(["echo", "hello"], quiet=True))
     assert capfd.readouterr().err == ""
+
+
+def test_dbops_quiet_comes_from_the_settings_env_file_included(tmp_path, capfd, monkeypatch):
+    from tests.conftest import offline_settings
+
+    monkeypatch.delenv("DBOPS_QUIET", raising=False)
+    env_file = tmp_path / "project.env"
+    env_file.write_text("DBOPS_QUIET=1\n")
+    quiet = offline_settings(tmp_path, DBOPS_ENV_FILE=str(env_file), DBOPS_TARGET="local")
+    run(target_for(quiet).pg(["true"]))
+    assert capfd.readouterr().err == ""
+    run(target_for(offline_settings(tmp_path, DBOPS_TARGET="local")).pg(["true"]))
+    assert "$ true" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("host", ["db.example", "::1", "/var/run/postgresql"])

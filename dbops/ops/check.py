@@ -155,7 +155,8 @@ def run_squawk(
         files = _write_sql(settings, revisions, Path(tmp))
         if not files:
             return [], problems
-        done = seam.run(seam.host(argv + list(files), cwd=Path(tmp)))
+        launch = seam.host(argv + list(files), cwd=Path(tmp), quiet=settings.get("DBOPS_QUIET"))
+        done = seam.run(launch)
     raw = _squawk_output(done)
     if isinstance(raw, str):
         return [], [*problems, raw]

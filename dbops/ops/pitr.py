@@ -725,7 +725,7 @@ def _start_side_server(settings: Settings, user: str, path: Path, opts: str) -> 
         "600",
         "start",
     )
-    done = seam.run(seam.Launch(argv, dict(os.environ), None), timeout=900)
+    done = seam.run(seam.host(argv, quiet=settings.get("DBOPS_QUIET")), timeout=900)
     if done.returncode != 0:
         raise OpsError(
             "the side instance did not start (its log follows)",
