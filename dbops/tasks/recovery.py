@@ -5,26 +5,26 @@ from __future__ import annotations
 import json
 import sys
 
-from invoke import Exit, task
+from invoke import Exit
 
 from dbops import metrics
 from dbops.ops import doctor as doctor_op
 from dbops.ops import recover as recover_op
 from dbops.ops.output import print_note
 from dbops.ops.status import label
-from dbops.tasks import guarded, observed_task, render, settings
+from dbops.tasks import observed_task, render, settings
 
 
-@task(
-    help={
+@observed_task(
+    {
         "apply": "stamp alembic_version to the exactly matching revision (after confirmation)",
         "yes": "confirm without a prompt (required with ENVIRONMENT=production and no terminal)",
         "to": "when several revisions give the same schema: which one to stamp",
         "no_cache": "rebuild the expected schemas instead of using the cache",
         "json": "print the analysis as JSON (for scripts)",
-    }
+    },
+    notify=True,
 )
-@guarded
 def recover(c, apply=False, yes=False, to=None, no_cache=False, json_=False):
     """Find the revision the live schema is exactly (read-only); --apply stamps it."""
 
