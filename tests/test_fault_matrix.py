@@ -468,20 +468,33 @@ def test_backup_signal_to_the_host_while_pg_dump_waits_exits_130_and_leaves_noth
     ok(run(blockable, "backup"))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="with its agent dead (backup.counts unanswered) the host still waits for pg_dump to "
+    "finish (ops/backup.py _dump joins the pump): up to DBOPS_BACKUP_LOCK_WAIT or the whole dump",
+)
 def test_backup_kill_9_agent_while_pg_dump_waits_fails_in_one_line_and_leaves_nothing(
     blockable, settings, pg_cluster, database, db_conn
 ):
-    with table_held(lambda: pg_cluster.connect(database)) as holder:
-        proc, agents = started(blockable, ("backup",), dump_waits(db_conn))
+    env = {**blockable, "DBOPS_BACKUP_LOCK_WAIT": "600s"}
+    with table_held(lambda: pg_cluster.connect(database)):
+        proc, agents = started(env, ("backup",), dump_waits(db_conn))
         for pid in agents:
             os.kill(pid, signal.SIGKILL)
+        try:  # the host fails while the table is still held: it waits for no dump
+            out, err = proc.communicate(timeout=30)
+            waited = False
+        except subprocess.TimeoutExpired:
+            waited = True
+    if waited:
         out, err = proc.communicate(timeout=120)
-        assert not dump_pids(pg_cluster.port)
-        wait_for(lambda: quiet(db_conn, holder), timeout=30, what="the sessions to end")
+    wait_for(lambda: quiet(db_conn), timeout=30, what="the sessions to end")
     assert proc.returncode == 1, out + err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert not dump_pids(pg_cluster.port)
     assert catalog.list_backups(settings) == [] and partials(settings) == []
     ok(run(blockable, "backup"))
+    assert not waited
 
 
 def test_backup_server_immediate_stop_while_pg_dump_waits(own_cluster):
