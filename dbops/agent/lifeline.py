@@ -43,6 +43,11 @@ class Lifeline:
         self.eof = threading.Event()  # stdin ended: the normal end, unless a handler runs
         self.reason = ""
         self._busy = False
+        # The main thread waits in ask_commit (the queue's EOF wakes it) / was interrupted
+        # once already: a later signal must not interrupt its roll-back (a KeyboardInterrupt
+        # inside SQLAlchemy's pool reset is logged with a traceback, and cuts the clean-up).
+        self._asking = False
+        self._interrupted = False
         self._tracked: weakref.WeakSet = weakref.WeakSet()
         self._cancellers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -68,6 +73,9 @@ class Lifeline:
 
     def _on_signal(self, signum, frame) -> None:
         self.stop(f"signal {signal.Signals(signum).name}", interrupt=False)
+        if self._interrupted:  # already stopping: let the roll-back finish
+            return
+        self._interrupted = True
         raise KeyboardInterrupt
 
     # --- the host's lines -------------------------------------------------------------------
@@ -93,10 +101,16 @@ class Lifeline:
     def ask_commit(self, what: dict) -> None:
         """Block until the host says commit; raise HostGone otherwise (the caller's transaction
         then rolls back)."""
-        if not self.reply({"ready_to_commit": what}):
-            raise HostGone(self.reason or "the host is gone")
-        line = self.lines.get()
+        self._asking = True  # from here a stop wakes us through the queue, not a signal
+        try:
+            if not self.reply({"ready_to_commit": what}):
+                line = EOF
+            else:
+                line = self.lines.get()
+        finally:
+            self._asking = False
         if line is EOF:
+            self._interrupted = True
             raise HostGone(self.reason or "the host is gone")
         try:
             answer = json.loads(line)
@@ -142,12 +156,12 @@ class Lifeline:
                 fn()
             except Exception:  # noqa: BLE001 - best effort; the exit ends the sessions anyway
                 pass
-        if interrupt and self._busy:
+        if interrupt and self._busy and not self._asking:
             # KeyboardInterrupt in the main thread, also waking a sleep; psycopg cancels the
             # query it waits on and re-raises.
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         elif interrupt:
-            self.lines.put(EOF)  # wake a main thread waiting for the next request
+            self.lines.put(EOF)  # wake a main thread waiting for the next request or the commit
 
 
 def _cancel(conn) -> None:
