@@ -130,6 +130,34 @@ class Ended:
     messages: list[str]
 
 
+PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def dies_with_parent():
+    """A preexec_fn: the job gets SIGTERM when this process dies (kill -9 included), and its
+    script's TERM trap ends its whole process group (dbops/sh/*.sh). Only from the main thread
+    (a preexec_fn is not safe in threads, and the "parent" would be the forking thread); None
+    elsewhere, or off Linux."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = _libc().prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    return preexec
+
+
 class Job:
     """A command through the seam, in its own session, its stderr read as it comes."""
 
@@ -137,7 +165,12 @@ class Job:
         self.secrets = launch.secrets
         self.lines: list[str] = []
         self.proc = seam.start(
-            launch, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, start_new_session=True
+            launch,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=dies_with_parent(),
         )
         self._reader = threading.Thread(
             target=drain, args=(self.proc.stderr, self.lines), daemon=True

@@ -428,11 +428,6 @@ def test_backup_kill_9_host_while_pg_dump_waits_frees_the_lock_and_is_swept(
     assert len(catalog.list_backups(settings)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pg_dump (its own session, ops/backup.py _dump) outlives a host killed with -9: it "
-    "stays queued on the table locks until DBOPS_BACKUP_LOCK_WAIT, then dumps into a dead pipe",
-)
 def test_backup_kill_9_host_while_pg_dump_waits_ends_pg_dump_with_it(
     blockable, settings, pg_cluster, database, db_conn
 ):
@@ -468,11 +463,6 @@ def test_backup_signal_to_the_host_while_pg_dump_waits_exits_130_and_leaves_noth
     ok(run(blockable, "backup"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with its agent dead (backup.counts unanswered) the host still waits for pg_dump to "
-    "finish (ops/backup.py _dump joins the pump): up to DBOPS_BACKUP_LOCK_WAIT or the whole dump",
-)
 def test_backup_kill_9_agent_while_pg_dump_waits_fails_in_one_line_and_leaves_nothing(
     blockable, settings, pg_cluster, database, db_conn
 ):
@@ -632,12 +622,6 @@ def test_restore_signal_to_the_host_mid_swap_exits_130_naming_the_state_and_the_
         assert_swap_repaired_by_restore_undo(backed_up, settings, maint, database, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore's swap statement outlives its agent killed with -9 (agent/restore.py _maint "
-    "has no client_connection_check_interval): it completes after the lock is freed and the "
-    "state printed",
-)
 def test_restore_kill_9_agent_mid_swap_ends_the_swap_with_it(
     backed_up, settings, pg_cluster, database
 ):
@@ -666,11 +650,6 @@ def test_restore_kill_9_agent_mid_swap_ends_the_swap_with_it(
         assert not outlived  # it renamed the restored copy in after the state was printed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent prints a traceback when the server dies mid-swap (agent/restore.py swap's "
-    "rename-back runs on the dead connection; OperationalError is not classified)",
-)
 def test_restore_server_immediate_stop_mid_swap_is_named_and_repaired(own_cluster):
     cluster, env = own_cluster
     ok(run(env, "migrate", f"--to={SAMPLE_HEAD}", "--no-backup"))
@@ -695,16 +674,9 @@ def test_restore_server_immediate_stop_mid_swap_is_named_and_repaired(own_cluste
     assert "Traceback" not in err, err
 
 
-NEXT_IS_VERIFY = pytest.mark.xfail(
-    strict=True,
-    reason="an interrupted restore's next command is `invoke verify-backup FILE --restore-test` "
-    "(ops/restore.py), which leaves the new copy it names; the restore again would sweep it",
-)
-
-
 @pytest.mark.parametrize(
     "sig",
-    [pytest.param(signal.SIGTERM, marks=NEXT_IS_VERIFY), signal.SIGKILL],
+    [signal.SIGTERM, signal.SIGKILL],
     ids=["sigterm", "kill9"],
 )
 def test_restore_signal_to_the_host_during_its_pre_restore_backup(

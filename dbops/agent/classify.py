@@ -44,6 +44,8 @@ CONNECT_CAUSES = (
             r"No route to host",
             r"could not connect to server",
             r"server closed the connection",
+            r"the connection is closed",  # lost mid-statement: the server stopped or crashed
+            r"terminating connection due to",
         ),
     ),
 )

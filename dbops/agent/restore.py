@@ -13,6 +13,7 @@ closed before the swap.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import zlib
@@ -51,7 +52,13 @@ def _like(text: str) -> str:
     return re.sub(r"([_%\\])", r"\\\1", text)
 
 
-def _maint(app: str):
+def _maint(app: str, *, server_major: int = 0):
+    """A connection to the maintenance database. With the server's major (14+): the server
+    notices within a second when this agent is gone (client_connection_check_interval) and
+    cancels what the connection runs, so a swap cannot go on after its agent was killed."""
+    if server_major >= 14:
+        options = os.environ.get("PGOPTIONS", "") + " -c client_connection_check_interval=1s"
+        return db.connect(maintenance_db(), application_name=app, options=options.strip())
     return db.connect(maintenance_db(), application_name=app)
 
 
@@ -291,14 +298,38 @@ def drop(ctx, name: str) -> dict:
     return {"dropped": name}
 
 
+def _rename_back(m, old: str, live: str, exc: psycopg.Error) -> None:
+    """The restored copy could not be renamed in: put the live database back (name, then
+    connections). Always raises: what happened, and where the database is."""
+    ident = sql.Identifier
+    try:
+        m.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(old), ident(live)))
+        m.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(live)))
+    except psycopg.Error as again:  # the server went away mid-swap: the catalog says the rest
+        raise AgentFailure(
+            f"could not rename the restored database into place: {one_line(exc)}; renaming "
+            f"{old} back to {live} failed too ({one_line(again)}): once the server is up, "
+            f"invoke restore-undo finishes or undoes the swap",
+            kind="swap",
+            stage="rename-back",
+        ) from None
+    raise AgentFailure(
+        f"could not rename the restored database into place: {one_line(exc)}; "
+        f"{live} was renamed back and is unchanged",
+        kind="swap",
+        stage="rename-new",
+    ) from None
+
+
 @handler("restore.swap")
 def swap(ctx, name: str, attempts: int = 20) -> dict:
     require_lock(ctx)
     live = db.database()
+    major = ctx.conn.info.server_version // 10000  # read before the live connection closes
     _close_live(ctx)
     ident = sql.Identifier
     terminated: list[dict] = []
-    with _maint(f"dbops:restore swap {ctx.operator}") as m:
+    with _maint(f"dbops:restore swap {ctx.operator}", server_major=major) as m:
         old = derived_name(live, OLD)
         # a swap back within the second of the restore: the kept name must be new
         while m.execute("SELECT 1 FROM pg_database WHERE datname = %s", [old]).fetchone():
@@ -330,13 +361,6 @@ def swap(ctx, name: str, attempts: int = 20) -> dict:
         try:
             m.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(name), ident(live)))
         except psycopg.Error as exc:
-            m.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(old), ident(live)))
-            m.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(live)))
-            raise AgentFailure(
-                f"could not rename the restored database into place: {one_line(exc)}; "
-                f"{live} was renamed back and is unchanged",
-                kind="swap",
-                stage="rename-new",
-            ) from None
+            _rename_back(m, old, live, exc)
         m.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(old)))
     return {"old": old, "live": live, "terminated": terminated}

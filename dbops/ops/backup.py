@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dbops import catalog, config, pgbin, process
-from dbops.agent_client import Agent, AgentError
+from dbops.agent_client import Agent, AgentDied, AgentError
 from dbops.config import Settings, operator
 from dbops.errors import OpsError
 from dbops.ops.output import Out, print_note
@@ -391,6 +391,8 @@ def _dump(
             fd, ByteProgress(f"dumping {info['database']}", info["database_size"], progress)
         )
         tables, counts_error = _count_rows(agent, touched)
+        if isinstance(counts_error, AgentDied):  # the snapshot died with it: stop the dump
+            job.stop()
         stream.wait()
         ended = job.finish()
         _check(settings, info, ended, stream.state, counts_error)

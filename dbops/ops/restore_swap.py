@@ -182,9 +182,20 @@ def _failed(run: FullRestore, exc: OpsError | KeyboardInterrupt) -> OpsError:
         f"restore {'interrupted' if interrupted else 'failed: ' + message}",
         details=getattr(exc, "details", []),
         state=f"{state}; {pre_note}",
-        next_command=nxt or f"invoke verify-backup {run.path} --restore-test",
+        next_command=nxt or _next_after(run.path, interrupted),
         exit_code=EXIT_CODES["interrupted"] if interrupted else 1,
     )
+
+
+def _next_after(path, interrupted: bool) -> str:
+    """Interrupted: the restore again (it drops the copy this one left); failed: whether the
+    backup restores at all, on a scratch database."""
+    from dbops.errors import command
+    from dbops.ops.restore import restore_command
+
+    if interrupted:
+        return restore_command(path) + "   # drops the copy this one left, then restores"
+    return command("invoke", "verify-backup", path, "--restore-test")
 
 
 def _drop_old(run: FullRestore, old: str) -> str | None:

@@ -30,21 +30,25 @@ find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'dbops-backup.*' -mmin +1440 -exec rm -
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dbops-backup.XXXXXX") || { echo "dbops:error=mktemp failed" >&2; exit 70; }
 trap 'rm -rf "$tmp"' EXIT
 # PIPE too: if the host dies, writing a marker to stderr must still end in the cleanup
-trap 'exit 143' INT TERM HUP
+# INT/TERM/HUP (the host stopping it, or dying: PR_SET_PDEATHSIG): end the whole process
+# group (pg_dump, tee, pg_restore) at once, then clean up. The dump runs in the background and
+# is waited for, so the trap runs while it waits (a foreground command would delay it).
+trap 'trap "" INT TERM HUP; kill -TERM 0 2>/dev/null; exit 143' INT TERM HUP
 trap 'exit 141' PIPE
 mkfifo "$tmp/verify" || exit 70
 if [ "$fmt" = custom ]; then
   pg_restore -f /dev/null < "$tmp/verify" & vpid=$!
   { pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fc -Z "$z" "$@"; echo "dbops:dump_exit=$?" >&2; } |
-    { tee "$tmp/verify"; echo "dbops:stream_exit=$?" >&2; }
+    { tee "$tmp/verify"; echo "dbops:stream_exit=$?" >&2; } &
+  wait $!
   wait $vpid; echo "dbops:verify_exit=$?" >&2
 else
-  pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fd -j "$jobs" -Z "$z" --no-sync -f "$tmp/d" "$@"
-  rc=$?; echo "dbops:dump_exit=$rc" >&2
+  pg_dump --snapshot="$snap" --lock-wait-timeout="$lockwait" -Fd -j "$jobs" -Z "$z" --no-sync -f "$tmp/d" "$@" &
+  wait $!; rc=$?; echo "dbops:dump_exit=$rc" >&2
   [ "$rc" -eq 0 ] || exit 1
   echo "dbops:dumped" >&2
   # The full read and the transfer overlap: both read the same files (page cache).
   pg_restore -f /dev/null "$tmp/d" & vpid=$!
-  tar -C "$tmp/d" -cf - . ; echo "dbops:stream_exit=$?" >&2
+  tar -C "$tmp/d" -cf - . & wait $!; echo "dbops:stream_exit=$?" >&2
   wait $vpid; echo "dbops:verify_exit=$?" >&2
 fi
