@@ -258,15 +258,11 @@ def test_compose_commands_run_next_to_the_server_without_a_tty_or_password(setti
     only in the compose process's environment (the container has its own)."""
     from dataclasses import replace
 
-    from dbops.ops import restore as restore_op
-
     s = replace(settings, target="compose", compose=("docker", "compose"))
     target = seam.target_for(s)
     for launch in (
         target.pg(process.sh_argv("backup", "dbops-backup", "S", "15", "custom", "1", "1")),
-        target.pg(
-            ["sh", "-c", restore_op.RESTORE_SCRIPT, "dbops-restore", "restore", "custom", "x", "1"]
-        ),
+        target.pg(process.sh_argv("restore", "dbops-restore", "restore", "custom", "x", "1")),
     ):
         assert launch.argv[:5] == ["docker", "compose", "exec", "-T", "-e"]
         assert s.db_service in launch.argv and "sh" in launch.argv
