@@ -148,9 +148,33 @@ class InvokeRunner:
         )
 
 
+class InProcessInvoke(InvokeRunner):
+    """`invoke …` in this process (tests/fixtures/inprocess.py): same argv, environment and
+    working directory, output caught from fds 1 and 2; the CompletedProcess a subprocess gives."""
+
+    def __call__(
+        self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        from tests.fixtures.inprocess import run_invoke
+
+        return run_invoke(
+            args, env={**self.env, **(env or {})}, cwd=ROOT, input=input, timeout=timeout
+        )
+
+
 @pytest.fixture
-def invoke(ops_env):
-    """Run `invoke …` as an operator would; returns the CompletedProcess (text)."""
+def invoke(ops_env, request):
+    """Run `invoke …` as an operator would; returns the CompletedProcess (text). In this
+    process; a test marked `cli` (the CLI smoke and fault layer) gets a real subprocess, and
+    so does every test with DBOPS_TEST_INVOKE=cli (to tell a fixture difference from a bug)."""
+    if request.node.get_closest_marker("cli") or os.environ.get("DBOPS_TEST_INVOKE") == "cli":
+        return InvokeRunner(ops_env)
+    return InProcessInvoke(ops_env)
+
+
+@pytest.fixture
+def invoke_cli(ops_env):
+    """`invoke …` in a subprocess, always: for what needs a process of its own."""
     return InvokeRunner(ops_env)
 
 
