@@ -37,6 +37,27 @@ def pytest_report_header():
     )
 
 
+# The files that take longest (measured: --durations, one worker under load), run first: with
+# scripts/test's --dist loadfile --no-loadscope-reorder a worker takes files in this order, so
+# no long file starts last while the other worker idles (xdist's own reorder, by test count,
+# put these few-but-slow files at the end).
+SLOW_FIRST = (
+    "test_fleet.py",
+    "test_lifecycle_faults.py",
+    "test_service.py",
+    "test_runbook.py",
+    "test_doctor_states.py",
+    "test_rollback.py",
+    "test_rehearse.py",
+    "test_pitr.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))
+
+
 @pytest.fixture(scope="session")
 def pg_cluster():
     cluster = localpg.new_cluster()
@@ -148,9 +169,33 @@ class InvokeRunner:
         )
 
 
+class InProcessInvoke(InvokeRunner):
+    """`invoke …` in this process (tests/fixtures/inprocess.py): same argv, environment and
+    working directory, output caught from fds 1 and 2; the CompletedProcess a subprocess gives."""
+
+    def __call__(
+        self, *args: str, env: dict | None = None, input: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        from tests.fixtures.inprocess import run_invoke
+
+        return run_invoke(
+            args, env={**self.env, **(env or {})}, cwd=ROOT, input=input, timeout=timeout
+        )
+
+
 @pytest.fixture
-def invoke(ops_env):
-    """Run `invoke …` as an operator would; returns the CompletedProcess (text)."""
+def invoke(ops_env, request):
+    """Run `invoke …` as an operator would; returns the CompletedProcess (text). In this
+    process; a test marked `cli` (the CLI smoke and fault layer) gets a real subprocess, and
+    so does every test with DBOPS_TEST_INVOKE=cli (to tell a fixture difference from a bug)."""
+    if request.node.get_closest_marker("cli") or os.environ.get("DBOPS_TEST_INVOKE") == "cli":
+        return InvokeRunner(ops_env)
+    return InProcessInvoke(ops_env)
+
+
+@pytest.fixture
+def invoke_cli(ops_env):
+    """`invoke …` in a subprocess, always: for what needs a process of its own."""
     return InvokeRunner(ops_env)
 
 

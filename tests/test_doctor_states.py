@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -109,12 +110,15 @@ def test_a_roles_connection_limit_used_up(doc, invoke, pg_cluster, database, db_
             superuser=pg_cluster.user,
         )
         assert done.returncode == 0, done.stderr
-        assert (
-            db_conn.execute(
+        # pg_terminate_backend signals; a loaded server's backends take a moment to go
+        deadline = time.monotonic() + 60
+        while (
+            left := db_conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_limited'"
             ).fetchone()[0]
-            == 0
-        )
+        ) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert left == 0
         rep = doc(env=env)
         assert rep["by"]["connectivity"]["status"] == "ok" and rep["next_check"] != "connectivity"
     finally:

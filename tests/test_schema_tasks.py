@@ -6,6 +6,9 @@ import pytest
 
 from tests.fixtures.projects import SAMPLE_HEAD, SAMPLE_REVS, version_rows
 
+# the CLI smoke layer: these run `invoke` in a subprocess, as an operator does (conftest)
+pytestmark = pytest.mark.cli
+
 
 def test_current_on_an_empty_database(invoke):
     done = invoke("current")
