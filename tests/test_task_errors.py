@@ -63,3 +63,12 @@ def test_a_bug_under_dbops_debug_prints_its_traceback(tmp_path, capsys):
     code, out = run(failing(KeyError("steps")), context(tmp_path, debug="1"), capsys)
     assert code == 70
     assert "Traceback (most recent call last)" in out and "ConnectionResetError" in out
+
+
+def test_a_task_s_own_exit_status_is_not_a_bug(tmp_path, capsys):
+    @guarded
+    def task(c):
+        raise Exit(code=1)  # doctor found a failing check: its own status, already printed
+
+    code, out = run(task, context(tmp_path), capsys)
+    assert code == 1 and out == ""

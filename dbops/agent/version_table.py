@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 
-from psycopg import sql
-
 from dbops.agent.protocol import AgentFailure
 
 DEFAULT = "alembic_version"
@@ -37,8 +35,12 @@ def label() -> str:
     return f"{schema}.{table}" if schema else table
 
 
-def identifier() -> sql.Identifier:
-    """The table in SQL (quoted; schema-qualified when set)."""
+def identifier():
+    """The table in SQL, a psycopg ``sql.Identifier`` (quoted; schema-qualified when set).
+    psycopg is imported here: the fingerprint module, which uses this one, is imported on the
+    host with the standard library only."""
+    from psycopg import sql
+
     schema, table = configured()
     return sql.Identifier(schema, table) if schema else sql.Identifier(table)
 
@@ -110,6 +112,8 @@ def install() -> None:
 
 def set_rows(conn, revisions: list[str]) -> None:
     """Make the version rows ``revisions`` (a schema-only copy has the table, not its rows)."""
+    from psycopg import sql
+
     conn.execute(sql.SQL("DELETE FROM {}").format(identifier()))
     for rev in revisions:
         conn.execute(

@@ -62,6 +62,8 @@ def guarded(fn):
             if not getattr(exc, "reported", False):
                 print("interrupted", file=sys.stderr)
             raise Exit(code=130) from None
+        except Exit:  # the task's own exit status (doctor found a failure, ...)
+            raise
         except Exception as exc:  # not an OpsError: a dbops bug, said as one
             print(bug_report(exc, debugging(args)), file=sys.stderr, flush=True)
             raise Exit(code=EXIT_BUG) from None
